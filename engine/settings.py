@@ -1,0 +1,160 @@
+"""Configuration for the engine and storage, read from the environment and a `.env` file.
+
+Every variable is listed in `.env.example`. A bad value stops start-up with one line that
+names the variable, the value and what is allowed (`SettingsError`), because a typo in a
+deployment should fail loudly at once, not half way through a training run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+from dotenv import dotenv_values
+
+T = TypeVar("T")
+
+DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
+DEFAULT_VAE = "madebyollin/sdxl-vae-fp16-fix"
+
+
+class SettingsError(ValueError):
+    """A configuration value is invalid; the message is one line meant for the operator."""
+
+
+def environment(env_file: str | os.PathLike[str] | None = ".env") -> dict[str, str]:
+    """The process environment on top of the `.env` file (real variables win)."""
+    merged: dict[str, str] = {}
+    if env_file is not None and Path(env_file).is_file():
+        merged.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    merged.update(os.environ)
+    return merged
+
+
+def read(
+    env: Mapping[str, str],
+    name: str,
+    default: T,
+    parse: Callable[[str], T],
+    allowed: str,
+) -> T:
+    """One variable: missing or empty gives `default`, otherwise `parse` must accept it."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return parse(raw.strip())
+    except (ValueError, TypeError):
+        raise SettingsError(f"{name}={raw!r} is not valid: expected {allowed}") from None
+
+
+def positive_int(raw: str) -> int:
+    value = int(raw)
+    if value < 1:
+        raise ValueError(raw)
+    return value
+
+
+def non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError(raw)
+    return value
+
+
+def choice(*options: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        if raw.lower() not in options:
+            raise ValueError(raw)
+        return raw.lower()
+
+    return parse
+
+
+def boolean(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the engine, the storage and the worker need to know about this installation."""
+
+    data_dir: Path = Path("data")
+    model: str = DEFAULT_MODEL
+    vae: str | None = DEFAULT_VAE
+    device: str = "auto"
+    resolution: int = 1024
+    max_photos_per_pet: int = 30
+    max_pets_per_user: int = 5
+    max_queued_trainings_per_user: int = 1
+    max_queued_generations_per_user: int = 3
+    train_mode: str = "auto"
+    generate_memory: str = "auto"
+    compile: bool = False
+    workers: str = "auto"
+    max_job_attempts: int = 3
+    keep_generations_days: int = 0
+    extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "pawtrait.db"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = environment() if env is None else env
+        workers = read(env, "PAWTRAIT_WORKERS", "auto", _workers, "'auto' or a number of workers >= 0")
+        return cls(
+            data_dir=read(env, "PAWTRAIT_DATA_DIR", Path("data"), Path, "a folder path"),
+            model=read(env, "PAWTRAIT_MODEL", DEFAULT_MODEL, str, "a hub id or a local folder"),
+            vae=_vae(env),
+            device=read(env, "PAWTRAIT_DEVICE", "auto", choice("auto", "cuda", "cpu"), "auto, cuda or cpu"),
+            resolution=read(env, "PAWTRAIT_RESOLUTION", 1024, _resolution, "a multiple of 64 from 256 to 2048"),
+            max_photos_per_pet=read(env, "PAWTRAIT_MAX_PHOTOS", 30, positive_int, "a whole number >= 1"),
+            max_pets_per_user=read(env, "PAWTRAIT_MAX_PETS_PER_USER", 5, positive_int, "a whole number >= 1"),
+            max_queued_trainings_per_user=read(
+                env, "PAWTRAIT_MAX_QUEUED_TRAININGS", 1, positive_int, "a whole number >= 1"
+            ),
+            max_queued_generations_per_user=read(
+                env, "PAWTRAIT_MAX_QUEUED_GENERATIONS", 3, positive_int, "a whole number >= 1"
+            ),
+            train_mode=read(env, "PAWTRAIT_TRAIN_MODE", "auto", choice("auto", "fast", "lean"), "auto, fast or lean"),
+            generate_memory=read(
+                env, "PAWTRAIT_GENERATE_MEMORY", "auto", choice("auto", "full", "low"), "auto, full or low"
+            ),
+            compile=read(env, "PAWTRAIT_COMPILE", False, boolean, "true or false"),
+            workers=workers,
+            max_job_attempts=read(env, "PAWTRAIT_MAX_JOB_ATTEMPTS", 3, positive_int, "a whole number >= 1"),
+            keep_generations_days=read(
+                env, "PAWTRAIT_KEEP_GENERATIONS_DAYS", 0, non_negative_int, "a whole number of days (0 = forever)"
+            ),
+            extra=dict(env),
+        )
+
+
+def _vae(env: Mapping[str, str]) -> str | None:
+    # Unlike other variables, an explicitly empty PAWTRAIT_VAE means "the model's own VAE".
+    if "PAWTRAIT_VAE" not in env:
+        return DEFAULT_VAE
+    return env["PAWTRAIT_VAE"].strip() or None
+
+
+def _resolution(raw: str) -> int:
+    value = int(raw)
+    if value % 64 or not 256 <= value <= 2048:
+        raise ValueError(raw)
+    return value
+
+
+def _workers(raw: str) -> str:
+    if raw.lower() == "auto":
+        return "auto"
+    return str(non_negative_int(raw))
