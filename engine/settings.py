@@ -117,7 +117,7 @@ class Settings:
             model=read(env, "PAWTRAIT_MODEL", DEFAULT_MODEL, str, "a hub id or a local folder"),
             vae=_vae(env),
             device=read(env, "PAWTRAIT_DEVICE", "auto", choice("auto", "cuda", "cpu"), "auto, cuda or cpu"),
-            resolution=read(env, "PAWTRAIT_RESOLUTION", 1024, _resolution, "a multiple of 64 from 256 to 2048"),
+            resolution=read(env, "PAWTRAIT_RESOLUTION", 1024, _resolution, "a multiple of 64 from 64 to 2048"),
             max_photos_per_pet=read(env, "PAWTRAIT_MAX_PHOTOS", 30, positive_int, "a whole number >= 1"),
             max_pets_per_user=read(env, "PAWTRAIT_MAX_PETS_PER_USER", 5, positive_int, "a whole number >= 1"),
             max_queued_trainings_per_user=read(
@@ -149,7 +149,7 @@ def _vae(env: Mapping[str, str]) -> str | None:
 
 def _resolution(raw: str) -> int:
     value = int(raw)
-    if value % 64 or not 256 <= value <= 2048:
+    if value % 64 or not 64 <= value <= 2048:
         raise ValueError(raw)
     return value
 
