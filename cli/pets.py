@@ -1,0 +1,178 @@
+"""`pawtrait teach`, `pawtrait pets` and `pawtrait forget`: pets and their photos from the shell.
+
+Pets made here belong to the guild 'local' (use --guild to reach a Discord server's pets).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from engine.settings import Settings
+from storage.db import connect
+from storage.files import DataDir
+from storage.pets import LOCAL_GUILD, find_pet
+
+GUILD_HELP = f"guild (Discord server id) the pet belongs to (default {LOCAL_GUILD!r}, the CLI's own)"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    teach = subparsers.add_parser(
+        "teach",
+        help="create a pet (or add to it) from photo files",
+        description="Create the pet NAME, or add photos to it, from JPEG, PNG, WebP, HEIC or MPO files. "
+        "Prints one line per file (accepted, or rejected/skipped with the reason), then a summary and "
+        "the path of a contact sheet of the square crops it will train on. 10-15 varied photos work best. "
+        "Exit status: 0 if the pet has at least one photo afterwards, 1 if none, 2 on usage errors.",
+    )
+    teach.add_argument("name", metavar="NAME", help="the pet's name, e.g. Thor")
+    teach.add_argument(
+        "--class", dest="class_noun", required=True, metavar="NOUN",
+        help="what kind of animal it is, e.g. cat or dog (goes into every prompt)",
+    )
+    teach.add_argument("photos", nargs="+", type=Path, metavar="PHOTO", help="photo files")
+    teach.add_argument("--owner", default=LOCAL_GUILD, metavar="ID", help="owner user id (default 'local')")
+    teach.add_argument("--guild", default=LOCAL_GUILD, metavar="ID", help=GUILD_HELP)
+    teach.set_defaults(run=run_teach)
+
+    pets = subparsers.add_parser(
+        "pets",
+        help="list pets with owner, class, token, photo count and status",
+        description="List the pets of a guild: name, owner, class noun, trigger token, number of photos and "
+        "status (needs photos, ready to train, queued for training, training, trained).",
+    )
+    pets.add_argument("--guild", default=LOCAL_GUILD, metavar="ID", help=GUILD_HELP)
+    pets.set_defaults(run=run_pets)
+
+    forget = subparsers.add_parser(
+        "forget",
+        help="delete a pet with all its photos, trainings and generations",
+        description="Delete the pet NAME with all its rows and files: photos, training runs and their "
+        "checkpoints, generations. Asks for confirmation unless --yes is given.",
+    )
+    forget.add_argument("name", metavar="NAME", help="the pet's name")
+    forget.add_argument("--yes", action="store_true", help="delete without asking")
+    forget.add_argument("--guild", default=LOCAL_GUILD, metavar="ID", help=GUILD_HELP)
+    forget.set_defaults(run=run_forget)
+
+
+def read_photo(path: Path) -> bytes:
+    """At most one byte past the size limit: enough to refuse a huge video without reading all of it."""
+    from engine.intake.decode import MAX_FILE_BYTES
+
+    with open(path, "rb") as handle:
+        return handle.read(MAX_FILE_BYTES + 1)
+
+
+def run_teach(args: argparse.Namespace, settings: Settings) -> int:
+    return asyncio.run(_teach(args, settings))
+
+
+async def _teach(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.teach import TeachError, teach_photos
+
+    lines: dict[int, str] = {}
+    files: list[tuple[str, bytes]] = []
+    positions: list[int] = []
+    for index, path in enumerate(args.photos):
+        try:
+            files.append((path.name, read_photo(path)))
+            positions.append(index)
+        except OSError as error:
+            lines[index] = _line("rejected", path.name, f"cannot read the file ({error.strerror or error})")
+    db = await connect(settings.db_path)
+    try:
+        report = await teach_photos(
+            db, DataDir(settings.data_dir), settings, args.guild, args.owner, args.name, args.class_noun,
+            files, added_by=args.owner, allow_other_owner=True,  # the operator may add to any pet
+        )
+    except ValueError as error:  # TeachError, PetNameTaken: plain messages
+        print(f"pawtrait teach: {error}", file=sys.stderr)
+        return 1
+    finally:
+        await db.close()
+    for position, result in zip(positions, report.files):
+        lines[position] = _line(result.status, result.name, result.reason)
+    for index in sorted(lines):
+        print(lines[index])
+    if report.pet is None:
+        print(f"no photo was usable, so {args.name} was not created")
+        return 1
+    pet = report.pet
+    print(
+        f"{pet.name} ({pet.class_noun}, trigger token {pet.token}): {report.accepted} photo"
+        f"{'' if report.accepted == 1 else 's'} added, {report.total_photos} in all"
+    )
+    for warning in report.warnings:
+        print(f"warning: {warning}")
+    if report.contact_sheet is not None:
+        print(f"contact sheet: {report.contact_sheet}")
+    return 0 if report.total_photos else 1
+
+
+def _line(status: str, name: str, reason: str) -> str:
+    return f"{status:<9} {name}" + (f": {reason}" if reason else "")
+
+
+def run_pets(args: argparse.Namespace, settings: Settings) -> int:
+    return asyncio.run(_pets(args, settings))
+
+
+async def _pets(args: argparse.Namespace, settings: Settings) -> int:
+    from storage.pet_status import pet_summaries
+
+    db = await connect(settings.db_path)
+    try:
+        summaries = await pet_summaries(db, args.guild)
+    finally:
+        await db.close()
+    if not summaries:
+        print("no pets yet; teach one with: pawtrait teach NAME --class cat PHOTO...")
+        return 0
+    header = ("NAME", "OWNER", "CLASS", "TOKEN", "PHOTOS", "STATUS")
+    rows = [header] + [
+        (pet.name, pet.owner_id, pet.class_noun, pet.token, str(pet.photos), pet.status) for pet in summaries
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
+    return 0
+
+
+def run_forget(args: argparse.Namespace, settings: Settings) -> int:
+    return asyncio.run(_forget(args, settings))
+
+
+async def _forget(args: argparse.Namespace, settings: Settings) -> int:
+    from storage.pet_deletion import PetBusy, forget_pet, pet_footprint
+
+    db = await connect(settings.db_path)
+    try:
+        pet = await find_pet(db, args.guild, args.name)
+        if pet is None:
+            print(f"pawtrait forget: there is no pet called {args.name!r} in guild {args.guild!r}", file=sys.stderr)
+            return 1
+        footprint = await pet_footprint(db, pet.id)
+        what = (
+            f"{pet.name} and its {footprint.photos} photos, {footprint.runs} runs, "
+            f"{footprint.generations} generations"
+        )
+        if not args.yes:
+            if not sys.stdin.isatty():
+                print(f"pawtrait forget: not deleting {what} without confirmation; pass --yes", file=sys.stderr)
+                return 1
+            answer = input(f"Delete {what}? [y/N] ")
+            if answer.strip().lower() not in ("y", "yes"):
+                print(f"kept {pet.name}")
+                return 1
+        try:
+            await forget_pet(db, DataDir(settings.data_dir), pet)
+        except PetBusy as error:
+            print(f"pawtrait forget: {error}", file=sys.stderr)
+            return 1
+    finally:
+        await db.close()
+    print(f"deleted {what}")
+    return 0

@@ -1,0 +1,117 @@
+"""Decode one uploaded file into an upright sRGB image, or say in plain words why not.
+
+Uploads are untrusted bytes: the file size and the declared pixel count are checked
+before any pixel is decoded (so a decompression bomb or a video never allocates
+gigabytes), only the formats phones actually produce are opened, and the whole image is
+decoded (`load()`) before it is accepted, so a truncated file is caught here and not half
+way through a training run.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import pillow_heif
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+# iPhone photos are HEIC; Pillow needs pillow-heif's opener to read them.
+pillow_heif.register_heif_opener()
+# Register every built-in plugin now: `Image.open(formats=...)` only finds loaded ones (WebP).
+Image.init()
+
+MAX_FILE_BYTES = 25 * 1024 * 1024
+# 64 megapixels covers every phone's full-resolution mode while keeping one decoded
+# image (at most 4 bytes a pixel for CMYK) well under a few hundred MB.
+MAX_PIXELS = 64_000_000
+# Decoders tried on uploads. MPO (JPEGs with extra frames, from many phones and 3D cameras)
+# comes through the JPEG opener, which hands such files to the MPO plugin.
+ACCEPTED_FORMATS = ("JPEG", "PNG", "WEBP", "HEIF")
+FORMAT_NAMES = "JPEG, PNG, WebP, HEIC or MPO"
+# File name extension to keep the original under, by decoded format.
+EXTENSIONS = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "WEBP": "webp", "HEIF": "heic"}
+
+_SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+class PhotoRejected(ValueError):
+    """The file cannot be used as a photo; the message says why, for the user."""
+
+
+@dataclass(frozen=True)
+class DecodedPhoto:
+    image: Image.Image  # upright, mode RGB, sRGB
+    format: str  # one of ACCEPTED_FORMATS, or MPO
+
+    @property
+    def extension(self) -> str:
+        return EXTENSIONS[self.format]
+
+
+def decode_photo(data: bytes) -> DecodedPhoto:
+    """The upright RGB image in `data`; raises `PhotoRejected` with the reason otherwise."""
+    if len(data) > MAX_FILE_BYTES:
+        raise PhotoRejected(f"too large: files can be at most {MAX_FILE_BYTES // (1024 * 1024)} MB")
+    if not data:
+        raise PhotoRejected("the file is empty")
+    with warnings.catch_warnings():
+        # Pillow only warns between its limit and twice it; any bomb is an error here.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
+        except UnidentifiedImageError:
+            raise PhotoRejected(f"not an image (send {FORMAT_NAMES} photos)") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise PhotoRejected(_too_many_pixels()) from None
+        except (OSError, SyntaxError, ValueError, EOFError) as error:
+            raise PhotoRejected(f"the file is damaged ({error})") from None
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise PhotoRejected(_too_many_pixels(width, height))
+        try:
+            image.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise PhotoRejected(_too_many_pixels(width, height)) from None
+        except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as error:
+            raise PhotoRejected(f"the file is damaged or cut short ({error})") from None
+    return DecodedPhoto(image=to_srgb(upright(image)), format=image.format or "")
+
+
+def _too_many_pixels(width: int | None = None, height: int | None = None) -> str:
+    size = f" ({width}x{height})" if width and height else ""
+    return f"too many pixels{size}: at most {MAX_PIXELS // 1_000_000} megapixels"
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """Rotate/flip as the EXIF orientation says, so crops are taken from what the user saw."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except (ValueError, TypeError, KeyError, SyntaxError, OSError):
+        return image  # unreadable EXIF: the pixels as stored are the best guess
+
+
+def to_srgb(image: Image.Image) -> Image.Image:
+    """RGB in sRGB: alpha composited on white, 16-bit scaled down, colour profiles applied."""
+    icc = image.info.get("icc_profile")
+    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit grey: Pillow's own conversion clips at 255 instead of scaling.
+        image = image.convert("I").point(lambda value: value / 256).convert("L")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba).convert("RGB")
+    if icc and image.mode in ("RGB", "CMYK"):
+        converted = _apply_profile(image, icc)
+        if converted is not None:
+            return converted
+    return image.convert("RGB")
+
+
+def _apply_profile(image: Image.Image, icc: bytes) -> Image.Image | None:
+    """Convert through the embedded profile (phones shoot Display P3; print files are CMYK)."""
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        return ImageCms.profileToProfile(image, source, _SRGB, outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):
+        return None  # a broken or mismatched profile: plain conversion is close enough
