@@ -71,7 +71,7 @@ def run_teach(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _teach(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.teach import TeachError, teach_photos
+    from engine.teach import teach_photos
 
     lines: dict[int, str] = {}
     files: list[tuple[str, bytes]] = []

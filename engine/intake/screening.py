@@ -35,7 +35,13 @@ class KnownPhoto:
 
 @dataclass(frozen=True)
 class PreparedPhoto:
-    """Everything storage needs to keep one accepted photo."""
+    """Everything storage needs to keep one accepted photo.
+
+    The original is kept as the exact bytes sent rather than re-encoded: nothing is lost
+    (a new crop or a better decoder later starts from the real file), it is several times
+    smaller than a PNG of the pixels, and it costs no encoding time. Re-cropping applies
+    the EXIF orientation again, as `decode_photo` does, so the stored crop box still fits.
+    """
 
     original: bytes  # the file exactly as sent
     extension: str
