@@ -1,0 +1,90 @@
+"""`pawtrait imagine "PROMPT" [--pet NAME] ...`: paint on this machine, without Discord."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import shutil
+import sys
+from pathlib import Path
+
+from engine.generation.request import SIZE_PRESETS, GenerationError, GenerationRequest
+from engine.settings import Settings
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "imagine",
+        help="paint a picture (of a pet: write TOK where it goes) and print the files and seeds",
+        description="Generate 1-4 images with the base model, or with a pet's trained LoRA when --pet is given "
+        "(write TOK in the prompt where the pet should appear). The images are recorded like the bot's, "
+        "under the data folder's generations/, and copied to --out if given.",
+    )
+    parser.add_argument("prompt", help='what to paint, e.g. "a watercolor of TOK cat on a windowsill"')
+    parser.add_argument("--pet", metavar="NAME", help="pet whose LoRA to use (a local pet, see `pawtrait pets`)")
+    parser.add_argument("--count", type=int, default=1, help="images to make in one batch, 1-4 (default 1)")
+    parser.add_argument("--seed", type=int, help="seed of the first image (image i uses seed+i); random if left out")
+    parser.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
+    parser.add_argument("--size", default="1:1", choices=list(SIZE_PRESETS), help="aspect ratio preset (default 1:1)")
+    parser.add_argument("--negative", default="", metavar="TEXT", help="what to keep out of the picture")
+    parser.add_argument("--guidance", type=float, default=5.0, help="how closely to follow the prompt (default 5)")
+    parser.add_argument("--strength", type=float, default=1.0, help="LoRA strength 0-2 (default 1; 0 = base model)")
+    parser.add_argument("--checkpoint", type=int, metavar="ID", help="use this checkpoint instead of the pet's active one")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="also copy the PNGs into DIR")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        return asyncio.run(_imagine(args, settings))
+    except GenerationError as error:
+        print(f"pawtrait imagine: {error}", file=sys.stderr)
+        return 1
+
+
+async def _imagine(args: argparse.Namespace, settings: Settings) -> int:
+    from tqdm import tqdm
+
+    from engine.generation.generator import Generator
+    from engine.generation.service import generate_and_record
+    from engine.models import load_base_model
+    from storage.db import connect
+    from storage.files import DataDir
+    from storage.pets import LOCAL_GUILD, find_pet, list_pets
+
+    db = await connect(settings.db_path)
+    try:
+        pet_id = None
+        if args.pet:
+            pet = await find_pet(db, LOCAL_GUILD, args.pet)
+            if pet is None:
+                names = ", ".join(p.name for p in await list_pets(db, LOCAL_GUILD)) or "none yet"
+                raise GenerationError(f"there is no local pet called {args.pet!r} (local pets: {names})")
+            pet_id = pet.id
+        request = GenerationRequest(
+            prompt=args.prompt, pet_id=pet_id, negative_prompt=args.negative, seed=args.seed, steps=args.steps,
+            guidance=args.guidance, size=args.size, count=args.count, lora_scale=args.strength,
+            checkpoint_id=args.checkpoint,
+        )
+        request.validate()
+        data = DataDir(settings.data_dir)
+        print("loading the model...", file=sys.stderr)
+        generator = Generator.from_settings(load_base_model(settings), settings)
+        with tqdm(total=request.steps, unit="step", file=sys.stderr) as bar:
+            outcome = await generate_and_record(
+                db, data, generator, request, LOCAL_GUILD, getpass.getuser(),
+                on_step=lambda step, total, _preview: bar.update(step - bar.n),
+            )
+    finally:
+        await db.close()
+    for warning in outcome.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+    for file, seed in zip(outcome.files, outcome.seeds):
+        path = data.abs(file)
+        if args.out:
+            path = Path(shutil.copy2(path, args.out / f"pawtrait-{outcome.generation_id}-{path.name}"))
+        print(f"{path}\tseed {seed}")
+    return 0

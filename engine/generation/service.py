@@ -1,0 +1,130 @@
+"""One generation end to end: resolve the pet and its LoRA, paint, save PNGs, record the row.
+
+This is what the GPU worker and `pawtrait imagine` call. Everything a user can get wrong
+is checked before the GPU is touched; the painting runs in a thread so the event loop
+(job heartbeats, progress events) keeps going.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiosqlite
+
+from engine.generation.generator import GenerationResult, Generator, PetLora, StepCallback
+from engine.generation.metadata import Parameters, png_info
+from engine.generation.prompts import substitute_token
+from engine.generation.request import GenerationError, GenerationRequest
+from storage.files import DataDir, atomic_path, remove_tree
+from storage.generations import CheckpointRef, default_checkpoint, pet_checkpoint, record_generation
+from storage.pets import Pet, get_pet
+
+
+@dataclass
+class GenerationOutcome:
+    generation_id: int
+    files: list[str]  # relative to the data folder, one PNG per image
+    seeds: list[int]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_result(self) -> dict:
+        """The job result the worker stores (see the team contract)."""
+        return {"generation_id": self.generation_id, "files": self.files, "seeds": self.seeds, "warnings": self.warnings}
+
+
+async def resolve_pet(
+    db: aiosqlite.Connection, data: DataDir, request: GenerationRequest, guild_id: str
+) -> tuple[Pet | None, CheckpointRef | None]:
+    """The request's pet (it must be in this guild) and the checkpoint to paint it with."""
+    if request.pet_id is None:
+        substitute_token(request.prompt, None)  # raises when the prompt has TOK but no pet
+        return None, None
+    pet = await get_pet(db, request.pet_id)
+    if pet is None or pet.guild_id != guild_id:
+        raise GenerationError(f"there is no pet #{request.pet_id} in this server; check the pet's name")
+    if request.checkpoint_id is not None:
+        checkpoint = await pet_checkpoint(db, data, pet.id, request.checkpoint_id)
+        if checkpoint is None:
+            raise GenerationError(f"checkpoint #{request.checkpoint_id} is not one of {pet.name}'s trainings")
+    else:
+        checkpoint = await default_checkpoint(db, data, pet.id, pet.active_checkpoint_id)
+        if checkpoint is None:
+            raise GenerationError(
+                f"{pet.name} has no finished training yet: train {pet.name} first, then imagine again"
+            )
+    if not checkpoint.file.is_file():
+        raise GenerationError(
+            f"the LoRA file of {pet.name}'s checkpoint #{checkpoint.id} is missing; choose another checkpoint or train again"
+        )
+    return pet, checkpoint
+
+
+def image_parameters(
+    result: GenerationResult, index: int, request: GenerationRequest, generator: Generator,
+    pet: Pet | None, checkpoint: CheckpointRef | None,
+) -> Parameters:
+    settings: dict[str, object] = {
+        "Steps": request.steps,
+        "Sampler": result.sampler,
+        "CFG scale": f"{request.guidance:g}",
+        "Seed": result.seeds[index],
+        "Size": f"{result.width}x{result.height}",
+        "Model": Path(generator.base.model_id).name,
+    }
+    if generator.base.vae_id:
+        settings["VAE"] = Path(generator.base.vae_id).name
+    if pet is not None and checkpoint is not None:
+        settings["Lora"] = f"{pet.name} ({pet.token})"
+        settings["Lora strength"] = f"{request.lora_scale:g}"
+        settings["Checkpoint"] = f"{checkpoint.id} (run {checkpoint.run_id}, step {checkpoint.step})"
+    settings["Version"] = "pawtrait"
+    return Parameters(prompt=result.prompt, negative_prompt=result.negative_prompt,
+                      settings={key: str(value) for key, value in settings.items()})
+
+
+async def generate_and_record(
+    db: aiosqlite.Connection,
+    data: DataDir,
+    generator: Generator,
+    request: GenerationRequest,
+    guild_id: str,
+    requested_by: str,
+    on_step: StepCallback | None = None,
+) -> GenerationOutcome:
+    """Paint `request` for `guild_id`, save the PNGs under generations/<id>/ and record the row.
+
+    Raises `GenerationError` (plain words for the user) before any GPU work when the request
+    is invalid or its pet cannot be painted. `on_step(step, total, preview)` runs in the
+    generation thread.
+    """
+    request.validate()
+    pet, checkpoint = await resolve_pet(db, data, request, guild_id)
+    lora = PetLora(checkpoint.id, checkpoint.file) if checkpoint is not None else None
+    result = await asyncio.to_thread(generator.generate, request, pet, lora, on_step)
+    staged = data.tmp_dir() / f"generation-{uuid.uuid4().hex}"
+    try:
+        await asyncio.to_thread(_write_pngs, staged, result, request, generator, pet, checkpoint)
+        generation = await record_generation(
+            db, data, staged, guild_id=guild_id, pet_id=pet.id if pet else None,
+            checkpoint_id=checkpoint.id if checkpoint else None, prompt=request.prompt,
+            negative_prompt=request.negative_prompt, seed=result.seeds[0], steps=request.steps,
+            guidance=request.guidance, width=result.width, height=result.height,
+            lora_scale=request.lora_scale, requested_by=requested_by,
+        )
+    finally:
+        remove_tree(staged)
+    return GenerationOutcome(generation.id, generation.files, result.seeds, result.warnings)
+
+
+def _write_pngs(
+    folder: Path, result: GenerationResult, request: GenerationRequest, generator: Generator,
+    pet: Pet | None, checkpoint: CheckpointRef | None,
+) -> None:
+    folder.mkdir(parents=True)
+    for index, (image, seed) in enumerate(zip(result.images, result.seeds)):
+        info = png_info(image_parameters(result, index, request, generator, pet, checkpoint))
+        with atomic_path(folder / f"{index + 1}-seed-{seed}.png") as tmp:
+            image.save(tmp, format="PNG", pnginfo=info)

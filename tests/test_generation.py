@@ -1,0 +1,326 @@
+"""Generation on the tiny SDXL: reproducible seeds, pet LoRAs, sizes, previews, PNG metadata, errors.
+
+Pet LoRAs here are made the way a trained one looks on disk (a peft LoRA on the UNet's
+attention projections, saved with diffusers' `save_lora_weights`) but with random weights,
+so they change the picture without any training.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionXLPipeline
+from peft import LoraConfig, get_peft_model_state_dict
+from PIL import Image
+
+from engine.generation.generator import Generator, PetLora
+from engine.generation.metadata import CHUNK, Parameters, format_parameters, parse_parameters
+from engine.generation.request import SIZE_PRESETS, GenerationError, GenerationRequest
+from engine.generation.service import generate_and_record
+from engine.models import load_base_model
+from engine.settings import Settings
+from storage.files import DataDir
+from storage.generations import get_generation
+from storage.pets import LOCAL_GUILD, Pet, create_pet, set_active_checkpoint
+
+SMALL = 1 / 8  # presets at 1/8 scale: 1:1 renders 128x128 on the tiny model
+
+
+def pixels(image: Image.Image) -> np.ndarray:
+    return np.asarray(image, dtype=np.int16)
+
+
+def same(a: list[Image.Image], b: list[Image.Image]) -> bool:
+    return len(a) == len(b) and all(np.array_equal(pixels(x), pixels(y)) for x, y in zip(a, b))
+
+
+def load_tiny(model_dir: Path):
+    return load_base_model(Settings(model=str(model_dir), vae=None, device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def lora_files(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two different random pet LoRAs in diffusers format, as training writes them."""
+    unet = load_tiny(tiny_model_dir).pipe.unet
+    files = []
+    for index in range(2):
+        torch.manual_seed(100 + index)
+        config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
+        unet.add_adapter(config, adapter_name=f"make-{index}")
+        folder = tmp_path_factory.mktemp(f"lora-{index}")
+        StableDiffusionXLPipeline.save_lora_weights(
+            folder, unet_lora_layers=get_peft_model_state_dict(unet, adapter_name=f"make-{index}")
+        )
+        unet.delete_adapters(f"make-{index}")
+        files.append(folder / "pytorch_lora_weights.safetensors")
+    return files
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_model_dir: Path) -> Generator:
+    return Generator(load_tiny(tiny_model_dir), memory="full", size_scale=SMALL)
+
+
+def pet_for(token: str = "zqxjv") -> Pet:
+    return Pet(id=1, guild_id=LOCAL_GUILD, owner_id="o", name="Thor", token=token, class_noun="cat",
+               active_checkpoint_id=None, created_at="")
+
+
+def quick(prompt: str = "a photo of a cat", **overrides) -> GenerationRequest:
+    values = dict(prompt=prompt, steps=3, seed=11)
+    values.update(overrides)
+    return GenerationRequest(**values)
+
+
+def test_same_seed_same_pixels_and_each_image_has_its_own_seed(generator: Generator) -> None:
+    first = generator.generate(quick(count=2, seed=7))
+    again = generator.generate(quick(count=2, seed=7))
+    alone = generator.generate(quick(count=1, seed=8))
+    assert first.seeds == [7, 8]
+    assert same(first.images, again.images)
+    assert not same(first.images[:1], first.images[1:])
+    # Image i depends only on seed + i: alone, seed 8 repeats the batch's second picture (up to
+    # float rounding of batched kernels: at most one level in a few pixels).
+    assert np.abs(pixels(first.images[1]) - pixels(alone.images[0])).max() <= 2
+
+
+def test_random_seed_is_drawn_and_reported(generator: Generator) -> None:
+    a = generator.generate(quick(seed=None))
+    b = generator.generate(quick(seed=a.seeds[0]))
+    assert same(a.images, b.images)
+
+
+@pytest.mark.parametrize("count", [1, 2, 3, 4])
+def test_counts_one_to_four_in_one_batch(generator: Generator, count: int) -> None:
+    result = generator.generate(quick(count=count, steps=2, seed=3))
+    assert len(result.images) == count
+    assert result.seeds == list(range(3, 3 + count))
+
+
+def test_every_size_preset_keeps_its_aspect(generator: Generator) -> None:
+    quarter = Generator(generator.base, memory="full", size_scale=1 / 4)  # 1:1 -> 256x256
+    for size, (width, height) in SIZE_PRESETS.items():
+        image = quarter.generate(quick(size=size, steps=1)).images[0]
+        assert image.size == quarter.output_size(quick(size=size))
+        assert image.width % 32 == 0 and image.height % 32 == 0
+        assert abs(image.width / image.height - width / height) < 0.1, size
+    # full size is covered by the CLI test (1024x1024)
+
+
+def test_lora_changes_the_picture_and_strength_zero_is_the_base(generator: Generator, lora_files: list[Path]) -> None:
+    pet = pet_for()
+    lora = PetLora(1, lora_files[0])
+    base = generator.generate(quick("a photo of TOK cat"), pet=pet)
+    with_lora = generator.generate(quick("a photo of TOK cat"), pet=pet, lora=lora)
+    at_zero = generator.generate(quick("a photo of TOK cat", lora_scale=0.0), pet=pet, lora=lora)
+    half = generator.generate(quick("a photo of TOK cat", lora_scale=0.5), pet=pet, lora=lora)
+    assert not same(base.images, with_lora.images)
+    assert same(base.images, at_zero.images)
+    assert not same(half.images, with_lora.images) and not same(half.images, base.images)
+    # and the base is still the base after a LoRA was used
+    assert same(base.images, generator.generate(quick("a photo of TOK cat"), pet=pet).images)
+
+
+def test_switching_pets_and_back_equals_loading_each_fresh(tiny_model_dir: Path, lora_files: list[Path]) -> None:
+    pet = pet_for()
+    request = quick("TOK on a sofa", steps=2)
+    switching = Generator(load_tiny(tiny_model_dir), memory="full", size_scale=SMALL)
+    order = [0, 1, 0, 1]
+    seen = [switching.generate(request, pet=pet, lora=PetLora(10 + i, lora_files[i])).images for i in order]
+    assert switching.loras.loaded == [10, 11]
+    for index in (0, 1):
+        fresh = Generator(load_tiny(tiny_model_dir), memory="full", size_scale=SMALL)
+        expected = fresh.generate(request, pet=pet, lora=PetLora(10 + index, lora_files[index])).images
+        assert all(same(images, expected) for images, i in zip(seen, order) if i == index)
+    assert not same(seen[0], seen[1])
+
+
+def test_lru_cache_evicts_the_least_recently_used_pet(tiny_model_dir: Path, lora_files: list[Path]) -> None:
+    small = Generator(load_tiny(tiny_model_dir), memory="full", size_scale=SMALL, lora_capacity=1)
+    pet = pet_for()
+    first = small.generate(quick("TOK", steps=1), pet=pet, lora=PetLora(1, lora_files[0]))
+    small.generate(quick("TOK", steps=1), pet=pet, lora=PetLora(2, lora_files[1]))
+    assert small.loras.loaded == [2]
+    assert small.pipe.get_list_adapters()["unet"] == ["pet-ckpt-2"]
+    again = small.generate(quick("TOK", steps=1), pet=pet, lora=PetLora(1, lora_files[0]))
+    assert same(first.images, again.images)
+
+
+def test_a_paused_training_adapter_is_left_exactly_as_it_was(tiny_model_dir: Path, lora_files: list[Path]) -> None:
+    """Generation between two training steps must not disturb the trainer's adapter on the same UNet."""
+    gen = Generator(load_tiny(tiny_model_dir), memory="full", size_scale=SMALL)
+    unet = gen.base.pipe.unet
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_v"]), adapter_name="train-7")
+    unet.train()
+    trainable = {name for name, p in unet.named_parameters() if p.requires_grad}
+    assert trainable and all("train-7" in name for name in trainable)
+
+    gen.generate(quick("TOK", steps=1), pet=pet_for(), lora=PetLora(3, lora_files[0]))
+    gen.generate(quick("a cat", steps=1))
+
+    assert unet.active_adapters() == ["train-7"]
+    assert unet.training
+    assert {name for name, p in unet.named_parameters() if p.requires_grad} == trainable
+    loss = unet(torch.randn(1, 4, 8, 8), 10, torch.randn(1, 77, 64),
+                added_cond_kwargs={"text_embeds": torch.randn(1, 32), "time_ids": torch.randn(1, 6)}).sample.mean()
+    loss.backward()  # the trainer's next step still gets gradients
+    assert all(p.grad is not None for name, p in unet.named_parameters() if name in trainable)
+
+
+def test_preview_every_step(generator: Generator) -> None:
+    calls: list[tuple[int, int, Image.Image]] = []
+    generator.generate(quick(steps=4, count=2), on_step=lambda step, total, image: calls.append((step, total, image)))
+    assert [(step, total) for step, total, _ in calls] == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    # two 128 px images side by side, at twice the 16 px latent size
+    assert calls[-1][2].size == (64, 32) and calls[-1][2].mode == "RGB"
+
+
+def test_prompt_handling_tok_class_noun_and_truncation(generator: Generator) -> None:
+    pet = pet_for("zqxjv")
+    assert generator.generate(quick("TOK cat in space"), pet=pet).prompt == "zqxjv cat in space"
+    assert generator.generate(quick("a painting of TOK, oil"), pet=pet).prompt == "a painting of zqxjv cat, oil"
+    long = generator.generate(quick("a photo of a cat " * 30))
+    assert any("SDXL reads only 75" in w and "was ignored" in w for w in long.warnings)
+    assert generator.generate(quick("a photo of a cat")).warnings == []
+    with pytest.raises(GenerationError, match="TOK but names no pet"):
+        generator.generate(quick("a photo of TOK"))
+
+
+def test_metadata_text_round_trips_with_commas_colons_and_newlines() -> None:
+    params = Parameters(
+        prompt="a cat, sitting: on a mat\nsecond line",
+        negative_prompt="blurry, dark",
+        settings={"Steps": "30", "Sampler": "DPM++ 2M Karras", "CFG scale": "5", "Seed": "123",
+                  "Size": "1024x1024", "Model": "sd_xl_base_1.0", "Lora": "Thor, the cat (zqxjv)", "Checkpoint": "4 (run 2, step 500)"},
+    )
+    text = format_parameters(params)
+    assert text.splitlines()[-1].startswith("Steps: 30, Sampler: DPM++ 2M Karras, CFG scale: 5, Seed: 123, Size: 1024x1024")
+    assert parse_parameters(text) == params
+    assert parse_parameters(format_parameters(Parameters("plain", "", {"Steps": "2", "Seed": "1", "Size": "8x8"}))).negative_prompt == ""
+
+
+# --- the service: storage, files, errors -------------------------------------------------------
+
+
+async def add_trained_pet(db, data: DataDir, name: str, lora_file: Path | None, guild: str = LOCAL_GUILD,
+                          status: str = "succeeded") -> Pet:
+    """A pet with one training run (and, given a file, one checkpoint made active) via plain SQL."""
+    pet = await create_pet(db, guild, "owner-1", name, "cat")
+    cursor = await db.execute(
+        "INSERT INTO training_runs (pet_id, status, params, step, total_steps) VALUES (?, ?, '{}', 100, 100)",
+        (pet.id, status),
+    )
+    run_id = cursor.lastrowid
+    if lora_file is not None:
+        folder = data.checkpoint_dir(run_id, 100)
+        folder.mkdir(parents=True)
+        (folder / "pytorch_lora_weights.safetensors").write_bytes(lora_file.read_bytes())
+        cursor = await db.execute(
+            "INSERT INTO checkpoints (run_id, step, path, diffusers_file, kohya_file) VALUES (?, 100, ?, ?, ?)",
+            (run_id, data.rel(folder), "pytorch_lora_weights.safetensors", "kohya.safetensors"),
+        )
+        if status == "succeeded":
+            await set_active_checkpoint(db, pet.id, cursor.lastrowid)
+    return pet
+
+
+async def test_generate_and_record_writes_pngs_with_parameters_and_a_row(db, settings, generator, lora_files) -> None:
+    data = DataDir(settings.data_dir)
+    pet = await add_trained_pet(db, data, "Thor", lora_files[0])
+    steps_seen: list[int] = []
+    request = GenerationRequest(prompt="TOK cat, baking a cake", pet_id=pet.id, negative_prompt="blurry",
+                                seed=42, steps=3, count=2, guidance=6.5)
+    outcome = await generate_and_record(db, data, generator, request, LOCAL_GUILD, "user-9",
+                                        on_step=lambda step, total, image: steps_seen.append(step))
+    assert outcome.seeds == [42, 43] and steps_seen == [1, 2, 3]
+    row = await get_generation(db, outcome.generation_id)
+    assert row is not None and row.files == outcome.files and row.seed == 42 and row.pet_id == pet.id
+    assert row.checkpoint_id == pet.active_checkpoint_id or row.checkpoint_id is not None
+    for index, file in enumerate(outcome.files):
+        path = data.abs(file)
+        assert path.parent == data.generation_dir(outcome.generation_id)
+        with Image.open(path) as image:
+            parsed = parse_parameters(image.info[CHUNK])
+        assert parsed.prompt == f"{pet.token} cat, baking a cake"
+        assert parsed.negative_prompt == "blurry"
+        assert parsed.settings["Seed"] == str(42 + index)
+        assert parsed.settings["Steps"] == "3" and parsed.settings["CFG scale"] == "6.5"
+        assert parsed.settings["Sampler"] == "DPM++ 2M Karras"
+        assert parsed.settings["Size"] == "128x128"
+        assert parsed.settings["Lora"] == f"Thor ({pet.token})"
+        assert parsed.settings["Checkpoint"].startswith(f"{row.checkpoint_id} (run ")
+    assert not any(data.tmp_dir().iterdir())  # nothing staged is left behind
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (dict(prompt="   "), "prompt is empty"),
+        (dict(count=0), "count must be 1 to 4"),
+        (dict(count=9), "count must be 1 to 4"),
+        (dict(size="5:4"), "unknown size '5:4': choose one of 1:1, 4:3"),
+        (dict(steps=0), "steps must be 1 to 100"),
+        (dict(guidance=50.0), "guidance must be 1 to 20"),
+        (dict(pet_id=999), "no pet #999 in this server"),
+        (dict(pet_id="other-guild"), "no pet #"),
+        (dict(pet_id="untrained"), "Rex has no finished training yet"),
+        (dict(pet_id="trained", checkpoint_id=999), "checkpoint #999 is not one of Thor's"),
+        (dict(prompt="TOK at the beach", pet_id=None), "TOK but names no pet"),
+    ],
+)
+async def test_bad_requests_are_refused_in_plain_words(db, settings, generator, lora_files, change, message) -> None:
+    data = DataDir(settings.data_dir)
+    pets = {
+        "trained": await add_trained_pet(db, data, "Thor", lora_files[0]),
+        "untrained": await add_trained_pet(db, data, "Rex", None, status="running"),
+        "other-guild": await add_trained_pet(db, data, "Felix", lora_files[1], guild="guild-2"),
+    }
+    values = dict(prompt="a photo of TOK cat", pet_id="trained", steps=2)
+    values.update(change)
+    if isinstance(values["pet_id"], str):
+        values["pet_id"] = pets[values["pet_id"]].id
+    with pytest.raises(GenerationError, match=message.replace("(", r"\(").replace("+", r"\+")):
+        await generate_and_record(db, data, generator, GenerationRequest(**values), LOCAL_GUILD, "user-1")
+    async with db.execute("SELECT count(*) FROM generations") as cursor:
+        assert (await cursor.fetchone())[0] == 0
+
+
+def test_request_round_trips_through_a_job_payload() -> None:
+    request = GenerationRequest(prompt="TOK", pet_id=3, seed=5, size="16:9", count=4, lora_scale=0.8)
+    assert GenerationRequest.from_dict({**request.to_dict(), "discord": {"channel": 1}}) == request
+
+
+async def test_cli_imagine_full_size_prints_paths_and_seeds(db, settings, env, lora_files, tmp_path) -> None:
+    """A real `pawtrait imagine` process at the full 1024x1024 preset, with a pet, copying to --out."""
+    data = DataDir(settings.data_dir)
+    pet = await add_trained_pet(db, data, "Thor", lora_files[0])
+    out = tmp_path / "out"
+    completed = subprocess.run(
+        [sys.executable, "-m", "cli.main", "imagine", "a photo of TOK cat", "--pet", "thor", "--steps", "2",
+         "--seed", "5", "--negative", "dark", "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=240, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert completed.returncode == 0, completed.stderr
+    path_text, seed_text = completed.stdout.strip().split("\t")
+    assert seed_text == "seed 5"
+    copied = Path(path_text)
+    assert copied.parent == out
+    with Image.open(copied) as image:
+        assert image.size == (1024, 1024)
+        assert parse_parameters(image.info[CHUNK]).settings["Lora"] == f"Thor ({pet.token})"
+    async with db.execute("SELECT files FROM generations") as cursor:
+        (files,) = await cursor.fetchone()
+    assert data.abs(eval(files)[0]).read_bytes() == copied.read_bytes()
+    assert "100%" in completed.stderr  # the progress bar ran to the end
+
+    refused = subprocess.run([sys.executable, "-m", "cli.main", "imagine", "TOK", "--pet", "nobody", "--count", "2"],
+                             env=env, capture_output=True, text=True, timeout=240,
+                             cwd=Path(__file__).resolve().parents[1])
+    assert refused.returncode == 1
+    assert "no local pet called 'nobody' (local pets: Thor)" in refused.stderr
