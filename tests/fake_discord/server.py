@@ -115,6 +115,7 @@ class InteractionRecord:
     original_id: str | None = None
     followup_ids: list[str] = field(default_factory=list)
     autocomplete: list[dict[str, Any]] | None = None
+    modal: dict[str, Any] | None = None
 
 
 class FakeDiscord:
@@ -429,6 +430,8 @@ class FakeDiscord:
         message = None
         if kind == 8:  # autocomplete result
             record.autocomplete = data.get("choices", [])
+        elif kind == 9:  # a form for the member to fill in
+            record.modal = data
         elif kind in (4, 5):  # message, or "thinking..." to be edited later
             meta = {"id": record.id, "type": record.payload["type"], "user": self._invoker(record).payload()}
             stored = await self._store_message(channel, self.bot, data if kind == 4 else {"flags": data.get("flags")},
@@ -639,13 +642,16 @@ class FakeDiscord:
                 resolved.setdefault("attachments", {})[attachment_id] = self._attachment_payload(
                     attachment_id, filename, data)
                 value = attachment_id
+            elif kind == 7:  # channel: pass the Channel
+                resolved.setdefault("channels", {})[value.id] = dict(value.payload(), permissions=str(ALL_PERMISSIONS))
+                value = value.id
             option = {"name": name, "type": kind, "value": value}
             if name == focused:
                 option["focused"] = True
             options.append(option)
         return options
 
-    async def slash(self, guild: Guild, member: Member, name: str, channel: Channel | None = None,
+    async def slash(self, guild: Guild, member: Member, name: str, /, channel: Channel | None = None,
                     **values: Any) -> InteractionRecord:
         """Run `/name` as `member` in `guild`; attachment options take (filename, bytes)."""
         command = self.command(name, guild.id)
@@ -661,7 +667,7 @@ class FakeDiscord:
         await self.dispatch("INTERACTION_CREATE", record.payload)
         return record
 
-    async def autocomplete(self, guild: Guild, member: Member, name: str, focused: str,
+    async def autocomplete(self, guild: Guild, member: Member, name: str, focused: str, /,
                            timeout: float = 10, **values: Any) -> list[dict[str, Any]]:
         """The choices the bot offers while `member` types option `focused` of `/name`."""
         command = self.command(name, guild.id)
@@ -691,6 +697,31 @@ class FakeDiscord:
         record.payload["message"] = message.payload
         await self.dispatch("INTERACTION_CREATE", record.payload)
         return record
+
+    async def submit_modal(self, record: InteractionRecord, member: Member, values: dict[str, str],
+                           timeout: float = 10) -> InteractionRecord:
+        """Fill in the form the bot answered `record` with (fields matched by words of their label)."""
+        await self.wait_until(lambda: record.modal is not None, timeout, "the bot to open a form")
+        modal = record.modal or {}
+
+        def answer(field: dict[str, Any]) -> dict[str, Any]:
+            label = field.get("label", "")
+            value = next((v for key, v in values.items() if key.lower() in label.lower()), field.get("value", ""))
+            return {"type": 4, "custom_id": field["custom_id"], "value": value}
+
+        components = []
+        for row in modal.get("components", []):
+            if row["type"] == 18:  # a label wrapping one field
+                field = dict(row["component"], label=row.get("label", ""))
+                components.append({"type": 18, "component": answer(field)})
+            else:
+                components.append({"type": 1, "components": [answer(f) for f in row.get("components", [])]})
+        channel = self.channels[record.payload["channel_id"]]
+        guild = self.guilds[record.payload["guild_id"]]
+        submit = self._interaction_base(guild, member, channel, 5)
+        submit.payload["data"] = {"custom_id": modal["custom_id"], "components": components}
+        await self.dispatch("INTERACTION_CREATE", submit.payload)
+        return submit
 
     async def post(self, member: Member, channel: Channel, content: str = "",
                    files: list[tuple[str, bytes]] | None = None) -> StoredMessage:

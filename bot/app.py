@@ -1,0 +1,102 @@
+"""The Pawtrait bot: a `commands.Bot` that loads one cog per area and relays job events.
+
+Intents: guilds (servers, channels, threads), guild messages (the bot's own posts and the
+message a "Teach Pawtrait" context menu points at arrive with the interaction itself) and
+guild reactions (votes). None of them is privileged: slash commands need no Message
+Content or Members intent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiosqlite
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.checks import UserError
+from bot.command_sync import sync_if_changed
+from bot.job_relay import JobRelay
+from bot.settings import BotSettings
+from bot.views import GenerationButton, ForgetButton
+from engine.settings import Settings
+from storage.db import connect
+from storage.files import DataDir
+
+log = logging.getLogger(__name__)
+
+COGS = (
+    "bot.cogs.teach",
+    "bot.cogs.train",
+    "bot.cogs.pick",
+    "bot.cogs.imagine",
+    "bot.cogs.pets",
+    "bot.cogs.queue",
+    "bot.cogs.settings",
+)
+COMMANDS_HASH_FILE = "discord-commands.sha256"
+
+
+def intents() -> discord.Intents:
+    chosen = discord.Intents.none()
+    chosen.guilds = True
+    chosen.guild_messages = True
+    chosen.guild_reactions = True
+    return chosen
+
+
+class PawtraitBot(commands.Bot):
+    def __init__(self, settings: Settings, bot_settings: BotSettings, *, relay_interval_s: float = 1.0) -> None:
+        super().__init__(command_prefix=commands.when_mentioned, intents=intents(), help_command=None)
+        self.settings = settings
+        self.bot_settings = bot_settings
+        self.data = DataDir(settings.data_dir)
+        self.relay = JobRelay(self, interval_s=relay_interval_s)
+        self.tree.on_error = self.on_app_command_error
+
+    @asynccontextmanager
+    async def database(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A connection for one interaction: concurrent interactions never share a transaction."""
+        db = await connect(self.settings.db_path)
+        try:
+            yield db
+        finally:
+            await db.close()
+
+    async def setup_hook(self) -> None:
+        for cog in COGS:
+            await self.load_extension(cog)
+        self.add_dynamic_items(GenerationButton, ForgetButton)
+        await sync_if_changed(self.tree, self.data.root / COMMANDS_HASH_FILE, self.bot_settings.dev_guild)
+        await self.relay.start()
+
+    async def close(self) -> None:
+        await self.relay.stop()
+        await super().close()
+
+    async def on_ready(self) -> None:
+        log.info("connected as %s to %d servers", self.user, len(self.guilds))
+
+    async def on_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        """Plain words, to the member alone; unexpected errors are logged and apologised for."""
+        original = getattr(error, "original", error)
+        if isinstance(original, UserError):
+            text = str(original)
+        elif isinstance(error, app_commands.CheckFailure):
+            text = str(error) or "You can't use this command here."
+        else:
+            log.error("command %s failed", interaction.command and interaction.command.name, exc_info=original)
+            text = "Something went wrong on my side; nothing was changed. Please try again in a minute."
+        await send_ephemeral(interaction, text)
+
+
+async def send_ephemeral(interaction: discord.Interaction, text: str) -> None:
+    """Answer privately; after a defer, the 'thinking' message becomes the answer (Discord
+    keeps the visibility the defer chose, so cogs check what they can before deferring)."""
+    if interaction.response.is_done():
+        await interaction.edit_original_response(content=text, attachments=[], view=None)
+    else:
+        await interaction.response.send_message(text, ephemeral=True)

@@ -1,0 +1,89 @@
+"""`/pets` (the server's pets), `/forget` (delete one, after a confirm button) and `/sharing`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.checks import guild_key, pet_choices, pet_named, require_owner
+from bot.views import ForgetButton
+from storage.guild_settings import others_may_imagine, set_others_may_imagine
+from storage.pet_deletion import pet_footprint
+from storage.pet_status import pet_summaries
+from storage.photos import list_photos
+
+if TYPE_CHECKING:
+    from bot.app import PawtraitBot
+
+MAX_LISTED = 10  # one embed each; Discord allows ten per message
+
+
+class Pets(commands.Cog):
+    def __init__(self, bot: "PawtraitBot") -> None:
+        self.bot = bot
+
+    @app_commands.command(name="pets", description="The pets of this server, with their status")
+    @app_commands.guild_only()
+    async def pets(self, interaction: discord.Interaction) -> None:
+        embeds, files = [], []
+        async with self.bot.database() as db:
+            summaries = await pet_summaries(db, guild_key(interaction))
+            for summary in summaries[:MAX_LISTED]:
+                embed = discord.Embed(
+                    title=summary.name,
+                    description=f"{summary.class_noun} of <@{summary.owner_id}> · {summary.photos} photos · {summary.status}",
+                )
+                if not await others_may_imagine(db, summary.id):
+                    embed.set_footer(text="only its owner imagines with it")
+                photos = await list_photos(db, summary.id)
+                if photos and self.bot.data.abs(photos[0].prepared_path).is_file():
+                    name = f"pet-{summary.id}.png"
+                    files.append(discord.File(self.bot.data.abs(photos[0].prepared_path), name))
+                    embed.set_thumbnail(url=f"attachment://{name}")
+                embeds.append(embed)
+        if not embeds:
+            await interaction.response.send_message("No pets here yet: `/teach name class photo1…` adds the first.", ephemeral=True)
+            return
+        more = f"…and {len(summaries) - MAX_LISTED} more." if len(summaries) > MAX_LISTED else ""
+        await interaction.response.send_message(more, embeds=embeds, files=files, allowed_mentions=discord.AllowedMentions.none())
+
+    @app_commands.command(name="forget", description="Delete a pet with its photos, trainings and pictures")
+    @app_commands.guild_only()
+    @app_commands.describe(pet="Which pet to forget (asks you to confirm)")
+    async def forget(self, interaction: discord.Interaction, pet: str) -> None:
+        async with self.bot.database() as db:
+            found = await pet_named(db, interaction, pet)
+            require_owner(interaction, found, "forget")
+            footprint = await pet_footprint(db, found.id)
+        view = discord.ui.View(timeout=None)
+        view.add_item(ForgetButton(found.id, interaction.user.id))
+        await interaction.response.send_message(
+            f"Forget **{found.name}** for good? This deletes {footprint.photos} photos, {footprint.runs} trainings "
+            f"with their LoRAs, and {footprint.generations} generations, from disk and database.",
+            view=view,
+            ephemeral=True,
+        )
+
+    @app_commands.command(name="sharing", description="Let other members imagine with your pet, or not")
+    @app_commands.guild_only()
+    @app_commands.describe(pet="Which pet", others_may_imagine="Whether other members may use it in /imagine")
+    async def sharing(self, interaction: discord.Interaction, pet: str, others_may_imagine: bool) -> None:
+        async with self.bot.database() as db:
+            found = await pet_named(db, interaction, pet)
+            require_owner(interaction, found, "change sharing of")
+            await set_others_may_imagine(db, found.id, others_may_imagine)
+        who = "everyone in this server" if others_may_imagine else "only its owner"
+        await interaction.response.send_message(f"**{found.name}** can now be imagined by {who}.", ephemeral=True)
+
+    @forget.autocomplete("pet")
+    @sharing.autocomplete("pet")
+    async def _pet_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        async with self.bot.database() as db:
+            return await pet_choices(db, interaction, current)
+
+
+async def setup(bot: "PawtraitBot") -> None:
+    await bot.add_cog(Pets(bot))

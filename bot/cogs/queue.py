@@ -1,0 +1,75 @@
+"""`/queue` (what the GPU is doing and what waits) and `/cancel`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.checks import UserError, guild_key, is_manager
+from bot.formatting import duration
+from storage.jobs import Job, estimate_wait_s, get_job, list_jobs, queue_position, request_cancel
+
+if TYPE_CHECKING:
+    from bot.app import PawtraitBot
+
+
+def describe(job: Job) -> str:
+    if job.kind == "generate":
+        return f"🎨 `{str((job.payload.get('request') or {}).get('prompt', ''))[:60]}`"
+    if job.kind == "train":
+        return f"🏋️ training (run #{job.run_id})"
+    return "🖼️ class images"
+
+
+class Queue(commands.Cog):
+    def __init__(self, bot: "PawtraitBot") -> None:
+        self.bot = bot
+
+    @app_commands.command(name="queue", description="What the GPU is doing, what waits, and your place")
+    @app_commands.guild_only()
+    async def queue(self, interaction: discord.Interaction) -> None:
+        lines = []
+        async with self.bot.database() as db:
+            jobs = await list_jobs(db, guild_key(interaction))
+            for job in jobs[:20]:
+                position = await queue_position(db, job.id)
+                if position == 0:
+                    where = f"running · {job.progress_text or f'{job.progress:.0%}'}"
+                else:
+                    where = f"#{position} · starts in about {duration(await estimate_wait_s(db, job.id))}"
+                mine = " ← yours" if job.user_id == str(interaction.user.id) else ""
+                lines.append(f"`job {job.id}` {describe(job)} by <@{job.user_id}> · {where}{mine}")
+        text = "\n".join(lines) if lines else "Nothing queued or running: the GPU is free."
+        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
+
+    @app_commands.command(name="cancel", description="Cancel a queued or running job (default: your latest)")
+    @app_commands.guild_only()
+    @app_commands.describe(job="The job number (see /queue)")
+    async def cancel(self, interaction: discord.Interaction, job: int | None = None) -> None:
+        guild_id = guild_key(interaction)
+        user_id = str(interaction.user.id)
+        async with self.bot.database() as db:
+            if job is None:
+                mine = [j for j in await list_jobs(db, guild_id) if j.user_id == user_id]
+                if not mine:
+                    raise UserError("You have nothing queued or running.")
+                target = max(mine, key=lambda j: j.id)
+            else:
+                target = await get_job(db, job)
+                if target is None or target.guild_id != guild_id:
+                    raise UserError(f"There is no job {job} in this server; `/queue` lists them.")
+            if target.user_id != user_id and not is_manager(interaction):
+                raise UserError("That job is someone else's: only they (or someone with Manage Server) can cancel it.")
+            if target.ended:
+                raise UserError(f"Job {target.id} already ended ({target.status}).")
+            updated = await request_cancel(db, target.id)
+        state = "cancelled" if updated.ended else "will stop at the next step; its checkpoints are kept"
+        await interaction.response.send_message(f"⏹️ Job {target.id} ({describe(target)}) {state}.",
+                                                allowed_mentions=discord.AllowedMentions.none())
+
+
+async def setup(bot: "PawtraitBot") -> None:
+    await bot.add_cog(Queue(bot))

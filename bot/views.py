@@ -1,0 +1,158 @@
+"""Buttons that keep working after a restart.
+
+Each button's custom_id carries what it acts on (`pawtrait:gen:<action>:<generation id>`,
+`pawtrait:forget:<pet id>:<member id>`); discord.py's dynamic items parse it back, so no
+view has to stay in memory and old messages' buttons still work after the bot restarts.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+import discord
+
+from bot.checks import UserError, is_manager
+from bot.imagine_jobs import queue_generation, require_may_imagine
+from engine.generation.request import GenerationRequest
+from storage.discord_posts import job_for_generation
+from storage.generations import get_generation
+from storage.guild_settings import get_guild_settings
+from storage.jobs import get_job
+from storage.pet_deletion import PetBusy, PetFootprint, forget_pet
+from storage.pets import get_pet
+
+if TYPE_CHECKING:
+    from bot.app import PawtraitBot
+
+_ACTIONS = {"reroll": ("🔁", "Reroll"), "share": ("📌", "Share"), "delete": ("🗑️", "Delete")}
+
+
+class GenerationButton(discord.ui.DynamicItem[discord.ui.Button], template=r"pawtrait:gen:(?P<action>reroll|share|delete):(?P<id>\d+)"):
+    def __init__(self, action: str, generation_id: int) -> None:
+        emoji, label = _ACTIONS[action]
+        style = discord.ButtonStyle.danger if action == "delete" else discord.ButtonStyle.secondary
+        super().__init__(
+            discord.ui.Button(label=label, emoji=emoji, style=style, custom_id=f"pawtrait:gen:{action}:{generation_id}")
+        )
+        self.action = action
+        self.generation_id = generation_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]):
+        return cls(match["action"], int(match["id"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+        bot: PawtraitBot = interaction.client  # type: ignore[assignment]
+        try:
+            if self.action == "reroll":
+                await self._reroll(bot, interaction)
+            elif self.action == "share":
+                await self._share(bot, interaction)
+            else:
+                await self._delete(bot, interaction)
+        except UserError as error:
+            await bot.on_app_command_error(interaction, error)
+
+    async def _generation(self, bot: "PawtraitBot", interaction: discord.Interaction):
+        async with bot.database() as db:
+            generation = await get_generation(db, self.generation_id)
+        if generation is None or generation.guild_id != str(interaction.guild_id):
+            raise UserError("These images were deleted (their pet may have been forgotten).")
+        return generation
+
+    async def _reroll(self, bot: "PawtraitBot", interaction: discord.Interaction) -> None:
+        """The same request with a new random seed, queued for whoever pressed the button."""
+        generation = await self._generation(bot, interaction)
+        async with bot.database() as db:
+            job_id = await job_for_generation(db, generation.id)
+            job = await get_job(db, job_id) if job_id else None
+            pet = await get_pet(db, generation.pet_id) if generation.pet_id else None
+            if pet is not None:
+                await require_may_imagine(db, interaction, pet)
+        if job is None:
+            raise UserError("I no longer know how these images were made, so I can't reroll them.")
+        request = GenerationRequest.from_dict(job.payload["request"])
+        request.seed = None
+        await queue_generation(bot, interaction, request, pet)
+
+    async def _share(self, bot: "PawtraitBot", interaction: discord.Interaction) -> None:
+        generation = await self._generation(bot, interaction)
+        async with bot.database() as db:
+            settings = await get_guild_settings(db, str(interaction.guild_id))
+        if settings.gallery_channel_id is None:
+            raise UserError("This server has no gallery channel yet; someone with Manage Server can set one with `/settings gallery:`.")
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        gallery = bot.get_channel(int(settings.gallery_channel_id)) or await bot.fetch_channel(int(settings.gallery_channel_id))
+        files = [discord.File(bot.data.abs(path)) for path in generation.files if bot.data.abs(path).is_file()]
+        source = f" · [original]({interaction.message.jump_url})" if interaction.message else ""
+        await gallery.send(  # type: ignore[union-attr]
+            f"📌 **{generation.prompt}** by <@{generation.requested_by}>, shared by <@{interaction.user.id}> "
+            f"· seed {generation.seed}{source}",
+            files=files,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+        await interaction.edit_original_response(content=f"Shared to <#{settings.gallery_channel_id}>.")
+
+    async def _delete(self, bot: "PawtraitBot", interaction: discord.Interaction) -> None:
+        generation = await self._generation(bot, interaction)
+        if generation.requested_by != str(interaction.user.id) and not interaction.permissions.manage_messages:
+            raise UserError("Only the member who asked for these images (or a moderator) can delete them.")
+        await interaction.response.defer(ephemeral=True)
+        if interaction.message is not None:
+            await interaction.message.delete()
+
+
+def generation_view(generation_id: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    for action in _ACTIONS:
+        view.add_item(GenerationButton(action, generation_id))
+    return view
+
+
+class ForgetButton(discord.ui.DynamicItem[discord.ui.Button], template=r"pawtrait:forget:(?P<pet>\d+):(?P<user>\d+)"):
+    """The confirm button of `/forget`: only the member who asked can press it."""
+
+    def __init__(self, pet_id: int, user_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Yes, forget everything", emoji="🗑️", style=discord.ButtonStyle.danger,
+                custom_id=f"pawtrait:forget:{pet_id}:{user_id}",
+            )
+        )
+        self.pet_id = pet_id
+        self.user_id = user_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]):
+        return cls(int(match["pet"]), int(match["user"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+        bot: PawtraitBot = interaction.client  # type: ignore[assignment]
+        if interaction.user.id != self.user_id:
+            await interaction.response.send_message("Only the member who asked to forget this pet can confirm.", ephemeral=True)
+            return
+        async with bot.database() as db:
+            pet = await get_pet(db, self.pet_id)
+            if pet is None or pet.guild_id != str(interaction.guild_id):
+                await interaction.response.edit_message(content="That pet is already gone.", view=None)
+                return
+            if pet.owner_id != str(interaction.user.id) and not is_manager(interaction):
+                await interaction.response.send_message("Only the owner or someone with Manage Server can do that.", ephemeral=True)
+                return
+            await interaction.response.defer()
+            try:
+                footprint = await forget_pet(db, bot.data, pet)
+            except PetBusy as error:
+                await interaction.edit_original_response(content=f"❌ {error}", view=None)
+                return
+        await interaction.edit_original_response(
+            content=f"🗑️ Forgot **{pet.name}**: {_footprint(footprint)} deleted.", view=None
+        )
+
+
+def _footprint(footprint: PetFootprint) -> str:
+    return (
+        f"{footprint.photos} photo{'s' * (footprint.photos != 1)}, {footprint.runs} training{'s' * (footprint.runs != 1)} "
+        f"and {footprint.generations} generation{'s' * (footprint.generations != 1)}"
+    )

@@ -1,0 +1,267 @@
+"""End to end: `pawtrait bot` (the unmodified discord.py client and real worker processes on
+the tiny model) against the fake Discord. Members teach, train, vote, pick, imagine, share
+and forget, in one story; the bot is restarted in the middle of a training.
+
+The tests run in order and share one server, one bot process and one data folder.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from bot_harness import BotProcess, query, wait_for_rows
+from fake_discord import FakeDiscord, StoredMessage
+from fake_discord.payloads import Channel, Guild, Member
+from photo_samples import encode, jpeg, varied_photo
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+PNG = b"\x89PNG\r\n\x1a\n"
+TRAIN_STEPS = 8  # a checkpoint and validation images every 2 steps (bot.cogs.train.checkpoint_interval)
+
+
+@dataclass
+class World:
+    fake: FakeDiscord
+    bot: BotProcess
+    data_dir: Path
+    cats: Guild
+    dogs: Guild
+    alice: Member  # owns the Cat Club and the pet
+    bob: Member
+    mod: Member  # Manage Server + Manage Messages
+    carol: Member  # in another server
+    general: Channel
+    gallery: Channel
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "pawtrait.db"
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> AsyncIterator[World]:
+    fake = FakeDiscord()
+    await fake.start()
+    cats = fake.add_guild("Cat Club", owner="alice")
+    dogs = fake.add_guild("Dog Park", owner="carol")
+    folder = tmp_path_factory.mktemp("bot")
+    env = dict(os.environ)
+    env.update(
+        fake.bot_env(),
+        PAWTRAIT_DATA_DIR=str(folder / "data"),
+        PAWTRAIT_MODEL=str(tiny_model_dir),
+        PAWTRAIT_VAE="",
+        PAWTRAIT_DEVICE="cpu",
+        PAWTRAIT_RESOLUTION="64",
+        PAWTRAIT_WORKERS="1",
+        PAWTRAIT_TEST_THREADS="1",
+    )
+    env.pop("PAWTRAIT_DEV_GUILD", None)
+    bot = BotProcess(env, folder / "bot.log")
+    world = World(
+        fake=fake, bot=bot, data_dir=folder / "data", cats=cats, dogs=dogs,
+        alice=cats.members[cats.owner_id], bob=fake.add_member(cats, "bob"), mod=fake.add_moderator(cats, "mod"),
+        carol=dogs.members[dogs.owner_id], general=fake.channel(cats, "general"),
+        gallery=fake.add_channel(cats, "gallery"),
+    )
+    await bot.start(fake)
+    try:
+        yield world
+    finally:
+        await bot.stop()
+        await fake.stop()
+        print(bot.log_tail(200))
+
+
+async def answer(world: World, record, timeout: float = 30, check=None) -> StoredMessage:
+    return await world.fake.reply(record, timeout=timeout, check=check)
+
+
+def text_of(message: StoredMessage) -> str:
+    return message.text()
+
+
+async def test_commands_are_synced_once(world: World) -> None:
+    fake = world.fake
+    assert len(fake.command_syncs) == 1 and fake.command_syncs[0][0] is None  # one global upload
+    names = {command["name"] for command in fake.global_commands}
+    assert {"teach", "train", "pick", "imagine", "pets", "queue", "cancel", "forget", "settings", "Teach Pawtrait"} <= names
+
+
+async def test_teach_through_attachment_options(world: World) -> None:
+    fake = world.fake
+    photos = {f"photo{i}": (f"mochi-{i}.jpg", jpeg(i)) for i in range(1, 8)}
+    photos["photo8"] = ("notes.jpg", b"these are my notes, not a photo")
+    record = await fake.slash(world.cats, world.alice, "teach", name="Mochi", **{"class": "cat"}, **photos)
+    reply = await answer(world, record)
+    text = text_of(reply)
+    assert "New pet **Mochi** (cat): 7 photos added, 7 in total" in text
+    assert "❌ `notes.jpg`" in text
+    assert "/train pet:Mochi" in text
+    sheet = reply.files["contact-sheet.png"]
+    assert sheet.startswith(PNG)
+    # Autocomplete offers the new pet in this server only.
+    choices = await fake.autocomplete(world.cats, world.bob, "train", "pet", pet="mo")
+    assert [c["name"] for c in choices] == ["Mochi"]
+    assert await fake.autocomplete(world.dogs, world.carol, "imagine", "pet", prompt="x", pet="") == []
+
+
+async def test_teach_a_message_of_photos_with_the_context_menu(world: World) -> None:
+    fake = world.fake
+    files = [(f"mochi-{i}.jpg", jpeg(i)) for i in range(8, 13)]
+    files.append(("again.jpg", encode(varied_photo(1), "JPEG", quality=70)))  # photo 1, re-encoded
+    files.append(("vet-bill.pdf", b"%PDF-1.4\n1 0 obj << >> endobj\n%%EOF"))
+    post = await fake.post(world.alice, world.general, "more of Mochi", files)
+    menu = await fake.context_menu(world.cats, world.alice, "Teach Pawtrait", post)
+    submit = await fake.submit_modal(menu, world.alice, {})  # prefilled with Mochi / cat
+    text = text_of(await answer(world, submit))
+    assert "**Mochi** (cat): 5 photos added, 12 in total" in text
+    assert "⏭️ `again.jpg`" in text and "mochi-1.jpg" in text
+    assert "❌ `vet-bill.pdf`" in text
+
+
+async def test_only_the_owner_trains_or_forgets_and_pets_stay_in_their_server(world: World) -> None:
+    fake = world.fake
+    for name in ("train", "forget"):
+        reply = await answer(world, await fake.slash(world.cats, world.bob, name, pet="Mochi"))
+        assert reply.ephemeral and "alice" not in reply.text() and "only they" in reply.text()
+    reply = await answer(world, await fake.slash(world.dogs, world.carol, "train", pet="Mochi"))
+    assert reply.ephemeral and "no pet called **Mochi** in this server" in reply.text()
+    reply = await answer(world, await fake.slash(world.dogs, world.carol, "imagine", prompt="a photo of TOK", pet="Mochi"))
+    assert reply.ephemeral and "no pet called **Mochi**" in reply.text()
+    assert not await query(world.db_path, "SELECT id FROM jobs")
+
+
+def thread_messages(world: World, thread: Channel) -> list[StoredMessage]:
+    return world.fake.channel_messages(thread)
+
+
+def validation_messages(world: World, thread: Channel, step: int) -> list[StoredMessage]:
+    label = "before training" if step == 0 else f"step {step}"
+    return [m for m in thread_messages(world, thread) if m.content.startswith(f"🖼️ **{label}**")]
+
+
+async def test_training_thread_survives_a_bot_restart_and_votes_pick_the_checkpoint(world: World) -> None:
+    fake, bot = world.fake, world.bot
+    record = await fake.slash(world.cats, world.alice, "train", pet="Mochi", steps=TRAIN_STEPS)
+    reply = await answer(world, record)
+    assert f"**Mochi** will train for {TRAIN_STEPS} steps" in reply.text() and not reply.ephemeral
+    thread = await fake.wait_until(lambda: next(iter(fake.threads(world.cats)), None), 20, "the training thread")
+    assert thread.parent_id == world.general.id and "Mochi" in thread.name
+    status = await fake.wait_until(lambda: next(iter(thread_messages(world, thread)), None), 20, "the status message")
+
+    # Restart the bot (and its worker) once the step-2 checkpoint exists: mid-training.
+    reached = await wait_for_rows(
+        fake, world.db_path,
+        "SELECT 'checkpoint' AS what, '' AS error FROM checkpoints WHERE step = 2 "
+        "UNION ALL SELECT 'failed', error FROM jobs WHERE status = 'failed'",
+        180, "the step-2 checkpoint",
+    )
+    assert reached[0]["what"] == "checkpoint", f"the training failed: {reached[0]['error']}"
+    await bot.stop()
+    run = (await query(world.db_path, "SELECT status, step FROM training_runs"))[0]
+    assert run["step"] < TRAIN_STEPS, "the run finished before the restart; nothing was interrupted"
+
+    # Back without a worker first: the relay continues, and votes on images posted by the
+    # previous process (no message cache) are counted.
+    await bot.start(fake, PAWTRAIT_WORKERS="0")
+    assert len(fake.command_syncs) == 1, "unchanged commands were uploaded again"
+    step2 = await fake.wait_until(lambda: validation_messages(world, thread, 2), 30, "step-2 validation images")
+    assert all(m.files and next(iter(m.files.values())).startswith(PNG) for m in step2)
+    assert validation_messages(world, thread, 0), "the 'before training' images were not posted"
+    for voter in (world.bob, world.mod):
+        await fake.react(voter, step2[0], "⭐")
+    await wait_for_rows(fake, world.db_path, "SELECT count(*) FROM votes HAVING count(*) = 2", 20, "two recorded votes")
+    edits_before = len(fake.messages[status.id].history)
+    await bot.stop()
+
+    # With its worker again, the run resumes from its checkpoint and finishes.
+    await bot.start(fake)
+    done = await fake.wait_until(
+        lambda: [m for m in thread_messages(world, thread) if "is trained" in m.content], 240, "the finish message"
+    )
+    assert f"<@{world.alice.id}>" in done[0].content
+    assert "step 2" in done[0].content and "most votes (2 votes)" in done[0].content
+    final = fake.messages[status.id]
+    assert len(final.history) > edits_before and "Training finished" in final.content
+    assert any("Step **" in version["content"] for version in final.history), "no progress edit was shown"
+    assert validation_messages(world, thread, TRAIN_STEPS)
+    started = (await query(world.db_path, "SELECT count(*) AS n FROM job_events WHERE kind = 'started'"))[0]["n"]
+    assert started >= 2, "the training did not resume after the restart"
+    active = await query(world.db_path, "SELECT c.step FROM pets p JOIN checkpoints c ON c.id = p.active_checkpoint_id")
+    assert active[0]["step"] == 2
+
+
+async def test_pick_is_for_the_owner(world: World) -> None:
+    fake = world.fake
+    refused = await answer(world, await fake.slash(world.cats, world.bob, "pick", pet="Mochi", step=4))
+    assert refused.ephemeral and "only they" in refused.text()
+    missing = await answer(world, await fake.slash(world.cats, world.alice, "pick", pet="Mochi", step=3))
+    assert missing.ephemeral and "no checkpoint at step 3" in missing.text()
+    picked = await answer(world, await fake.slash(world.cats, world.alice, "pick", pet="Mochi", step=4))
+    assert "now uses the checkpoint from step 4" in picked.text()
+    active = await query(world.db_path, "SELECT c.step FROM pets p JOIN checkpoints c ON c.id = p.active_checkpoint_id")
+    assert active[0]["step"] == 4
+
+
+def finished_images(message: StoredMessage) -> bool:
+    return bool(message.files) and "pawtrait:gen:reroll" in " ".join(message.custom_ids())
+
+
+async def test_imagine_reroll_share_and_delete(world: World) -> None:
+    fake = world.fake
+    record = await fake.slash(world.cats, world.alice, "imagine", prompt="a photo of TOK cat on the moon", seed=7, steps=3)
+    queued = await answer(world, record)
+    assert "job #" in queued.text() and not queued.ephemeral
+    art = await fake.wait_until(lambda: finished_images(fake.messages[queued.id]) and fake.messages[queued.id],
+                                120, "the finished images")
+    assert "seed 7" in art.text() and "Mochi" in art.text()
+    assert all(data.startswith(PNG) for data in art.files.values())
+
+    # Bob has no pet of his own: TOK means the server's only pet; a random seed is reported.
+    record = await fake.slash(world.cats, world.bob, "imagine", prompt="TOK sleeping", steps=3)
+    bobs = await answer(world, record)
+    bobs = await fake.wait_until(lambda: finished_images(fake.messages[bobs.id]) and fake.messages[bobs.id], 120,
+                                 "bob's images")
+    assert "Mochi" in bobs.text() and "seed " in bobs.text()
+
+    reroll = await answer(world, await fake.click(world.bob, art, art.button("Reroll")))
+    rerolled = await fake.wait_until(lambda: finished_images(fake.messages[reroll.id]) and fake.messages[reroll.id],
+                                     120, "the rerolled images")
+    assert "seed 7" not in rerolled.text() and "on the moon" in rerolled.text()
+
+    no_gallery = await answer(world, await fake.click(world.bob, art, art.button("Share")))
+    assert no_gallery.ephemeral and "no gallery channel" in no_gallery.text()
+    configured = await answer(world, await fake.slash(world.cats, world.mod, "settings", gallery=world.gallery))
+    assert f"<#{world.gallery.id}>" in configured.text()
+    shared = await answer(world, await fake.click(world.bob, art, art.button("Share")))
+    assert "Shared to" in shared.text()
+    posted = fake.channel_messages(world.gallery)
+    assert len(posted) == 1 and "on the moon" in posted[0].content
+    assert next(iter(posted[0].files.values())).startswith(PNG)
+
+    refused = await answer(world, await fake.click(world.bob, art, art.button("Delete")))
+    assert refused.ephemeral and "Only the member who asked" in refused.text()
+    await fake.click(world.alice, art, art.button("Delete"))
+    await fake.wait_until(lambda: fake.messages[art.id].deleted, 20, "the images to be deleted")
+
+
+async def test_forget_asks_then_deletes_everything(world: World) -> None:
+    fake = world.fake
+    pet_id = (await query(world.db_path, "SELECT id FROM pets"))[0]["id"]
+    assert (world.data_dir / "pets" / str(pet_id)).is_dir()
+    ask = await answer(world, await fake.slash(world.cats, world.alice, "forget", pet="Mochi"))
+    assert ask.ephemeral and "12 photos" in ask.text()
+    confirm = await fake.click(world.alice, ask, ask.button("forget everything"))
+    await fake.wait_until(lambda: "Forgot **Mochi**" in (fake.original(confirm) or ask).text(), 30, "the pet to be forgotten")
+    assert not await query(world.db_path, "SELECT id FROM pets")
+    assert not (world.data_dir / "pets" / str(pet_id)).exists()
+    gone = await answer(world, await fake.slash(world.cats, world.alice, "imagine", prompt="TOK", pet="Mochi"))
+    assert gone.ephemeral and "no pet called **Mochi**" in gone.text()
