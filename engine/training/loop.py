@@ -1,0 +1,372 @@
+"""The optimizer loop: a peft LoRA on the resident SDXL UNet, trained on cached latents.
+
+Speed comes from three choices (measured in docs/BENCHMARKS.md):
+- no VAE or text encoder in the loop (see cache.py);
+- all images of an optimizer step go through the UNet as ONE micro-batch when memory
+  allows: SDXL has no batch-coupled layers, so a batch of 4 gives the same gradient as 4
+  accumulated batches of 1, with a quarter of the kernel launches;
+- no host syncs in the hot loop: the photo order is planned up front on the device, the
+  noise comes from a device generator seeded from (seed, step), and the loss is read back
+  only when progress is reported.
+Seeding the noise from (seed, step) also makes a resumed run identical to an
+uninterrupted one without replaying any random stream.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.resnet import ResnetBlock2D
+from diffusers.optimization import get_scheduler
+from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+
+from engine.models import BaseModel
+from engine.training.cache import TrainingCache
+from engine.training.hooks import ProgressInfo
+from engine.training.params import TrainingParams
+
+log = logging.getLogger(__name__)
+
+GIB = 2**30
+# Activation memory per 1024² image in bf16 (scaled by pixel count for other sizes), from the
+# H100 measurements in docs/BENCHMARKS.md, used to pick the mode from free memory.
+FAST_GIB_PER_IMAGE = 7.5
+LEAN_GIB_PER_IMAGE = 1.3
+LEAN_MICRO_BATCH = 2  # keeps lean mode near 8 GiB at 1024² with the encoders offloaded
+HEADROOM_GIB = 3.0  # validation renders, allocator fragmentation
+
+
+@dataclass(frozen=True)
+class LoopPlan:
+    """How this run uses memory: decided once, before the loop."""
+
+    mode: str  # 'fast' or 'lean'
+    gradient_checkpointing: bool
+    micro_batch: int  # images per forward/backward
+    offload_encoders: bool
+    reason: str
+
+
+def plan_memory(params: TrainingParams, base: BaseModel, free_bytes: int | None) -> LoopPlan:
+    """Fast (no gradient checkpointing, whole step in one micro-batch) when free memory allows, else lean.
+
+    An explicit mode, micro-batch or gradient-checkpointing choice in `params` wins.
+    """
+    images = params.images_per_step * (2 if params.prior_preservation else 1)
+    scale = (params.resolution / 1024) ** 2
+    if params.mode != "auto":
+        mode, reason = params.mode, f"{params.mode} mode requested"
+    elif free_bytes is None:
+        mode, reason = "fast", "no GPU memory limit (CPU)"
+    else:
+        need = FAST_GIB_PER_IMAGE * scale * images + HEADROOM_GIB
+        free = free_bytes / GIB
+        mode = "fast" if free >= need else "lean"
+        reason = f"{free:.1f} GiB free, fast mode needs about {need:.1f} GiB"
+    checkpointing = params.gradient_checkpointing if params.gradient_checkpointing is not None else mode == "lean"
+    micro = params.micro_batch or (images if mode == "fast" else min(LEAN_MICRO_BATCH, images))
+    return LoopPlan(
+        mode=mode,
+        gradient_checkpointing=checkpointing,
+        micro_batch=min(micro, images),
+        offload_encoders=mode == "lean" and base.device.type == "cuda",
+        reason=reason,
+    )
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7_919 + 1) % (2**63)
+
+
+def photo_order(count: int, per_step: int, steps: int, seed: int, flip: bool) -> torch.Tensor:
+    """[steps, per_step] indices into the cached latents: every photo once per epoch, shuffled per epoch.
+
+    With flips, each draw picks the original (i) or its flipped copy (count + i) at random.
+    """
+    needed = steps * per_step
+    order: list[torch.Tensor] = []
+    epoch = 0
+    while sum(len(part) for part in order) < needed:
+        generator = torch.Generator().manual_seed(_step_seed(seed, 10_000_000 + epoch))
+        part = torch.randperm(count, generator=generator)
+        if flip:
+            part = part + count * torch.randint(0, 2, (count,), generator=generator)
+        order.append(part)
+        epoch += 1
+    return torch.cat(order)[:needed].view(steps, per_step)
+
+
+class LoraTrainer:
+    """A LoRA adapter on `base.pipe.unet` with its optimizer, trained one optimizer step at a time."""
+
+    def __init__(
+        self, base: BaseModel, params: TrainingParams, cache: TrainingCache, adapter_name: str, plan: LoopPlan
+    ) -> None:
+        self.base, self.params, self.cache, self.adapter_name, self.plan = base, params, cache, adapter_name, plan
+        self.unet = base.pipe.unet
+        self.device = base.device
+        self.autocast = base.device.type == "cuda" and base.dtype != torch.float32
+
+        torch.manual_seed(params.seed)  # peft's gaussian init of lora_A
+        config = LoraConfig(
+            r=params.rank,
+            lora_alpha=params.lora_alpha,
+            init_lora_weights="gaussian",
+            target_modules=list(params.target_modules),
+        )
+        self.unet.add_adapter(config, adapter_name=adapter_name)
+        self.lora_config = self.unet.peft_config[adapter_name]
+        marker = f".{adapter_name}."
+        self.lora_params = [p for name, p in self.unet.named_parameters() if marker in name]
+        for p in self.lora_params:
+            p.data = p.data.float()  # the base stays in half precision; the trained weights in fp32
+        self.activate()
+        if params.compile and self.device.type == "cuda":
+            compile_blocks(self.unet)
+
+        self.optimizer = _optimizer(params, self.lora_params, self.device)
+        self.lr_scheduler = get_scheduler(
+            params.lr_scheduler, self.optimizer, num_warmup_steps=params.lr_warmup_steps, num_training_steps=params.steps
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if base.dtype == torch.float16 else None
+
+        schedule = DDPMScheduler.from_config(base.pipe.scheduler.config)
+        alphas_cumprod = schedule.alphas_cumprod.to(self.device, torch.float32)
+        self.num_timesteps = len(alphas_cumprod)
+        self.sqrt_alpha = alphas_cumprod.sqrt()
+        self.sqrt_sigma = (1 - alphas_cumprod).sqrt()
+        self.snr = alphas_cumprod / (1 - alphas_cumprod)
+        self.v_prediction = schedule.config.prediction_type == "v_prediction"
+
+        per_step = params.images_per_step
+        self.order = photo_order(cache.photos, per_step, params.steps, params.seed, params.flip).to(self.device)
+        if cache.class_latents is not None:
+            self.class_order = photo_order(len(cache.class_latents), per_step, params.steps, params.seed + 1, False)
+            self.class_order = self.class_order.to(self.device)
+        self._conditioning(per_step)
+        self.generator = torch.Generator(self.device)
+        self.completed_steps = 0
+
+    def _conditioning(self, per_step: int) -> None:
+        """The per-sample text conditioning and loss weights, the same at every step."""
+        cache, dtype = self.cache, self.base.dtype
+        embeds = [cache.instance.embeds.expand(per_step, -1, -1)]
+        pooled = [cache.instance.pooled.expand(per_step, -1)]
+        weights = [torch.full((per_step,), 1.0 / per_step)]
+        if cache.class_latents is not None and cache.class_prompt is not None:
+            embeds.append(cache.class_prompt.embeds.expand(per_step, -1, -1))
+            pooled.append(cache.class_prompt.pooled.expand(per_step, -1))
+            weights.append(torch.full((per_step,), self.params.prior_loss_weight / per_step))
+        self.embeds = torch.cat(embeds).to(self.device, dtype).contiguous()
+        self.pooled = torch.cat(pooled).to(self.device, dtype).contiguous()
+        self.sample_weight = torch.cat(weights).to(self.device)
+        self.time_ids = cache.time_ids.to(self.device, dtype).expand(len(self.embeds), -1).contiguous()
+
+    def activate(self) -> None:
+        """(Re-)make this adapter the trained one: after a generation between steps switched adapters."""
+        self.unet.set_adapter(self.adapter_name)
+        for p in self.lora_params:
+            p.requires_grad_(True)
+        self.unet.train()
+        if self.plan.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        else:
+            self.unet.disable_gradient_checkpointing()
+
+    def train_step(self, step: int) -> torch.Tensor:
+        """One optimizer step (0-based `step`); returns the loss as a device tensor (no host sync)."""
+        latents = self.cache.latents[self.order[step]]
+        if self.cache.class_latents is not None:
+            latents = torch.cat([latents, self.cache.class_latents[self.class_order[step]]])
+        self.generator.manual_seed(_step_seed(self.params.seed, step))
+        noise = torch.randn(latents.shape, generator=self.generator, device=self.device)
+        t = torch.randint(0, self.num_timesteps, (len(latents),), generator=self.generator, device=self.device)
+        a = self.sqrt_alpha[t].view(-1, 1, 1, 1)
+        s = self.sqrt_sigma[t].view(-1, 1, 1, 1)
+        noisy = (a * latents + s * noise).to(self.base.dtype)
+        target = a * noise - s * latents if self.v_prediction else noise
+        weight = self.sample_weight * self._snr_weight(t)
+
+        total = torch.zeros((), device=self.device)
+        for start in range(0, len(latents), self.plan.micro_batch):
+            part = slice(start, start + self.plan.micro_batch)
+            with torch.autocast(self.device.type, dtype=self.base.dtype, enabled=self.autocast):
+                prediction = self.unet(
+                    noisy[part],
+                    t[part],
+                    encoder_hidden_states=self.embeds[part],
+                    added_cond_kwargs={"text_embeds": self.pooled[part], "time_ids": self.time_ids[part]},
+                    return_dict=False,
+                )[0]
+            mse = F.mse_loss(prediction.float(), target[part], reduction="none").mean(dim=(1, 2, 3))
+            loss = (mse * weight[part]).sum()
+            (self.scaler.scale(loss) if self.scaler else loss).backward()
+            total += loss.detach()
+
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.params.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.lora_params, self.params.max_grad_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    def _snr_weight(self, t: torch.Tensor) -> torch.Tensor:
+        """Min-SNR-gamma: down-weight the easy, low-noise timesteps (Hang et al. 2023)."""
+        if self.params.snr_gamma <= 0:
+            return torch.ones_like(t, dtype=torch.float32)
+        snr = self.snr[t]
+        clipped = torch.clamp(snr, max=self.params.snr_gamma)
+        return clipped / (snr + 1) if self.v_prediction else clipped / snr
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.lr_scheduler.get_last_lr()[0])
+
+    def lora_state_dict(self) -> dict[str, torch.Tensor]:
+        """The adapter's weights in peft naming (without the adapter name), fp32 copies on the CPU."""
+        state = get_peft_model_state_dict(self.unet, adapter_name=self.adapter_name)
+        return {key: value.detach().to("cpu", torch.float32, copy=True) for key, value in state.items()}
+
+    def state_dict(self, step: int, lora: dict[str, torch.Tensor]) -> dict:
+        """Everything a resume needs besides the cache (which is rebuilt from the photos)."""
+        return {
+            "step": step,
+            "lora": lora,
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler else None,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> int:
+        """Restore a checkpoint's training state; returns its step."""
+        result = set_peft_model_state_dict(self.unet, state["lora"], adapter_name=self.adapter_name)
+        if result.unexpected_keys:
+            raise RuntimeError(f"the checkpoint does not match this LoRA: unexpected keys {result.unexpected_keys[:3]}")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        return int(state["step"])
+
+    def close(self) -> None:
+        """Remove the adapter and leave the UNet as generation expects it (eval, no checkpointing)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.unet.delete_adapters(self.adapter_name)
+        self.unet.disable_gradient_checkpointing()
+        self.unet.eval()
+
+
+def _optimizer(params: TrainingParams, trainable: list[torch.nn.Parameter], device: torch.device):
+    """8-bit AdamW from bitsandbytes on CUDA (the seed's choice), else torch's AdamW with a warning."""
+    kwargs = dict(lr=params.learning_rate, betas=(0.9, 0.999), weight_decay=1e-4, eps=1e-8)
+    if params.optimizer == "adamw8bit":
+        if device.type == "cuda":
+            import bitsandbytes as bnb
+
+            return bnb.optim.AdamW8bit(trainable, **kwargs)
+        log.warning("8-bit AdamW needs bitsandbytes on a CUDA GPU; using plain AdamW on %s", device.type)
+    return torch.optim.AdamW(trainable, fused=device.type == "cuda", **kwargs)
+
+
+def compile_blocks(unet: torch.nn.Module) -> int:
+    """Regional torch.compile: each transformer and ResNet block on its own (87 in SDXL), not the whole graph.
+
+    The blocks repeat, so compiling them one by one costs about a minute instead of the
+    many minutes a full-graph compile takes on a slow CPU. Returns how many were compiled.
+    """
+    count = 0
+    for module in unet.modules():
+        if isinstance(module, (BasicTransformerBlock, ResnetBlock2D)):
+            module.compile()
+            count += 1
+    return count
+
+
+class Cancelled(Exception):
+    """Raised out of `run_loop` when `should_cancel` said so at a step boundary."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"cancelled at step {step}")
+        self.step = step
+
+
+@dataclass
+class LoopCallbacks:
+    """What the loop reports to and asks of its caller, all called in the training thread."""
+
+    save_checkpoint: Callable[[int], None]
+    validate: Callable[[int], None]
+    on_progress: Callable[[ProgressInfo], None] = lambda info: None
+    should_cancel: Callable[[], bool] = lambda: False
+    between_steps: Callable[[], None] | None = None
+    report_every_s: float = 1.0
+
+
+def run_loop(trainer: LoraTrainer, start_step: int, callbacks: LoopCallbacks) -> int:
+    """Train from `start_step` to params.steps with checkpoints and validation; returns the last step.
+
+    `step` counts completed optimizer steps. Cancellation is checked before every step;
+    validation runs before the first step of a fresh run and with checkpoints.
+    """
+    params = trainer.params
+    total = params.steps
+    step = trainer.completed_steps = start_step
+    if step == 0 and not callbacks.should_cancel():
+        callbacks.validate(0)
+    train_time = 0.0  # seconds in train_step only, for the ETA
+    trained = 0
+    last_report = time.monotonic()
+    while step < total:
+        if callbacks.should_cancel():
+            raise Cancelled(step)
+        if callbacks.between_steps is not None:
+            callbacks.between_steps()
+            trainer.activate()
+        started = time.monotonic()
+        loss = trainer.train_step(step)
+        step += 1
+        trained += 1
+        trainer.completed_steps = step
+        checkpoint = step % params.checkpoint_every == 0 or step == total
+        validate = step == total or (params.validate_every > 0 and step % params.validate_every == 0)
+        report = time.monotonic() - last_report >= callbacks.report_every_s or checkpoint or validate
+        loss_value = float(loss) if report else 0.0  # the one host sync, at most once per report
+        train_time += time.monotonic() - started
+        if report:
+            per_step = train_time / trained
+            callbacks.on_progress(
+                ProgressInfo(
+                    step=step,
+                    total=total,
+                    loss=loss_value,
+                    lr=trainer.learning_rate,
+                    images_per_s=params.images_per_step / per_step if per_step > 0 else 0.0,
+                    eta_s=per_step * (total - step),
+                )
+            )
+            last_report = time.monotonic()
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(
+                    f"the loss became {loss_value} at step {step}; try a lower learning rate"
+                )
+        if checkpoint:
+            callbacks.save_checkpoint(step)
+        if validate:
+            callbacks.validate(step)
+    return step

@@ -1,0 +1,273 @@
+"""Training runs as the rest of Pawtrait sees them: create a run row, execute it, record what it wrote.
+
+`execute_run` does the torch work in a thread (asyncio.to_thread) so the worker's event
+loop keeps serving; rows and the caller's progress/checkpoint/validation hooks are run
+back on the event loop, while `should_cancel` and `between_steps` are called directly in
+the training thread at every optimizer-step boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import torch
+
+from engine.device import free_memory_bytes
+from engine.models import BaseModel
+from engine.training.cache import build_cache, offload_encoders, restore_encoders
+from engine.training.checkpoints import drop_training_state, prune_checkpoints, read_training_state, write_checkpoint
+from engine.training.class_images import ensure_class_images
+from engine.training.create import TrainingInputError, training_photos
+from engine.training.hooks import ProgressInfo, RunOutcome, TrainingHooks
+from engine.training.loop import Cancelled, LoopCallbacks, LoraTrainer, plan_memory, run_loop
+from engine.training.params import TrainingParams
+from engine.training.prompts import class_prompt, validation_prompts
+from engine.training.validation import render
+from storage import runs
+from storage.files import DataDir, atomic_path
+from storage.pets import Pet, get_pet
+
+log = logging.getLogger(__name__)
+
+
+def adapter_name(run_id: int) -> str:
+    return f"train-{run_id}"
+
+
+async def execute_run(
+    db: aiosqlite.Connection, data: DataDir, base: BaseModel, run_id: int, hooks: TrainingHooks | None = None
+) -> RunOutcome:
+    """Run (or resume from its newest checkpoint) the training of run `run_id` and record the result."""
+    run = await runs.get_run(db, run_id)
+    if run is None:
+        raise TrainingInputError(f"there is no training run {run_id}")
+    if run.status == "succeeded":
+        raise TrainingInputError(f"training run {run_id} already finished; start a new one")
+    pet = await get_pet(db, run.pet_id)
+    if pet is None:
+        raise TrainingInputError(f"the pet of training run {run_id} no longer exists")
+    params = TrainingParams.from_dict(run.params)
+    try:
+        params.validate()
+    except ValueError as error:
+        raise TrainingInputError(str(error)) from None
+    photos = await training_photos(db, data, pet)
+
+    resume_from = await _resume_point(db, data, run_id)
+    start_step = 0 if resume_from is None else resume_from[0]
+    for image in await runs.delete_validation_after(db, run_id, start_step):
+        data.abs(image.path).unlink(missing_ok=True)
+    await runs.mark_running(db, run_id, start_step)
+
+    session = _Session(db, data, base, run_id, pet, params, photos, hooks or TrainingHooks(), asyncio.get_running_loop())
+    session.step = start_step
+    task = asyncio.ensure_future(asyncio.to_thread(session.run, resume_from))
+    status, error = "succeeded", None
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        # The worker is shutting down: stop at the next step boundary, record it, then go.
+        session.stop = True
+        await _settle(task)
+        await runs.finish_run(db, run_id, "cancelled", session.step, "stopped because the worker shut down")
+        raise
+    except Cancelled:
+        status = "cancelled"
+    except torch.OutOfMemoryError:
+        status = "failed"
+        error = (
+            f"out of GPU memory after {session.step} of {params.steps} steps; try lean mode (--mode lean), "
+            "gradient checkpointing or a lower rank"
+        )
+    except Exception as failure:  # noqa: BLE001 - any failure must end as a recorded, explained run
+        log.exception("training run %d failed", run_id)
+        status = "failed"
+        error = f"training failed after {session.step} of {params.steps} steps: {failure}"
+    await runs.finish_run(db, run_id, status, session.step, error)
+    return RunOutcome(run_id=run_id, status=status, error=error, step=session.step)
+
+
+async def _settle(task: asyncio.Future) -> None:
+    try:
+        await task
+    except BaseException:  # noqa: BLE001 - the shutdown path only needs the thread to have stopped
+        pass
+
+
+async def _resume_point(db: aiosqlite.Connection, data: DataDir, run_id: int) -> tuple[int, dict, Path] | None:
+    """(step, training state, folder) of the newest checkpoint that can be resumed from."""
+    for checkpoint in reversed(await runs.list_checkpoints(db, run_id)):
+        folder = data.abs(checkpoint.path)
+        state = read_training_state(folder) if folder.is_dir() else None
+        if state is not None:
+            return checkpoint.step, state, folder
+    return None
+
+
+class _Session:
+    """One execution of a run in the training thread, reporting back to the event loop."""
+
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        data: DataDir,
+        base: BaseModel,
+        run_id: int,
+        pet: Pet,
+        params: TrainingParams,
+        photos: list[Path],
+        hooks: TrainingHooks,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.db, self.data, self.base, self.run_id, self.pet = db, data, base, run_id, pet
+        self.params, self.photos, self.hooks, self.loop = params, photos, hooks, loop
+        self._step = 0
+        self.trainer: LoraTrainer | None = None
+        self.stop = False
+        self.prompts = validation_prompts(pet, params.validation_prompts)
+        self.checkpoint_ids: dict[int, int] = {}
+        self.latest_folder: Path | None = None
+
+    def on_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run fn(*args) on the event loop (awaiting it if it is a coroutine) and wait for the result."""
+
+        async def call() -> Any:
+            result = fn(*args)
+            return await result if inspect.isawaitable(result) else result
+
+        return asyncio.run_coroutine_threadsafe(call(), self.loop).result()
+
+    def run(self, resume_from: tuple[int, dict, Path] | None) -> int:
+        params, base = self.params, self.base
+        restore_encoders(base)
+        class_paths: list[Path] = []
+        if params.prior_preservation:
+            class_paths = ensure_class_images(
+                base,
+                self.data,
+                self.pet.class_noun,
+                params.class_images,
+                params.resolution,
+                steps=params.class_image_steps,
+            )
+        cache = build_cache(
+            base,
+            self.photos,
+            self.pet.instance_prompt,
+            params.resolution,
+            flip=params.flip,
+            class_paths=class_paths,
+            class_prompt=class_prompt(self.pet.class_noun),
+            validation_prompts=self.prompts,
+        )
+        plan = plan_memory(params, base, free_memory_bytes(base.device))
+        log.info(
+            "run %d: %s mode (%s), gradient checkpointing %s, %d images per micro-batch",
+            self.run_id, plan.mode, plan.reason, "on" if plan.gradient_checkpointing else "off", plan.micro_batch,
+        )
+        self.render_batch = len(self.prompts) if plan.mode == "fast" else 1
+        self.cache = cache
+        trainer = LoraTrainer(base, params, cache, adapter_name(self.run_id), plan)
+        trainer.completed_steps = self._step
+        self.trainer = trainer
+        try:
+            if plan.offload_encoders:
+                offload_encoders(base)
+            start = 0
+            if resume_from is not None:
+                start = trainer.load_state_dict(resume_from[1])
+                self.latest_folder = resume_from[2]
+                log.info("run %d: resuming from step %d", self.run_id, start)
+            callbacks = LoopCallbacks(
+                save_checkpoint=self.save_checkpoint,
+                validate=self.validate,
+                on_progress=self.progress,
+                should_cancel=self.should_cancel,
+                between_steps=self.hooks.between_steps,
+            )
+            return run_loop(trainer, start, callbacks)
+        finally:
+            trainer.close()
+            restore_encoders(base)
+            if base.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    @property
+    def step(self) -> int:
+        """Completed optimizer steps (what a failure or cancellation reports)."""
+        return self.trainer.completed_steps if self.trainer is not None else self._step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self._step = value
+
+    def should_cancel(self) -> bool:
+        return self.stop or bool(self.hooks.should_cancel and self.hooks.should_cancel())
+
+    def progress(self, info: ProgressInfo) -> None:
+        self.on_loop(runs.set_step, self.db, self.run_id, info.step)
+        if self.hooks.on_progress:
+            self.on_loop(self.hooks.on_progress, info)
+
+    def save_checkpoint(self, step: int) -> None:
+        params, trainer = self.params, self.trainer
+        lora = trainer.lora_state_dict()
+        folder = self.data.checkpoint_dir(self.run_id, step)
+        files = write_checkpoint(
+            folder,
+            lora,
+            trainer.lora_config.to_dict(),
+            rank=params.rank,
+            alpha=params.lora_alpha,
+            kohya_name=f"pawtrait-{self.pet.token}-run{self.run_id}-step{step}",
+            state=trainer.state_dict(step, lora),
+        )
+        rel = self.data.rel
+        checkpoint_id = self.on_loop(
+            runs.add_checkpoint, self.db, self.run_id, step, rel(files.folder), rel(files.diffusers_file),
+            rel(files.kohya_file),
+        )
+        if self.latest_folder is not None and self.latest_folder != folder:
+            drop_training_state(self.latest_folder)
+        self.latest_folder = folder
+        self.checkpoint_ids[step] = checkpoint_id
+        self.on_loop(runs.set_step, self.db, self.run_id, step)
+        if params.keep_checkpoints:
+            self.on_loop(prune_checkpoints, self.db, self.data, self.run_id, params.keep_checkpoints)
+        if self.hooks.on_checkpoint:
+            self.on_loop(self.hooks.on_checkpoint, step, checkpoint_id)
+
+    def validate(self, step: int) -> None:
+        params, cache = self.params, self.cache
+        assert cache.validation is not None and cache.validation_negative is not None
+        seeds = [params.validation_seed + index for index in range(len(self.prompts))]
+        pictures, fp32 = render(
+            self.base,
+            cache.validation,
+            cache.validation_negative,
+            seeds,
+            resolution=params.resolution,
+            steps=params.validation_steps,
+            guidance=params.validation_guidance,
+            batch=self.render_batch,
+        )
+        if fp32:
+            log.warning("run %d: validation at step %d needed the fp32 VAE", self.run_id, step)
+        folder = self.data.validation_dir(self.run_id)
+        for index, (picture, prompt, seed) in enumerate(zip(pictures, self.prompts, seeds)):
+            path = folder / f"step-{step:05d}-{index}.png"
+            with atomic_path(path) as tmp:
+                picture.save(tmp, format="PNG")
+            self.on_loop(
+                runs.add_validation_image, self.db, self.run_id, step, self.checkpoint_ids.get(step), prompt, seed,
+                self.data.rel(path),
+            )
+        rows = self.on_loop(runs.list_validation_images, self.db, self.run_id, step)
+        if self.hooks.on_validation:
+            self.on_loop(self.hooks.on_validation, step, rows)

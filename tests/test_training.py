@@ -1,0 +1,226 @@
+"""The training engine on the tiny SDXL: runs, checkpoints in both formats, validation, resume, cancel."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.models import BaseModel, load_base_model
+from engine.settings import Settings
+from engine.training import TrainingHooks, TrainingInputError, TrainingParams, create_run, execute_run
+from engine.training.checkpoints import STATE_FILE
+from storage import runs
+from storage.files import DataDir
+from storage.pets import LOCAL_GUILD, create_pet
+from training_helpers import pet_with_photos
+
+# Small and quick: 64 px photos (8x8 latents), 2 images per optimizer step, 2-step validation renders.
+QUICK = dict(resolution=64, gradient_accumulation=2, validation_steps=2, learning_rate=1e-2)
+KOHYA_KEY = re.compile(r"^lora_unet_(\w+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
+
+
+@pytest.fixture(scope="module")
+def base(tiny_model_dir: Path) -> BaseModel:
+    """One tiny SDXL for the module, shared like the worker shares its model between runs."""
+    return load_base_model(Settings(model=str(tiny_model_dir), vae=None, device="cpu", resolution=64))
+
+
+@pytest.fixture
+def data(settings: Settings) -> DataDir:
+    return DataDir(settings.data_dir)
+
+
+def unet_output(base: BaseModel) -> torch.Tensor:
+    """The UNet's prediction for a fixed input: changes if and only if a LoRA changes the model."""
+    unet = base.pipe.unet
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(1, 4, 8, 8, generator=generator)
+    text = torch.randn(1, 77, unet.config.cross_attention_dim, generator=generator)
+    pooled = torch.randn(1, base.pipe.text_encoder_2.config.projection_dim, generator=generator)
+    time_ids = torch.tensor([[64.0, 64, 0, 0, 64, 64]])
+    with torch.no_grad():
+        return unet(sample, 500, text, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
+
+
+async def test_run_trains_and_records_checkpoints_and_validation(db, data: DataDir, base: BaseModel) -> None:
+    pet = await pet_with_photos(db, data)
+    before = unet_output(base)
+    params = TrainingParams(steps=4, checkpoint_every=2, validate_every=2, **QUICK)
+    run_id = await create_run(db, data, pet, params)
+    progress, checkpoints, validations = [], [], []
+    hooks = TrainingHooks(
+        on_progress=progress.append,
+        on_checkpoint=lambda step, checkpoint_id: checkpoints.append((step, checkpoint_id)),
+        on_validation=lambda step, images: validations.append((step, images)),
+    )
+
+    outcome = await execute_run(db, data, base, run_id, hooks)
+
+    assert (outcome.status, outcome.step, outcome.error) == ("succeeded", 4, None)
+    run = await runs.get_run(db, run_id)
+    assert (run.status, run.step, run.finished_at is not None) == ("succeeded", 4, True)
+    assert TrainingParams.from_dict(run.params) == params
+    assert progress and all(torch.isfinite(torch.tensor(info.loss)) for info in progress)
+    assert progress[-1].step == 4 and progress[-1].total == 4
+
+    rows = await runs.list_checkpoints(db, run_id)
+    assert [(row.step, row.id) for row in rows] == checkpoints == [(2, rows[0].id), (4, rows[1].id)]
+    for row in rows:
+        assert data.abs(row.diffusers_file).is_file() and data.abs(row.kohya_file).is_file()
+    # Only the newest checkpoint carries the resume state.
+    assert not (data.abs(rows[0].path) / STATE_FILE).exists()
+    assert (data.abs(rows[1].path) / STATE_FILE).is_file()
+
+    images = await runs.list_validation_images(db, run_id)
+    assert sorted({image.step for image in images}) == [0, 2, 4]
+    assert [step for step, _ in validations] == [0, 2, 4]
+    assert all(data.abs(image.path).is_file() for image in images)
+    step4 = [image for image in images if image.step == 4]
+    assert len(step4) == 3 and step4[0].prompt == pet.instance_prompt
+    assert all(image.checkpoint_id == rows[1].id for image in step4)
+    assert all(image.checkpoint_id is None for image in images if image.step == 0)
+    # Same prompt and seed at every step, so the pictures compare like for like.
+    assert {(i.prompt, i.seed) for i in images if i.step == 0} == {(i.prompt, i.seed) for i in step4}
+
+    # The LoRA learned something (lora_up starts at zero) and the shared UNet is left clean.
+    kohya = load_file(data.abs(rows[1].kohya_file))
+    assert any(value.abs().sum() > 0 for key, value in kohya.items() if key.endswith("lora_up.weight"))
+    assert f"train-{run_id}" not in getattr(base.pipe.unet, "peft_config", {})
+    assert not base.pipe.unet.training
+    assert torch.equal(unet_output(base), before)
+
+    # The diffusers file loads with the standard API and changes what the model predicts.
+    base.pipe.load_lora_weights(str(data.abs(rows[1].path)), adapter_name="check")
+    try:
+        assert not torch.allclose(unet_output(base), before)
+    finally:
+        base.pipe.delete_adapters("check")
+    assert torch.equal(unet_output(base), before)
+
+
+async def test_kohya_file_uses_sdxl_kohya_names_that_map_onto_the_unet(db, data: DataDir, base: BaseModel) -> None:
+    pet = await pet_with_photos(db, data)
+    run_id = await create_run(db, data, pet, TrainingParams(steps=1, rank=2, alpha=1.0, validate_every=0, **QUICK))
+    assert (await execute_run(db, data, base, run_id)).status == "succeeded"
+    [checkpoint] = await runs.list_checkpoints(db, run_id)
+    kohya = load_file(data.abs(checkpoint.kohya_file))
+
+    # kohya's scheme: lora_unet_ + the diffusers module path with '.' -> '_'; A1111/ComfyUI map it back.
+    # (Earlier runs on the shared UNet leave peft wrappers around the Linear layers: look through them.)
+    underscored = {
+        name.replace(".", "_"): getattr(module, "base_layer", module)
+        for name, module in base.pipe.unet.named_modules()
+        if not re.search(r"\.(base_layer|lora_\w+)(\.|$)", name)
+    }
+    modules = set()
+    for key, value in kohya.items():
+        match = KOHYA_KEY.match(key)
+        assert match, key
+        module = underscored.get(match.group(1))
+        assert isinstance(module, torch.nn.Linear), f"{key} names no Linear layer of the UNet"
+        modules.add(match.group(1))
+        if match.group(2) == "alpha":
+            assert float(value) == 1.0
+        elif match.group(2) == "lora_down.weight":
+            assert value.shape == (2, module.in_features)
+        else:
+            assert value.shape == (module.out_features, 2)
+    assert all(re.search(r"attn[12]_to_(q|k|v|out_0)$", name) for name in modules)
+    expected = [n for n in underscored if re.search(r"attn[12]_to_(q|k|v|out_0)$", n) and isinstance(underscored[n], torch.nn.Linear)]
+    assert modules == set(expected)
+    assert len(kohya) == 3 * len(expected)
+
+
+async def test_cancel_then_resume_equals_an_uninterrupted_run(db, data: DataDir, base: BaseModel) -> None:
+    pet = await pet_with_photos(db, data)
+    params = TrainingParams(steps=5, checkpoint_every=2, validate_every=0, flip=True, **QUICK)
+    straight = await create_run(db, data, pet, params)
+    assert (await execute_run(db, data, base, straight)).status == "succeeded"
+
+    interrupted = await create_run(db, data, pet, params)
+    boundaries = []
+
+    def cancel_at_step_3() -> bool:
+        boundaries.append(len(boundaries))
+        return len(boundaries) > 4  # the step-0 validation check, then before steps 1..3; cancel before step 4
+
+    outcome = await execute_run(db, data, base, interrupted, TrainingHooks(should_cancel=cancel_at_step_3))
+    assert (outcome.status, outcome.step) == ("cancelled", 3)
+    run = await runs.get_run(db, interrupted)
+    assert (run.status, run.step) == ("cancelled", 3)
+    assert [c.step for c in await runs.list_checkpoints(db, interrupted)] == [2]
+    assert f"train-{interrupted}" not in getattr(base.pipe.unet, "peft_config", {})
+
+    resumed = await execute_run(db, data, base, interrupted)  # continues from the step-2 checkpoint
+    assert (resumed.status, resumed.step) == ("succeeded", 5)
+    assert [c.step for c in await runs.list_checkpoints(db, interrupted)] == [2, 4, 5]
+    # Step-0 validation from the first attempt is kept, the final one rendered once.
+    assert [i.step for i in await runs.list_validation_images(db, interrupted)] == [0, 0, 0, 5, 5, 5]
+
+    final_a = load_file(data.abs((await runs.list_checkpoints(db, straight))[-1].diffusers_file))
+    final_b = load_file(data.abs((await runs.list_checkpoints(db, interrupted))[-1].diffusers_file))
+    assert final_a.keys() == final_b.keys()
+    for key in final_a:
+        assert torch.allclose(final_a[key], final_b[key], atol=1e-6, rtol=0), key
+
+
+async def test_keep_checkpoints_prunes_older_ones(db, data: DataDir, base: BaseModel) -> None:
+    pet = await pet_with_photos(db, data)
+    params = TrainingParams(steps=3, checkpoint_every=1, validate_every=1, keep_checkpoints=2, **QUICK)
+    run_id = await create_run(db, data, pet, params)
+    assert (await execute_run(db, data, base, run_id)).status == "succeeded"
+    kept = await runs.list_checkpoints(db, run_id)
+    assert [c.step for c in kept] == [2, 3]
+    assert not data.checkpoint_dir(run_id, 1).exists()
+    images = await runs.list_validation_images(db, run_id)
+    assert sorted({i.step for i in images}) == [0, 2, 3]
+    on_disk = {p.name for p in data.validation_dir(run_id).iterdir()}
+    assert on_disk == {Path(i.path).name for i in images}
+
+
+async def test_prior_preservation_generates_class_images_once_per_class(db, data: DataDir, base: BaseModel) -> None:
+    params = TrainingParams(
+        steps=1, prior_preservation=True, class_images=2, class_image_steps=1, validate_every=0, **QUICK
+    )
+    first = await pet_with_photos(db, data, name="Thor")
+    assert (await execute_run(db, data, base, await create_run(db, data, first, params))).status == "succeeded"
+    folder = data.class_images_dir("cat")
+    made = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
+    assert sorted(made) == ["0000.png", "0001.png"]
+
+    second = await pet_with_photos(db, data, name="Loki")
+    assert (await execute_run(db, data, base, await create_run(db, data, second, params))).status == "succeeded"
+    assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == made
+
+
+async def test_bad_inputs_are_refused_in_plain_words(db, data: DataDir, base: BaseModel) -> None:
+    empty = await create_pet(db, LOCAL_GUILD, "owner", "Ghost", "dog")
+    with pytest.raises(TrainingInputError, match="no photos yet"):
+        await create_run(db, data, empty, TrainingParams(**QUICK))
+    pet = await pet_with_photos(db, data)
+    for bad, message in [
+        (dict(steps=0), "steps must be at least 1"),
+        (dict(steps=-5), "steps must be at least 1"),
+        (dict(rank=0), "rank must be at least 1"),
+        (dict(resolution=100), "multiple of 64"),
+        (dict(mode="turbo"), "mode must be one of"),
+    ]:
+        with pytest.raises(TrainingInputError, match=message):
+            await create_run(db, data, pet, TrainingParams(**{**QUICK, **bad}))
+    with pytest.raises(TrainingInputError, match="no training run 999"):
+        await execute_run(db, data, base, 999)
+    assert await runs.list_runs(db, pet.id) == []
+
+
+def test_params_round_trip_through_json() -> None:
+    import json
+
+    params = TrainingParams(steps=7, alpha=8.0, validation_prompts=("TOK cat on a boat",), flip=True)
+    again = TrainingParams.from_dict(json.loads(json.dumps(params.to_dict())))
+    assert again == params and again.lora_alpha == 8.0
+    assert TrainingParams().lora_alpha == 4.0  # the seed's rank = alpha
+    assert TrainingParams.from_dict({"steps": 3, "from_the_future": 1}).extra == {"from_the_future": 1}
