@@ -23,7 +23,7 @@ from photo_samples import encode, jpeg, varied_photo
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 PNG = b"\x89PNG\r\n\x1a\n"
-TRAIN_STEPS = 8  # a checkpoint and validation images every 2 steps (bot.cogs.train.checkpoint_interval)
+TRAIN_STEPS = 6  # a checkpoint and validation images every 2 steps (bot.cogs.train.checkpoint_interval)
 
 
 @dataclass
@@ -157,14 +157,14 @@ async def test_training_thread_survives_a_bot_restart_and_votes_pick_the_checkpo
     assert thread.parent_id == world.general.id and "Mochi" in thread.name
     status = await fake.wait_until(lambda: next(iter(thread_messages(world, thread)), None), 20, "the status message")
 
-    # Restart the bot (and its worker) once the step-2 checkpoint exists: mid-training.
+    # Restart the bot (and its worker) once the step-2 validation images exist: mid-training.
     reached = await wait_for_rows(
         fake, world.db_path,
-        "SELECT 'checkpoint' AS what, '' AS error FROM checkpoints WHERE step = 2 "
+        "SELECT 'validation' AS what, '' AS error FROM validation_images WHERE step = 2 "
         "UNION ALL SELECT 'failed', error FROM jobs WHERE status = 'failed'",
-        180, "the step-2 checkpoint",
+        180, "the step-2 validation images",
     )
-    assert reached[0]["what"] == "checkpoint", f"the training failed: {reached[0]['error']}"
+    assert reached[0]["what"] == "validation", f"the training failed: {reached[0]['error']}"
     await bot.stop()
     run = (await query(world.db_path, "SELECT status, step FROM training_runs"))[0]
     assert run["step"] < TRAIN_STEPS, "the run finished before the restart; nothing was interrupted"
@@ -265,3 +265,14 @@ async def test_forget_asks_then_deletes_everything(world: World) -> None:
     assert not (world.data_dir / "pets" / str(pet_id)).exists()
     gone = await answer(world, await fake.slash(world.cats, world.alice, "imagine", prompt="TOK", pet="Mochi"))
     assert gone.ephemeral and "no pet called **Mochi**" in gone.text()
+
+
+async def test_a_dev_guild_gets_its_commands_at_once(world: World) -> None:
+    fake, bot = world.fake, world.bot
+    await bot.stop()
+    syncs = len(fake.command_syncs)
+    await bot.start(fake, PAWTRAIT_WORKERS="0", PAWTRAIT_DEV_GUILD=world.cats.id)
+    assert len(fake.command_syncs) == syncs + 1 and fake.command_syncs[-1][0] == world.cats.id
+    assert fake.command("pets", world.cats.id).get("guild_id") == world.cats.id
+    reply = await answer(world, await fake.slash(world.cats, world.bob, "pets"))
+    assert reply.ephemeral and "No pets here yet" in reply.text()
