@@ -224,3 +224,41 @@ def test_params_round_trip_through_json() -> None:
     assert again == params and again.lora_alpha == 8.0
     assert TrainingParams().lora_alpha == 4.0  # the seed's rank = alpha
     assert TrainingParams.from_dict({"steps": 3, "from_the_future": 1}).extra == {"from_the_future": 1}
+
+
+async def test_vote_tally_counts_votes_per_checkpoint_step(db, data: DataDir) -> None:
+    pet = await pet_with_photos(db, data, count=1)
+    run_id = await runs.insert_run(db, pet.id, TrainingParams().to_dict(), 200)
+    c100 = await runs.add_checkpoint(db, run_id, 100, "a", "a/x", "a/y")
+    c200 = await runs.add_checkpoint(db, run_id, 200, "b", "b/x", "b/y")
+    before = await runs.add_validation_image(db, run_id, 0, None, "p", 42, "v0.png")
+    img100 = await runs.add_validation_image(db, run_id, 100, c100, "p", 42, "v1.png")
+    img200 = await runs.add_validation_image(db, run_id, 200, c200, "p", 42, "v2.png")
+    assert await runs.add_vote(db, "ann", "⭐", validation_image_id=img100)
+    assert not await runs.add_vote(db, "ann", "⭐", validation_image_id=img100)  # once per user and emoji
+    assert await runs.add_vote(db, "bob", "⭐", validation_image_id=img100)
+    assert await runs.add_vote(db, "cat", "⭐", checkpoint_id=c200)
+    assert await runs.add_vote(db, "cat", "👍", validation_image_id=img200)
+    assert await runs.add_vote(db, "dan", "⭐", validation_image_id=before)  # step 0 is not a candidate
+    assert await runs.vote_tally(db, run_id) == {100: 2, 200: 2}
+    assert await runs.vote_tally(db, run_id, "⭐") == {100: 2, 200: 1}
+    assert await runs.remove_vote(db, "bob", "⭐", validation_image_id=img100)
+    assert await runs.vote_tally(db, run_id, "⭐") == {100: 1, 200: 1}
+
+
+def test_mode_follows_free_memory_unless_forced() -> None:
+    from types import SimpleNamespace
+
+    from engine.training.loop import plan_memory
+
+    gpu = SimpleNamespace(device=torch.device("cuda"))
+    gib = 2**30
+    roomy = plan_memory(TrainingParams(), gpu, 70 * gib)
+    assert (roomy.mode, roomy.gradient_checkpointing, roomy.micro_batch) == ("fast", False, 4)
+    tight = plan_memory(TrainingParams(), gpu, 14 * gib)
+    assert (tight.mode, tight.gradient_checkpointing, tight.offload_encoders) == ("lean", True, True)
+    assert tight.micro_batch < 4
+    forced = plan_memory(TrainingParams(mode="fast", gradient_checkpointing=True, micro_batch=2), gpu, 14 * gib)
+    assert (forced.mode, forced.gradient_checkpointing, forced.micro_batch) == ("fast", True, 2)
+    prior = plan_memory(TrainingParams(prior_preservation=True), gpu, 70 * gib)
+    assert prior.micro_batch == 8 or prior.mode == "lean"

@@ -1,0 +1,185 @@
+"""`pawtrait train NAME`: train a pet's LoRA in the foreground, with a progress bar.
+
+For operators and notebooks like the seed's. Ctrl-C stops at the next step boundary and
+keeps the checkpoints written so far; `pawtrait train NAME --resume` continues from the
+newest one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+import threading
+
+from engine.settings import Settings
+from engine.training.params import MODES, TrainingParams
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    defaults = TrainingParams()
+    parser = subparsers.add_parser(
+        "train",
+        help="train a pet's LoRA here in the foreground (Ctrl-C stops; --resume continues)",
+        description="Train the SDXL DreamBooth LoRA of a local pet (see `pawtrait pets`) from its photos. "
+        "Defaults follow the seed recipe: 500 steps, rank 4, learning rate 1e-4, 4 images per step, min-SNR 5. "
+        "Checkpoints (diffusers and A1111/ComfyUI files) and validation images go under the data folder's runs/.",
+    )
+    parser.add_argument("name", metavar="NAME", help="the pet's name")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help=f"optimizer steps (default {defaults.steps})")
+    parser.add_argument("--rank", type=int, default=defaults.rank, help=f"LoRA rank (default {defaults.rank})")
+    parser.add_argument("--alpha", type=float, help="LoRA alpha (default: the rank, i.e. scale 1)")
+    parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="learning rate (default 1e-4)")
+    parser.add_argument("--prior-preservation", action="store_true", help="train against class images too")
+    parser.add_argument("--class-images", type=int, default=defaults.class_images,
+                        help=f"class images for prior preservation, shared per class (default {defaults.class_images})")
+    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every, metavar="N",
+                        help=f"save a checkpoint every N steps (default {defaults.checkpoint_every})")
+    parser.add_argument("--validate-every", type=int, default=defaults.validate_every, metavar="N",
+                        help=f"render validation images every N steps, 0 = start and end only "
+                        f"(default {defaults.validate_every})")
+    parser.add_argument("--validation-steps", type=int, default=defaults.validation_steps, metavar="N",
+                        help=f"denoising steps per validation image (default {defaults.validation_steps})")
+    parser.add_argument("--keep-checkpoints", type=int, default=0, metavar="K",
+                        help="keep only the newest K checkpoints (default 0 = all)")
+    parser.add_argument("--resolution", type=int, help="training resolution (default PAWTRAIT_RESOLUTION)")
+    parser.add_argument("--mode", choices=MODES, help="fast, lean or auto from free GPU memory "
+                        "(default PAWTRAIT_TRAIN_MODE)")
+    parser.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                        help="force gradient checkpointing on or off (default: chosen by the mode)")
+    parser.add_argument("--flip", action="store_true", help="random horizontal flips")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help=f"random seed (default {defaults.seed})")
+    parser.add_argument("--guild", default=None, metavar="ID",
+                        help="the pet's Discord server id (default: the local pets of the command line)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the pet's latest unfinished run (other options are ignored)")
+    parser.set_defaults(run=run)
+
+
+def params_from_args(args: argparse.Namespace, settings: Settings) -> TrainingParams:
+    return TrainingParams(
+        steps=args.steps,
+        rank=args.rank,
+        alpha=args.alpha,
+        learning_rate=args.lr,
+        prior_preservation=args.prior_preservation,
+        class_images=args.class_images,
+        checkpoint_every=args.checkpoint_every,
+        validate_every=args.validate_every,
+        validation_steps=args.validation_steps,
+        keep_checkpoints=args.keep_checkpoints,
+        resolution=args.resolution or settings.resolution,
+        mode=args.mode or settings.train_mode,
+        gradient_checkpointing=args.gradient_checkpointing,
+        flip=args.flip,
+        seed=args.seed,
+        compile=settings.compile,
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    return asyncio.run(_train(args, settings))
+
+
+def _fail(message: str) -> int:
+    print(f"pawtrait train: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+async def _train(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.training.create import TrainingInputError, create_run
+    from storage import runs
+    from storage.db import connect
+    from storage.files import DataDir
+    from storage.pets import LOCAL_GUILD, find_pet, list_pets
+
+    db = await connect(settings.db_path)
+    data = DataDir(settings.data_dir)
+    try:
+        guild = args.guild or LOCAL_GUILD
+        pet = await find_pet(db, guild, args.name)
+        if pet is None:
+            names = ", ".join(p.name for p in await list_pets(db, guild)) or "none yet"
+            return _fail(f"there is no pet called {args.name!r} here (pets: {names}); "
+                         "teach one first with `pawtrait teach`")
+        if args.resume:
+            unfinished = await runs.latest_unfinished_run(db, pet.id)
+            if unfinished is None:
+                return _fail(f"{pet.name} has no unfinished training run to resume; start one without --resume")
+            run_id = unfinished.id
+            print(f"resuming run {run_id} of {pet.name} from step {unfinished.step}", file=sys.stderr)
+        else:
+            try:
+                run_id = await create_run(db, data, pet, params_from_args(args, settings))
+            except TrainingInputError as error:
+                return _fail(str(error))
+        return await _execute(db, data, settings, run_id, pet.name)
+    finally:
+        await db.close()
+
+
+async def _execute(db, data, settings: Settings, run_id: int, pet_name: str) -> int:
+    from tqdm import tqdm
+
+    from engine.models import ModelNotFound, load_base_model
+    from engine.training.create import TrainingInputError
+    from engine.training.hooks import TrainingHooks
+    from engine.training.service import execute_run
+    from storage import runs
+
+    print("loading the model...", file=sys.stderr)
+    try:
+        base = await asyncio.to_thread(load_base_model, settings)
+    except ModelNotFound as error:
+        return _fail(str(error))
+    run = await runs.get_run(db, run_id)
+    cancel = threading.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_interrupt() -> None:
+        if not cancel.is_set():
+            cancel.set()
+            tqdm.write("stopping after this step (checkpoints are kept)...", file=sys.stderr)
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, on_interrupt)
+        handling_ctrl_c = True
+    except (RuntimeError, ValueError, NotImplementedError):  # not the main thread, or no signals here
+        handling_ctrl_c = False
+    with tqdm(total=run.total_steps, initial=run.step, unit="step", file=sys.stderr, dynamic_ncols=True) as bar:
+        hooks = TrainingHooks(
+            on_progress=lambda info: (
+                bar.update(info.step - bar.n),
+                bar.set_postfix(loss=f"{info.loss:.4f}", img_s=f"{info.images_per_s:.1f}"),
+            ),
+            on_checkpoint=lambda step, checkpoint_id: tqdm.write(
+                f"checkpoint at step {step} (id {checkpoint_id})", file=sys.stderr
+            ),
+            on_validation=lambda step, images: tqdm.write(
+                f"validation images at step {step}: " + ", ".join(str(data.abs(i.path)) for i in images),
+                file=sys.stderr,
+            ),
+            should_cancel=cancel.is_set,
+        )
+        try:
+            outcome = await execute_run(db, data, base, run_id, hooks)
+        except TrainingInputError as error:
+            return _fail(str(error))
+        finally:
+            if handling_ctrl_c:
+                loop.remove_signal_handler(signal.SIGINT)
+    if outcome.status == "succeeded":
+        final = (await runs.list_checkpoints(db, run_id))[-1]
+        print(f"{pet_name} is trained (run {run_id}, {outcome.step} steps).")
+        print(f"diffusers LoRA: {data.abs(final.diffusers_file)}")
+        print(f"A1111/ComfyUI LoRA: {data.abs(final.kohya_file)}")
+        return EXIT_OK
+    if outcome.status == "cancelled":
+        print(f"cancelled after step {outcome.step}; checkpoints are kept. "
+              f"Continue with: pawtrait train {pet_name!r} --resume", file=sys.stderr)
+        return EXIT_CANCELLED
+    print(f"pawtrait train: {outcome.error}", file=sys.stderr)
+    return EXIT_FAILED

@@ -1,0 +1,86 @@
+"""`pawtrait train` as an operator runs it: real processes, Ctrl-C, --resume, and clear errors."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cli.main import main
+from engine.settings import Settings
+from storage import runs
+from storage.db import connect
+from storage.files import DataDir
+from storage.pets import LOCAL_GUILD, create_pet
+from training_helpers import pet_with_photos
+
+QUICK_ARGS = ["--resolution", "64", "--validate-every", "0", "--validation-steps", "1", "--checkpoint-every", "1"]
+
+
+def pawtrait(env: dict[str, str], *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "train", *args],
+        env=env, cwd=Path(__file__).parent.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+@pytest.fixture
+def cli_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The test settings both for subprocesses and for in-process `main()` calls."""
+    for key in ("PAWTRAIT_DATA_DIR", "PAWTRAIT_MODEL", "PAWTRAIT_VAE", "PAWTRAIT_DEVICE", "PAWTRAIT_RESOLUTION"):
+        monkeypatch.setenv(key, env[key])
+    return env
+
+
+async def test_ctrl_c_cancels_cleanly_and_resume_finishes(
+    db, settings: Settings, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = DataDir(settings.data_dir)
+    pet = await pet_with_photos(db, data)
+    process = pawtrait(cli_env, "Thor", "--steps", "8", *QUICK_ARGS)
+    first_checkpoint = data.root / "runs" / "1" / "checkpoints" / "step-1"
+    deadline = time.monotonic() + 120
+    while not first_checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "--resume" in err
+    run = (await runs.list_runs(db, pet.id))[0]
+    assert run.status == "cancelled" and 1 <= run.step < 8
+    assert [c.step for c in await runs.list_checkpoints(db, run.id)] == list(range(1, run.step + 1))
+
+    # The resume runs in this process (a second interpreter start costs more than the training).
+    assert await asyncio.to_thread(main, ["train", "Thor", "--resume"]) == 0
+    out, err = capsys.readouterr()
+    assert f"resuming run {run.id}" in err
+    run = await runs.get_run(db, run.id)
+    assert (run.status, run.step) == ("succeeded", 8)
+    final = (await runs.list_checkpoints(db, run.id))[-1]
+    assert str(data.abs(final.diffusers_file)) in out and str(data.abs(final.kohya_file)) in out
+    assert data.abs(final.kohya_file).is_file()
+
+
+async def test_bad_requests_exit_2_with_a_plain_message(
+    db, settings: Settings, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = DataDir(settings.data_dir)
+    await create_pet(db, LOCAL_GUILD, "owner", "Ghost", "dog")
+    pet = await pet_with_photos(db, data)
+    cases = [
+        (["Nobody"], "no pet called 'Nobody'"),
+        (["Ghost"], "Ghost has no photos yet"),
+        (["Thor", "--steps", "0"], "steps must be at least 1"),
+        (["Thor", "--steps", "-3"], "steps must be at least 1"),
+        (["Thor", "--rank", "0"], "rank must be at least 1"),
+        (["Thor", "--resume"], "no unfinished training run"),
+    ]
+    for args, message in cases:
+        assert await asyncio.to_thread(main, ["train", *args]) == 2, args
+        assert message in capsys.readouterr().err
+    assert await runs.list_runs(db, pet.id) == []
