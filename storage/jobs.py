@@ -409,7 +409,9 @@ async def heartbeat_age_s(db: aiosqlite.Connection, job_id: int) -> float | None
     return None if row is None or row[0] is None else float(row[0])
 
 
-async def requeue_or_fail(db: aiosqlite.Connection, job_id: int, worker_id: str, max_attempts: int, why: str) -> Job:
+async def requeue_or_fail(
+    db: aiosqlite.Connection, job_id: int, worker_id: str | None, max_attempts: int, why: str
+) -> Job:
     """A running job whose worker is gone: queue it again, or fail it once it has used up its tries.
 
     Only acts if the job is still running on that worker, so two recoverers cannot both act.
@@ -440,11 +442,22 @@ async def requeue_or_fail(db: aiosqlite.Connection, job_id: int, worker_id: str,
     return await _one_job(db, job_id)
 
 
-async def delete_events_before(db: aiosqlite.Connection, days: int) -> int:
-    """Drop events of ended jobs older than `days` (the jobs rows keep the outcome)."""
-    cursor = await db.execute(
-        "DELETE FROM job_events WHERE created_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?) "
-        "AND job_id IN (SELECT id FROM jobs WHERE status IN ('succeeded', 'failed', 'cancelled'))",
-        (f"-{int(days)} days",),
-    )
-    return cursor.rowcount
+async def release_job(db: aiosqlite.Connection, job_id: int, worker_id: str) -> Job:
+    """A worker that is being stopped hands its running job back to the queue.
+
+    The attempt is not counted: stopping the worker is not the job's fault. A training
+    resumes from its latest checkpoint when it runs again.
+    """
+    async with transaction(db):
+        job = await _one_job(db, job_id)
+        if job.status != "running" or job.worker_id != worker_id:
+            return job
+        await db.execute(
+            "UPDATE jobs SET status = 'queued', worker_id = NULL, heartbeat_at = NULL, "
+            "attempts = max(0, attempts - 1) WHERE id = ?",
+            (job_id,),
+        )
+        position = await queue_position(db, job_id)
+        await record_event(db, job_id, "queued", {"position": position, "requeued": "the worker was stopped"})
+    return await _one_job(db, job_id)
+

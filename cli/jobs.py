@@ -1,0 +1,175 @@
+"""`pawtrait worker`, `pawtrait jobs`, `pawtrait wait JOB`, `pawtrait cancel JOB`: the job queue from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from engine.settings import Settings
+
+WAIT_POLL_S = 1.0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    worker = subparsers.add_parser(
+        "worker",
+        help="run a GPU worker in the foreground (it runs queued trainings and generations)",
+        description="Run one worker: it loads the base model once and runs queued jobs one at a time until "
+        "Ctrl-C (a running job goes back to the queue; a training resumes from its latest checkpoint).",
+    )
+    worker.add_argument("--gpu", type=int, metavar="N", help="CUDA device index (default: the first)")
+    worker.set_defaults(run=run_worker)
+
+    listing = subparsers.add_parser("jobs", help="list queued and running jobs with progress, queue position and ETA")
+    listing.add_argument("--all", action="store_true", help="also show ended jobs (newest first)")
+    listing.add_argument("--limit", type=int, default=30, help="show at most this many rows (default 30)")
+    listing.set_defaults(run=run_jobs)
+
+    wait = subparsers.add_parser(
+        "wait", help="wait for a job to end and print where its files are (exit 0 only if it succeeded)"
+    )
+    wait.add_argument("job", type=int, metavar="JOB", help="job id, as printed by --detach or `pawtrait jobs`")
+    wait.add_argument("--quiet", action="store_true", help="print only the outcome, not progress")
+    wait.set_defaults(run=run_wait)
+
+    cancel = subparsers.add_parser(
+        "cancel", help="cancel a job: a queued one at once, a running training at its next step (checkpoints kept)"
+    )
+    cancel.add_argument("job", type=int, metavar="JOB")
+    cancel.set_defaults(run=run_cancel)
+
+
+def run_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.worker.process import run_worker as serve
+
+    return asyncio.run(serve(settings, args.gpu))
+
+
+def run_jobs(args: argparse.Namespace, settings: Settings) -> int:
+    return asyncio.run(_jobs(args, settings))
+
+
+def run_wait(args: argparse.Namespace, settings: Settings) -> int:
+    return asyncio.run(_wait(args, settings))
+
+
+def run_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    return asyncio.run(_cancel(args, settings))
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+async def _jobs(args: argparse.Namespace, settings: Settings) -> int:
+    from storage import jobs
+    from storage.db import connect
+
+    db = await connect(settings.db_path)
+    try:
+        rows = (await jobs.list_jobs(db, active_only=not args.all))[: args.limit]
+        if not rows:
+            print("no jobs" if args.all else "no queued or running jobs (see --all for ended ones)")
+            return 0
+        print(f"{'JOB':>5}  {'KIND':<12} {'STATUS':<10} {'USER':<12} {'POS':>4} {'DONE':>5} {'ETA':>7}  DETAILS")
+        for job in rows:
+            position = await jobs.queue_position(db, job.id)
+            eta = await jobs.estimate_wait_s(db, job.id)
+            details = job.error if job.status == "failed" else (job.progress_text or "")
+            pos = "-" if position is None else ("run" if position == 0 else str(position))
+            print(
+                f"{job.id:>5}  {job.kind:<12} {job.status:<10} {job.user_id[:12]:<12} {pos:>4} "
+                f"{job.progress * 100:>4.0f}% {_duration(eta):>7}  {details}"
+            )
+        return 0
+    finally:
+        await db.close()
+
+
+async def _wait(args: argparse.Namespace, settings: Settings) -> int:
+    from storage import jobs
+    from storage.db import connect
+    from storage.files import DataDir
+
+    db = await connect(settings.db_path)
+    try:
+        job = await jobs.get_job(db, args.job)
+        if job is None:
+            print(f"pawtrait wait: there is no job #{args.job}; see `pawtrait jobs --all`", file=sys.stderr)
+            return 1
+        last = 0
+        while True:
+            for event in await jobs.events_after(db, last, [job.id]):
+                last = event.id
+                if not args.quiet:
+                    _print_event(event)
+            job = await jobs.get_job(db, args.job)
+            assert job is not None
+            if job.ended:
+                break
+            await asyncio.sleep(WAIT_POLL_S)
+        return await _print_outcome(db, DataDir(settings.data_dir), job)
+    finally:
+        await db.close()
+
+
+def _print_event(event) -> None:
+    data = event.data
+    if event.kind == "queued":
+        print(f"queued, position {data.get('position')}" + (f" ({data['requeued']})" if data.get("requeued") else ""))
+    elif event.kind == "started":
+        print(f"started (attempt {data.get('attempt')})")
+    elif event.kind == "progress":
+        loss = f", loss {data['loss']:.4f}" if isinstance(data.get("loss"), (int, float)) else ""
+        eta = f", ETA {_duration(data['eta_s'])}" if isinstance(data.get("eta_s"), (int, float)) else ""
+        print(f"step {data.get('step')}/{data.get('total')}{loss}{eta}")
+    elif event.kind == "checkpoint":
+        print(f"checkpoint at step {data.get('step')}")
+    elif event.kind == "validation":
+        print(f"validation images at step {data.get('step')}: {len(data.get('images', []))}")
+
+
+async def _print_outcome(db, data, job) -> int:
+    if job.status == "failed":
+        print(f"job #{job.id} failed: {job.error}", file=sys.stderr)
+        return 1
+    if job.status == "cancelled":
+        print(f"job #{job.id} was cancelled")
+        return 1
+    print(f"job #{job.id} succeeded")
+    result = job.result or {}
+    for path in result.get("files", []):
+        print(data.abs(path))
+    if job.kind == "train" and job.run_id is not None:
+        from storage.runs import list_checkpoints
+
+        print(f"run folder: {data.run_dir(job.run_id)}")
+        for checkpoint in await list_checkpoints(db, job.run_id):
+            print(f"checkpoint step {checkpoint.step}: {data.abs(checkpoint.path)}")
+    return 0
+
+
+async def _cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from storage import jobs
+    from storage.db import connect
+
+    db = await connect(settings.db_path)
+    try:
+        try:
+            job = await jobs.request_cancel(db, args.job)
+        except jobs.JobNotFound as error:
+            print(f"pawtrait cancel: {error}", file=sys.stderr)
+            return 1
+        if job.status == "cancelled":
+            print(f"job #{job.id} cancelled")
+        elif job.status == "running":
+            print(f"job #{job.id} will stop at its next step (a training keeps its checkpoints)")
+        else:
+            print(f"job #{job.id} had already ended ({job.status})")
+        return 0
+    finally:
+        await db.close()

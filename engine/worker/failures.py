@@ -1,0 +1,50 @@
+"""Turning a job's exception into a plain-words reason, and freeing what the job left on the GPU."""
+
+from __future__ import annotations
+
+import gc
+import logging
+
+import torch
+
+from engine.models import BaseModel
+
+log = logging.getLogger(__name__)
+
+_SUGGESTIONS = {
+    "train": "try again when the GPU is less busy, or with PAWTRAIT_TRAIN_MODE=lean (gradient checkpointing) or a lower rank",
+    "generate": "try fewer images per request, a smaller size, or again once the training on this GPU has finished",
+    "class_images": "try again when the GPU is less busy, or with fewer class images",
+}
+_WHAT = {"train": "training", "generate": "painting", "class_images": "making class images"}
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(error).lower()
+    return "out of memory" in text or "can't allocate memory" in text
+
+
+def describe_failure(kind: str, error: BaseException) -> str:
+    """One or two sentences for the user: what went wrong and what to do about it."""
+    what = _WHAT.get(kind, kind)
+    if is_out_of_memory(error):
+        return f"ran out of GPU memory while {what}; {_SUGGESTIONS.get(kind, 'try smaller settings')}"
+    if isinstance(error, ValueError) and str(error):
+        return str(error)  # the engines' input errors are written for users already
+    return f"{what} failed: {type(error).__name__}: {error}"
+
+
+def release_memory(base: BaseModel, adapters: tuple[str, ...] = ()) -> None:
+    """Drop the named LoRA adapters from the shared UNet and give cached GPU memory back."""
+    unet = base.pipe.unet
+    present = [name for name in adapters if name in (getattr(unet, "peft_config", None) or {})]
+    if present:
+        try:
+            unet.delete_adapters(present)
+        except Exception:  # freeing memory must never take the worker down
+            log.exception("could not delete adapters %s", present)
+    gc.collect()
+    if base.device.type == "cuda":
+        torch.cuda.empty_cache()
