@@ -63,6 +63,7 @@ class JobRelay:
         self._last_edit: dict[int, float] = {}
         self._pending: dict[int, PendingEdit] = {}
         self._waiting_since: dict[int, float] = {}
+        self._previewed: set[int] = set()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="pawtrait-job-relay")
@@ -112,6 +113,7 @@ class JobRelay:
         """Wait (briefly) for the job's status message to exist: the command that queued the job
         posts it right after submitting, and the worker may be quicker."""
         if target.status_message_id is not None:
+            self._waiting_since.pop(target.job_id, None)
             return False
         first = self._waiting_since.setdefault(target.job_id, time.monotonic())
         return time.monotonic() - first < REPLY_GRACE_S
@@ -148,12 +150,14 @@ class JobRelay:
             await self._training_finished(db, target, job, data)
         elif event.kind in ("failed", "cancelled"):
             why = data.get("error") or job.error or "no reason was given"
+            pet = await get_pet(db, int(job.payload.get("pet_id", 0)))
+            owner = pet.owner_id if pet is not None else target.requested_by
             if event.kind == "failed":
                 text = f"❌ Training failed: {why}"
-                mention = f"<@{target.requested_by}> the training failed: {why}\nYour photos are kept; `/train` tries again."
+                mention = f"<@{owner}> the training failed: {why}\nYour photos are kept; `/train` tries again."
             else:
                 text = "⏹️ Training cancelled; its checkpoints are kept."
-                mention = f"<@{target.requested_by}> the training was cancelled."
+                mention = f"<@{owner}> the training was cancelled."
             await self._status(target, text, force=True)
             await self._send(target.post_channel_id, mention, allowed=True)
 
@@ -209,17 +213,24 @@ class JobRelay:
             path = self.bot.data.abs(data["path"]) if data.get("path") else None
             step, total = int(data.get("step", 0)), int(data.get("total", 0)) or 1
             files = [path] if path is not None and path.is_file() else []
+            # The first preview shows at once (even right after "started"), later ones rate-limited.
+            first = bool(files) and job.id not in self._previewed
+            if files:
+                self._previewed.add(job.id)
             await self._status(
                 target,
                 f"🎨 Painting **{_prompt(job)}** `{progress_bar(step, total)}` step {step}/{total}",
                 files=files,
+                force=first,
                 interval_s=PREVIEW_EDIT_INTERVAL_S,
             )
         elif event.kind == "finished":
             await self._generation_finished(db, target, job)
-        elif event.kind in ("failed", "cancelled"):
-            why = data.get("error") or job.error or "cancelled"
+        elif event.kind == "failed":
+            why = data.get("error") or job.error or "no reason was given"
             await self._status(target, f"❌ Could not paint **{_prompt(job)}**: {why}", force=True)
+        elif event.kind == "cancelled":
+            await self._status(target, f"⏹️ Cancelled: **{_prompt(job)}**", force=True)
 
     async def _generation_finished(self, db: aiosqlite.Connection, target: DiscordJob, job: Job) -> None:
         from bot.views import generation_view

@@ -276,3 +276,23 @@ async def test_a_dev_guild_gets_its_commands_at_once(world: World) -> None:
     assert fake.command("pets", world.cats.id).get("guild_id") == world.cats.id
     reply = await answer(world, await fake.slash(world.cats, world.bob, "pets"))
     assert reply.ephemeral and "No pets here yet" in reply.text()
+
+
+async def test_queue_limits_and_cancel(world: World) -> None:
+    """With no worker running (the previous test's bot), jobs wait: positions, the per-member
+    limit, /queue and /cancel."""
+    fake = world.fake
+    waiting = []
+    for index in range(3):  # PAWTRAIT_MAX_QUEUED_GENERATIONS defaults to 3
+        record = await fake.slash(world.cats, world.bob, "imagine", prompt=f"a castle, take {index}", steps=3)
+        waiting.append(await answer(world, record))
+    assert "next in line" in waiting[0].text() and "number 3 in the queue" in waiting[2].text()
+    refused = await answer(world, await fake.slash(world.cats, world.bob, "imagine", prompt="one more castle"))
+    assert refused.ephemeral and "3 generations waiting (the limit is 3)" in refused.text()
+    listing = await answer(world, await fake.slash(world.cats, world.bob, "queue"))
+    assert listing.ephemeral and listing.text().count("← yours") == 3
+    other = await answer(world, await fake.slash(world.cats, world.alice, "cancel"))
+    assert other.ephemeral and "nothing queued or running" in other.text()
+    cancelled = await answer(world, await fake.slash(world.cats, world.bob, "cancel"))
+    assert "cancelled" in cancelled.text() and "take 2" in cancelled.text()
+    await fake.wait_until(lambda: "Cancelled" in fake.messages[waiting[2].id].content, 20, "the cancelled job's message")
