@@ -32,6 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--strength", type=float, default=1.0, help="LoRA strength 0-2 (default 1; 0 = base model)")
     parser.add_argument("--checkpoint", type=int, metavar="ID", help="use this checkpoint instead of the pet's active one")
     parser.add_argument("--out", type=Path, metavar="DIR", help="also copy the PNGs into DIR")
+    parser.add_argument("--detach", action="store_true",
+                        help="queue the request for a worker and print its job id instead of painting here")
     parser.set_defaults(run=run)
 
 
@@ -68,6 +70,10 @@ async def _imagine(args: argparse.Namespace, settings: Settings) -> int:
             checkpoint_id=args.checkpoint,
         )
         request.validate()
+        if args.detach:
+            from cli.jobs import submit_detached
+
+            return await submit_detached(db, settings, "generate", LOCAL_GUILD, {"request": request.to_dict()})
         data = DataDir(settings.data_dir)
         print("loading the model...", file=sys.stderr)
         generator = Generator.from_settings(load_base_model(settings), settings)

@@ -56,6 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the pet's Discord server id (default: the local pets of the command line)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the pet's latest unfinished run (other options are ignored)")
+    parser.add_argument("--detach", action="store_true",
+                        help="queue the training for a worker and print its job id instead of training here")
     parser.set_defaults(run=run)
 
 
@@ -116,6 +118,10 @@ async def _train(args: argparse.Namespace, settings: Settings) -> int:
                 run_id = await create_run(db, data, pet, params_from_args(args, settings))
             except TrainingInputError as error:
                 return _fail(str(error))
+        if args.detach:
+            from cli.jobs import submit_detached
+
+            return await submit_detached(db, settings, "train", guild, {"run_id": run_id, "pet_id": pet.id}, run_id)
         return await _execute(db, data, settings, run_id, pet.name)
     finally:
         await db.close()

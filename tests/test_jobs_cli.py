@@ -1,0 +1,85 @@
+"""The queue from a shell: `train/imagine --detach`, `jobs`, `cancel`, `wait`, and `pawtrait worker` running them."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cli.main import main
+from engine.settings import Settings
+from storage.db import connect
+from storage.files import DataDir
+from training_helpers import pet_with_photos
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pawtrait(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+async def _make_pet(settings: Settings) -> None:
+    db = await connect(settings.db_path)
+    try:
+        await pet_with_photos(db, DataDir(settings.data_dir), name="Thor")
+    finally:
+        await db.close()
+
+
+def test_detach_then_worker_then_wait(
+    settings: Settings, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for key, value in env.items():
+        if key.startswith("PAWTRAIT_"):
+            monkeypatch.setenv(key, value)
+    asyncio.run(_make_pet(settings))
+
+    code, out, err = pawtrait(capsys, "imagine", "a photo of a cat", "--steps", "1", "--seed", "3", "--detach")
+    assert code == 0, err
+    painting = int(out.strip())
+    train_args = ["train", "Thor", "--steps", "4", "--checkpoint-every", "2", "--validate-every", "0",
+                  "--validation-steps", "1", "--resolution", "64", "--detach"]
+    code, out, err = pawtrait(capsys, *train_args)
+    assert code == 0, err
+    training = int(out.strip())
+    assert f"pawtrait wait {training}" in err
+
+    # One waiting training per user: the second is refused with a plain message.
+    code, out, err = pawtrait(capsys, *train_args)
+    assert code == 2 and "limit is 1" in err and out == ""
+
+    code, out, _ = pawtrait(capsys, "imagine", "a photo of a dog", "--steps", "1", "--detach")
+    dropped = int(out.strip())
+    code, out, _ = pawtrait(capsys, "cancel", str(dropped))
+    assert code == 0 and "cancelled" in out
+
+    code, out, _ = pawtrait(capsys, "jobs")
+    listed = {int(line.split()[0]): line for line in out.splitlines()[1:]}
+    assert set(listed) == {painting, training}
+    assert listed[painting].split()[4] == "1" and listed[training].split()[4] == "2"  # generations go first
+
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "worker"], cwd=REPO, env={**env, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        code, out, err = pawtrait(capsys, "wait", str(training))
+        assert code == 0, err
+        assert "checkpoint step 4:" in out and "step 4/4" in out
+        code, out, err = pawtrait(capsys, "wait", str(painting), "--quiet")
+        assert code == 0, err
+        png = Path(out.splitlines()[-1])
+        assert png.suffix == ".png" and png.is_file()
+        code, _, _ = pawtrait(capsys, "wait", str(dropped))
+        assert code == 1
+        code, _, err = pawtrait(capsys, "wait", "999")
+        assert code == 1 and "no job #999" in err
+    finally:
+        worker.terminate()
+        worker.wait(30)
