@@ -63,7 +63,7 @@ class JobRelay:
         self._last_edit: dict[int, float] = {}
         self._pending: dict[int, PendingEdit] = {}
         self._waiting_since: dict[int, float] = {}
-        self._previewed: set[int] = set()
+        self._shown_progress: set[int] = set()  # jobs whose first progress/preview was shown
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="pawtrait-job-relay")
@@ -118,6 +118,14 @@ class JobRelay:
         first = self._waiting_since.setdefault(target.job_id, time.monotonic())
         return time.monotonic() - first < REPLY_GRACE_S
 
+    def _first_progress(self, job_id: int) -> bool:
+        """The first progress (or preview) of a job shows at once, even right after "started";
+        later ones are rate-limited."""
+        if job_id in self._shown_progress:
+            return False
+        self._shown_progress.add(job_id)
+        return True
+
     # ---- dispatch ------------------------------------------------------------------------
 
     async def _handle(self, db: aiosqlite.Connection, target: DiscordJob, event: JobEvent) -> None:
@@ -143,7 +151,7 @@ class JobRelay:
                 f"Step **{step}/{total}** · about {duration(data.get('eta_s'))} left"
                 + (f" · loss {loss:.4f}" if isinstance(loss, (int, float)) else ""),
             ]
-            await self._status(target, "\n".join(lines))
+            await self._status(target, "\n".join(lines), force=self._first_progress(job.id))
         elif event.kind == "validation":
             await self._post_validation(db, target, data)
         elif event.kind == "finished":
@@ -213,10 +221,7 @@ class JobRelay:
             path = self.bot.data.abs(data["path"]) if data.get("path") else None
             step, total = int(data.get("step", 0)), int(data.get("total", 0)) or 1
             files = [path] if path is not None and path.is_file() else []
-            # The first preview shows at once (even right after "started"), later ones rate-limited.
-            first = bool(files) and job.id not in self._previewed
-            if files:
-                self._previewed.add(job.id)
+            first = bool(files) and self._first_progress(job.id)
             await self._status(
                 target,
                 f"🎨 Painting **{_prompt(job)}** `{progress_bar(step, total)}` step {step}/{total}",

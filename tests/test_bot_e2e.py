@@ -8,6 +8,7 @@ The tests run in order and share one server, one bot process and one data folder
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,7 +132,11 @@ async def test_only_the_owner_trains_or_forgets_and_pets_stay_in_their_server(wo
     fake = world.fake
     for name in ("train", "forget"):
         reply = await answer(world, await fake.slash(world.cats, world.bob, name, pet="Mochi"))
-        assert reply.ephemeral and "alice" not in reply.text() and "only they" in reply.text()
+        assert reply.ephemeral and f"<@{world.alice.id}>'s pet" in reply.text() and "only they" in reply.text()
+    record = await fake.slash(world.cats, world.bob, "teach", name="mochi", photo1=("mine.jpg", jpeg(40)),
+                              **{"class": "cat"})
+    reply = await answer(world, record)
+    assert reply.ephemeral and "choose another name" in reply.text()
     reply = await answer(world, await fake.slash(world.dogs, world.carol, "train", pet="Mochi"))
     assert reply.ephemeral and "no pet called **Mochi** in this server" in reply.text()
     reply = await answer(world, await fake.slash(world.dogs, world.carol, "imagine", prompt="a photo of TOK", pet="Mochi"))
@@ -224,6 +229,9 @@ async def test_imagine_reroll_share_and_delete(world: World) -> None:
                                 120, "the finished images")
     assert "seed 7" in art.text() and "Mochi" in art.text()
     assert all(data.startswith(PNG) for data in art.files.values())
+    job_id = int(re.search(r"job #(\d+)", queued.text())[1])
+    if await query(world.db_path, "SELECT 1 FROM job_events WHERE job_id = ? AND kind = 'preview'", job_id):
+        assert any("Painting" in v["content"] and v["attachments"] for v in art.history), "no preview was shown"
 
     # Bob has no pet of his own: TOK means the server's only pet; a random seed is reported.
     record = await fake.slash(world.cats, world.bob, "imagine", prompt="TOK sleeping", steps=3)

@@ -14,8 +14,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.checks import UserError, guild_key
-from engine.teach import MIN_GOOD_PHOTOS, TeachError, TeachReport, teach_photos
-from storage.pets import PetNameTaken, list_pets
+from engine.teach import MIN_GOOD_PHOTOS, TeachError, TeachReport, clean_class_noun, clean_pet_name, teach_photos
+from storage.pets import PetNameTaken, find_pet, list_pets
 
 if TYPE_CHECKING:
     from bot.app import PawtraitBot
@@ -132,6 +132,15 @@ class Teach(commands.Cog):
         guild_id = guild_key(interaction)
         if len(attachments) > 10:
             raise UserError("At most 10 photos at a time; send the rest in a second message.")
+        # What can be refused cheaply is refused before deferring, so only the member sees it.
+        try:
+            name, noun = clean_pet_name(name), clean_class_noun(noun)
+        except TeachError as error:
+            raise UserError(f"{str(error)[:1].upper()}{str(error)[1:]}.") from None
+        async with self.bot.database() as db:
+            existing = await find_pet(db, guild_id, name)
+        if existing is not None and existing.owner_id != str(interaction.user.id):
+            raise UserError(f"**{existing.name}** is <@{existing.owner_id}>'s pet; choose another name for yours.")
         await interaction.response.defer(thinking=True)
         files, refused = await download(attachments)
         try:
