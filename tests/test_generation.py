@@ -160,6 +160,7 @@ def test_a_paused_training_adapter_is_left_exactly_as_it_was(tiny_model_dir: Pat
     unet.train()
     trainable = {name for name, p in unet.named_parameters() if p.requires_grad}
     assert trainable and all("train-7" in name for name in trainable)
+    weights = {name: p.detach().clone() for name, p in unet.named_parameters()}
 
     gen.generate(quick("TOK", steps=1), pet=pet_for(), lora=PetLora(3, lora_files[0]))
     gen.generate(quick("a cat", steps=1))
@@ -167,6 +168,8 @@ def test_a_paused_training_adapter_is_left_exactly_as_it_was(tiny_model_dir: Pat
     assert unet.active_adapters() == ["train-7"]
     assert unet.training
     assert {name for name, p in unet.named_parameters() if p.requires_grad} == trainable
+    # The pet LoRA was fused into the weights for its generation; they are back bit for bit.
+    assert all(torch.equal(p, weights[name]) for name, p in unet.named_parameters() if name in weights)
     loss = unet(torch.randn(1, 4, 8, 8), 10, torch.randn(1, 77, 64),
                 added_cond_kwargs={"text_embeds": torch.randn(1, 32), "time_ids": torch.randn(1, 6)}).sample.mean()
     loss.backward()  # the trainer's next step still gets gradients
@@ -324,3 +327,17 @@ async def test_cli_imagine_full_size_prints_paths_and_seeds(db, settings, env, l
                              cwd=Path(__file__).resolve().parents[1])
     assert refused.returncode == 1
     assert "no local pet called 'nobody' (local pets: Thor)" in refused.stderr
+
+
+def test_the_generator_leaves_the_shared_modules_precision_alone(tiny_model_dir: Path, lora_files: list[Path]) -> None:
+    """The base is shared with training: wrapping it must not cast or move it (diffusers' from_pipe would)."""
+    base = load_tiny(tiny_model_dir)
+    for module in (base.pipe.unet, base.pipe.vae, base.pipe.text_encoder, base.pipe.text_encoder_2):
+        module.to(torch.bfloat16)
+    first = Generator(base, memory="full", size_scale=SMALL)
+    assert {p.dtype for p in base.pipe.unet.parameters()} == {torch.bfloat16}
+    assert first.pipe.unet is base.pipe.unet and first.pipe.scheduler is not base.pipe.scheduler
+    # A second Generator on the same UNet reuses a pet adapter the first one loaded.
+    first.loras.activate(5, lora_files[0], 1.0)
+    Generator(base, memory="full", size_scale=SMALL).loras.activate(5, lora_files[0], 1.0)
+    assert base.pipe.get_list_adapters()["unet"] == ["pet-ckpt-5"]

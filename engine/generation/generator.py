@@ -14,6 +14,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,9 +23,9 @@ from diffusers import DPMSolverMultistepScheduler, StableDiffusionXLPipeline
 from PIL import Image
 
 from engine.device import free_memory_bytes
-from engine.generation.loras import HOTSWAP_RANK, LoraCache, preserved_adapter_state
+from engine.generation.loras import HOTSWAP_RANK, LoraCache, fused_adapter, preserved_adapter_state
 from engine.generation.previews import preview_image
-from engine.generation.prompts import prepare_prompts
+from engine.generation.prompts import PreparedPrompt, prepare_prompts
 from engine.generation.request import MAX_SEED, GenerationRequest
 from engine.models import BaseModel
 from engine.settings import Settings
@@ -99,8 +100,13 @@ class Generator:
         size_scale: float = 1.0,
     ) -> None:
         self.base = base
-        # A view on the same modules with its own scheduler: training keeps the base pipe's.
-        self.pipe = StableDiffusionXLPipeline.from_pipe(base.pipe, scheduler=karras_dpm_scheduler(base.pipe))
+        # A second pipeline over the same modules with its own scheduler, so training keeps the
+        # base pipe's. (Not `from_pipe`: it casts every shared module to float32 by default.)
+        self.pipe = StableDiffusionXLPipeline(
+            **{**base.pipe.components, "scheduler": karras_dpm_scheduler(base.pipe)},
+            force_zeros_for_empty_prompt=base.pipe.config.force_zeros_for_empty_prompt,
+            add_watermarker=False,
+        )
         self.pipe.set_progress_bar_config(disable=True)
         self.memory = choose_memory_mode(memory, base.device)
         self.compiled = compile and base.device.type == "cuda"
@@ -116,6 +122,10 @@ class Generator:
         return cls(base, memory=settings.generate_memory, compile=settings.compile)
 
     def _setup_memory(self) -> None:
+        if self.base.device.type == "cuda":
+            # Presets are a handful of fixed shapes: let cuDNN pick its fastest convolutions once
+            # per shape (measured -9% per image on an H100; a process-wide setting, harmless to training).
+            torch.backends.cudnn.benchmark = True
         vae = self.pipe.vae
         vae.enable_slicing()  # a batch decodes one image at a time: same pixels, a quarter of the peak
         if self.memory == "low":
@@ -162,24 +172,16 @@ class Generator:
         started = time.perf_counter()
         with self._lock, torch.no_grad(), preserved_adapter_state(pipe):
             pipe.unet.eval()
+            adapter = None
             if lora is not None and request.lora_scale > 0:
-                self.loras.activate(lora.checkpoint_id, lora.path, request.lora_scale)
+                adapter = self.loras.activate(lora.checkpoint_id, lora.path, request.lora_scale)
             else:
                 self.loras.deactivate()  # strength 0 is exactly the base model, not a 0-scaled LoRA
-            latents = pipe(
-                prompt=prepared.prompt,
-                negative_prompt=prepared.negative_prompt or None,
-                num_inference_steps=request.steps,
-                guidance_scale=request.guidance,
-                width=width,
-                height=height,
-                num_images_per_prompt=request.count,
-                # One CPU generator per image: image i is reproducible from seed + i alone.
-                generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
-                output_type="latent",
-                callback_on_step_end=callback,
-                callback_on_step_end_tensor_inputs=["latents"],
-            ).images
+            # Eager: fuse the pet into the weights for this request (~0.1 s, saves ~1 s at 1024²).
+            # Compiled: keep the hot-swap slot unmerged so switching pets never recompiles.
+            fuse = adapter is not None and not self.compiled
+            with fused_adapter(pipe, adapter) if fuse else nullcontext():
+                latents = self._denoise(prepared, request, seeds, width, height, callback)
             images = self._decode(latents)
         return GenerationResult(
             images=images,
@@ -192,6 +194,26 @@ class Generator:
             warnings=prepared.warnings,
             seconds=time.perf_counter() - started,
         )
+
+    def _denoise(
+        self, prepared: PreparedPrompt, request: GenerationRequest, seeds: list[int], width: int, height: int,
+        callback: Callable[..., dict] | None,
+    ) -> torch.Tensor:
+        """The pipeline's denoising loop, stopping at latents (the decode is ours: see `_decode`)."""
+        return self.pipe(
+            prompt=prepared.prompt,
+            negative_prompt=prepared.negative_prompt or None,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance,
+            width=width,
+            height=height,
+            num_images_per_prompt=request.count,
+            # One CPU generator per image: image i is reproducible from seed + i alone.
+            generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+            output_type="latent",
+            callback_on_step_end=callback,
+            callback_on_step_end_tensor_inputs=["latents"],
+        ).images
 
     def _decode(self, latents: torch.Tensor) -> list[Image.Image]:
         """VAE decode in the model's half precision; on overflow (NaN: a black image) redo it in fp32."""

@@ -89,6 +89,34 @@ def preserved_adapter_state(pipe: StableDiffusionXLPipeline) -> Iterator[None]:
         _restore(snapshot, components)
 
 
+@contextmanager
+def fused_adapter(pipe: StableDiffusionXLPipeline, name: str) -> Iterator[None]:
+    """Merge adapter `name` into the base weights for one generation; restore them bit for bit after.
+
+    A merged LoRA costs no extra kernels per layer (on an H100 at batch 1 the separate LoRA
+    matmuls cost about a quarter of the time). peft's unmerge subtracts the delta again, which
+    in half precision leaves rounding residue that would pile up over thousands of requests on
+    a base that training also uses, so the original weights are copied back from a backup.
+    """
+    layers = [
+        layer
+        for component in lora_components(pipe)
+        for layer in _tuner_layers(component)
+        if name in getattr(layer, "lora_A", {})
+    ]
+    backups = [(layer.get_base_layer().weight, layer.get_base_layer().weight.detach().clone()) for layer in layers]
+    try:
+        for layer in layers:
+            layer.merge(adapter_names=[name])
+        yield
+    finally:
+        for layer in layers:
+            layer.unmerge()
+        with torch.no_grad():
+            for weight, backup in backups:
+                weight.copy_(backup)
+
+
 class LoraCache:
     """Which pet LoRAs are loaded on the pipeline, least recently used first.
 
@@ -142,7 +170,9 @@ class LoraCache:
             log.debug("evicting LoRA adapter %s", old_name)
             self.pipe.delete_adapters(old_name)
         name = adapter_name(checkpoint_id)
-        self._load(lora_file, name, hotswap=False)
+        present = {adapter for adapters in self.pipe.get_list_adapters().values() for adapter in adapters}
+        if name not in present:  # else another Generator on this UNet already loaded this checkpoint
+            self._load(lora_file, name, hotswap=False)
         self._loaded[checkpoint_id] = name
         return name
 

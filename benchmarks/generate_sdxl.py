@@ -1,0 +1,370 @@
+"""Generation speed and memory on a GPU: full-size SDXL (random weights) through `Generator`.
+
+No weights can be downloaded where this runs, so it builds the exact SDXL-base-1.0
+architecture with random weights directly on the GPU in bf16 (speed and memory do not
+depend on weight values) and drives the product's own `engine.generation.Generator`:
+1024², 30 steps, guidance 5. It measures batch 1 and 4, peak memory, pet LoRA loading and
+switching, the levers (channels-last, fused QKV, fused LoRA, fp32 vs bf16 VAE decode,
+regional torch.compile with LoRA hot-swap, low-memory mode) and a cold start from disk.
+
+    python benchmarks/generate_sdxl.py --out results.json [--phases default,loras,...]
+
+Prints a table last; each phase that fails records its error and the rest go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from contextlib import nullcontext
+from unittest.mock import patch
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from peft import LoraConfig, get_peft_model_state_dict
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.generation.generator import Generator, PetLora  # noqa: E402
+from engine.generation.loras import fused_adapter  # noqa: E402
+from engine.generation.request import GenerationRequest  # noqa: E402
+from engine.models import BaseModel  # noqa: E402
+from engine.tiny_model import write_tokenizer  # noqa: E402
+from storage.pets import Pet  # noqa: E402
+
+SDXL_UNET_PARAMS = 2_567_463_684
+GIB = 2**30
+PET = Pet(id=1, guild_id="local", owner_id="bench", name="Thor", token="zqxjv", class_noun="cat",
+          active_checkpoint_id=None, created_at="")
+
+
+def text_encoder_config(vocab: int, hidden: int, layers: int, heads: int, ffn: int, act: str) -> CLIPTextConfig:
+    return CLIPTextConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
+                          num_attention_heads=heads, max_position_embeddings=77, projection_dim=1280,
+                          hidden_act=act, bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1)
+
+
+def build_sdxl(device: torch.device, dtype: torch.dtype, tokenizer_dir: Path) -> StableDiffusionXLPipeline:
+    """SDXL-base-1.0's architecture with random weights, created on the device in `dtype`."""
+    tokenizer = write_tokenizer(tokenizer_dir)
+    vocab = len(tokenizer)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            unet = UNet2DConditionModel(
+                sample_size=128, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280),
+                layers_per_block=2, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+                use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+                projection_class_embeddings_input_dim=2816,
+            )
+            vae = AutoencoderKL(
+                in_channels=3, out_channels=3, block_out_channels=(128, 256, 512, 512),
+                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                latent_channels=4, layers_per_block=2, sample_size=1024, scaling_factor=0.13025, force_upcast=False,
+            )
+            text_encoder = CLIPTextModel(text_encoder_config(vocab, 768, 12, 12, 3072, "quick_gelu"))
+            text_encoder_2 = CLIPTextModelWithProjection(text_encoder_config(vocab, 1280, 32, 20, 5120, "gelu"))
+    finally:
+        torch.set_default_dtype(previous)
+    for module in (unet, vae, text_encoder, text_encoder_2):
+        module.to(dtype)  # a few parameters (conv biases) are created in float32 regardless
+    params = sum(p.numel() for p in unet.parameters())
+    assert params == SDXL_UNET_PARAMS, f"UNet has {params} parameters, SDXL has {SDXL_UNET_PARAMS}"
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
+                                     add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def make_lora(unet: UNet2DConditionModel, seed: int, folder: Path) -> Path:
+    """A rank-4 pet LoRA (small random weights) saved as training saves one."""
+    torch.manual_seed(seed)
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights="gaussian")
+    unet.add_adapter(config, adapter_name="bench-make")
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if "lora_B" in name and "bench-make" in name:
+                param.normal_(0, 1e-2)
+    StableDiffusionXLPipeline.save_lora_weights(folder, unet_lora_layers=get_peft_model_state_dict(unet, adapter_name="bench-make"))
+    unet.delete_adapters("bench-make")
+    return folder / "pytorch_lora_weights.safetensors"
+
+
+def sync_time(fn: Callable[[], object]) -> tuple[float, object]:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    result = fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - start, result
+
+
+def request(count: int = 1, seed: int = 0, **extra) -> GenerationRequest:
+    return GenerationRequest(prompt="a photo of TOK cat on a sofa, golden hour", negative_prompt="blurry",
+                             steps=30, guidance=5.0, size="1:1", count=count, seed=seed, **extra)
+
+
+def per_image(gen: Generator, count: int, runs: int, **kwargs) -> tuple[float, float]:
+    """Median seconds per image over `runs` and the peak GiB allocated, after one warm-up.
+
+    The pet is always named (its token is in the prompt); without `lora` that is the plain base.
+    """
+    kwargs.setdefault("pet", PET)
+    gen.generate(request(count), **kwargs)
+    torch.cuda.reset_peak_memory_stats()
+    times = [sync_time(lambda: gen.generate(request(count, seed=run), **kwargs))[0] for run in range(runs)]
+    return statistics.median(times) / count, torch.cuda.max_memory_allocated() / GIB
+
+
+def unique_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+class Bench:
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.results: dict[str, object] = {}
+        self.rows: list[tuple[str, str, str, str, str]] = []
+
+    def phase(self, name: str, fn: Callable[[], None]) -> None:
+        print(f"--- {name}", flush=True)
+        started = time.perf_counter()
+        try:
+            fn()
+        except Exception as error:  # a failed lever is a result too; the others still run
+            traceback.print_exc()
+            self.results[f"{name}.error"] = f"{type(error).__name__}: {error}"
+            self.rows.append((name, "failed", "", "", f"{type(error).__name__}: {str(error)[:80]}"))
+        self.results[f"{name}.phase_s"] = round(time.perf_counter() - started, 1)
+        self.out.write_text(json.dumps(self.results, indent=2))
+
+    def row(self, lever: str, b1: float | None = None, b4: float | None = None, peak: float | None = None, note: str = "") -> None:
+        fmt = lambda value, unit: "" if value is None else f"{value:.3f} {unit}" if unit == "s" else f"{value:.1f} {unit}"  # noqa: E731
+        self.rows.append((lever, fmt(b1, "s"), fmt(b4, "s"), fmt(peak, "GiB"), note))
+        self.results[lever] = {"s_per_image_b1": b1, "s_per_image_b4": b4, "peak_gib": peak, "note": note}
+        print(f"{lever}: b1={b1} b4={b4} peak={peak} {note}", flush=True)
+
+    def table(self) -> str:
+        lines = ["| configuration | s/image, batch 1 | s/image, batch 4 | peak GPU memory | note |", "| --- | --- | --- | --- | --- |"]
+        lines += [f"| {' | '.join(row)} |" for row in self.rows]
+        return "\n".join(lines)
+
+
+def cold_start(model_dir: str) -> None:
+    """In a fresh process: load the saved model from disk as the worker does, then one request."""
+    started = time.perf_counter()
+    from engine.models import load_base_model
+    from engine.settings import Settings
+
+    base = load_base_model(Settings(model=model_dir, vae=None, device="cuda"))
+    loaded = time.perf_counter()
+    gen = Generator(base, memory="full")
+    gen.generate(request(), pet=PET)
+    torch.cuda.synchronize()
+    done = time.perf_counter()
+    print(json.dumps({"load_s": loaded - started, "first_request_s": done - loaded, "total_s": done - started}))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("generate_sdxl.json"))
+    parser.add_argument("--phases", default="default,loras,unfused_lora,no_cudnn_autotune,vae,fused_qkv,channels_last,low_memory,cold,compile",
+                        help="comma-separated phases to run, in this order (default: all)")
+    parser.add_argument("--cold", metavar="MODEL_DIR", help=argparse.SUPPRESS)  # the cold-start child process
+    args = parser.parse_args()
+    if args.cold:
+        cold_start(args.cold)
+        return 0
+
+    device = torch.device("cuda")
+    bench = Bench(args.out)
+    work = Path(tempfile.mkdtemp(prefix="gen-bench-"))
+    bench.results["card"] = torch.cuda.get_device_name(device)
+    bench.results["torch"] = torch.__version__
+    started = time.perf_counter()
+    pipe = build_sdxl(device, torch.bfloat16, work / "tokenizer")
+    torch.cuda.synchronize()
+    bench.results["build_s"] = round(time.perf_counter() - started, 1)
+    base = BaseModel(pipe=pipe, device=device, dtype=torch.bfloat16, model_id="sdxl-base-1.0-random", vae_id=None)
+    state: dict[str, object] = {}
+
+    def default_mode() -> None:
+        first_s, gen = sync_time(lambda: Generator(base, memory="full"))
+        first_request_s, _ = sync_time(lambda: gen.generate(request(), pet=PET))
+        bench.results["first_request_in_process_s"] = round(first_s + first_request_s, 2)
+        state["gen"] = gen
+        b1, peak1 = per_image(gen, 1, 3)
+        b4, peak4 = per_image(gen, 4, 1)
+        bench.row("product default, plain base: bf16, SDPA, DPM++ 2M Karras, cudnn.benchmark, bf16 VAE decode", b1, b4, peak1,
+                  f"batch 4 peak {peak4:.1f} GiB; first request in a fresh process after build {first_s + first_request_s:.1f} s")
+
+    def loras() -> None:
+        gen: Generator = state["gen"]  # type: ignore[assignment]
+        files = [make_lora(pipe.unet, seed, work / f"lora-{seed}") for seed in (1, 2)]
+        state["loras"] = [PetLora(100 + index, file) for index, file in enumerate(files)]
+        a, b = state["loras"]
+        load_a, _ = sync_time(lambda: gen.loras.activate(a.checkpoint_id, a.path, 1.0))
+        load_b, _ = sync_time(lambda: gen.loras.activate(b.checkpoint_id, b.path, 1.0))
+        switches = [sync_time(lambda lora=lora: gen.loras.activate(lora.checkpoint_id, lora.path, 1.0))[0]
+                    for lora in (a, b, a, b, a)]
+
+        def switch_and_fuse(lora: PetLora) -> None:
+            with fused_adapter(pipe, gen.loras.activate(lora.checkpoint_id, lora.path, 1.0)):
+                pass
+
+        fused_switches = [sync_time(lambda lora=lora: switch_and_fuse(lora))[0] for lora in (b, a, b)]
+        bench.results["lora_switch_and_fuse_s"] = [round(s, 4) for s in fused_switches]
+        gen.loras.deactivate()
+        b1, peak = per_image(gen, 1, 3, lora=a)
+        b4, _ = per_image(gen, 4, 1, lora=a)
+        bench.results["lora_first_load_s"] = [round(load_a, 3), round(load_b, 3)]
+        bench.results["lora_switch_s"] = [round(s, 4) for s in switches]
+        bench.row("product default + pet LoRA (rank 4, fused per request)", b1, b4, peak,
+                  f"load from disk {load_a:.2f}/{load_b:.2f} s; switch cached pet {statistics.median(switches) * 1000:.0f} ms, "
+                  f"switch + fuse + restore {statistics.median(fused_switches) * 1000:.0f} ms")
+
+    def vae_precision() -> None:
+        vae = pipe.vae
+        latents = torch.randn(1, 4, 128, 128, device=device, dtype=torch.bfloat16)
+        with torch.no_grad():
+            vae.decode(latents / 0.13025)
+            bf16_s = statistics.median(sync_time(lambda: vae.decode(latents / 0.13025))[0] for _ in range(3))
+            vae.to(torch.float32)
+            vae.decode(latents.float() / 0.13025)
+            torch.cuda.reset_peak_memory_stats()
+            fp32_s = statistics.median(sync_time(lambda: vae.decode(latents.float() / 0.13025))[0] for _ in range(3))
+            fp32_peak = torch.cuda.max_memory_allocated() / GIB
+            vae.to(torch.bfloat16)
+        bench.results["vae_decode_s"] = {"bf16": bf16_s, "fp32": fp32_s, "fp32_peak_gib": fp32_peak}
+        bench.rows.append(("VAE decode of one 1024² image: bf16 vs fp32 (SDXL config's upcast)",
+                           f"{bf16_s:.3f} s vs {fp32_s:.3f} s", "", "", "the product decodes in bf16, fp32 only after a NaN"))
+
+    def channels_last() -> None:
+        gen: Generator = state["gen"]  # type: ignore[assignment]
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+        b1, peak = per_image(gen, 1, 3)
+        bench.row("+ channels-last UNet and VAE", b1, None, peak)
+
+    def fused_qkv() -> None:
+        gen: Generator = state["gen"]  # type: ignore[assignment]
+        a, _b = state["loras"]  # type: ignore[misc]
+        img_unfused_lora = gen.generate(request(), pet=PET, lora=a).images[0]
+        pipe.fuse_qkv_projections()
+        b1, peak = per_image(gen, 1, 3)
+        img_fused_base = gen.generate(request(), pet=PET).images[0]
+        img_fused_lora = gen.generate(request(), pet=PET, lora=a).images[0]
+        pipe.unfuse_qkv_projections()
+        img_unfused_base = gen.generate(request(), pet=PET).images[0]
+        import numpy as np
+
+        diff = lambda x, y: float(np.abs(np.asarray(x, dtype=np.int16) - np.asarray(y, dtype=np.int16)).mean())  # noqa: E731
+        note = (f"mean |pixel diff|: pet LoRA vs base {diff(img_unfused_lora, img_unfused_base):.2f} unfused; "
+                f"with fused QKV the LoRA image differs from the unfused LoRA image by {diff(img_fused_lora, img_unfused_lora):.2f} "
+                f"(fused vs unfused base: {diff(img_fused_base, img_unfused_base):.2f})")
+        bench.results["fused_qkv_lora_check"] = note
+        bench.row("+ fused QKV projections (base model)", b1, None, peak, note)
+
+    def unfused_lora() -> None:
+        """The lever the product uses, turned off: the pet LoRA runs as separate peft matmuls."""
+        gen: Generator = state["gen"]  # type: ignore[assignment]
+        a, _b = state["loras"]  # type: ignore[misc]
+        with patch("engine.generation.generator.fused_adapter", lambda _pipe, _name: nullcontext()):
+            b1, peak = per_image(gen, 1, 3, lora=a)
+            b4, _ = per_image(gen, 4, 1, lora=a)
+        bench.row("pet LoRA NOT fused (separate LoRA matmuls)", b1, b4, peak)
+
+    def no_cudnn_autotune() -> None:
+        gen: Generator = state["gen"]  # type: ignore[assignment]
+        torch.backends.cudnn.benchmark = False
+        b1, peak = per_image(gen, 1, 3)
+        torch.backends.cudnn.benchmark = True
+        bench.row("base model without cudnn.benchmark", b1, None, peak)
+
+    def low_memory() -> None:
+        gen = Generator(base, memory="low")
+        a, _b = state["loras"]  # type: ignore[misc]
+        b1, peak = per_image(gen, 1, 2, lora=a)
+        bench.row("low-memory mode (model CPU offload + VAE tiling), with pet LoRA", b1, None, peak)
+        pipe.remove_all_hooks()
+        pipe.vae.disable_tiling()
+        pipe.to(device)
+
+    def compiled() -> None:
+        pipe.unload_lora_weights()  # hot-swap must be prepared before the first adapter exists
+        torch.compiler.reset()
+        a, b = state["loras"]  # type: ignore[misc]
+        found: dict[str, object] = {}
+        bench.results["compile"] = found
+
+        def note(key: str, value: object) -> None:
+            found[key] = value
+            print(f"compile {key}: {value}", flush=True)
+            bench.out.write_text(json.dumps(bench.results, indent=2, default=str))
+
+        setup_s, gen = sync_time(lambda: Generator(base, memory="full", compile=True))
+        note("setup_s", setup_s)
+        note("first_request_with_compile_s", sync_time(lambda: gen.generate(request(), pet=PET, lora=a))[0])
+        note("graphs_after_first", unique_graphs())
+        b1, peak = per_image(gen, 1, 3, lora=a)
+        note("s_per_image_b1", b1)
+        steady_graphs = unique_graphs()
+        note("switch_generate_s", sync_time(lambda: gen.generate(request(), pet=PET, lora=b))[0])
+        note("new_graphs_on_switch", unique_graphs() - steady_graphs)
+        swap_only = [sync_time(lambda lora=lora: gen.loras.activate(lora.checkpoint_id, lora.path, 1.0))[0] for lora in (a, b, a)]
+        note("hotswap_only_s", swap_only)
+        b1_b, _ = per_image(gen, 1, 2, lora=b)
+        note("s_per_image_b1_other_pet", b1_b)
+        note("new_graphs_after_both_pets", unique_graphs() - steady_graphs)
+        bench.row("regional torch.compile + LoRA hot-swap, pet LoRA", b1, None, peak,
+                  f"first request (compiles) {found['first_request_with_compile_s']:.0f} s; switch pet "
+                  f"{statistics.median(swap_only):.2f} s, new graphs after switching {unique_graphs() - steady_graphs}")
+        graphs = unique_graphs()
+        note("base_first_s", sync_time(lambda: gen.generate(request(), pet=PET))[0])
+        base_b1, _ = per_image(gen, 1, 2)
+        note("base_s_per_image_b1", base_b1)
+        bench.row("regional torch.compile, plain base (adapters disabled)", base_b1, None, None,
+                  f"first base request {found['base_first_s']:.1f} s (new graphs {unique_graphs() - graphs})")
+
+    def cold() -> None:
+        pipe.unload_lora_weights()
+        model_dir = work / "model"
+        save_s, _ = sync_time(lambda: pipe.save_pretrained(model_dir))
+        child = subprocess.run([sys.executable, __file__, "--cold", str(model_dir)], capture_output=True, text=True, timeout=240)
+        if child.returncode != 0:
+            raise RuntimeError(child.stderr[-2000:])
+        numbers = json.loads(child.stdout.strip().splitlines()[-1])
+        bench.results["cold"] = {**numbers, "save_s": save_s}
+        bench.rows.append(("cold start: new process, load bf16 weights from local disk, first 1024² image",
+                           f"{numbers['total_s']:.1f} s", "", "",
+                           f"load {numbers['load_s']:.1f} s (incl. imports) + first request {numbers['first_request_s']:.1f} s"))
+
+    phases = {"default": default_mode, "loras": loras, "vae": vae_precision, "unfused_lora": unfused_lora,
+              "fused_qkv": fused_qkv, "channels_last": channels_last, "no_cudnn_autotune": no_cudnn_autotune,
+              "low_memory": low_memory, "cold": cold, "compile": compiled}
+    for name in args.phases.split(","):
+        bench.phase(name, phases[name])
+    args.out.write_text(json.dumps(bench.results, indent=2, default=str))
+    print(f"\n{bench.results['card']}, torch {torch.__version__}, 1024x1024, 30 steps, guidance 5, build {bench.results['build_s']} s")
+    print(bench.table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
