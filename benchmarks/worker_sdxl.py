@@ -1,0 +1,194 @@
+"""The GPU worker on a full-size SDXL (random weights): how long a generation waits mid-training, and memory.
+
+    python benchmarks/worker_sdxl.py --out worker_results.json [--steps 40] [--generations 3]
+    python benchmarks/worker_sdxl.py --tiny MODEL_DIR   # a dry run on the CPU with the tiny model
+
+It drives the worker's own `Executor` (the code `python -m engine.worker` runs) over a real
+SQLite queue: a training job runs; while it trains, generation jobs (1024², 30 steps,
+guidance 5, the plain base model) are submitted one after another at arbitrary moments.
+For each one it reports the wait (submitted -> started, from the job rows) against one
+optimizer step of the training, and the generation's own time against the same request
+run on an idle worker. Peak GPU memory (`torch.cuda.max_memory_allocated`) is measured
+for the whole scenario twice: generations on the training's own resident SDXL (what the
+worker does), and on a second copy of SDXL (what a separate generation process would cost).
+The SDXL builder is the training benchmark's (`benchmarks/train_sdxl.py`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from engine.generation.generator import Generator  # noqa: E402
+from engine.models import BaseModel  # noqa: E402
+from engine.settings import Settings  # noqa: E402
+from engine.training import TrainingParams, create_run  # noqa: E402
+from engine.worker.executor import Executor  # noqa: E402
+from storage import jobs  # noqa: E402
+from storage.db import connect  # noqa: E402
+from storage.files import DataDir  # noqa: E402
+from storage.pets import LOCAL_GUILD, create_pet  # noqa: E402
+from train_sdxl import build_base, write_photos  # noqa: E402
+
+GIB = 2**30
+
+
+def seconds_between(start: str, end: str) -> float:
+    from datetime import datetime
+
+    parse = lambda text: datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")  # noqa: E731
+    return (parse(end) - parse(start)).total_seconds()
+
+
+def peak_gib() -> float:
+    return torch.cuda.max_memory_allocated() / GIB if torch.cuda.is_available() else 0.0
+
+
+def reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+async def until_ended(db, job_id: int) -> jobs.Job:
+    while True:
+        job = await jobs.get_job(db, job_id)
+        if job.ended:
+            return job
+        await asyncio.sleep(0.02)
+
+
+async def scenario(
+    name: str, base: BaseModel, gen_base: BaseModel, settings: Settings, photos: list[Path], args: argparse.Namespace
+) -> dict:
+    data = DataDir(settings.data_dir / name)
+    db, side, front = [await connect(data.root / "pawtrait.db") for _ in range(3)]
+    pet = await create_pet(db, LOCAL_GUILD, "bench", "Thor", "cat")
+    for index, path in enumerate(photos):
+        await db.execute(
+            "INSERT INTO photos (pet_id, sha256, phash, original_name, original_path, prepared_path, width, height, "
+            "crop_left, crop_top, crop_size, added_by) VALUES (?, ?, '0', 'p', ?, ?, ?, ?, 0, 0, ?, 'bench')",
+            (pet.id, str(index), str(path), str(path), args.resolution, args.resolution, args.resolution),
+        )
+    executor = Executor(settings, data, base, "bench:0", db, side)
+    if gen_base is not base:
+        executor.generator = Generator.from_settings(gen_base, settings)
+    request = {"request": {"prompt": "a watercolor of a cat on a windowsill", "steps": args.gen_steps, "seed": 1}}
+
+    # The same request on an idle worker: the generation's own time (first one warms up).
+    idle = []
+    reset_peak()
+    for _ in range(2):
+        job = await jobs.submit_job(front, settings, "generate", LOCAL_GUILD, "bench", request)
+        done = await executor.run(db, await jobs.claim_next_job(db, "bench:0"))
+        assert done.status == "succeeded", done.error
+        idle.append(seconds_between(done.started_at, done.finished_at))
+    generation_alone_gib = peak_gib()
+
+    params = TrainingParams(
+        steps=args.steps, checkpoint_every=args.steps, validate_every=0, validation_steps=1, resolution=args.resolution
+    )
+    run_id = await create_run(db, data, pet, params)
+    train_job = await jobs.submit_job(
+        front, settings, "train", LOCAL_GUILD, "bench", {"run_id": run_id, "pet_id": pet.id}, run_id
+    )
+    reset_peak()
+    training = asyncio.create_task(executor.run(db, await jobs.claim_next_job(db, "bench:0")))
+    rng = random.Random(0)
+    served = []
+    while len(served) < args.generations and not training.done():
+        if (await jobs.get_job(front, train_job.id)).progress <= 0:
+            await asyncio.sleep(0.05)
+            continue
+        await asyncio.sleep(rng.uniform(0.0, 1.0))  # an arbitrary moment within a step
+        job = await jobs.submit_job(front, settings, "generate", LOCAL_GUILD, "bench", request)
+        done = await until_ended(front, job.id)
+        train_row = await jobs.get_job(front, train_job.id)
+        served.append({
+            "status": done.status,
+            "wait_s": seconds_between(done.created_at, done.started_at),
+            "run_s": seconds_between(done.started_at, done.finished_at),
+            "total_s": seconds_between(done.created_at, done.finished_at),
+            "training_still_running": train_row.status == "running",
+        })
+        print(name, served[-1], flush=True)
+    finished = await training
+    both_gib = peak_gib()
+    # The trainer's ETA counts its own step time only (not the generations it served): per step = ETA / steps left.
+    progress = [e.data for e in await jobs.events_after(front, 0, [train_job.id]) if e.kind == "progress"]
+    per_step = [p["eta_s"] / (p["total"] - p["step"]) for p in progress if p.get("eta_s") and p["step"] < p["total"]]
+    run = await front.execute_fetchall("SELECT started_at, finished_at, step FROM training_runs WHERE id = ?", (run_id,))
+    train_wall = seconds_between(run[0][0], run[0][1])
+    gen_time = sum(s["run_s"] for s in served)
+    for connection in (db, side, front):
+        await connection.close()
+    return {
+        "scenario": name,
+        "training": {"status": finished.status, "error": finished.error, "steps": run[0][2], "wall_s": train_wall,
+                     "wall_s_without_generations": train_wall - gen_time},
+        "generation_alone_s": idle[-1],
+        "generation_first_s": idle[0],
+        "generation_alone_peak_gib": generation_alone_gib,
+        "served_mid_training": served,
+        "peak_gib_training_plus_generation": both_gib,
+        "optimizer_step_s": per_step[-1] if per_step else None,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("worker_results.json"))
+    parser.add_argument("--steps", type=int, default=40, help="optimizer steps of the training job")
+    parser.add_argument("--generations", type=int, default=3, help="generations submitted mid-training")
+    parser.add_argument("--gen-steps", type=int, default=30)
+    parser.add_argument("--resolution", type=int, default=1024)
+    parser.add_argument("--scenarios", default="shared,two_copies")
+    parser.add_argument("--tiny", type=Path, help="use this tiny model folder on the CPU instead (a dry run)")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="pawtrait-worker-bench-"))
+    device = torch.device("cpu" if args.tiny else "cuda")
+    if args.tiny:
+        from engine.models import load_base_model
+
+        build = lambda: load_base_model(Settings(model=str(args.tiny), vae=None, device="cpu"))  # noqa: E731
+    else:
+        build = lambda: build_base(device, work / "tokenizer")  # noqa: E731
+    settings = Settings(data_dir=work, model="random SDXL-base-1.0", vae=None, device=device.type,
+                        resolution=args.resolution, max_queued_generations_per_user=10)
+    results: dict = {"card": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run)",
+                     "torch": torch.__version__, "args": {k: str(v) for k, v in vars(args).items()}, "scenarios": []}
+    base = build()
+    photos = write_photos(work / "photos", 15, args.resolution)
+    second: BaseModel | None = None
+    for name in args.scenarios.split(","):
+        if name == "two_copies" and second is None:
+            second = build()
+        started = time.perf_counter()
+        row = asyncio.run(scenario(name, base, second if name == "two_copies" else base, settings, photos, args))
+        row["scenario_wall_s"] = time.perf_counter() - started
+        results["scenarios"].append(row)
+        args.out.write_text(json.dumps(results, indent=2))
+    print(f"\n{results['card']}, torch {results['torch']}")
+    print(f"{'scenario':<12} {'peak GiB':>9} {'gen alone s':>12} {'step s':>7}  waits s (own run s)")
+    for row in results["scenarios"]:
+        waits = ", ".join(f"{s['wait_s']:.2f} ({s['run_s']:.2f})" for s in row["served_mid_training"])
+        print(f"{row['scenario']:<12} {row['peak_gib_training_plus_generation']:>9.2f} {row['generation_alone_s']:>12.2f} "
+              f"{row['optimizer_step_s'] or 0:>7.2f}  {waits}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
