@@ -55,3 +55,45 @@ def test_endpoints_and_dev_guild_are_checked() -> None:
         BotSettings.from_env({"DISCORD_GATEWAY_URL": "http://not-a-websocket"})
     with pytest.raises(SettingsError, match="PAWTRAIT_DEV_GUILD"):
         BotSettings.from_env({"PAWTRAIT_DEV_GUILD": "my server"})
+
+
+async def test_votes_in_the_database_choose_and_activate_a_checkpoint(db) -> None:
+    from bot.voting import choose_checkpoint
+    from storage.pets import create_pet, get_pet
+    from storage.runs import add_checkpoint, add_validation_image, add_vote, insert_run
+
+    pet = await create_pet(db, "g1", "owner", "Mochi", "cat")
+    run_id = await insert_run(db, pet.id, {}, 6)
+    image_id = {}
+    for step in (0, 2, 4, 6):
+        checkpoint_id = None if step == 0 else await add_checkpoint(db, run_id, step, f"runs/{run_id}/c{step}", "a", "b")
+        image_id[step] = await add_validation_image(db, run_id, step, checkpoint_id, "a photo", 42, f"v{step}.png")
+    # Steps 2 and 4 tie with two votes each; the owner voted for 2; a thumbs-up does not count.
+    for user, step in (("a", 2), ("owner", 2), ("b", 4), ("c", 4), ("d", 6)):
+        await add_vote(db, user, "⭐", validation_image_id=image_id[step])
+    await add_vote(db, "e", "👍", validation_image_id=image_id[6])
+    await add_vote(db, "f", "⭐", validation_image_id=image_id[0])  # "before" images are no candidate
+
+    choice = await choose_checkpoint(db, run_id, pet, "⭐")
+    assert choice is not None and choice.checkpoint.step == 2 and "owner's vote" in choice.reason
+    assert (await get_pet(db, pet.id)).active_checkpoint_id == choice.checkpoint.id
+
+
+async def test_guild_settings_and_relay_position_persist(db) -> None:
+    from storage.discord_posts import relay_position, set_relay_position
+    from storage.guild_settings import get_guild_settings, others_may_imagine, set_others_may_imagine, update_guild_settings
+    from storage.pets import create_pet
+
+    assert (await get_guild_settings(db, "g1")).vote_emoji == "⭐"
+    await update_guild_settings(db, "g1", gallery_channel_id="55")
+    changed = await update_guild_settings(db, "g1", who_may_train="managers")
+    assert (changed.gallery_channel_id, changed.who_may_train, changed.max_steps) == ("55", "managers", 2000)
+    assert (await get_guild_settings(db, "g2")).gallery_channel_id is None
+    pet = await create_pet(db, "g1", "owner", "Mochi", "cat")
+    assert await others_may_imagine(db, pet.id)
+    await set_others_may_imagine(db, pet.id, False)
+    assert not await others_may_imagine(db, pet.id)
+    assert await relay_position(db) is None
+    await set_relay_position(db, 41)
+    await set_relay_position(db, 42)
+    assert await relay_position(db) == 42
