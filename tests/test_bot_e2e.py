@@ -229,7 +229,7 @@ async def test_imagine_reroll_share_and_delete(world: World) -> None:
                                 120, "the finished images")
     assert "seed 7" in art.text() and "Mochi" in art.text()
     assert all(data.startswith(PNG) for data in art.files.values())
-    job_id = int(re.search(r"job #(\d+)", queued.text())[1])
+    job_id = int(re.search(r"job #(\d+)", queued.history[0]["content"])[1])
     if await query(world.db_path, "SELECT 1 FROM job_events WHERE job_id = ? AND kind = 'preview'", job_id):
         assert any("Painting" in v["content"] and v["attachments"] for v in art.history), "no preview was shown"
 
@@ -304,3 +304,25 @@ async def test_queue_limits_and_cancel(world: World) -> None:
     cancelled = await answer(world, await fake.slash(world.cats, world.bob, "cancel"))
     assert "cancelled" in cancelled.text() and "take 2" in cancelled.text()
     await fake.wait_until(lambda: "Cancelled" in fake.messages[waiting[2].id].content, 20, "the cancelled job's message")
+
+
+async def test_a_failed_training_says_why_and_mentions_the_owner(world: World) -> None:
+    fake, bot = world.fake, world.bot
+    for _ in range(2):  # bob's last waiting images: out of the worker's way
+        await answer(world, await fake.slash(world.cats, world.bob, "cancel"))
+    taught = await answer(world, await fake.slash(world.dogs, world.carol, "teach", name="Rex",
+                                                  photo1=("rex.jpg", jpeg(50)), **{"class": "dog"}))
+    assert "1 photo added" in taught.text() and "only 1 photo" in taught.text()
+    await answer(world, await fake.slash(world.dogs, world.carol, "train", pet="Rex", steps=2))
+    # While it waits (no worker runs yet), the disk loses the prepared photos.
+    pet_id = (await query(world.db_path, "SELECT id FROM pets WHERE name = 'Rex'"))[0]["id"]
+    for photo in (world.data_dir / "pets" / str(pet_id) / "photos").iterdir():
+        photo.unlink()
+    await bot.stop()
+    await bot.start(fake)
+    thread = await fake.wait_until(lambda: next(iter(fake.threads(world.dogs)), None), 20, "Rex's training thread")
+    failed = await fake.wait_until(
+        lambda: [m for m in fake.channel_messages(thread) if "the training failed" in m.content], 120,
+        "the failure message",
+    )
+    assert failed[0].content.startswith(f"<@{world.carol.id}>") and "missing" in failed[0].content
