@@ -216,6 +216,18 @@ async def test_pick_is_for_the_owner(world: World) -> None:
     assert active[0]["step"] == 4
 
 
+async def test_the_owner_can_keep_a_pet_to_themselves(world: World) -> None:
+    fake = world.fake
+    private = await answer(world, await fake.slash(world.cats, world.alice, "sharing", pet="Mochi", others_may_imagine=False))
+    assert private.ephemeral and "only its owner" in private.text()
+    refused = await answer(world, await fake.slash(world.cats, world.bob, "imagine", prompt="TOK in the snow"))
+    assert refused.ephemeral and "keeps **Mochi** to themselves" in refused.text()
+    await answer(world, await fake.slash(world.cats, world.alice, "sharing", pet="Mochi", others_may_imagine=True))
+    listing = await answer(world, await fake.slash(world.cats, world.bob, "pets"))
+    assert "Mochi" in listing.text() and "12 photos" in listing.text() and "trained" in listing.text()
+    assert listing.files and next(iter(listing.files.values())).startswith(PNG)  # the thumbnail
+
+
 def finished_images(message: StoredMessage) -> bool:
     return bool(message.files) and "pawtrait:gen:reroll" in " ".join(message.custom_ids())
 
