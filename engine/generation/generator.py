@@ -23,7 +23,7 @@ from diffusers import DPMSolverMultistepScheduler, StableDiffusionXLPipeline
 from PIL import Image
 
 from engine.device import free_memory_bytes
-from engine.generation.loras import HOTSWAP_RANK, LoraCache, fused_adapter, preserved_adapter_state
+from engine.generation.loras import DEFAULT_CAPACITY, HOTSWAP_RANK, LoraCache, preserved_adapter_state
 from engine.generation.previews import preview_image
 from engine.generation.prompts import PreparedPrompt, prepare_prompts
 from engine.generation.request import MAX_SEED, GenerationRequest
@@ -96,7 +96,7 @@ class Generator:
         base: BaseModel,
         memory: str = "auto",
         compile: bool = False,
-        lora_capacity: int = 8,
+        lora_capacity: int = DEFAULT_CAPACITY,
         size_scale: float = 1.0,
     ) -> None:
         self.base = base
@@ -172,15 +172,12 @@ class Generator:
         started = time.perf_counter()
         with self._lock, torch.no_grad(), preserved_adapter_state(pipe):
             pipe.unet.eval()
-            adapter = None
             if lora is not None and request.lora_scale > 0:
-                adapter = self.loras.activate(lora.checkpoint_id, lora.path, request.lora_scale)
+                applied = self.loras.applied(lora.checkpoint_id, lora.path, request.lora_scale)
             else:
                 self.loras.deactivate()  # strength 0 is exactly the base model, not a 0-scaled LoRA
-            # Eager: fuse the pet into the weights for this request (~0.1 s, saves ~1 s at 1024²).
-            # Compiled: keep the hot-swap slot unmerged so switching pets never recompiles.
-            fuse = adapter is not None and not self.compiled
-            with fused_adapter(pipe, adapter) if fuse else nullcontext():
+                applied = nullcontext()
+            with applied:
                 latents = self._denoise(prepared, request, seeds, width, height, callback)
             images = self._decode(latents)
         return GenerationResult(

@@ -1,11 +1,18 @@
-"""Pet LoRAs as named peft adapters on the resident pipeline, and leaving the UNet as found.
+"""Pet LoRAs on the resident pipeline, switched per request, leaving the UNet as found.
 
-Loading a rank-4 SDXL LoRA takes a fraction of a second, reloading the base takes tens of
-seconds, so pets are adapters ("pet-ckpt-<checkpoint id>") that stay loaded in a small LRU
-cache and are switched with `set_adapters`. The same UNet may carry a training run's
-adapter that is paused between two optimizer steps (see the team contract), so every
-generation snapshots the adapter state, requires_grad flags and train/eval modes of the
-LoRA-capable components and restores them afterwards.
+A pet's LoRA file is read once through diffusers/peft (`load_lora_weights` as adapter
+"pet-ckpt-<checkpoint id>"), and kept in a small LRU cache as its low-rank factors. Each
+request merges the chosen pet into the base weights (W += s * B @ A, about 0.1 s) and copies
+the original weights back afterwards. Measured on an H100 at 1024², batch 1: peft's adapter
+layers cost about 1.8 s per image as separate LoRA matmuls and still ~0.9 s when merged
+(per-layer Python on the host), and they slow the plain base down too once any pet is
+cached; merged factors on plain layers cost nothing per step. With a compiled UNet the
+pets instead share one peft adapter slot whose weights are hot-swapped, so a new pet never
+recompiles.
+
+The same UNet may carry a training run's adapter that is paused between two optimizer steps
+(see the team contract), so every generation snapshots the adapter state, requires_grad
+flags and train/eval modes of the LoRA-capable components and restores them afterwards.
 """
 
 from __future__ import annotations
@@ -24,8 +31,8 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 log = logging.getLogger(__name__)
 
 PET_PREFIX = "pet-ckpt-"
-# One rank-4 SDXL LoRA is ~23 MB in half precision; a handful covers a busy server's pets.
-DEFAULT_CAPACITY = 8
+# One rank-4 SDXL LoRA is ~23 MB in half precision; a busy server's pets fit easily.
+DEFAULT_CAPACITY = 16
 # Rank the compiled hot-swap slot is padded to; pet LoRAs above it cannot be hot-swapped.
 HOTSWAP_RANK = 64
 HOTSWAP_SLOT = "pet-live"
@@ -89,99 +96,138 @@ def preserved_adapter_state(pipe: StableDiffusionXLPipeline) -> Iterator[None]:
         _restore(snapshot, components)
 
 
-@contextmanager
-def fused_adapter(pipe: StableDiffusionXLPipeline, name: str) -> Iterator[None]:
-    """Merge adapter `name` into the base weights for one generation; restore them bit for bit after.
+def _has_tuner_layers(pipe: StableDiffusionXLPipeline) -> bool:
+    return any(True for component in lora_components(pipe) for _ in _tuner_layers(component))
 
-    A merged LoRA costs no extra kernels per layer (on an H100 at batch 1 the separate LoRA
-    matmuls cost about a quarter of the time). peft's unmerge subtracts the delta again, which
-    in half precision leaves rounding residue that would pile up over thousands of requests on
-    a base that training also uses, so the original weights are copied back from a backup.
+
+@dataclass
+class LoraFactors:
+    """One pet LoRA as (base layer, down, up) triples: the layer's weight becomes W + scale * up @ down.
+
+    `up` already carries peft's alpha/rank scaling. Layers whose delta is not a plain matrix
+    product (convolutions) keep their full delta in `up` with `down` None.
     """
-    layers = [
-        layer
-        for component in lora_components(pipe)
-        for layer in _tuner_layers(component)
-        if name in getattr(layer, "lora_A", {})
-    ]
-    backups = [(layer.get_base_layer().weight, layer.get_base_layer().weight.detach().clone()) for layer in layers]
+
+    layers: list[tuple[torch.nn.Module, torch.Tensor | None, torch.Tensor]]
+
+
+def _factors_of(pipe: StableDiffusionXLPipeline, name: str) -> LoraFactors:
+    layers = []
+    for component in lora_components(pipe):
+        for layer in _tuner_layers(component):
+            if name not in getattr(layer, "lora_A", {}):
+                continue
+            base = layer.get_base_layer()
+            if isinstance(base, torch.nn.Linear) and not getattr(layer, "fan_in_fan_out", False):
+                down = layer.lora_A[name].weight.detach().clone()
+                up = (layer.lora_B[name].weight.detach() * layer.scaling[name]).to(down.dtype)
+                layers.append((base, down, up))
+            else:
+                layers.append((base, None, layer.get_delta_weight(name).detach().clone()))
+    return LoraFactors(layers)
+
+
+@contextmanager
+def merged_into_weights(factors: LoraFactors, scale: float) -> Iterator[None]:
+    """The pet's LoRA merged into the base weights inside; the original weights copied back after.
+
+    Copying back (rather than subtracting the delta again) keeps the shared base bit-exact:
+    in half precision add-then-subtract leaves rounding residue that would pile up over
+    thousands of requests on weights that training also uses.
+    """
+    backups = []
     try:
-        for layer in layers:
-            layer.merge(adapter_names=[name])
+        with torch.no_grad():
+            for base, down, up in factors.layers:
+                weight = base.weight
+                backups.append((weight, weight.detach().clone()))
+                up = up.to(weight.device, weight.dtype)
+                if down is None:
+                    weight.add_(up, alpha=scale)
+                else:
+                    weight.addmm_(up, down.to(weight.device, weight.dtype), alpha=scale)
         yield
     finally:
-        for layer in layers:
-            layer.unmerge()
         with torch.no_grad():
             for weight, backup in backups:
                 weight.copy_(backup)
 
 
 class LoraCache:
-    """Which pet LoRAs are loaded on the pipeline, least recently used first.
+    """Pet LoRAs ready to apply, least recently used evicted first.
 
-    Resident mode keeps up to `capacity` adapters and switches between them. Hot-swap mode
-    (for a compiled UNet, where a new adapter name would force recompilation) keeps one
-    adapter slot and overwrites its weights in place with diffusers' LoRA hot-swap.
+    Eager mode keeps each pet's low-rank factors and merges one into the weights per request
+    (see `merged_into_weights`). Hot-swap mode (a compiled UNet) keeps one peft adapter slot
+    and overwrites its weights in place with diffusers' LoRA hot-swap.
     """
 
     def __init__(self, pipe: StableDiffusionXLPipeline, capacity: int = DEFAULT_CAPACITY, hotswap: bool = False) -> None:
         if capacity < 1:
-            raise ValueError("the LoRA cache needs room for at least one adapter")
+            raise ValueError("the LoRA cache needs room for at least one pet")
         self.pipe = pipe
         self.capacity = capacity
         self.hotswap = hotswap
-        self._loaded: OrderedDict[int, str] = OrderedDict()  # checkpoint id -> adapter name
+        self._factors: OrderedDict[int, LoraFactors] = OrderedDict()
         self._slot_holds: int | None = None
 
     @property
     def loaded(self) -> list[int]:
-        """Checkpoint ids whose adapters are loaded, least recently used first."""
+        """Checkpoint ids whose LoRAs are ready, least recently used first."""
         if self.hotswap:
             return [] if self._slot_holds is None else [self._slot_holds]
-        return list(self._loaded)
+        return list(self._factors)
 
-    def activate(self, checkpoint_id: int, lora_file: Path, scale: float) -> str:
-        """Make this checkpoint's LoRA the only active adapter, at `scale`; returns its adapter name."""
-        name = self._hotswap_in(checkpoint_id, lora_file) if self.hotswap else self._ensure_loaded(checkpoint_id, lora_file)
-        self.pipe.set_adapters([name], adapter_weights=[scale])
-        self.pipe.enable_lora()
-        return name
+    @contextmanager
+    def applied(self, checkpoint_id: int, lora_file: Path, scale: float) -> Iterator[None]:
+        """Inside, the pipeline paints with this checkpoint's LoRA at `scale` (and no other adapter)."""
+        if self.hotswap:
+            self._hotswap_in(checkpoint_id, lora_file)
+            self.pipe.set_adapters([HOTSWAP_SLOT], adapter_weights=[scale])
+            self.pipe.enable_lora()
+            yield
+            return
+        factors = self._factors_for(checkpoint_id, lora_file)
+        self.deactivate()  # a paused training adapter must not leak into the pet's picture
+        with merged_into_weights(factors, scale):
+            yield
 
     def deactivate(self) -> None:
-        """The plain base model: every adapter off (nothing is unloaded)."""
-        if any(True for component in lora_components(self.pipe) for _ in _tuner_layers(component)):
+        """The plain base model: every peft adapter (a training run's) off; nothing is unloaded."""
+        if _has_tuner_layers(self.pipe):
             self.pipe.disable_lora()
 
     def evict(self, checkpoint_id: int) -> None:
-        """Drop one checkpoint's adapter, e.g. when its files are deleted."""
-        name = self._loaded.pop(checkpoint_id, None)
-        if name is not None:
-            self.pipe.delete_adapters(name)
+        """Forget one checkpoint's LoRA, e.g. when its files are deleted."""
+        self._factors.pop(checkpoint_id, None)
         if self._slot_holds == checkpoint_id:
-            self._slot_holds = None  # the slot's weights are stale; the next activate overwrites them
+            self._slot_holds = None  # the slot's weights are stale; the next request overwrites them
 
-    def _ensure_loaded(self, checkpoint_id: int, lora_file: Path) -> str:
-        if checkpoint_id in self._loaded:
-            self._loaded.move_to_end(checkpoint_id)
-            return self._loaded[checkpoint_id]
-        while len(self._loaded) >= self.capacity:
-            old_id, old_name = self._loaded.popitem(last=False)
-            log.debug("evicting LoRA adapter %s", old_name)
-            self.pipe.delete_adapters(old_name)
+    def _factors_for(self, checkpoint_id: int, lora_file: Path) -> LoraFactors:
+        if checkpoint_id in self._factors:
+            self._factors.move_to_end(checkpoint_id)
+            return self._factors[checkpoint_id]
+        while len(self._factors) >= self.capacity:
+            self._factors.popitem(last=False)
         name = adapter_name(checkpoint_id)
-        present = {adapter for adapters in self.pipe.get_list_adapters().values() for adapter in adapters}
-        if name not in present:  # else another Generator on this UNet already loaded this checkpoint
-            self._load(lora_file, name, hotswap=False)
-        self._loaded[checkpoint_id] = name
-        return name
+        self._load(lora_file, name, hotswap=False)
+        try:
+            factors = _factors_of(self.pipe, name)
+        finally:
+            self.pipe.delete_adapters(name)
+            self._strip_idle_layers()
+        self._factors[checkpoint_id] = factors
+        return factors
 
-    def _hotswap_in(self, checkpoint_id: int, lora_file: Path) -> str:
+    def _strip_idle_layers(self) -> None:
+        """Remove peft's wrapper layers once no adapter is left (their per-call cost is not free)."""
+        if not any(self.pipe.get_list_adapters().values()) and _has_tuner_layers(self.pipe):
+            self.pipe.unload_lora_weights()
+
+    def _hotswap_in(self, checkpoint_id: int, lora_file: Path) -> None:
         if self._slot_holds != checkpoint_id:
             slot_exists = HOTSWAP_SLOT in self.pipe.get_list_adapters().get("unet", [])
             self._load(lora_file, HOTSWAP_SLOT, hotswap=slot_exists)
             self._slot_holds = checkpoint_id
-        return HOTSWAP_SLOT
 
     def _load(self, lora_file: Path, name: str, hotswap: bool) -> None:
         try:
