@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
+from typing import TYPE_CHECKING
 
 from engine.settings import Settings, SettingsError
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from bot.settings import BotSettings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,13 +41,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(serve(settings, bot_settings))
 
 
-async def serve(settings: Settings, bot_settings) -> int:
+async def serve(settings: Settings, bot_settings: "BotSettings") -> int:
+    """Workers first (they take a while to load the model), then the bot until it is closed."""
     import discord
 
     from bot.app import PawtraitBot
     from engine.worker.supervisor import WorkerSupervisor
 
     bot_settings.apply_endpoints()
+    assert bot_settings.token is not None
     supervisor = WorkerSupervisor(settings)
     bot = PawtraitBot(settings, bot_settings)
     loop = asyncio.get_running_loop()

@@ -7,8 +7,10 @@ The tests run in order and share one server, one bot process and one data folder
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -338,3 +340,17 @@ async def test_a_failed_training_says_why_and_mentions_the_owner(world: World) -
         "the failure message",
     )
     assert failed[0].content.startswith(f"<@{world.carol.id}>") and "missing" in failed[0].content
+
+
+async def test_pawtrait_bot_explains_a_missing_or_refused_token(world: World, tmp_path: Path) -> None:
+    env = dict(world.bot.env, PYTHONPATH=str(Path(__file__).resolve().parent.parent), PAWTRAIT_WORKERS="0")
+    env.pop("DISCORD_TOKEN")
+    for token, code, words in ((None, 2, "DISCORD_TOKEN is not set"), ("wrong", 1, "Discord refused DISCORD_TOKEN")):
+        if token is not None:
+            env["DISCORD_TOKEN"] = token
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli.main", "bot", cwd=tmp_path, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode == code and words in out.decode(), out.decode()[-2000:]
