@@ -27,6 +27,7 @@ from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.optimization import get_scheduler
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from peft.tuners.tuners_utils import BaseTunerLayer
 
 from engine.models import BaseModel
 from engine.training.cache import TrainingCache
@@ -38,9 +39,8 @@ log = logging.getLogger(__name__)
 GIB = 2**30
 # Activation memory per 1024² image in bf16 (scaled by pixel count for other sizes), from the
 # H100 measurements in docs/BENCHMARKS.md, used to pick the mode from free memory.
-FAST_GIB_PER_IMAGE = 7.5
-LEAN_GIB_PER_IMAGE = 1.3
-LEAN_MICRO_BATCH = 2  # keeps lean mode near 8 GiB at 1024² with the encoders offloaded
+FAST_GIB_PER_IMAGE = 7.5  # no gradient checkpointing: 35.4 GiB peak for 4 images, 64.4 GiB for 8
+LEAN_MICRO_BATCH = 4  # with checkpointing: 7.8 GiB peak for 4 images (6.5 GiB for 2, but twice as slow)
 HEADROOM_GIB = 3.0  # validation renders, allocator fragmentation
 
 
@@ -126,6 +126,7 @@ class LoraTrainer:
         self.lora_config = self.unet.peft_config[adapter_name]
         marker = f".{adapter_name}."
         self.lora_params = [p for name, p in self.unet.named_parameters() if marker in name]
+        self.lora_layers = [m for m in self.unet.modules() if isinstance(m, BaseTunerLayer)]
         for p in self.lora_params:
             p.data = p.data.float()  # the base stays in half precision; the trained weights in fp32
         self.activate()
@@ -196,6 +197,36 @@ class LoraTrainer:
         weight = self.sample_weight * self._snr_weight(t)
 
         total = torch.zeros((), device=self.device)
+        # Under autocast peft's cast of every LoRA input to fp32 is a wasted copy (autocast casts it back
+        # for the matmul): off for the whole step, forward and backward (checkpoint recomputes must match).
+        self._cast_lora_inputs(not self.autocast)
+        try:
+            self._forward_backward(latents, noisy, t, target, weight, total)
+        finally:
+            self._cast_lora_inputs(True)
+
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        if self.params.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.lora_params, self.params.max_grad_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.lr_scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return total
+
+    def _cast_lora_inputs(self, enabled: bool) -> None:
+        for layer in self.lora_layers:
+            layer.cast_input_dtype_enabled = enabled
+
+    def _forward_backward(
+        self, latents: torch.Tensor, noisy: torch.Tensor, t: torch.Tensor, target: torch.Tensor,
+        weight: torch.Tensor, total: torch.Tensor,
+    ) -> None:
+        """Accumulate the step's gradient in micro-batches of plan.micro_batch images; adds the loss to `total`."""
         for start in range(0, len(latents), self.plan.micro_batch):
             part = slice(start, start + self.plan.micro_batch)
             with torch.autocast(self.device.type, dtype=self.base.dtype, enabled=self.autocast):
@@ -210,19 +241,6 @@ class LoraTrainer:
             loss = (mse * weight[part]).sum()
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.detach()
-
-        if self.scaler:
-            self.scaler.unscale_(self.optimizer)
-        if self.params.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.lora_params, self.params.max_grad_norm)
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        self.lr_scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return total
 
     def _snr_weight(self, t: torch.Tensor) -> torch.Tensor:
         """Min-SNR-gamma: down-weight the easy, low-noise timesteps (Hang et al. 2023)."""

@@ -1,0 +1,334 @@
+"""Training speed and memory on a GPU: full-size SDXL (random weights) through Pawtrait's trainer.
+
+No weights can be downloaded where this runs, so it builds the SDXL-base-1.0 architecture
+with random weights directly on the GPU in bf16 (speed and memory do not depend on weight
+values), writes 15 random 1024² photos, and drives the product's own code: `build_cache`,
+`LoraTrainer.train_step` (the loop `execute_run` runs) and, for the end-to-end figure,
+`execute_run` itself with checkpoints and validation renders.
+
+    python benchmarks/train_sdxl.py --out results.json [--configs lean2,fast4,...] [--full-steps 60]
+
+Each configuration: 3 warm-up steps, then `--steps` timed optimizer steps of 4 images
+(the seed's batch 1 x accumulation 4). Prints a table last; a configuration that fails
+records its error and the rest go on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers.models.attention import BasicTransformerBlock
+from diffusers.models.resnet import ResnetBlock2D
+from PIL import Image
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine.models import BaseModel  # noqa: E402
+from engine.tiny_model import write_tokenizer  # noqa: E402
+from engine.training.cache import build_cache, offload_encoders, restore_encoders  # noqa: E402
+from engine.training.checkpoints import write_checkpoint  # noqa: E402
+from engine.training.class_images import ensure_class_images  # noqa: E402
+from engine.training.loop import LoopPlan, LoraTrainer  # noqa: E402
+from engine.training.params import TrainingParams  # noqa: E402
+from engine.training.validation import render  # noqa: E402
+from storage.files import DataDir  # noqa: E402
+
+SDXL_UNET_PARAMS = 2_567_463_684
+GIB = 2**30
+PROMPT = "a photo of zqxjv cat"
+VALIDATION = [PROMPT, "an oil painting of zqxjv cat", "zqxjv cat in space"]
+
+# name: (gradient checkpointing, micro-batch (0 = all images of the step), encoders offloaded,
+#        extra TrainingParams, channels-last)
+CONFIGS = {
+    "lean1": (True, 1, True, {}, False),
+    "lean2": (True, 2, True, {}, False),
+    "lean4": (True, 4, True, {}, False),
+    "fast1": (False, 1, False, {}, False),
+    "fast4": (False, 0, False, {}, False),
+    "fast4-adamw": (False, 0, False, {"optimizer": "adamw"}, False),
+    "fast4-cl": (False, 0, False, {}, True),
+    "fast4-compile": (False, 0, False, {"compile": True}, False),
+    "lean4-compile": (True, 4, True, {"compile": True}, False),
+    # CUDA graphs per compiled block (torch.compile mode="reduce-overhead"), set up by this script.
+    "fast4-graphs": (False, 0, False, {"compile_mode": "reduce-overhead"}, False),
+    "lean4-graphs": (True, 4, True, {"compile_mode": "reduce-overhead"}, False),
+}
+
+
+def clip_config(vocab: int, hidden: int, layers: int, heads: int, act: str) -> CLIPTextConfig:
+    return CLIPTextConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
+                          num_attention_heads=heads, max_position_embeddings=77, projection_dim=1280, hidden_act=act,
+                          bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1)
+
+
+def build_base(device: torch.device, tokenizer_dir: Path) -> BaseModel:
+    """SDXL-base-1.0's UNet, VAE and both text encoders (numbers from shared/README.md), random, bf16 on the GPU."""
+    tokenizer = write_tokenizer(tokenizer_dir)
+    vocab = len(tokenizer)
+    dtype = torch.bfloat16
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            unet = UNet2DConditionModel(
+                sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+                use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+                projection_class_embeddings_input_dim=2816,
+            )
+            vae = AutoencoderKL(
+                block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2, sample_size=1024,
+                scaling_factor=0.13025, force_upcast=False,
+            )
+            text_encoder = CLIPTextModel(clip_config(vocab, 768, 12, 12, "quick_gelu"))
+            text_encoder_2 = CLIPTextModelWithProjection(clip_config(vocab, 1280, 32, 20, "gelu"))
+    finally:
+        torch.set_default_dtype(torch.float32)
+    for module in (unet, vae, text_encoder, text_encoder_2):
+        module.to(dtype)
+        module.requires_grad_(False)
+    count = sum(p.numel() for p in unet.parameters())
+    assert count == SDXL_UNET_PARAMS, f"UNet has {count} parameters, SDXL-base-1.0 has {SDXL_UNET_PARAMS}"
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+                                     tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
+                                     add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return BaseModel(pipe=pipe, device=device, dtype=dtype, model_id="random SDXL-base-1.0", vae_id=None)
+
+
+def write_photos(folder: Path, count: int, size: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for index in range(count):
+        path = folder / f"{index}.png"
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def peak_gib() -> float:
+    return torch.cuda.max_memory_allocated() / GIB if torch.cuda.is_available() else 0.0
+
+
+def reset_peak() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def timed(fn):
+    sync()
+    start = time.perf_counter()
+    result = fn()
+    sync()
+    return time.perf_counter() - start, result
+
+
+def bench_config(base: BaseModel, cache, name: str, steps: int, prior: bool, res: int) -> dict:
+    checkpointing, micro, offload, extra, channels_last = CONFIGS[name]
+    extra = dict(extra)
+    compile_mode = extra.pop("compile_mode", None)
+    if compile_mode:
+        for module in base.pipe.unet.modules():
+            if isinstance(module, (BasicTransformerBlock, ResnetBlock2D)):
+                module.compile(mode=compile_mode)
+    params = TrainingParams(prior_preservation=prior, resolution=res, **extra)
+    images = params.images_per_step * (2 if prior else 1)
+    plan = LoopPlan(mode="lean" if checkpointing else "fast", gradient_checkpointing=checkpointing,
+                    micro_batch=min(micro or images, images), offload_encoders=offload, reason="benchmark")
+    unet = base.pipe.unet
+    if channels_last:
+        unet.to(memory_format=torch.channels_last)
+    if offload:
+        offload_encoders(base)
+    reset_peak()
+    trainer = LoraTrainer(base, params, cache, f"bench-{name}", plan)
+    try:
+        warm_s, _ = timed(lambda: [trainer.train_step(step) for step in range(3)])
+        total_s, losses = timed(lambda: [trainer.train_step(step) for step in range(3, 3 + steps)])
+        loss = float(losses[-1])
+        peak = peak_gib()
+    finally:
+        trainer.close()
+        if channels_last:
+            unet.to(memory_format=torch.contiguous_format)
+        restore_encoders(base)
+    per_step = total_s / steps
+    return {
+        "config": name + ("+prior" if prior else ""), "checkpointing": checkpointing, "micro_batch": plan.micro_batch,
+        "images_per_step": images, "s_per_step": per_step, "ms_per_image": 1000 * per_step / images,
+        "peak_gib": peak, "warmup_s": warm_s, "loss": loss,
+    }
+
+
+def bench_end_to_end(base: BaseModel, work: Path, photos: list[Path], steps: int, mode: str, res: int) -> dict:
+    """execute_run itself, from photos to the last checkpoint, on a real SQLite database."""
+    from engine.training.service import execute_run
+    from engine.training.create import create_run
+    from storage.db import connect
+    from storage.pets import LOCAL_GUILD, create_pet
+
+    async def run() -> dict:
+        data = DataDir(work / f"e2e-{mode}")
+        db = await connect(data.root / "pawtrait.db")
+        pet = await create_pet(db, LOCAL_GUILD, "bench", "Thor", "cat")
+        for index, path in enumerate(photos):
+            await db.execute(
+                "INSERT INTO photos (pet_id, sha256, phash, original_name, original_path, prepared_path, width, "
+                "height, crop_left, crop_top, crop_size, added_by) VALUES (?, ?, '0', 'p', ?, ?, 1024, 1024, 0, 0, "
+                "1024, 'bench')", (pet.id, str(index), str(path), str(path)),
+            )
+        every = max(1, steps // 3)
+        params = TrainingParams(steps=steps, checkpoint_every=every, validate_every=every, mode=mode, resolution=res)
+        run_id = await create_run(db, data, pet, params)
+        marks: list[tuple[str, float]] = []
+        from engine.training.hooks import TrainingHooks
+
+        hooks = TrainingHooks(
+            on_checkpoint=lambda step, _id: marks.append((f"checkpoint {step}", time.perf_counter())),
+            on_validation=lambda step, _rows: marks.append((f"validation {step}", time.perf_counter())),
+        )
+        reset_peak()
+        start = time.perf_counter()
+        outcome = await execute_run(db, data, base, run_id, hooks)
+        wall = time.perf_counter() - start
+        await db.close()
+        return {"mode": mode, "steps": steps, "status": outcome.status, "error": outcome.error, "wall_s": wall,
+                "peak_gib": peak_gib(),
+                "marks": [(label, t - start) for label, t in marks]}
+
+    return asyncio.run(run())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("train_results.json"))
+    parser.add_argument("--configs", default="lean2,lean4,fast4")
+    parser.add_argument("--prior-configs", default="lean2")
+    parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per configuration")
+    parser.add_argument("--class-images", type=int, default=8, help="class images generated for prior preservation")
+    parser.add_argument("--full-steps", type=int, default=60, help="steps of the end-to-end execute_run (0 = skip)")
+    parser.add_argument("--full-modes", default="fast")
+    parser.add_argument("--resolution", type=int, default=1024)
+    parser.add_argument("--tiny", type=Path, help="use this tiny model folder on the CPU instead (a dry run)")
+    args = parser.parse_args()
+
+    res = args.resolution
+    device = torch.device("cpu" if args.tiny else "cuda")
+    card = "CPU (dry run)" if args.tiny else torch.cuda.get_device_name(device)
+    results: dict = {"card": card, "torch": torch.__version__, "resolution": res, "configs": []}
+
+    def save() -> None:
+        args.out.write_text(json.dumps(results, indent=2))
+
+    work = Path(tempfile.mkdtemp(prefix="pawtrait-bench-"))
+    if args.tiny:
+        from engine.models import load_base_model
+        from engine.settings import Settings
+
+        build_s, base = timed(lambda: load_base_model(Settings(model=str(args.tiny), vae=None, device="cpu")))
+    else:
+        build_s, base = timed(lambda: build_base(device, work / "tokenizer"))
+    results["build_s"] = build_s
+    photos = write_photos(work / "photos", 15, res)
+    reset_peak()
+    cache_s, cache = timed(lambda: build_cache(base, photos, PROMPT, res, flip=False, validation_prompts=VALIDATION))
+    results["cache"] = {"photos": 15, "s": cache_s, "peak_gib": peak_gib()}
+    print(f"built in {build_s:.1f} s; cached 15 photos in {cache_s:.2f} s", flush=True)
+    save()
+
+    for name in [c for c in args.configs.split(",") if c]:
+        try:
+            row = bench_config(base, cache, name, args.steps, prior=False, res=res)
+        except Exception as error:  # noqa: BLE001 - record and go on
+            traceback.print_exc()
+            row = {"config": name, "error": f"{type(error).__name__}: {error}"}
+            reset_peak()
+        print(row, flush=True)
+        results["configs"].append(row)
+        save()
+
+    # Validation render and checkpoint write, as execute_run does them.
+    params = TrainingParams(resolution=res)
+    for batch in (3, 1):
+        reset_peak()
+        seconds, _ = timed(lambda: render(base, cache.validation, cache.validation_negative, [42, 43, 44],
+                                          resolution=res, steps=25, guidance=5.0, batch=batch))
+        results[f"validation_batch{batch}"] = {"s": seconds, "peak_gib": peak_gib()}
+        print(f"validation (3 images, batch {batch}): {seconds:.2f} s", flush=True)
+    trainer = LoraTrainer(base, params, cache, "bench-ckpt", LoopPlan("fast", False, 4, False, "benchmark"))
+    trainer.train_step(0)
+    lora = trainer.lora_state_dict()
+    seconds, _ = timed(lambda: write_checkpoint(work / "ckpt", lora, trainer.lora_config.to_dict(), rank=4, alpha=4.0,
+                                                kohya_name="bench", state=trainer.state_dict(1, lora)))
+    trainer.close()
+    results["checkpoint_s"] = seconds
+    save()
+
+    if args.prior_configs:
+        data = DataDir(work / "data")
+        class_s, class_paths = timed(lambda: ensure_class_images(base, data, "cat", args.class_images, res, steps=25))
+        results["class_images"] = {"count": args.class_images, "s": class_s, "s_each": class_s / args.class_images}
+        print(f"{args.class_images} class images in {class_s:.1f} s", flush=True)
+        prior_cache = build_cache(base, photos, PROMPT, res, flip=False, class_paths=class_paths,
+                                  class_prompt="a photo of cat")
+        for name in args.prior_configs.split(","):
+            try:
+                row = bench_config(base, prior_cache, name, args.steps, prior=True, res=res)
+            except Exception as error:  # noqa: BLE001
+                traceback.print_exc()
+                row = {"config": name + "+prior", "error": f"{type(error).__name__}: {error}"}
+                reset_peak()
+            print(row, flush=True)
+            results["configs"].append(row)
+            save()
+        del prior_cache
+
+    if args.full_steps:
+        results["end_to_end"] = []
+        for mode in args.full_modes.split(","):
+            try:
+                row = bench_end_to_end(base, work, photos, args.full_steps, mode, res)
+            except Exception as error:  # noqa: BLE001
+                traceback.print_exc()
+                row = {"mode": mode, "error": f"{type(error).__name__}: {error}"}
+            print(row, flush=True)
+            results["end_to_end"].append(row)
+            save()
+
+    print(f"\n{results['card']}, torch {results['torch']}")
+    print(f"{'config':<22}{'ckpt':>5}{'mb':>4}{'s/step':>9}{'ms/img':>9}{'peak GiB':>10}")
+    for row in results["configs"]:
+        if "error" in row:
+            print(f"{row['config']:<22} {row['error'][:60]}")
+        else:
+            print(f"{row['config']:<22}{'on' if row['checkpointing'] else 'off':>5}{row['micro_batch']:>4}"
+                  f"{row['s_per_step']:>9.3f}{row['ms_per_image']:>9.1f}{row['peak_gib']:>10.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
