@@ -227,7 +227,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("train_results.json"))
     parser.add_argument("--configs", default="lean2,lean4,fast4")
-    parser.add_argument("--prior-configs", default="lean2")
+    parser.add_argument("--prior-configs", default="lean4")
+    parser.add_argument("--late-configs", default="", help="run after everything else (compiled ones: slow to start)")
     parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per configuration")
     parser.add_argument("--class-images", type=int, default=8, help="class images generated for prior preservation")
     parser.add_argument("--full-steps", type=int, default=60, help="steps of the end-to-end execute_run (0 = skip)")
@@ -260,16 +261,19 @@ def main() -> int:
     print(f"built in {build_s:.1f} s; cached 15 photos in {cache_s:.2f} s", flush=True)
     save()
 
-    for name in [c for c in args.configs.split(",") if c]:
-        try:
-            row = bench_config(base, cache, name, args.steps, prior=False, res=res)
-        except Exception as error:  # noqa: BLE001 - record and go on
-            traceback.print_exc()
-            row = {"config": name, "error": f"{type(error).__name__}: {error}"}
-            reset_peak()
-        print(row, flush=True)
-        results["configs"].append(row)
-        save()
+    def run_configs(names: str) -> None:
+        for name in [c for c in names.split(",") if c]:
+            try:
+                row = bench_config(base, cache, name, args.steps, prior=False, res=res)
+            except Exception as error:  # noqa: BLE001 - record and go on
+                traceback.print_exc()
+                row = {"config": name, "error": f"{type(error).__name__}: {error}"}
+                reset_peak()
+            print(row, flush=True)
+            results["configs"].append(row)
+            save()
+
+    run_configs(args.configs)
 
     # Validation render and checkpoint write, as execute_run does them.
     params = TrainingParams(resolution=res)
@@ -318,6 +322,8 @@ def main() -> int:
             print(row, flush=True)
             results["end_to_end"].append(row)
             save()
+
+    run_configs(args.late_configs)
 
     print(f"\n{results['card']}, torch {results['torch']}")
     print(f"{'config':<22}{'ckpt':>5}{'mb':>4}{'s/step':>9}{'ms/img':>9}{'peak GiB':>10}")
