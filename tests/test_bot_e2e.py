@@ -298,6 +298,10 @@ async def test_a_dev_guild_gets_its_commands_at_once(world: World) -> None:
     assert fake.command("pets", world.cats.id).get("guild_id") == world.cats.id
     reply = await answer(world, await fake.slash(world.cats, world.bob, "pets"))
     assert reply.ephemeral and "No pets here yet" in reply.text()
+    # Buttons posted by the previous process still work (their pictures went with the pet).
+    old = next(m for m in fake.messages.values() if not m.deleted and "pawtrait:gen:share" in " ".join(m.custom_ids()))
+    reply = await answer(world, await fake.click(world.bob, old, old.button("Share")))
+    assert reply.ephemeral and "These images were deleted" in reply.text()
 
 
 async def test_queue_limits_and_cancel(world: World) -> None:
