@@ -4,8 +4,9 @@ No weights can be downloaded where this runs, so it builds the exact SDXL-base-1
 architecture with random weights directly on the GPU in bf16 (speed and memory do not
 depend on weight values) and drives the product's own `engine.generation.Generator`:
 1024², 30 steps, guidance 5. It measures batch 1 and 4, peak memory, pet LoRA loading and
-switching, the levers (channels-last, fused QKV, fused LoRA, fp32 vs bf16 VAE decode,
-regional torch.compile with LoRA hot-swap, low-memory mode) and a cold start from disk.
+switching, the levers (pet merged into the weights vs a live peft adapter, channels-last,
+cudnn.benchmark, fused QKV, fp32 vs bf16 VAE decode, regional torch.compile with LoRA
+hot-swap or with merged pets, low-memory mode) and a cold start from disk.
 
     python benchmarks/generate_sdxl.py --out results.json [--phases default,loras,...]
 
@@ -182,7 +183,7 @@ def cold_start(model_dir: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("generate_sdxl.json"))
-    parser.add_argument("--phases", default="default,loras,peft_adapter,no_cudnn_autotune,vae,fused_qkv,channels_last,low_memory,cold,compile",
+    parser.add_argument("--phases", default="default,loras,peft_adapter,cudnn_autotune,vae,fused_qkv,channels_last,low_memory,cold,compile,compile_merged",
                         help="comma-separated phases to run, in this order (default: all)")
     parser.add_argument("--cold", metavar="MODEL_DIR", help=argparse.SUPPRESS)  # the cold-start child process
     args = parser.parse_args()
@@ -209,7 +210,7 @@ def main() -> int:
         state["gen"] = gen
         b1, peak1 = per_image(gen, 1, 3)
         b4, peak4 = per_image(gen, 4, 1)
-        bench.row("product default, plain base: bf16, SDPA, DPM++ 2M Karras, cudnn.benchmark, bf16 VAE decode", b1, b4, peak1,
+        bench.row("product default, plain base: bf16, SDPA, DPM++ 2M Karras, bf16 VAE decode", b1, b4, peak1,
                   f"batch 4 peak {peak4:.1f} GiB; first request in a fresh process after build {first_s + first_request_s:.1f} s")
 
     def loras() -> None:
@@ -287,12 +288,12 @@ def main() -> int:
         pipe.unload_lora_weights()
         bench.row("pet LoRA as a live peft adapter instead (unmerged)", b1, b4, peak)
 
-    def no_cudnn_autotune() -> None:
+    def cudnn_autotune() -> None:
         gen: Generator = state["gen"]  # type: ignore[assignment]
-        torch.backends.cudnn.benchmark = False
-        b1, peak = per_image(gen, 1, 3)
         torch.backends.cudnn.benchmark = True
-        bench.row("base model without cudnn.benchmark", b1, None, peak)
+        b1, peak = per_image(gen, 1, 3)
+        torch.backends.cudnn.benchmark = False
+        bench.row("+ cudnn.benchmark (base model)", b1, None, peak)
 
     def low_memory() -> None:
         gen = Generator(base, memory="low")
@@ -343,6 +344,25 @@ def main() -> int:
         bench.row("regional torch.compile, plain base (adapters disabled)", base_b1, None, None,
                   f"first base request {found['base_first_s']:.1f} s (new graphs {unique_graphs() - graphs})")
 
+    def compile_merged() -> None:
+        """Regional compile of a UNet without peft layers: pets merged into the weights, as in eager."""
+        pipe.unload_lora_weights()
+        torch.compiler.reset()
+        a, b = state["loras"]  # type: ignore[misc]
+        gen = Generator(base, memory="full")
+        pipe.unet.compile_repeated_blocks(fullgraph=True)
+        first_s, _ = sync_time(lambda: gen.generate(request(), pet=PET, lora=a))
+        graphs = unique_graphs()
+        b1, peak = per_image(gen, 1, 3, lora=a)
+        b1_other, _ = per_image(gen, 1, 2, lora=b)
+        base_b1, _ = per_image(gen, 1, 2)
+        b4, _ = per_image(gen, 4, 1, lora=a)
+        new_graphs = unique_graphs() - graphs
+        bench.results["compile_merged"] = {"first_s": first_s, "graphs": graphs, "new_graphs_after_switch_base_b4": new_graphs}
+        bench.row("regional torch.compile, pet merged into the weights", b1, b4, peak,
+                  f"first request (compiles) {first_s:.0f} s; other pet {b1_other:.3f} s, plain base {base_b1:.3f} s; "
+                  f"new graphs after switching pets, base and batch 4: {new_graphs}")
+
     def cold() -> None:
         pipe.unload_lora_weights()
         model_dir = work / "model"
@@ -357,8 +377,9 @@ def main() -> int:
                            f"load {numbers['load_s']:.1f} s (incl. imports) + first request {numbers['first_request_s']:.1f} s"))
 
     phases = {"default": default_mode, "loras": loras, "vae": vae_precision, "peft_adapter": peft_adapter,
-              "fused_qkv": fused_qkv, "channels_last": channels_last, "no_cudnn_autotune": no_cudnn_autotune,
-              "low_memory": low_memory, "cold": cold, "compile": compiled}
+              "fused_qkv": fused_qkv, "channels_last": channels_last, "cudnn_autotune": cudnn_autotune,
+              "low_memory": low_memory, "cold": cold, "compile": compiled,
+              "compile_merged": compile_merged}
     for name in args.phases.split(","):
         bench.phase(name, phases[name])
     args.out.write_text(json.dumps(bench.results, indent=2, default=str))

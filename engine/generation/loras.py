@@ -3,10 +3,10 @@
 A pet's LoRA file is read once through diffusers/peft (`load_lora_weights` as adapter
 "pet-ckpt-<checkpoint id>"), and kept in a small LRU cache as its low-rank factors. Each
 request merges the chosen pet into the base weights (W += s * B @ A, about 0.1 s) and copies
-the original weights back afterwards. Measured on an H100 at 1024², batch 1: peft's adapter
-layers cost about 1.8 s per image as separate LoRA matmuls and still ~0.9 s when merged
-(per-layer Python on the host), and they slow the plain base down too once any pet is
-cached; merged factors on plain layers cost nothing per step. With a compiled UNet the
+the original weights back afterwards. Measured on an H100 at 1024² (docs/BENCHMARKS.md): a
+live peft adapter made each image 1.8-3.4 s slower at batch 1 (separate LoRA matmuls plus
+per-layer Python on the host) and 0.3 s slower at batch 4, and its idle layers slowed the
+plain base too; a merged pet costs nothing per step and 20 ms to switch. With a compiled UNet the
 pets instead share one peft adapter slot whose weights are hot-swapped, so a new pet never
 recompiles.
 
