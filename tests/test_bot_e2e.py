@@ -185,7 +185,11 @@ async def test_training_thread_survives_a_bot_restart_and_votes_pick_the_checkpo
     assert validation_messages(world, thread, 0), "the 'before training' images were not posted"
     for voter in (world.bob, world.mod):
         await fake.react(voter, step2[0], "⭐")
-    await wait_for_rows(fake, world.db_path, "SELECT count(*) FROM votes HAVING count(*) = 2", 20, "two recorded votes")
+    await fake.react(world.bob, step2[1], "👍")  # not the vote emoji
+    await fake.react(world.mod, step2[1], "⭐")
+    await wait_for_rows(fake, world.db_path, "SELECT count(*) FROM votes HAVING count(*) = 3", 20, "three votes")
+    await fake.react(world.mod, step2[1], "⭐", add=False)  # changed their mind
+    await wait_for_rows(fake, world.db_path, "SELECT count(*) FROM votes HAVING count(*) = 2", 20, "two votes left")
     edits_before = len(fake.messages[status.id].history)
     await bot.stop()
 
