@@ -178,6 +178,23 @@ def test_a_paused_training_adapter_is_left_exactly_as_it_was(tiny_model_dir: Pat
     assert all(p.grad is not None for name, p in unet.named_parameters() if name in trainable)
 
 
+def test_a_vae_overflow_is_decoded_again_in_float32(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fp16 VAEs overflow into NaN (black pictures); the decode is redone in float32 instead."""
+    gen = Generator(load_tiny(tiny_model_dir), memory="full", size_scale=SMALL)
+    vae = gen.pipe.vae
+    vae.to(torch.bfloat16)
+    decode = vae.decode
+
+    def overflowing(latents: torch.Tensor, **kwargs):
+        pixels = decode(latents, **kwargs)
+        return (pixels[0] * float("nan"),) if latents.dtype != torch.float32 else pixels
+
+    monkeypatch.setattr(vae, "decode", overflowing)
+    image = gen.generate(quick(steps=2)).images[0]
+    assert pixels(image).std() > 0  # a real picture, not the all-black NaN one
+    assert vae.dtype == torch.float32
+
+
 def test_preview_every_step(generator: Generator) -> None:
     calls: list[tuple[int, int, Image.Image]] = []
     generator.generate(quick(steps=4, count=2), on_step=lambda step, total, image: calls.append((step, total, image)))
@@ -292,6 +309,19 @@ async def test_bad_requests_are_refused_in_plain_words(db, settings, generator, 
         values["pet_id"] = pets[values["pet_id"]].id
     with pytest.raises(GenerationError, match=message.replace("(", r"\(").replace("+", r"\+")):
         await generate_and_record(db, data, generator, GenerationRequest(**values), LOCAL_GUILD, "user-1")
+    async with db.execute("SELECT count(*) FROM generations") as cursor:
+        assert (await cursor.fetchone())[0] == 0
+
+
+async def test_a_damaged_lora_file_is_a_plain_error_and_records_nothing(db, settings, generator, lora_files) -> None:
+    data = DataDir(settings.data_dir)
+    pet = await add_trained_pet(db, data, "Thor", lora_files[0])
+    checkpoint_file = next(data.root.glob("runs/*/checkpoints/step-100/pytorch_lora_weights.safetensors"))
+    checkpoint_file.write_bytes(b"not a safetensors file")
+    request = GenerationRequest(prompt="TOK cat", pet_id=pet.id, steps=1)
+    fresh = Generator(generator.base, memory="full", size_scale=SMALL)  # nothing cached for this checkpoint id
+    with pytest.raises(GenerationError, match="could not be loaded.*train the pet again"):
+        await generate_and_record(db, data, fresh, request, LOCAL_GUILD, "user-1")
     async with db.execute("SELECT count(*) FROM generations") as cursor:
         assert (await cursor.fetchone())[0] == 0
 

@@ -28,6 +28,8 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 from peft.tuners.tuners_utils import BaseTunerLayer
 
+from engine.generation.request import GenerationError
+
 log = logging.getLogger(__name__)
 
 PET_PREFIX = "pet-ckpt-"
@@ -241,5 +243,5 @@ class LoraCache:
             ) from error
 
 
-class LoraLoadError(RuntimeError):
-    """A checkpoint's LoRA file is missing or not a LoRA for this base model."""
+class LoraLoadError(GenerationError):
+    """A checkpoint's LoRA file is unreadable or not a LoRA for this base model (told to the user)."""
