@@ -134,7 +134,7 @@ def test_switching_pets_and_back_equals_loading_each_fresh(tiny_model_dir: Path,
     switching = Generator(load_tiny(tiny_model_dir), memory="full", size_scale=SMALL)
     order = [0, 1, 0, 1]
     seen = [switching.generate(request, pet=pet, lora=PetLora(10 + i, lora_files[i])).images for i in order]
-    assert switching.loras.loaded == [10, 11]
+    assert switching.loras.loaded() == [10, 11]
     for index in (0, 1):
         fresh = Generator(load_tiny(tiny_model_dir), memory="full", size_scale=SMALL)
         expected = fresh.generate(request, pet=pet, lora=PetLora(10 + index, lora_files[index])).images
@@ -147,7 +147,7 @@ def test_lru_cache_evicts_the_least_recently_used_pet(tiny_model_dir: Path, lora
     pet = pet_for()
     first = small.generate(quick("TOK", steps=1), pet=pet, lora=PetLora(1, lora_files[0]))
     small.generate(quick("TOK", steps=1), pet=pet, lora=PetLora(2, lora_files[1]))
-    assert small.loras.loaded == [2]
+    assert small.loras.loaded() == [2]
     # Pets are merged into the weights per request: no peft layers are left to slow the UNet down.
     assert not any(isinstance(module, BaseTunerLayer) for module in small.pipe.unet.modules())
     again = small.generate(quick("TOK", steps=1), pet=pet, lora=PetLora(1, lora_files[0]))

@@ -172,7 +172,6 @@ class LoraCache:
         self._factors: OrderedDict[int, LoraFactors] = OrderedDict()
         self._slot_holds: int | None = None
 
-    @property
     def loaded(self) -> list[int]:
         """Checkpoint ids whose LoRAs are ready, least recently used first."""
         if self.hotswap:
