@@ -152,6 +152,7 @@ def bench_config(base: BaseModel, cache, name: str, steps: int, prior: bool, res
     extra = dict(extra)
     compile_mode = extra.pop("compile_mode", None)
     if compile_mode:
+        torch._dynamo.config.recompile_limit = 64
         for module in base.pipe.unet.modules():
             if isinstance(module, (BasicTransformerBlock, ResnetBlock2D)):
                 module.compile(mode=compile_mode)
@@ -184,7 +185,9 @@ def bench_config(base: BaseModel, cache, name: str, steps: int, prior: bool, res
     }
 
 
-def bench_end_to_end(base: BaseModel, work: Path, photos: list[Path], steps: int, mode: str, res: int) -> dict:
+def bench_end_to_end(
+    base: BaseModel, work: Path, photos: list[Path], steps: int, mode: str, res: int, compile_blocks: bool
+) -> dict:
     """execute_run itself, from photos to the last checkpoint, on a real SQLite database."""
     from engine.training.service import execute_run
     from engine.training.create import create_run
@@ -202,7 +205,8 @@ def bench_end_to_end(base: BaseModel, work: Path, photos: list[Path], steps: int
                 "1024, 'bench')", (pet.id, str(index), str(path), str(path)),
             )
         every = max(1, steps // 3)
-        params = TrainingParams(steps=steps, checkpoint_every=every, validate_every=every, mode=mode, resolution=res)
+        params = TrainingParams(steps=steps, checkpoint_every=every, validate_every=every, mode=mode, resolution=res,
+                                compile=compile_blocks)
         run_id = await create_run(db, data, pet, params)
         marks: list[tuple[str, float]] = []
         from engine.training.hooks import TrainingHooks
@@ -216,7 +220,7 @@ def bench_end_to_end(base: BaseModel, work: Path, photos: list[Path], steps: int
         outcome = await execute_run(db, data, base, run_id, hooks)
         wall = time.perf_counter() - start
         await db.close()
-        return {"mode": mode, "steps": steps, "status": outcome.status, "error": outcome.error, "wall_s": wall,
+        return {"mode": mode + ("+compile" if compile_blocks else ""), "steps": steps, "status": outcome.status, "error": outcome.error, "wall_s": wall,
                 "peak_gib": peak_gib(),
                 "marks": [(label, t - start) for label, t in marks]}
 
@@ -233,6 +237,7 @@ def main() -> int:
     parser.add_argument("--class-images", type=int, default=8, help="class images generated for prior preservation")
     parser.add_argument("--full-steps", type=int, default=60, help="steps of the end-to-end execute_run (0 = skip)")
     parser.add_argument("--full-modes", default="fast")
+    parser.add_argument("--full-compile", action="store_true", help="end-to-end run with regional compilation")
     parser.add_argument("--resolution", type=int, default=1024)
     parser.add_argument("--tiny", type=Path, help="use this tiny model folder on the CPU instead (a dry run)")
     args = parser.parse_args()
@@ -315,7 +320,7 @@ def main() -> int:
         results["end_to_end"] = []
         for mode in args.full_modes.split(","):
             try:
-                row = bench_end_to_end(base, work, photos, args.full_steps, mode, res)
+                row = bench_end_to_end(base, work, photos, args.full_steps, mode, res, args.full_compile)
             except Exception as error:  # noqa: BLE001
                 traceback.print_exc()
                 row = {"mode": mode, "error": f"{type(error).__name__}: {error}"}

@@ -308,6 +308,11 @@ def compile_blocks(unet: torch.nn.Module) -> int:
     The blocks repeat, so compiling them one by one costs about a minute instead of the
     many minutes a full-graph compile takes on a slow CPU. Returns how many were compiled.
     """
+    # Blocks of one class share their forward code but differ in width and resolution, and dynamo
+    # keeps one graph per variant (x grad mode for validation renders): SDXL needs more than the default 8.
+    import torch._dynamo
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     count = 0
     for module in unet.modules():
         if isinstance(module, (BasicTransformerBlock, ResnetBlock2D)):
