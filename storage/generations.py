@@ -29,6 +29,15 @@ class CheckpointRef:
 
 
 @dataclass(frozen=True)
+class VariationSource:
+    """Which picture a variation repainted (image `image`, 1 = first, of generation `generation_id`) and how strongly."""
+
+    generation_id: int
+    image: int
+    strength: float
+
+
+@dataclass(frozen=True)
 class Generation:
     id: int
     guild_id: str
@@ -46,11 +55,14 @@ class Generation:
     requested_by: str
     message_id: str | None
     created_at: str
+    source_generation_id: int | None = None  # set for a variation (see VariationSource)
+    source_image: int | None = None
+    variation_strength: float | None = None
 
 
 _COLUMNS = (
     "id, guild_id, pet_id, checkpoint_id, prompt, negative_prompt, seed, steps, guidance, width, height, "
-    "lora_scale, files, requested_by, message_id, created_at"
+    "lora_scale, files, requested_by, message_id, created_at, source_generation_id, source_image, variation_strength"
 )
 
 
@@ -121,6 +133,7 @@ async def record_generation(
     height: int,
     lora_scale: float,
     requested_by: str,
+    variation: VariationSource | None = None,
 ) -> Generation:
     """Insert the row and move `staged_dir`'s files to `generations/<id>/`, all or nothing."""
     names = sorted(path.name for path in staged_dir.iterdir() if path.is_file())
@@ -129,9 +142,11 @@ async def record_generation(
         async with transaction(db):
             cursor = await db.execute(
                 "INSERT INTO generations (guild_id, pet_id, checkpoint_id, prompt, negative_prompt, seed, steps, "
-                "guidance, width, height, lora_scale, requested_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "guidance, width, height, lora_scale, requested_by, source_generation_id, source_image, "
+                "variation_strength) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (guild_id, pet_id, checkpoint_id, prompt, negative_prompt, seed, steps, guidance, width, height,
-                 lora_scale, requested_by),
+                 lora_scale, requested_by, variation.generation_id if variation else None,
+                 variation.image if variation else None, variation.strength if variation else None),
             )
             generation_id = cursor.lastrowid
             target = data.generation_dir(generation_id)
@@ -152,3 +167,13 @@ async def record_generation(
 async def get_generation(db: aiosqlite.Connection, generation_id: int) -> Generation | None:
     async with db.execute(f"SELECT {_COLUMNS} FROM generations WHERE id = ?", (generation_id,)) as cursor:
         return _generation(await cursor.fetchone())
+
+
+async def generation_image_file(
+    db: aiosqlite.Connection, data: DataDir, generation_id: int, image: int, guild_id: str
+) -> Path | None:
+    """Image `image` (1 = first) of a generation of `guild_id`, inside the data folder; None if there is none."""
+    generation = await get_generation(db, generation_id)
+    if generation is None or generation.guild_id != guild_id or not 1 <= image <= len(generation.files):
+        return None
+    return data.abs(generation.files[image - 1])

@@ -111,7 +111,16 @@ def test_every_size_preset_keeps_its_aspect(generator: Generator) -> None:
         assert image.size == quarter.output_size(quick(size=size))
         assert image.width % 32 == 0 and image.height % 32 == 0
         assert abs(image.width / image.height - width / height) < 0.1, size
-    # full size is covered by the CLI test (1024x1024)
+    full = Generator(generator.base, memory="full")  # SDXL's native presets, exactly
+    assert all(full.output_size(quick(size=size)) == preset for size, preset in SIZE_PRESETS.items())
+
+
+def test_sizes_follow_the_configured_resolution(generator: Generator) -> None:
+    """PAWTRAIT_RESOLUTION is the model's native side: presets are ~1 MP at 1024 and scale with it."""
+    settings = Settings(model="unused", vae=None, device="cpu", resolution=512)
+    assert Generator.from_settings(generator.base, settings).output_size(quick(size="1:1")) == (512, 512)
+    native = Generator.from_settings(generator.base, Settings(model="unused", device="cpu"))
+    assert native.output_size(quick(size="16:9")) == SIZE_PRESETS["16:9"]
 
 
 def test_lora_changes_the_picture_and_strength_zero_is_the_base(generator: Generator, lora_files: list[Path]) -> None:
@@ -201,6 +210,27 @@ def test_preview_every_step(generator: Generator) -> None:
     assert [(step, total) for step, total, _ in calls] == [(1, 4), (2, 4), (3, 4), (4, 4)]
     # two 128 px images side by side, at twice the 16 px latent size
     assert calls[-1][2].size == (64, 32) and calls[-1][2].mode == "RGB"
+
+
+def variation(**overrides) -> GenerationRequest:
+    return quick(source_generation_id=1, **{"steps": 4, **overrides})
+
+
+def test_a_variation_repaints_its_source_at_its_size_and_repeats_per_seed(generator: Generator) -> None:
+    source = generator.generate(quick(size="4:3", seed=1)).images[0]
+    other_source = generator.generate(quick(size="4:3", seed=2)).images[0]
+    steps_seen: list[tuple[int, int]] = []
+    first = generator.generate(variation(seed=5, count=2), source=source,
+                               on_step=lambda step, total, _image: steps_seen.append((step, total)))
+    assert [image.size for image in first.images] == [source.size, source.size]
+    assert first.seeds == [5, 6] and first.denoising_strength == 0.6
+    assert steps_seen == [(1, 2), (2, 2)]  # strength 0.6 of 4 steps: the last 2 of the schedule run
+    assert not same(first.images[:1], [source])
+    assert not same(first.images[:1], first.images[1:])  # each image its own seed
+    assert same(first.images, generator.generate(variation(seed=5, count=2), source=source).images)
+    assert not same(first.images[:1], generator.generate(variation(seed=6), source=source).images)
+    # The source matters: the same seed on another picture gives another variation.
+    assert not same(first.images[:1], generator.generate(variation(seed=5), source=other_source).images)
 
 
 def test_prompt_handling_tok_class_noun_and_truncation(generator: Generator) -> None:
@@ -294,6 +324,10 @@ async def test_generate_and_record_writes_pngs_with_parameters_and_a_row(db, set
         (dict(pet_id="untrained"), "Rex has no finished training yet"),
         (dict(pet_id="trained", checkpoint_id=999), "checkpoint #999 is not one of Thor's"),
         (dict(prompt="TOK at the beach", pet_id=None), "TOK but names no pet"),
+        (dict(source_generation_id=1, variation_strength=0.01), "variation strength must be 0.05 to 1 (got 0.01"),
+        (dict(source_generation_id=1, variation_strength=1.5), "variation strength must be 0.05 to 1 (got 1.5"),
+        (dict(source_generation_id=1, steps=1, variation_strength=0.5), "none of the 1 steps would run"),
+        (dict(source_generation_id=999), "no image 1 of generation #999 in this server"),
     ],
 )
 async def test_bad_requests_are_refused_in_plain_words(db, settings, generator, lora_files, change, message) -> None:
@@ -326,13 +360,44 @@ async def test_a_damaged_lora_file_is_a_plain_error_and_records_nothing(db, sett
         assert (await cursor.fetchone())[0] == 0
 
 
+async def test_a_variation_is_recorded_with_its_source_and_stays_in_its_server(db, settings, generator, lora_files) -> None:
+    data = DataDir(settings.data_dir)
+    pet = await add_trained_pet(db, data, "Thor", lora_files[0])
+    original = await generate_and_record(db, data, generator, GenerationRequest(
+        prompt="TOK cat on a sofa", pet_id=pet.id, seed=3, steps=2, size="3:4", count=2), LOCAL_GUILD, "user-1")
+    request = GenerationRequest(prompt="TOK cat on a sofa", pet_id=pet.id, seed=8, steps=3,
+                                source_generation_id=original.generation_id, source_image=2)
+    varied = await generate_and_record(db, data, generator, request, LOCAL_GUILD, "user-2")
+    row = await get_generation(db, varied.generation_id)
+    source = await get_generation(db, original.generation_id)
+    assert (row.source_generation_id, row.source_image, row.variation_strength) == (source.id, 2, 0.6)
+    assert (row.width, row.height) == (source.width, source.height) and row.seed == 8
+    with Image.open(data.abs(row.files[0])) as image, Image.open(data.abs(source.files[1])) as original_image:
+        assert image.size == original_image.size
+        assert not np.array_equal(pixels(image.convert("RGB")), pixels(original_image.convert("RGB")))
+        parsed = parse_parameters(image.info[CHUNK]).settings
+    assert parsed["Denoising strength"] == "0.6" and parsed["Seed"] == "8"
+    assert parsed["Variation of"] == f"generation {source.id} image 2"
+
+    # Another server cannot reach this server's pictures, nor can anyone vary an image that isn't there.
+    felix = await add_trained_pet(db, data, "Felix", lora_files[1], guild="guild-2")
+    for guild, pet_id, number in (("guild-2", felix.id, 1), (LOCAL_GUILD, pet.id, 3)):
+        stranger = GenerationRequest(prompt="TOK", pet_id=pet_id, steps=3, source_generation_id=source.id,
+                                     source_image=number)
+        with pytest.raises(GenerationError, match=f"no image {number} of generation #{source.id} in this server"):
+            await generate_and_record(db, data, generator, stranger, guild, "user-3")
+    async with db.execute("SELECT count(*) FROM generations") as cursor:
+        assert (await cursor.fetchone())[0] == 2
+
+
 def test_request_round_trips_through_a_job_payload() -> None:
-    request = GenerationRequest(prompt="TOK", pet_id=3, seed=5, size="16:9", count=4, lora_scale=0.8)
+    request = GenerationRequest(prompt="TOK", pet_id=3, seed=5, size="16:9", count=4, lora_scale=0.8,
+                                source_generation_id=12, source_image=2, variation_strength=0.4)
     assert GenerationRequest.from_dict({**request.to_dict(), "discord": {"channel": 1}}) == request
 
 
-async def test_cli_imagine_full_size_prints_paths_and_seeds(db, settings, env, lora_files, tmp_path) -> None:
-    """A real `pawtrait imagine` process at the full 1024x1024 preset, with a pet, copying to --out."""
+async def test_cli_imagine_prints_paths_and_seeds(db, settings, env, lora_files, tmp_path) -> None:
+    """A real `pawtrait imagine` process with a pet, copying to --out, at the configured resolution."""
     data = DataDir(settings.data_dir)
     pet = await add_trained_pet(db, data, "Thor", lora_files[0])
     out = tmp_path / "out"
@@ -347,7 +412,7 @@ async def test_cli_imagine_full_size_prints_paths_and_seeds(db, settings, env, l
     copied = Path(path_text)
     assert copied.parent == out
     with Image.open(copied) as image:
-        assert image.size == (1024, 1024)
+        assert image.size == (settings.resolution, settings.resolution)  # 1:1 at PAWTRAIT_RESOLUTION=128
         assert parse_parameters(image.info[CHUNK]).settings["Lora"] == f"Thor ({pet.token})"
     async with db.execute("SELECT files FROM generations") as cursor:
         (files,) = await cursor.fetchone()

@@ -1,9 +1,10 @@
-"""The resident SDXL text-to-image pipeline that serves every pet: `Generator`.
+"""The resident SDXL pipelines that serve every pet: `Generator`.
 
 One `Generator` per worker process wraps the shared `BaseModel` (the same UNet a training
 run may be using between its steps). It adds what generation needs and training doesn't:
 a scheduler that is good at 30 steps, pet LoRAs as cached adapters, per-image seeds, a
-cheap preview every step, a VAE decode that never returns black images, and a memory mode.
+cheap preview every step, a VAE decode that never returns black images, a memory mode,
+and variations (img2img from an earlier picture) over the very same modules.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from diffusers import DPMSolverMultistepScheduler, StableDiffusionXLPipeline
+from diffusers import DPMSolverMultistepScheduler, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
 from engine.device import free_memory_bytes
@@ -60,6 +61,7 @@ class GenerationResult:
     sampler: str
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    denoising_strength: float | None = None  # set for a variation (img2img)
 
 
 def karras_dpm_scheduler(pipe: StableDiffusionXLPipeline) -> DPMSolverMultistepScheduler:
@@ -82,14 +84,14 @@ def draw_seed() -> int:
 
 
 class Generator:
-    """Text-to-image on the shared base model; one request at a time (calls are serialised).
+    """Text-to-image and variations on the shared base model; one request at a time (calls are serialised).
 
     `memory`: 'full' keeps everything on the GPU; 'low' adds VAE tiling and model CPU
     offload (for a 16 GB card beside nothing else — offload moves the shared UNet between
     CPU and GPU, so a process in low mode must not train). `compile` compiles the UNet's
     repeated blocks and switches pets by LoRA hot-swap so a new pet does not recompile (on an
     H100 it measured no faster than eager with merged pets, so settings leave it off).
-    `size_scale` renders the size presets smaller (tests, drafts).
+    `size_scale` renders the size presets smaller (tests, drafts, a smaller native resolution).
     """
 
     def __init__(
@@ -109,6 +111,15 @@ class Generator:
             add_watermarker=False,
         )
         self.pipe.set_progress_bar_config(disable=True)
+        # Variations: img2img over the same modules (no second copy of any weight), with its own
+        # scheduler instance because img2img sets the scheduler's begin index for the skipped steps.
+        self.variation_pipe = StableDiffusionXLImg2ImgPipeline(
+            **{**base.pipe.components, "scheduler": karras_dpm_scheduler(base.pipe)},
+            requires_aesthetics_score=False,  # the base model's UNet; only the refiner takes aesthetic scores
+            force_zeros_for_empty_prompt=base.pipe.config.force_zeros_for_empty_prompt,
+            add_watermarker=False,
+        )
+        self.variation_pipe.set_progress_bar_config(disable=True)
         self.memory = choose_memory_mode(memory, base.device)
         self.compiled = compile and base.device.type == "cuda"
         self.size_scale = size_scale
@@ -120,7 +131,11 @@ class Generator:
 
     @classmethod
     def from_settings(cls, base: BaseModel, settings: Settings) -> "Generator":
-        return cls(base, memory=settings.generate_memory, compile=settings.compile)
+        """The presets are SDXL's ~1 MP at its native 1024; a model configured at another native
+        side (PAWTRAIT_RESOLUTION, e.g. a small test model) paints them scaled to match."""
+        return cls(
+            base, memory=settings.generate_memory, compile=settings.compile, size_scale=settings.resolution / 1024
+        )
 
     def _setup_memory(self) -> None:
         vae = self.pipe.vae
@@ -151,19 +166,26 @@ class Generator:
         pet: Pet | None = None,
         lora: PetLora | None = None,
         on_step: StepCallback | None = None,
+        source: Image.Image | None = None,
     ) -> GenerationResult:
-        """Run one validated request; `pet`/`lora` as resolved from storage (None for the plain base)."""
+        """Run one validated request; `pet`/`lora` as resolved from storage (None for the plain base).
+
+        A variation request needs its `source` picture; the result keeps the source's size.
+        """
         request.validate()
+        if request.is_variation and source is None:
+            raise ValueError("a variation needs its source image")
         pipe = self.pipe
         prepared = prepare_prompts(request.prompt, request.negative_prompt, pet, [pipe.tokenizer, pipe.tokenizer_2])
         first_seed = request.seed if request.seed is not None else draw_seed()
         seeds = [first_seed + index for index in range(request.count)]
-        width, height = self.output_size(request)
+        width, height = source.size if request.is_variation else self.output_size(request)
         callback = None
         if on_step is not None:
+            total = request.denoising_steps  # a variation skips the start of the schedule
 
             def callback(_pipe: StableDiffusionXLPipeline, index: int, _t: object, tensors: dict) -> dict:
-                on_step(index + 1, request.steps, preview_image(tensors["latents"]))
+                on_step(index + 1, total, preview_image(tensors["latents"]))
                 return {}
 
         started = time.perf_counter()
@@ -175,7 +197,10 @@ class Generator:
                 self.loras.deactivate()  # strength 0 is exactly the base model, not a 0-scaled LoRA
                 applied = nullcontext()
             with applied:
-                latents = self._denoise(prepared, request, seeds, width, height, callback)
+                if request.is_variation:
+                    latents = self._vary(prepared, request, seeds, self._encode(source), callback)
+                else:
+                    latents = self._denoise(prepared, request, seeds, width, height, callback)
             images = self._decode(latents)
         return GenerationResult(
             images=images,
@@ -187,6 +212,7 @@ class Generator:
             sampler=SAMPLER_NAME,
             warnings=prepared.warnings,
             seconds=time.perf_counter() - started,
+            denoising_strength=request.variation_strength if request.is_variation else None,
         )
 
     def _denoise(
@@ -209,21 +235,60 @@ class Generator:
             callback_on_step_end_tensor_inputs=["latents"],
         ).images
 
-    def _decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        """VAE decode in the model's half precision; on overflow (NaN: a black image) redo it in fp32."""
-        vae = self.pipe.vae
-        config = vae.config
+    def _vary(
+        self, prepared: PreparedPrompt, request: GenerationRequest, seeds: list[int], source_latents: torch.Tensor,
+        callback: Callable[..., dict] | None,
+    ) -> torch.Tensor:
+        """img2img from the source's latents: each image's own seed noises them to `strength`, then denoises."""
+        return self.variation_pipe(
+            prompt=prepared.prompt,
+            negative_prompt=prepared.negative_prompt or None,
+            image=source_latents,  # 4 channels: used as the starting latents, not encoded again
+            strength=request.variation_strength,
+            num_inference_steps=request.steps,
+            guidance_scale=request.guidance,
+            num_images_per_prompt=request.count,
+            generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+            output_type="latent",
+            callback_on_step_end=callback,
+            callback_on_step_end_tensor_inputs=["latents"],
+        ).images
+
+    def _latent_scale(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        """(mean, std / scaling_factor): scaled latents = (raw - mean) / that std, as the pipelines iterate on."""
+        config = self.pipe.vae.config
         if getattr(config, "latents_mean", None) is not None and getattr(config, "latents_std", None) is not None:
-            mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1).to(latents.device, latents.dtype)
-            std = torch.tensor(config.latents_std).view(1, -1, 1, 1).to(latents.device, latents.dtype)
-            latents = latents * std / config.scaling_factor + mean
-        else:
-            latents = latents / config.scaling_factor
-        vae_dtype = next(vae.post_quant_conv.parameters()).dtype
-        pixels = vae.decode(latents.to(vae_dtype), return_dict=False)[0]
-        if not torch.isfinite(pixels).all():
-            # The original SDXL VAE overflows in fp16; fp32 from now on costs ~2x decode time.
-            log.warning("the VAE overflowed in %s; decoding in float32 from now on", vae_dtype)
-            vae.to(torch.float32)
-            pixels = vae.decode(latents.to(torch.float32), return_dict=False)[0]
+            mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1).to(device, dtype)
+            std = torch.tensor(config.latents_std).view(1, -1, 1, 1).to(device, dtype)
+            return mean, std / config.scaling_factor
+        return 0.0, 1.0 / config.scaling_factor
+
+    def _encode(self, source: Image.Image) -> torch.Tensor:
+        """The source picture as scaled latents: the VAE's mean, once for the whole batch.
+
+        Ours rather than the img2img pipeline's: that one encodes once per image and, for VAEs
+        that ask for it, casts the shared VAE to float32 and back to the prompt's dtype.
+        """
+        pixels = self.variation_pipe.image_processor.preprocess(source.convert("RGB")).to(self.base.device)
+        raw = self._in_vae_precision(lambda vae, dtype: vae.encode(pixels.to(dtype)).latent_dist.mode())
+        mean, std = self._latent_scale(raw.device, raw.dtype)
+        return (raw - mean) / std
+
+    def _decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        """VAE decode in the model's half precision (float32 after an overflow: see `_in_vae_precision`)."""
+        mean, std = self._latent_scale(latents.device, latents.dtype)
+        latents = latents * std + mean
+        pixels = self._in_vae_precision(lambda vae, dtype: vae.decode(latents.to(dtype), return_dict=False)[0])
         return self.pipe.image_processor.postprocess(pixels, output_type="pil")
+
+    def _in_vae_precision(self, run: Callable[[torch.nn.Module, torch.dtype], torch.Tensor]) -> torch.Tensor:
+        """`run(vae, dtype)` in the VAE's precision; on overflow (NaN: a black image) again in float32."""
+        vae = self.pipe.vae
+        vae_dtype = next(vae.post_quant_conv.parameters()).dtype
+        out = run(vae, vae_dtype)
+        if not torch.isfinite(out).all():
+            # The original SDXL VAE overflows in fp16; fp32 from now on costs ~2x VAE time.
+            log.warning("the VAE overflowed in %s; running it in float32 from now on", vae_dtype)
+            vae.to(torch.float32)
+            out = run(vae, torch.float32)
+        return out

@@ -25,6 +25,11 @@ MAX_STEPS = 100
 MAX_GUIDANCE = 20.0
 MAX_LORA_SCALE = 2.0
 MAX_SEED = 2**32 - 1  # A1111 and most tools show 32-bit seeds
+# How far a variation may move from its source image (img2img denoising strength): below
+# 0.05 nothing visible changes; 1.0 keeps only the source's size and rough colours.
+MIN_VARIATION_STRENGTH = 0.05
+MAX_VARIATION_STRENGTH = 1.0
+DEFAULT_VARIATION_STRENGTH = 0.6
 
 
 class GenerationError(ValueError):
@@ -43,6 +48,10 @@ class GenerationRequest:
     count: int = 1
     lora_scale: float = 1.0
     checkpoint_id: int | None = None
+    # A variation repaints image `source_image` (1 = first) of generation `source_generation_id`.
+    source_generation_id: int | None = None
+    source_image: int = 1
+    variation_strength: float = DEFAULT_VARIATION_STRENGTH
 
     def validate(self) -> None:
         """Raise `GenerationError` naming the first thing wrong and what is allowed."""
@@ -63,6 +72,34 @@ class GenerationRequest:
             raise GenerationError(f"seed must be 0 to {MAX_SEED} (got {self.seed})")
         if self.seed is not None and self.seed + self.count - 1 > MAX_SEED:
             raise GenerationError(f"seed must be at most {MAX_SEED - self.count + 1} for {self.count} images")
+        if self.source_generation_id is not None:
+            self._validate_variation()
+
+    def _validate_variation(self) -> None:
+        low, high = MIN_VARIATION_STRENGTH, MAX_VARIATION_STRENGTH
+        if not low <= self.variation_strength <= high:
+            raise GenerationError(
+                f"variation strength must be {low:g} to {high:g} (got {self.variation_strength:g}): "
+                f"low keeps the picture close to the original, high changes more; {DEFAULT_VARIATION_STRENGTH:g} is a good default"
+            )
+        if not isinstance(self.source_image, int) or not 1 <= self.source_image <= MAX_COUNT:
+            raise GenerationError(f"the source image must be 1 to {MAX_COUNT} (got {self.source_image})")
+        if self.denoising_steps < 1:
+            raise GenerationError(
+                f"at variation strength {self.variation_strength:g} none of the {self.steps} steps would run "
+                f"(strength x steps must be at least 1): raise the steps or the strength"
+            )
+
+    @property
+    def is_variation(self) -> bool:
+        return self.source_generation_id is not None
+
+    @property
+    def denoising_steps(self) -> int:
+        """Steps that actually run: img2img skips the first (1 - strength) of the schedule, as diffusers does."""
+        if not self.is_variation:
+            return self.steps
+        return min(int(self.steps * self.variation_strength), self.steps)
 
     @property
     def width(self) -> int:

@@ -13,13 +13,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiosqlite
+from PIL import Image, UnidentifiedImageError
 
 from engine.generation.generator import GenerationResult, Generator, PetLora, StepCallback
 from engine.generation.metadata import Parameters, png_info
 from engine.generation.prompts import substitute_token
 from engine.generation.request import GenerationError, GenerationRequest
 from storage.files import DataDir, atomic_path, remove_tree
-from storage.generations import CheckpointRef, default_checkpoint, pet_checkpoint, record_generation
+from storage.generations import (
+    CheckpointRef,
+    VariationSource,
+    default_checkpoint,
+    generation_image_file,
+    pet_checkpoint,
+    record_generation,
+)
 from storage.pets import Pet, get_pet
 
 
@@ -62,6 +70,32 @@ async def resolve_pet(
     return pet, checkpoint
 
 
+async def load_source(
+    db: aiosqlite.Connection, data: DataDir, request: GenerationRequest, guild_id: str
+) -> Image.Image | None:
+    """The picture a variation starts from (an earlier generation of this guild), or None."""
+    if not request.is_variation:
+        return None
+    generation_id, number = request.source_generation_id, request.source_image
+    path = await generation_image_file(db, data, generation_id, number, guild_id)
+    if path is None:
+        raise GenerationError(
+            f"there is no image {number} of generation #{generation_id} in this server; "
+            "make a variation of an image that is still here"
+        )
+    try:
+        return await asyncio.to_thread(_open_rgb, path)
+    except (OSError, UnidentifiedImageError):
+        raise GenerationError(
+            f"image {number} of generation #{generation_id} was deleted or damaged, so it cannot be varied"
+        ) from None
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
 def image_parameters(
     result: GenerationResult, index: int, request: GenerationRequest, generator: Generator,
     pet: Pet | None, checkpoint: CheckpointRef | None,
@@ -80,6 +114,10 @@ def image_parameters(
         settings["Lora"] = f"{pet.name} ({pet.token})"
         settings["Lora strength"] = f"{request.lora_scale:g}"
         settings["Checkpoint"] = f"{checkpoint.id} (run {checkpoint.run_id}, step {checkpoint.step})"
+    if result.denoising_strength is not None:
+        # A1111 writes "Denoising strength" for img2img; the source says which picture was varied.
+        settings["Denoising strength"] = f"{result.denoising_strength:g}"
+        settings["Variation of"] = f"generation {request.source_generation_id} image {request.source_image}"
     settings["Version"] = "pawtrait"
     return Parameters(prompt=result.prompt, negative_prompt=result.negative_prompt,
                       settings={key: str(value) for key, value in settings.items()})
@@ -102,8 +140,14 @@ async def generate_and_record(
     """
     request.validate()
     pet, checkpoint = await resolve_pet(db, data, request, guild_id)
+    source = await load_source(db, data, request, guild_id)
     lora = PetLora(checkpoint.id, checkpoint.file) if checkpoint is not None else None
-    result = await asyncio.to_thread(generator.generate, request, pet, lora, on_step)
+    result = await asyncio.to_thread(generator.generate, request, pet, lora, on_step, source)
+    variation = (
+        VariationSource(request.source_generation_id, request.source_image, request.variation_strength)
+        if request.source_generation_id is not None
+        else None
+    )
     staged = data.tmp_dir() / f"generation-{uuid.uuid4().hex}"
     try:
         await asyncio.to_thread(_write_pngs, staged, result, request, generator, pet, checkpoint)
@@ -112,7 +156,7 @@ async def generate_and_record(
             checkpoint_id=checkpoint.id if checkpoint else None, prompt=request.prompt,
             negative_prompt=request.negative_prompt, seed=result.seeds[0], steps=request.steps,
             guidance=request.guidance, width=result.width, height=result.height,
-            lora_scale=request.lora_scale, requested_by=requested_by,
+            lora_scale=request.lora_scale, requested_by=requested_by, variation=variation,
         )
     finally:
         remove_tree(staged)
