@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 
 import aiosqlite
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from engine.settings import Settings, SettingsError
 from engine.worker import chores
@@ -41,9 +42,10 @@ class Worker:
         self._stopping = False
         # Separate connections, so a chore or a generation served between training steps
         # never opens a transaction inside one the main job has open.
-        self.db: aiosqlite.Connection
-        self.side_db: aiosqlite.Connection
-        self.chore_db: aiosqlite.Connection
+        self.db: aiosqlite.Connection | None = None
+        self.side_db: aiosqlite.Connection | None = None
+        self.chore_db: aiosqlite.Connection | None = None
+        self.scheduler: AsyncIOScheduler | None = None
 
     async def start(self) -> None:
         from engine.models import load_base_model
@@ -55,6 +57,8 @@ class Worker:
         await recover_orphans(self.chore_db, self.settings, self.worker_id)
         log.info("worker %s: loading %s", self.worker_id, self.settings.model)
         base = await asyncio.to_thread(load_base_model, self.settings, self.gpu)
+        if self._stopping:
+            return  # told to stop while loading: nothing was claimed yet
         self.executor = Executor(self.settings, self.data, base, self.worker_id, self.db, self.side_db)
         retention = self._retention if self.settings.keep_generations_days > 0 else None
         self.scheduler = build_scheduler(self._work, self._heartbeat, self._recover, self._clean_tmp, retention)
@@ -85,27 +89,29 @@ class Worker:
         await chores.prune_events(self.chore_db)
 
     async def stop(self) -> None:
-        """Hand running jobs back to the queue and end the process without waiting for them."""
+        """Hand running jobs back to the queue and end the process without waiting for them.
+
+        Safe at any moment, also while the model is still loading."""
         if self._stopping:
             return
         self._stopping = True
         log.info("worker %s stopping", self.worker_id)
-        busy = False
-        if hasattr(self, "scheduler") and self.scheduler.running:
+        if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
-        for job in await jobs.running_jobs(self.chore_db):
-            if job.worker_id == self.worker_id:
-                await jobs.release_job(self.chore_db, job.id, self.worker_id)
-                busy = True
-        if busy:
+        released = False
+        if self.chore_db is not None:
+            for job in await jobs.running_jobs(self.chore_db):
+                if job.worker_id == self.worker_id:
+                    await jobs.release_job(self.chore_db, job.id, self.worker_id)
+                    released = True
+        if released:
             # The job's torch thread cannot be interrupted; the queue already has the job back.
             logging.shutdown()
             os._exit(0)
         self.stopped.set()
 
     async def close(self) -> None:
-        for name in ("db", "side_db", "chore_db"):
-            connection = getattr(self, name, None)
+        for connection in (self.db, self.side_db, self.chore_db):
             if connection is not None:
                 await connection.close()
 
@@ -115,9 +121,14 @@ async def run_worker(settings: Settings, gpu: int | None = None) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lambda: asyncio.ensure_future(worker.stop()))
+    from engine.models import ModelNotFound
+
     try:
         await worker.start()
         await worker.stopped.wait()
+    except ModelNotFound as error:
+        log.error("%s", error)
+        return 1
     finally:
         await worker.close()
     return 0
