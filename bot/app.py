@@ -21,7 +21,7 @@ from bot.checks import UserError
 from bot.command_sync import sync_if_changed
 from bot.job_relay import JobRelay
 from bot.settings import BotSettings
-from bot.views import GenerationButton, ForgetButton
+from bot.views import ForgetButton, GenerationButton, VariationButton
 from engine.settings import Settings
 from storage.db import connect
 from storage.files import DataDir
@@ -69,7 +69,7 @@ class PawtraitBot(commands.Bot):
     async def setup_hook(self) -> None:
         for cog in COGS:
             await self.load_extension(cog)
-        self.add_dynamic_items(GenerationButton, ForgetButton)
+        self.add_dynamic_items(GenerationButton, VariationButton, ForgetButton)
         await sync_if_changed(self.tree, self.data.root / COMMANDS_HASH_FILE, self.bot_settings.dev_guild)
         await self.relay.start()
 

@@ -1,4 +1,4 @@
-"""Queueing a generation from Discord (`/imagine` and the 🔁 button share this).
+"""Queueing a generation from Discord (`/imagine`, the 🔁 and V1…V4 buttons share this).
 
 The member gets an answer at once (queue position and expected wait); that answer is the
 message the job relay later edits with the preview and the final images.
@@ -55,8 +55,9 @@ async def queue_generation(
         wait = await estimate_wait_s(db, job.id)
     who = f" with **{pet.name}**" if pet else ""
     seed = f" · seed {request.seed}" if request.seed is not None else ""
+    varied = f" · variations of image {request.source_image}" if request.is_variation else ""
     await interaction.response.send_message(
-        f"🎨 **{request.prompt}**{who}{seed} · {request.count} image{'s' * (request.count != 1)} · "
+        f"🎨 **{request.prompt}**{who}{seed}{varied} · {request.count} image{'s' * (request.count != 1)} · "
         f"{queue_line(position, wait)} (job #{job.id})",
         allowed_mentions=discord.AllowedMentions.none(),
     )

@@ -254,10 +254,14 @@ class JobRelay:
             f"guidance {generation.guidance:g} · {generation.width}×{generation.height}"
             + (f" · negative: {generation.negative_prompt}" if generation.negative_prompt else ""),
         ]
+        if generation.source_generation_id is not None:
+            lines.append(f"🔀 variation of image {generation.source_image} of generation #{generation.source_generation_id}"
+                         f" · strength {generation.variation_strength:g}")
         lines += [f"⚠️ {warning}" for warning in result.get("warnings", [])]
         files = [self.bot.data.abs(path) for path in generation.files]
         message = await self._status(
-            target, "\n".join(lines), files=files, force=True, view=generation_view(generation.id), allowed=True
+            target, "\n".join(lines), files=files, force=True,
+            view=generation_view(generation.id, len(generation.files)), allowed=True,
         )
         if message is not None:
             await set_generation_message(db, generation.id, str(message.id))

@@ -1,8 +1,9 @@
 """Buttons that keep working after a restart.
 
 Each button's custom_id carries what it acts on (`pawtrait:gen:<action>:<generation id>`,
-`pawtrait:forget:<pet id>:<member id>`); discord.py's dynamic items parse it back, so no
-view has to stay in memory and old messages' buttons still work after the bot restarts.
+`pawtrait:vary:<generation id>:<image>`, `pawtrait:forget:<pet id>:<member id>`); discord.py's
+dynamic items parse it back, so no view has to stay in memory and old messages' buttons
+still work after the bot restarts.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ import discord
 
 from bot.checks import UserError, is_manager
 from bot.imagine_jobs import queue_generation, require_may_imagine
-from engine.generation.request import GenerationRequest
+from engine.generation.request import DEFAULT_VARIATION_STRENGTH, GenerationRequest
 from storage.discord_posts import job_for_generation
-from storage.generations import get_generation
+from storage.generations import Generation, get_generation
 from storage.guild_settings import get_guild_settings
 from storage.jobs import get_job
 from storage.pet_deletion import PetBusy, PetFootprint, forget_pet
-from storage.pets import get_pet
+from storage.pets import Pet, get_pet
 
 if TYPE_CHECKING:
     from bot.app import PawtraitBot
@@ -54,26 +55,13 @@ class GenerationButton(discord.ui.DynamicItem[discord.ui.Button], template=r"paw
         except UserError as error:
             await bot.on_app_command_error(interaction, error)
 
-    async def _generation(self, bot: "PawtraitBot", interaction: discord.Interaction):
-        async with bot.database() as db:
-            generation = await get_generation(db, self.generation_id)
-        if generation is None or generation.guild_id != str(interaction.guild_id):
-            raise UserError("These images were deleted (their pet may have been forgotten).")
-        return generation
+    async def _generation(self, bot: "PawtraitBot", interaction: discord.Interaction) -> Generation:
+        return await _generation_here(bot, interaction, self.generation_id)
 
     async def _reroll(self, bot: "PawtraitBot", interaction: discord.Interaction) -> None:
         """The same request with a new random seed, queued for whoever pressed the button."""
         generation = await self._generation(bot, interaction)
-        async with bot.database() as db:
-            job_id = await job_for_generation(db, generation.id)
-            job = await get_job(db, job_id) if job_id else None
-            pet = await get_pet(db, generation.pet_id) if generation.pet_id else None
-            if pet is not None:
-                await require_may_imagine(db, interaction, pet)
-        if job is None:
-            raise UserError("I no longer know how these images were made, so I can't reroll them.")
-        request = GenerationRequest.from_dict(job.payload["request"])
-        request.seed = None
+        request, pet = await _request_again(bot, interaction, generation, "reroll them")
         await queue_generation(bot, interaction, request, pet)
 
     async def _share(self, bot: "PawtraitBot", interaction: discord.Interaction) -> None:
@@ -103,10 +91,69 @@ class GenerationButton(discord.ui.DynamicItem[discord.ui.Button], template=r"paw
             await interaction.message.delete()
 
 
-def generation_view(generation_id: int) -> discord.ui.View:
+class VariationButton(discord.ui.DynamicItem[discord.ui.Button], template=r"pawtrait:vary:(?P<id>\d+):(?P<image>\d+)"):
+    """V1…V4 (as in Midjourney): new pictures close to one image, same prompt and pet, new seed."""
+
+    def __init__(self, generation_id: int, image: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label=f"V{image}", style=discord.ButtonStyle.secondary, row=1,
+                custom_id=f"pawtrait:vary:{generation_id}:{image}",
+            )
+        )
+        self.generation_id = generation_id
+        self.image = image
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]):
+        return cls(int(match["id"]), int(match["image"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+        bot: PawtraitBot = interaction.client  # type: ignore[assignment]
+        try:
+            generation = await _generation_here(bot, interaction, self.generation_id)
+            request, pet = await _request_again(bot, interaction, generation, "make variations of them")
+            request.source_generation_id = generation.id
+            request.source_image = self.image
+            request.variation_strength = DEFAULT_VARIATION_STRENGTH
+            await queue_generation(bot, interaction, request, pet)
+        except UserError as error:
+            await bot.on_app_command_error(interaction, error)
+
+
+async def _generation_here(bot: "PawtraitBot", interaction: discord.Interaction, generation_id: int) -> Generation:
+    """The generation a button acts on, if it still exists in this server."""
+    async with bot.database() as db:
+        generation = await get_generation(db, generation_id)
+    if generation is None or generation.guild_id != str(interaction.guild_id):
+        raise UserError("These images were deleted (their pet may have been forgotten).")
+    return generation
+
+
+async def _request_again(
+    bot: "PawtraitBot", interaction: discord.Interaction, generation: Generation, what: str
+) -> tuple[GenerationRequest, Pet | None]:
+    """The request that made `generation` (new random seed) and its pet, if the presser may use that pet."""
+    async with bot.database() as db:
+        job_id = await job_for_generation(db, generation.id)
+        job = await get_job(db, job_id) if job_id else None
+        pet = await get_pet(db, generation.pet_id) if generation.pet_id else None
+        if pet is not None:
+            await require_may_imagine(db, interaction, pet)
+    if job is None:
+        raise UserError(f"I no longer know how these images were made, so I can't {what}.")
+    request = GenerationRequest.from_dict(job.payload["request"])
+    request.seed = None
+    return request, pet
+
+
+def generation_view(generation_id: int, image_count: int) -> discord.ui.View:
+    """🔁 📌 🗑️ on the first row, one variation button per image on the second."""
     view = discord.ui.View(timeout=None)
     for action in _ACTIONS:
         view.add_item(GenerationButton(action, generation_id))
+    for image in range(1, image_count + 1):
+        view.add_item(VariationButton(generation_id, image))
     return view
 
 

@@ -238,6 +238,11 @@ def finished_images(message: StoredMessage) -> bool:
     return bool(message.files) and "pawtrait:gen:reroll" in " ".join(message.custom_ids())
 
 
+def seeds_and_size(message: StoredMessage) -> tuple[list[int], str]:
+    """The seeds and the width×height a finished images message reports."""
+    return [int(seed) for seed in re.findall(r"\bseeds? (\d+)", message.text())], re.search(r"\d+×\d+", message.text())[0]
+
+
 async def test_imagine_reroll_share_and_delete(world: World) -> None:
     fake = world.fake
     record = await fake.slash(world.cats, world.alice, "imagine", prompt="a photo of TOK cat on the moon", seed=7, steps=3)
@@ -261,7 +266,20 @@ async def test_imagine_reroll_share_and_delete(world: World) -> None:
     reroll = await answer(world, await fake.click(world.bob, art, art.button("Reroll")))
     rerolled = await fake.wait_until(lambda: finished_images(fake.messages[reroll.id]) and fake.messages[reroll.id],
                                      120, "the rerolled images")
-    assert "seed 7" not in rerolled.text() and "on the moon" in rerolled.text()
+    assert seeds_and_size(rerolled)[0] != [7] and "on the moon" in rerolled.text()
+
+    # V1 under the picture: a variation of that image, the same prompt and pet, a new seed, the same size.
+    assert art.button("V1") and "V2" not in str(art.payload["components"])  # one image, one V button
+    source_id = int(art.button("Reroll").rsplit(":", 1)[1])
+    vary = await answer(world, await fake.click(world.bob, art, art.button("V1")))
+    assert "variations of image 1" in vary.text() and not vary.ephemeral
+    varied = await fake.wait_until(lambda: finished_images(fake.messages[vary.id]) and fake.messages[vary.id],
+                                   120, "the variation")
+    assert f"variation of image 1 of generation #{source_id}" in varied.text()
+    assert "on the moon" in varied.text() and "Mochi" in varied.text()
+    (seed,), size = seeds_and_size(varied)
+    assert seed != 7 and size == seeds_and_size(art)[1]
+    assert next(iter(varied.files.values())).startswith(PNG) and varied.button("V1")
 
     no_gallery = await answer(world, await fake.click(world.bob, art, art.button("Share")))
     assert no_gallery.ephemeral and "no gallery channel" in no_gallery.text()
