@@ -168,6 +168,32 @@ async def test_cancel_then_resume_equals_an_uninterrupted_run(db, data: DataDir,
         assert torch.allclose(final_a[key], final_b[key], atol=1e-6, rtol=0), key
 
 
+async def test_a_generation_between_steps_does_not_change_the_training(db, data: DataDir, base: BaseModel) -> None:
+    """The worker may use the same UNet between two steps; the trainer must pick up exactly where it was."""
+    pet = await pet_with_photos(db, data)
+    params = TrainingParams(steps=3, checkpoint_every=3, validate_every=0, **QUICK)
+    straight = await create_run(db, data, pet, params)
+    assert (await execute_run(db, data, base, straight)).status == "succeeded"
+
+    unet = base.pipe.unet
+    calls = []
+
+    def generate_in_between() -> None:
+        # What a generation may leave behind: adapters off, eval mode, nothing trainable.
+        calls.append(unet_output(base))
+        unet.disable_adapters()
+        unet.eval()
+        unet.requires_grad_(False)
+
+    shared = await create_run(db, data, pet, params)
+    outcome = await execute_run(db, data, base, shared, TrainingHooks(between_steps=generate_in_between))
+    assert outcome.status == "succeeded" and len(calls) == 3
+    final_a = load_file(data.abs((await runs.list_checkpoints(db, straight))[-1].diffusers_file))
+    final_b = load_file(data.abs((await runs.list_checkpoints(db, shared))[-1].diffusers_file))
+    for key in final_a:
+        assert torch.allclose(final_a[key], final_b[key], atol=1e-6, rtol=0), key
+
+
 async def test_keep_checkpoints_prunes_older_ones(db, data: DataDir, base: BaseModel) -> None:
     pet = await pet_with_photos(db, data)
     params = TrainingParams(steps=3, checkpoint_every=1, validate_every=1, keep_checkpoints=2, **QUICK)

@@ -14,7 +14,6 @@ import pytest
 from cli.main import main
 from engine.settings import Settings
 from storage import runs
-from storage.db import connect
 from storage.files import DataDir
 from storage.pets import LOCAL_GUILD, create_pet
 from training_helpers import pet_with_photos

@@ -131,10 +131,11 @@ def offload_encoders(base: BaseModel) -> None:
     The VAE stays (170 MB): validation decodes with it, and the pipeline takes its device
     from the VAE's first parameter.
     """
-    pipe = base.pipe
-    for module in (pipe.text_encoder, pipe.text_encoder_2):
-        if module is not None:
-            module.to("cpu")
+    encoders = [m for m in (base.pipe.text_encoder, base.pipe.text_encoder_2) if m is not None]
+    if all(m.device.type == "cpu" for m in encoders):
+        return  # already off (the common case when called again after a generation between steps)
+    for module in encoders:
+        module.to("cpu")
     if base.device.type == "cuda":
         torch.cuda.empty_cache()
 

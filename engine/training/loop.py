@@ -173,6 +173,7 @@ class LoraTrainer:
 
     def activate(self) -> None:
         """(Re-)make this adapter the trained one: after a generation between steps switched adapters."""
+        self.unet.enable_adapters()
         self.unet.set_adapter(self.adapter_name)
         for p in self.lora_params:
             p.requires_grad_(True)

@@ -173,6 +173,7 @@ class _Session:
             encode_batch=4 if plan.mode == "fast" else 1,  # a 1024² VAE encode of 4 needs ~5 GiB more
         )
         self.render_batch = len(self.prompts) if plan.mode == "fast" else 1
+        self.plan = plan
         self.cache = cache
         trainer = LoraTrainer(base, params, cache, adapter_name(self.run_id), plan)
         trainer.completed_steps = self._step
@@ -190,7 +191,7 @@ class _Session:
                 validate=self.validate,
                 on_progress=self.progress,
                 should_cancel=self.should_cancel,
-                between_steps=self.hooks.between_steps,
+                between_steps=self.between_steps if self.hooks.between_steps else None,
             )
             return run_loop(trainer, start, callbacks)
         finally:
@@ -207,6 +208,17 @@ class _Session:
     @step.setter
     def step(self, value: int) -> None:
         self._step = value
+
+    def between_steps(self) -> None:
+        """The caller's hook (e.g. a generation on the same pipe), then the lean mode's memory layout again.
+
+        A generation served here may call `restore_encoders(base)` to get the text encoders
+        back on the GPU; they go back to the CPU afterwards.
+        """
+        assert self.hooks.between_steps is not None
+        self.hooks.between_steps()
+        if self.plan.offload_encoders:
+            offload_encoders(self.base)
 
     def should_cancel(self) -> bool:
         return self.stop or bool(self.hooks.should_cancel and self.hooks.should_cancel())
