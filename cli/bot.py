@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run the Discord bot (and its GPU workers)",
         description="Connect to Discord with DISCORD_TOKEN and serve the slash commands. Starts one GPU worker "
         "per visible GPU (PAWTRAIT_WORKERS changes that; 0 = run `pawtrait worker` yourself). "
-        "docs/discord-setup.md walks through creating the Discord application.",
+        "README.md, section 'Run the bot', walks through creating the Discord application.",
     )
     parser.set_defaults(run=run)
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if not bot_settings.token:
         print(
             "pawtrait bot: DISCORD_TOKEN is not set. Create a bot in the Discord developer portal, copy its token "
-            "into .env as DISCORD_TOKEN=..., then run `pawtrait bot` again (docs/discord-setup.md shows every step)."
+            "into .env as DISCORD_TOKEN=..., then run `pawtrait bot` again (README.md, section 'Run the bot', shows every step)."
         )
         return 2
     return asyncio.run(serve(settings, bot_settings))
