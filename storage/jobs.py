@@ -141,8 +141,12 @@ async def submit_job(
     """Queue a job (and its 'queued' event with the queue position).
 
     Raises QueueLimitReached when the user already has the allowed number of that kind
-    waiting; trainings and class-image runs share the training cap.
+    waiting (one cap for generations, one for trainings).
     """
+    if kind == "class_images":
+        # The schema keeps the kind, but a training with prior preservation makes (and shares)
+        # its class images itself, so no worker runs such a job on its own.
+        raise ValueError("class images are made by the training that needs them; submit a 'train' job")
     if kind not in KINDS:
         raise ValueError(f"unknown job kind {kind!r}; expected one of {', '.join(KINDS)}")
     cap = cap_for(settings, kind)

@@ -39,8 +39,8 @@ async def test_per_user_caps_refuse_with_a_plain_message(db, settings: Settings)
     await _submit(db, settings, "train", user="alice")
     with pytest.raises(jobs.QueueLimitReached, match="limit is 1"):
         await _submit(db, settings, "train", user="alice")
-    with pytest.raises(jobs.QueueLimitReached):
-        await _submit(db, settings, "class_images", user="alice")  # shares the training cap
+    with pytest.raises(ValueError, match="made by the training"):
+        await _submit(db, settings, "class_images", user="bob")
     await _submit(db, settings, "train", user="bob")  # others are not affected
     await _submit(db, settings, "generate", user="alice")
     await _submit(db, settings, "generate", user="alice")
