@@ -167,7 +167,9 @@ async def test_training_thread_survives_a_bot_restart_and_votes_pick_the_checkpo
     # Restart the bot (and its worker) once the step-2 validation images exist: mid-training.
     reached = await wait_for_rows(
         fake, world.db_path,
-        "SELECT 'validation' AS what, '' AS error FROM validation_images WHERE step = 2 "
+        # The event, not just the rows: the relay posts from events, and the rows come first.
+        "SELECT 'validation' AS what, '' AS error FROM job_events "
+        "WHERE kind = 'validation' AND json_extract(data, '$.step') = 2 "
         "UNION ALL SELECT 'failed', error FROM jobs WHERE status = 'failed'",
         180, "the step-2 validation images",
     )
@@ -180,7 +182,8 @@ async def test_training_thread_survives_a_bot_restart_and_votes_pick_the_checkpo
     # previous process (no message cache) are counted.
     await bot.start(fake, PAWTRAIT_WORKERS="0")
     assert len(fake.command_syncs) == 1, "unchanged commands were uploaded again"
-    step2 = await fake.wait_until(lambda: validation_messages(world, thread, 2), 30, "step-2 validation images")
+    step2 = await fake.wait_until(lambda: (found := validation_messages(world, thread, 2))[1:] and found, 30,
+                                  "both step-2 validation images")
     assert all(m.files and next(iter(m.files.values())).startswith(PNG) for m in step2)
     assert validation_messages(world, thread, 0), "the 'before training' images were not posted"
     for voter in (world.bob, world.mod):
