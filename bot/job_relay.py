@@ -33,7 +33,7 @@ from storage.generations import get_generation
 from storage.guild_settings import get_guild_settings
 from storage.jobs import Job, JobEvent, events_after, get_job, last_event_id
 from storage.pets import get_pet
-from storage.runs import set_validation_message
+from storage.runs import set_validation_message, validation_is_posted
 
 if TYPE_CHECKING:
     from bot.app import PawtraitBot
@@ -174,8 +174,8 @@ class JobRelay:
         emoji = (await get_guild_settings(db, target.guild_id)).vote_emoji
         for image in data.get("images", []):
             path = self.bot.data.abs(image["path"])
-            if not path.is_file():
-                continue
+            if not path.is_file() or await validation_is_posted(db, int(image["id"])):
+                continue  # gone, or announced again by a resumed worker after we posted it
             label = "before training" if step == 0 else f"step {step}"
             vote = "" if step == 0 else f" · react {emoji} if this looks like your pet"
             message = await self._send(

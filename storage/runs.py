@@ -204,6 +204,20 @@ async def list_validation_images(db: aiosqlite.Connection, run_id: int, step: in
     return [ValidationImage(**dict(row)) for row in rows]
 
 
+async def unposted_validation_images(db: aiosqlite.Connection, run_id: int) -> list[ValidationImage]:
+    """The run's validation images that no front end has posted yet (no message id), by step."""
+    rows = await _all(
+        db, f"SELECT {_IMAGE_COLUMNS} FROM validation_images WHERE run_id = ? AND message_id IS NULL ORDER BY step, id",
+        (run_id,),
+    )
+    return [ValidationImage(**dict(row)) for row in rows]
+
+
+async def validation_is_posted(db: aiosqlite.Connection, image_id: int) -> bool:
+    rows = await _all(db, "SELECT 1 FROM validation_images WHERE id = ? AND message_id IS NOT NULL", (image_id,))
+    return bool(rows)
+
+
 async def delete_validation_after(db: aiosqlite.Connection, run_id: int, step: int) -> list[ValidationImage]:
     """Forget validation images past `step` (a resumed run renders them again); returns them for file clean-up."""
     rows = await _all(

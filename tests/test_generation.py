@@ -206,7 +206,7 @@ def test_a_vae_overflow_is_decoded_again_in_float32(tiny_model_dir: Path, monkey
 
 def test_preview_every_step(generator: Generator) -> None:
     calls: list[tuple[int, int, Image.Image]] = []
-    generator.generate(quick(steps=4, count=2), on_step=lambda step, total, image: calls.append((step, total, image)))
+    generator.generate(quick(steps=4, count=2), on_step=lambda step, total, preview: calls.append((step, total, preview())))
     assert [(step, total) for step, total, _ in calls] == [(1, 4), (2, 4), (3, 4), (4, 4)]
     # two 128 px images side by side, at twice the 16 px latent size
     assert calls[-1][2].size == (64, 32) and calls[-1][2].mode == "RGB"

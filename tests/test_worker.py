@@ -173,6 +173,8 @@ async def test_killed_worker_is_restarted_and_the_training_resumes_from_its_chec
 
         after = await jobs.events_after(db, last_seen, [training.id])
         assert [e.kind for e in after][:2] == ["queued", "started"]  # requeued by the new worker's recovery
+        # The 'before training' images nobody posted (no front end here) are announced again.
+        assert [e.data["step"] for e in after if e.kind == "validation"][:1] == [0]
         steps = [e.data["step"] for e in after if e.kind == "progress"]
         assert steps and min(steps) > resumed_from  # went on from the checkpoint, not from step 0
         assert (await runs.get_run(db, run_id)).status == "succeeded"

@@ -39,7 +39,10 @@ log = logging.getLogger(__name__)
 FULL_MODE_MIN_FREE = 4 * 2**30
 SAMPLER_NAME = "DPM++ 2M Karras"  # what A1111 calls the scheduler built below
 
-StepCallback = Callable[[int, int, Image.Image], None]
+# on_step(step, total, preview): `preview()` renders the cheap latent preview on demand, so a
+# caller that shows one a second does not pay a GPU sync and a copy at every step.
+Preview = Callable[[], Image.Image]
+StepCallback = Callable[[int, int, Preview], None]
 
 
 @dataclass(frozen=True)
@@ -185,12 +188,14 @@ class Generator:
             total = request.denoising_steps  # a variation skips the start of the schedule
 
             def callback(_pipe: StableDiffusionXLPipeline, index: int, _t: object, tensors: dict) -> dict:
-                on_step(index + 1, total, preview_image(tensors["latents"]))
+                latents = tensors["latents"]
+                on_step(index + 1, total, lambda: preview_image(latents))
                 return {}
 
         started = time.perf_counter()
         with self._lock, torch.no_grad(), preserved_adapter_state(pipe):
             pipe.unet.eval()
+            self._encoders_on_device()
             if lora is not None and request.lora_scale > 0:
                 applied = self.loras.applied(lora.checkpoint_id, lora.path, request.lora_scale)
             else:
@@ -214,6 +219,19 @@ class Generator:
             seconds=time.perf_counter() - started,
             denoising_strength=request.variation_strength if request.is_variation else None,
         )
+
+    def _encoders_on_device(self) -> None:
+        """Bring the text encoders back if a lean-mode training parked them on the CPU.
+
+        A generation served between two training steps finds them there; the training puts
+        them back on the CPU itself when it resumes. (In low-memory mode the pipeline's
+        offload hooks move every module, so nothing to do.)
+        """
+        if self.memory == "low":
+            return
+        for encoder in (self.pipe.text_encoder, self.pipe.text_encoder_2):
+            if encoder is not None and encoder.device != self.base.device:
+                encoder.to(self.base.device)
 
     def _denoise(
         self, prepared: PreparedPrompt, request: GenerationRequest, seeds: list[int], width: int, height: int,

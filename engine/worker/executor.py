@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from itertools import groupby
 from collections.abc import Coroutine
 from typing import Any
 
 import aiosqlite
 from PIL import Image
 
-from engine.generation.generator import Generator
+from engine.generation.generator import Generator, Preview
 from engine.generation.request import GenerationRequest
 from engine.generation.service import generate_and_record
 from engine.models import BaseModel
@@ -75,14 +76,14 @@ class JobReporter:
         rows = [{"id": image.id, "path": image.path, "prompt": image.prompt, "seed": image.seed} for image in images]
         self.event("validation", {"step": int(step), "images": rows})
 
-    def generation_step(self, step: int, total: int, preview: Image.Image) -> None:
+    def generation_step(self, step: int, total: int, preview: Preview) -> None:
         """Progress and a preview at most once a second; raises JobCancelled once the job is cancelled."""
         if step < total and self._preview.ready():
             if self.bridge.call(jobs.cancel_requested(self.db, self.job.id)):
                 raise JobCancelled()
             path = self.data.tmp_dir() / f"preview-job{self.job.id}-step{step}.png"
             with atomic_path(path) as tmp:
-                preview.save(tmp, format="PNG")
+                preview().save(tmp, format="PNG")
             self.event("preview", {"path": self.data.rel(path), "step": step, "total": total})
         if self._progress.ready(force=step >= total):
             text = f"step {step}/{total}"
@@ -152,6 +153,10 @@ class Executor:
         if run is not None and run.status == "succeeded":
             # The worker died after the run ended but before the job did: nothing left to do.
             return "succeeded", {"run_id": run_id, "status": run.status, "step": run.step}, None
+        # A worker that died between writing validation images and announcing them leaves them
+        # unseen: announce what no front end has posted yet (front ends skip what they posted).
+        for step, images in groupby(await runs.unposted_validation_images(db, run_id), key=lambda image: image.step):
+            reporter.validation(step, list(images))
         hooks = TrainingHooks(
             on_progress=reporter.training_progress,
             on_checkpoint=reporter.checkpoint,
