@@ -27,13 +27,14 @@ def migrations() -> list[tuple[int, str]]:
             found.append((int(match.group(1)), entry.read_text(encoding="utf-8")))
     found.sort()
     versions = [version for version, _ in found]
-    if len(set(versions)) != len(versions):
-        raise RuntimeError(f"two migrations share a number: {versions}")
+    # A gap would be skipped for good by a database already past it: numbers must run 1, 2, 3, ...
+    if versions != list(range(1, len(versions) + 1)):
+        raise RuntimeError(f"migrations must be numbered 1, 2, 3, ... without gaps; found {versions}")
     return found
 
 
 def latest_version() -> int:
-    return migrations()[-1][0]
+    return len(migrations())
 
 
 async def schema_version(db: aiosqlite.Connection) -> int:

@@ -40,6 +40,8 @@ def env(settings: Settings) -> dict[str, str]:
         PAWTRAIT_VAE="",
         PAWTRAIT_DEVICE="cpu",
         PAWTRAIT_RESOLUTION=str(settings.resolution),
+        # Several processes share two cores: OpenMP threads per process would thrash them.
+        OMP_NUM_THREADS="1",
     )
     values.pop("DISCORD_TOKEN", None)
     return values
