@@ -98,7 +98,8 @@ async def scenario(
     generation_alone_gib = peak_gib()
 
     params = TrainingParams(
-        steps=args.steps, checkpoint_every=args.steps, validate_every=0, validation_steps=1, resolution=args.resolution
+        steps=args.steps, checkpoint_every=args.steps, validate_every=0, validation_steps=1, resolution=args.resolution,
+        mode=args.train_mode,
     )
     run_id = await create_run(db, data, pet, params)
     train_job = await jobs.submit_job(
@@ -155,6 +156,8 @@ def main() -> int:
     parser.add_argument("--gen-steps", type=int, default=30)
     parser.add_argument("--resolution", type=int, default=1024)
     parser.add_argument("--scenarios", default="shared,two_copies")
+    parser.add_argument("--train-mode", default="auto", choices=["auto", "fast", "lean"],
+                        help="training memory mode (lean parks the text encoders on the CPU between steps)")
     parser.add_argument("--tiny", type=Path, help="use this tiny model folder on the CPU instead (a dry run)")
     args = parser.parse_args()
 
