@@ -27,9 +27,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 from peft import LoraConfig, get_peft_model_state_dict
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -37,57 +36,12 @@ from engine.generation.generator import Generator, PetLora  # noqa: E402
 from engine.generation.loras import LoraCache  # noqa: E402
 from engine.generation.request import GenerationRequest  # noqa: E402
 from engine.models import BaseModel  # noqa: E402
-from engine.tiny_model import write_tokenizer  # noqa: E402
+from sdxl_random import build_sdxl  # noqa: E402
 from storage.pets import Pet  # noqa: E402
 
-SDXL_UNET_PARAMS = 2_567_463_684
 GIB = 2**30
 PET = Pet(id=1, guild_id="local", owner_id="bench", name="Thor", token="zqxjv", class_noun="cat",
           active_checkpoint_id=None, created_at="")
-
-
-def text_encoder_config(vocab: int, hidden: int, layers: int, heads: int, ffn: int, act: str) -> CLIPTextConfig:
-    return CLIPTextConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers,
-                          num_attention_heads=heads, max_position_embeddings=77, projection_dim=1280,
-                          hidden_act=act, bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1)
-
-
-def build_sdxl(device: torch.device, dtype: torch.dtype, tokenizer_dir: Path) -> StableDiffusionXLPipeline:
-    """SDXL-base-1.0's architecture with random weights, created on the device in `dtype`."""
-    tokenizer = write_tokenizer(tokenizer_dir)
-    vocab = len(tokenizer)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            unet = UNet2DConditionModel(
-                sample_size=128, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280),
-                layers_per_block=2, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
-                use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-                projection_class_embeddings_input_dim=2816,
-            )
-            vae = AutoencoderKL(
-                in_channels=3, out_channels=3, block_out_channels=(128, 256, 512, 512),
-                down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                latent_channels=4, layers_per_block=2, sample_size=1024, scaling_factor=0.13025, force_upcast=False,
-            )
-            text_encoder = CLIPTextModel(text_encoder_config(vocab, 768, 12, 12, 3072, "quick_gelu"))
-            text_encoder_2 = CLIPTextModelWithProjection(text_encoder_config(vocab, 1280, 32, 20, 5120, "gelu"))
-    finally:
-        torch.set_default_dtype(previous)
-    for module in (unet, vae, text_encoder, text_encoder_2):
-        module.to(dtype)  # a few parameters (conv biases) are created in float32 regardless
-    params = sum(p.numel() for p in unet.parameters())
-    assert params == SDXL_UNET_PARAMS, f"UNet has {params} parameters, SDXL has {SDXL_UNET_PARAMS}"
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading")
-    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-                                     tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
-                                     add_watermarker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def make_lora(unet: UNet2DConditionModel, seed: int, folder: Path) -> Path:

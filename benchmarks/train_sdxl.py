@@ -26,25 +26,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.resnet import ResnetBlock2D
 from PIL import Image
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.models import BaseModel  # noqa: E402
-from engine.tiny_model import write_tokenizer  # noqa: E402
 from engine.training.cache import build_cache, offload_encoders, restore_encoders  # noqa: E402
 from engine.training.checkpoints import write_checkpoint  # noqa: E402
 from engine.training.class_images import ensure_class_images  # noqa: E402
 from engine.training.loop import LoopPlan, LoraTrainer  # noqa: E402
 from engine.training.params import TrainingParams  # noqa: E402
 from engine.training.validation import render  # noqa: E402
+from sdxl_random import build_sdxl  # noqa: E402
 from storage.files import DataDir  # noqa: E402
 
-SDXL_UNET_PARAMS = 2_567_463_684
 GIB = 2**30
 PROMPT = "a photo of zqxjv cat"
 VALIDATION = [PROMPT, "an oil painting of zqxjv cat", "zqxjv cat in space"]
@@ -67,49 +64,10 @@ CONFIGS = {
 }
 
 
-def clip_config(vocab: int, hidden: int, layers: int, heads: int, act: str) -> CLIPTextConfig:
-    return CLIPTextConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
-                          num_attention_heads=heads, max_position_embeddings=77, projection_dim=1280, hidden_act=act,
-                          bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1)
-
-
 def build_base(device: torch.device, tokenizer_dir: Path) -> BaseModel:
-    """SDXL-base-1.0's UNet, VAE and both text encoders (numbers from shared/README.md), random, bf16 on the GPU."""
-    tokenizer = write_tokenizer(tokenizer_dir)
-    vocab = len(tokenizer)
-    dtype = torch.bfloat16
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            unet = UNet2DConditionModel(
-                sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
-                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
-                use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-                projection_class_embeddings_input_dim=2816,
-            )
-            vae = AutoencoderKL(
-                block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2, sample_size=1024,
-                scaling_factor=0.13025, force_upcast=False,
-            )
-            text_encoder = CLIPTextModel(clip_config(vocab, 768, 12, 12, "quick_gelu"))
-            text_encoder_2 = CLIPTextModelWithProjection(clip_config(vocab, 1280, 32, 20, "gelu"))
-    finally:
-        torch.set_default_dtype(torch.float32)
-    for module in (unet, vae, text_encoder, text_encoder_2):
-        module.to(dtype)
-        module.requires_grad_(False)
-    count = sum(p.numel() for p in unet.parameters())
-    assert count == SDXL_UNET_PARAMS, f"UNet has {count} parameters, SDXL-base-1.0 has {SDXL_UNET_PARAMS}"
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       num_train_timesteps=1000, steps_offset=1, timestep_spacing="leading")
-    pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
-                                     tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
-                                     add_watermarker=False)
-    pipe.set_progress_bar_config(disable=True)
-    return BaseModel(pipe=pipe, device=device, dtype=dtype, model_id="random SDXL-base-1.0", vae_id=None)
+    """Random SDXL-base-1.0 in bf16 on the GPU, as the resident base model the worker would hold."""
+    pipe = build_sdxl(device, torch.bfloat16, tokenizer_dir)
+    return BaseModel(pipe=pipe, device=device, dtype=torch.bfloat16, model_id="random SDXL-base-1.0", vae_id=None)
 
 
 def write_photos(folder: Path, count: int, size: int) -> list[Path]:
