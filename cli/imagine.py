@@ -9,7 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from engine.generation.request import SIZE_PRESETS, GenerationError, GenerationRequest
+from engine.generation.request import DEFAULT_VARIATION_STRENGTH, SIZE_PRESETS, GenerationError, GenerationRequest
 from engine.settings import Settings
 
 
@@ -31,10 +31,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--guidance", type=float, default=5.0, help="how closely to follow the prompt (default 5)")
     parser.add_argument("--strength", type=float, default=1.0, help="LoRA strength 0-2 (default 1; 0 = base model)")
     parser.add_argument("--checkpoint", type=int, metavar="ID", help="use this checkpoint instead of the pet's active one")
+    parser.add_argument("--vary", type=_source, metavar="GEN[:N]",
+                        help="paint variations of image N (default 1) of earlier generation GEN, at its size")
+    parser.add_argument("--variation-strength", type=float, default=DEFAULT_VARIATION_STRENGTH, metavar="X",
+                        help=f"how far a variation may stray from its source, 0.05-1 (default {DEFAULT_VARIATION_STRENGTH})")
     parser.add_argument("--out", type=Path, metavar="DIR", help="also copy the PNGs into DIR")
     parser.add_argument("--detach", action="store_true",
                         help="queue the request for a worker and print its job id instead of painting here")
     parser.set_defaults(run=run)
+
+
+def _source(text: str) -> tuple[int, int]:
+    """'12' or '12:3' -> (generation 12, image 1 or 3)."""
+    generation, _, image = text.partition(":")
+    try:
+        return int(generation), int(image or 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a generation id, optionally with :image (e.g. 12 or 12:3), not {text!r}")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -68,6 +81,9 @@ async def _imagine(args: argparse.Namespace, settings: Settings) -> int:
             prompt=args.prompt, pet_id=pet_id, negative_prompt=args.negative, seed=args.seed, steps=args.steps,
             guidance=args.guidance, size=args.size, count=args.count, lora_scale=args.strength,
             checkpoint_id=args.checkpoint,
+            source_generation_id=args.vary[0] if args.vary else None,
+            source_image=args.vary[1] if args.vary else 1,
+            variation_strength=args.variation_strength,
         )
         request.validate()
         if args.detach:
@@ -77,7 +93,7 @@ async def _imagine(args: argparse.Namespace, settings: Settings) -> int:
         data = DataDir(settings.data_dir)
         print("loading the model...", file=sys.stderr)
         generator = Generator.from_settings(load_base_model(settings), settings)
-        with tqdm(total=request.steps, unit="step", file=sys.stderr) as bar:
+        with tqdm(total=request.denoising_steps, unit="step", file=sys.stderr) as bar:
             outcome = await generate_and_record(
                 db, data, generator, request, LOCAL_GUILD, getpass.getuser(),
                 on_step=lambda step, total, _preview: bar.update(step - bar.n),

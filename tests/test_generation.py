@@ -419,6 +419,19 @@ async def test_cli_imagine_prints_paths_and_seeds(db, settings, env, lora_files,
     assert data.abs(eval(files)[0]).read_bytes() == copied.read_bytes()
     assert "100%" in completed.stderr  # the progress bar ran to the end
 
+    generation_id = copied.name.split("-")[1]  # pawtrait-<generation>-...
+    varied = subprocess.run(
+        [sys.executable, "-m", "cli.main", "imagine", "a photo of TOK cat", "--pet", "thor", "--steps", "4",
+         "--seed", "9", "--vary", f"{generation_id}:1", "--variation-strength", "0.5"],
+        env=env, capture_output=True, text=True, timeout=240, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert varied.returncode == 0, varied.stderr
+    varied_path, varied_seed = varied.stdout.strip().split("\t")
+    assert varied_seed == "seed 9"
+    with Image.open(varied_path) as image:
+        assert image.size == (settings.resolution, settings.resolution)  # the source's size
+        assert parse_parameters(image.info[CHUNK]).settings["Denoising strength"] == "0.5"
+
     refused = subprocess.run([sys.executable, "-m", "cli.main", "imagine", "TOK", "--pet", "nobody", "--count", "2"],
                              env=env, capture_output=True, text=True, timeout=240,
                              cwd=Path(__file__).resolve().parents[1])
