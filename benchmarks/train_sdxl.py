@@ -92,6 +92,7 @@ def peak_gib() -> float:
 
 def reset_peak() -> None:
     if torch.cuda.is_available():
+        torch.cuda.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
 

@@ -39,9 +39,8 @@ from storage import jobs  # noqa: E402
 from storage.db import connect  # noqa: E402
 from storage.files import DataDir  # noqa: E402
 from storage.pets import LOCAL_GUILD, create_pet  # noqa: E402
-from train_sdxl import build_base, write_photos  # noqa: E402
+from train_sdxl import build_base, peak_gib, reset_peak, write_photos  # noqa: E402
 
-GIB = 2**30
 
 
 def seconds_between(start: str, end: str) -> float:
@@ -49,17 +48,6 @@ def seconds_between(start: str, end: str) -> float:
 
     parse = lambda text: datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")  # noqa: E731
     return (parse(end) - parse(start)).total_seconds()
-
-
-def peak_gib() -> float:
-    return torch.cuda.max_memory_allocated() / GIB if torch.cuda.is_available() else 0.0
-
-
-def reset_peak() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
 
 
 async def until_ended(db, job_id: int) -> jobs.Job:

@@ -31,12 +31,6 @@ def free_memory_bytes(device: torch.device) -> int | None:
     return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
-def total_memory_bytes(device: torch.device) -> int | None:
-    if device.type != "cuda":
-        return None
-    return torch.cuda.get_device_properties(device).total_memory
-
-
 def describe(device: torch.device) -> str:
     if device.type != "cuda":
         return "CPU"

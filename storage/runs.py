@@ -76,11 +76,6 @@ async def _one(db: aiosqlite.Connection, sql: str, args: tuple) -> sqlite3.Row |
         return await cursor.fetchone()
 
 
-async def _all(db: aiosqlite.Connection, sql: str, args: tuple) -> list[sqlite3.Row]:
-    async with db.execute(sql, args) as cursor:
-        return list(await cursor.fetchall())
-
-
 # --- runs -------------------------------------------------------------------------------
 
 
@@ -97,7 +92,9 @@ async def get_run(db: aiosqlite.Connection, run_id: int) -> Run | None:
 
 
 async def list_runs(db: aiosqlite.Connection, pet_id: int) -> list[Run]:
-    rows = await _all(db, f"SELECT {_RUN_COLUMNS} FROM training_runs WHERE pet_id = ? ORDER BY id DESC", (pet_id,))
+    rows = await db.execute_fetchall(
+        f"SELECT {_RUN_COLUMNS} FROM training_runs WHERE pet_id = ? ORDER BY id DESC", (pet_id,)
+    )
     return [_run(row) for row in rows]  # type: ignore[misc]
 
 
@@ -153,19 +150,18 @@ async def add_checkpoint(
     return int(row[0])
 
 
-async def get_checkpoint(db: aiosqlite.Connection, checkpoint_id: int) -> Checkpoint | None:
-    row = await _one(db, f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE id = ?", (checkpoint_id,))
-    return None if row is None else Checkpoint(**dict(row))
-
-
 async def list_checkpoints(db: aiosqlite.Connection, run_id: int) -> list[Checkpoint]:
-    rows = await _all(db, f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE run_id = ? ORDER BY step", (run_id,))
+    rows = await db.execute_fetchall(
+        f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE run_id = ? ORDER BY step", (run_id,)
+    )
     return [Checkpoint(**dict(row)) for row in rows]
 
 
 async def delete_checkpoint(db: aiosqlite.Connection, checkpoint_id: int) -> list[ValidationImage]:
     """Delete a checkpoint row; returns its validation images, whose rows cascade with it (their files are the caller's)."""
-    images = await _all(db, f"SELECT {_IMAGE_COLUMNS} FROM validation_images WHERE checkpoint_id = ?", (checkpoint_id,))
+    images = await db.execute_fetchall(
+        f"SELECT {_IMAGE_COLUMNS} FROM validation_images WHERE checkpoint_id = ?", (checkpoint_id,)
+    )
     await db.execute("DELETE FROM checkpoints WHERE id = ?", (checkpoint_id,))
     return [ValidationImage(**dict(row)) for row in images]
 
@@ -200,28 +196,30 @@ async def list_validation_images(db: aiosqlite.Connection, run_id: int, step: in
     if step is not None:
         sql += " AND step = ?"
         args = (run_id, step)
-    rows = await _all(db, sql + " ORDER BY step, id", args)
+    rows = await db.execute_fetchall(sql + " ORDER BY step, id", args)
     return [ValidationImage(**dict(row)) for row in rows]
 
 
 async def unposted_validation_images(db: aiosqlite.Connection, run_id: int) -> list[ValidationImage]:
     """The run's validation images that no front end has posted yet (no message id), by step."""
-    rows = await _all(
-        db, f"SELECT {_IMAGE_COLUMNS} FROM validation_images WHERE run_id = ? AND message_id IS NULL ORDER BY step, id",
+    rows = await db.execute_fetchall(
+        f"SELECT {_IMAGE_COLUMNS} FROM validation_images WHERE run_id = ? AND message_id IS NULL ORDER BY step, id",
         (run_id,),
     )
     return [ValidationImage(**dict(row)) for row in rows]
 
 
 async def validation_is_posted(db: aiosqlite.Connection, image_id: int) -> bool:
-    rows = await _all(db, "SELECT 1 FROM validation_images WHERE id = ? AND message_id IS NOT NULL", (image_id,))
+    rows = await db.execute_fetchall(
+        "SELECT 1 FROM validation_images WHERE id = ? AND message_id IS NOT NULL", (image_id,)
+    )
     return bool(rows)
 
 
 async def delete_validation_after(db: aiosqlite.Connection, run_id: int, step: int) -> list[ValidationImage]:
     """Forget validation images past `step` (a resumed run renders them again); returns them for file clean-up."""
-    rows = await _all(
-        db, f"SELECT {_IMAGE_COLUMNS} FROM validation_images WHERE run_id = ? AND step > ?", (run_id, step)
+    rows = await db.execute_fetchall(
+        f"SELECT {_IMAGE_COLUMNS} FROM validation_images WHERE run_id = ? AND step > ?", (run_id, step)
     )
     await db.execute("DELETE FROM validation_images WHERE run_id = ? AND step > ?", (run_id, step))
     return [ValidationImage(**dict(row)) for row in rows]
@@ -232,7 +230,9 @@ async def set_validation_message(db: aiosqlite.Connection, image_id: int, messag
 
 
 async def validation_image_by_message(db: aiosqlite.Connection, message_id: str) -> list[ValidationImage]:
-    rows = await _all(db, f"SELECT {_IMAGE_COLUMNS} FROM validation_images WHERE message_id = ?", (message_id,))
+    rows = await db.execute_fetchall(
+        f"SELECT {_IMAGE_COLUMNS} FROM validation_images WHERE message_id = ?", (message_id,)
+    )
     return [ValidationImage(**dict(row)) for row in rows]
 
 
@@ -278,8 +278,7 @@ async def vote_tally(db: aiosqlite.Connection, run_id: int, emoji: str | None = 
     """
     only = "" if emoji is None else " AND v.emoji = ?"
     per_emoji: tuple = () if emoji is None else (emoji,)
-    rows = await _all(
-        db,
+    rows = await db.execute_fetchall(
         "SELECT c.step, count(v.id) FROM checkpoints c LEFT JOIN ("
         " SELECT v.id, vi.step AS step FROM votes v JOIN validation_images vi ON vi.id = v.validation_image_id"
         f" WHERE vi.run_id = ?{only}"
