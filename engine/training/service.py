@@ -212,8 +212,8 @@ class _Session:
     def between_steps(self) -> None:
         """The caller's hook (e.g. a generation on the same pipe), then the lean mode's memory layout again.
 
-        A generation served here may call `restore_encoders(base)` to get the text encoders
-        back on the GPU; they go back to the CPU afterwards.
+        A generation served here moves the text encoders back to the GPU (the Generator does);
+        in lean mode they go back to the CPU afterwards.
         """
         assert self.hooks.between_steps is not None
         self.hooks.between_steps()
