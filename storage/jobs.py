@@ -202,9 +202,9 @@ async def queue_position(db: aiosqlite.Connection, job_id: int) -> int | None:
     if job.status == "running":
         return 0
     async with db.execute(
-        f"SELECT count(*) FROM jobs AS ahead, jobs AS me WHERE me.id = ? AND ahead.status = 'queued' "
-        f"AND (CASE ahead.kind WHEN 'generate' THEN 0 ELSE 1 END, ahead.id) "
-        f"<= (CASE me.kind WHEN 'generate' THEN 0 ELSE 1 END, me.id)",
+        "SELECT count(*) FROM jobs AS ahead, jobs AS me WHERE me.id = ? AND ahead.status = 'queued' "
+        "AND (CASE ahead.kind WHEN 'generate' THEN 0 ELSE 1 END, ahead.id) "
+        "<= (CASE me.kind WHEN 'generate' THEN 0 ELSE 1 END, me.id)",
         (job_id,),
     ) as cursor:
         return int((await cursor.fetchone())[0])
