@@ -79,6 +79,7 @@ def params_from_args(args: argparse.Namespace, settings: Settings) -> TrainingPa
         flip=args.flip,
         seed=args.seed,
         compile=settings.compile,
+        cuda_graphs=settings.cuda_graphs,
     )
 
 

@@ -99,6 +99,7 @@ class Settings:
     train_mode: str = "auto"
     generate_memory: str = "auto"
     compile: bool = False
+    cuda_graphs: bool = True
     workers: str = "auto"
     max_job_attempts: int = 3
     keep_generations_days: int = 0
@@ -131,6 +132,7 @@ class Settings:
                 env, "PAWTRAIT_GENERATE_MEMORY", "auto", choice("auto", "full", "low"), "auto, full or low"
             ),
             compile=read(env, "PAWTRAIT_COMPILE", False, boolean, "true or false"),
+            cuda_graphs=read(env, "PAWTRAIT_CUDA_GRAPHS", True, boolean, "true or false"),
             workers=workers,
             max_job_attempts=read(env, "PAWTRAIT_MAX_JOB_ATTEMPTS", 3, positive_int, "a whole number >= 1"),
             keep_generations_days=read(

@@ -178,8 +178,9 @@ async def test_a_generation_between_steps_does_not_change_the_training(db, data:
     unet = base.pipe.unet
     calls = []
 
-    def generate_in_between() -> None:
+    def generate_in_between(make_room) -> None:
         # What a generation may leave behind: adapters off, eval mode, nothing trainable.
+        make_room()
         calls.append(unet_output(base))
         unet.disable_adapters()
         unet.eval()

@@ -43,6 +43,7 @@ def training_params(bot: "PawtraitBot", steps: int, prior_preservation: bool) ->
         validate_every=every,
         mode=bot.settings.train_mode,
         compile=bot.settings.compile,
+        cuda_graphs=bot.settings.cuda_graphs,
     )
     try:
         params.validate()

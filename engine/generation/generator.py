@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,11 +23,14 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
+from engine.compile import compile_blocks
+from engine.cuda_graphs import graphs_supported
 from engine.device import free_memory_bytes
-from engine.generation.loras import DEFAULT_CAPACITY, HOTSWAP_RANK, LoraCache, preserved_adapter_state
+from engine.generation.loras import DEFAULT_CAPACITY, LoraCache, has_tuner_layers, preserved_adapter_state
 from engine.generation.previews import preview_image
 from engine.generation.prompts import PreparedPrompt, prepare_prompts
 from engine.generation.request import MAX_SEED, GenerationRequest
+from engine.generation.unet_graphs import UNetGraphs
 from engine.models import BaseModel
 from engine.settings import Settings
 from storage.pets import Pet
@@ -92,8 +95,10 @@ class Generator:
     `memory`: 'full' keeps everything on the GPU; 'low' adds VAE tiling and model CPU
     offload (for a 16 GB card beside nothing else — offload moves the shared UNet between
     CPU and GPU, so a process in low mode must not train). `compile` compiles the UNet's
-    repeated blocks and switches pets by LoRA hot-swap so a new pet does not recompile (on an
-    H100 it measured no faster than eager with merged pets, so settings leave it off).
+    blocks (engine/compile.py): 12 % faster on the H100, but each new image shape costs about
+    50 s of compiling the first time, so settings leave it off. `cuda_graphs` replays the
+    denoising loop's UNet calls from CUDA graphs (full memory mode on CUDA, while no LoRA
+    adapter layers are on the UNet: see unet_graphs.py).
     `size_scale` renders the size presets smaller (tests, drafts, a smaller native resolution).
     """
 
@@ -104,6 +109,7 @@ class Generator:
         compile: bool = False,
         lora_capacity: int = DEFAULT_CAPACITY,
         size_scale: float = 1.0,
+        cuda_graphs: bool = True,
     ) -> None:
         self.base = base
         # A second pipeline over the same modules with its own scheduler, so training keeps the
@@ -129,16 +135,24 @@ class Generator:
         self._lock = threading.Lock()
         self._setup_memory()
         if self.compiled:
-            self._setup_compile()
-        self.loras = LoraCache(self.pipe, capacity=lora_capacity, hotswap=self.compiled)
+            compile_blocks(self.pipe.unet)
+        self.loras = LoraCache(self.pipe, capacity=lora_capacity)
+        usable = cuda_graphs and graphs_supported(base.device) and self.memory == "full"
+        self.unet_graphs = UNetGraphs(self.pipe.unet) if usable else None
 
     @classmethod
     def from_settings(cls, base: BaseModel, settings: Settings) -> "Generator":
         """The presets are SDXL's ~1 MP at its native 1024; a model configured at another native
         side (PAWTRAIT_RESOLUTION, e.g. a small test model) paints them scaled to match."""
         return cls(
-            base, memory=settings.generate_memory, compile=settings.compile, size_scale=settings.resolution / 1024
+            base, memory=settings.generate_memory, compile=settings.compile, size_scale=settings.resolution / 1024,
+            cuda_graphs=settings.cuda_graphs,
         )
+
+    def release_graphs(self) -> None:
+        """Give the CUDA graphs' memory back (before a training, or after running out of memory)."""
+        if self.unet_graphs is not None:
+            self.unet_graphs.release()
 
     def _setup_memory(self) -> None:
         vae = self.pipe.vae
@@ -148,12 +162,6 @@ class Generator:
             if self.base.device.type == "cuda":
                 self.pipe.enable_model_cpu_offload(device=self.base.device)
         log.info("generation memory mode: %s", self.memory)
-
-    def _setup_compile(self) -> None:
-        # Hot-swap must be prepared before the first adapter exists; a training adapter
-        # already on the UNet is fine (it is never swapped).
-        self.pipe.enable_lora_hotswap(target_rank=HOTSWAP_RANK, check_compiled="ignore")
-        self.pipe.unet.compile_repeated_blocks(fullgraph=True)
 
     def output_size(self, request: GenerationRequest) -> tuple[int, int]:
         """Pixel size for the request's preset, scaled and kept to multiples of 32 (latents / 4)."""
@@ -201,7 +209,7 @@ class Generator:
             else:
                 self.loras.deactivate()  # strength 0 is exactly the base model, not a 0-scaled LoRA
                 applied = nullcontext()
-            with applied:
+            with applied, self._graphs_if_usable():
                 if request.is_variation:
                     latents = self._vary(prepared, request, seeds, self._encode(source), callback)
                 else:
@@ -219,6 +227,19 @@ class Generator:
             seconds=time.perf_counter() - started,
             denoising_strength=request.variation_strength if request.is_variation else None,
         )
+
+    def _graphs_if_usable(self) -> AbstractContextManager[None]:
+        """The UNet graphs, unless LoRA layers are on the UNet (a training paused between its steps).
+
+        Those layers switch adapters in Python, which a graph would freeze; and the training
+        needs the memory more, so the graphs are released.
+        """
+        if self.unet_graphs is None:
+            return nullcontext()
+        if has_tuner_layers(self.pipe):
+            self.unet_graphs.release()
+            return nullcontext()
+        return self.unet_graphs.serving()
 
     def _encoders_on_device(self) -> None:
         """Bring the text encoders back if a lean-mode training parked them on the CPU.

@@ -6,9 +6,9 @@ request merges the chosen pet into the base weights (W += s * B @ A, about 0.1 s
 the original weights back afterwards. Measured on an H100 at 1024² (docs/BENCHMARKS.md): a
 live peft adapter made each image 1.8-3.4 s slower at batch 1 (separate LoRA matmuls plus
 per-layer Python on the host) and 0.3 s slower at batch 4, and its idle layers slowed the
-plain base too; a merged pet costs nothing per step and 20 ms to switch. With a compiled UNet the
-pets instead share one peft adapter slot whose weights are hot-swapped, so a new pet never
-recompiles.
+plain base too; a merged pet costs nothing per step and 20 ms to switch. Merging changes the
+weights in place, so a compiled UNet does not recompile and a captured CUDA graph picks the
+pet up (measured: no new dynamo graphs over pet switches).
 
 The same UNet may carry a training run's adapter that is paused between two optimizer steps
 (see the team contract), so every generation snapshots the adapter state, requires_grad
@@ -35,9 +35,6 @@ log = logging.getLogger(__name__)
 PET_PREFIX = "pet-ckpt-"
 # One rank-4 SDXL LoRA is ~23 MB in half precision; a busy server's pets fit easily.
 DEFAULT_CAPACITY = 16
-# Rank the compiled hot-swap slot is padded to; pet LoRAs above it cannot be hot-swapped.
-HOTSWAP_RANK = 64
-HOTSWAP_SLOT = "pet-live"
 
 
 def adapter_name(checkpoint_id: int) -> str:
@@ -98,7 +95,7 @@ def preserved_adapter_state(pipe: StableDiffusionXLPipeline) -> Iterator[None]:
         _restore(snapshot, components)
 
 
-def _has_tuner_layers(pipe: StableDiffusionXLPipeline) -> bool:
+def has_tuner_layers(pipe: StableDiffusionXLPipeline) -> bool:
     return any(True for component in lora_components(pipe) for _ in _tuner_layers(component))
 
 
@@ -156,37 +153,25 @@ def merged_into_weights(factors: LoraFactors, scale: float) -> Iterator[None]:
 
 
 class LoraCache:
-    """Pet LoRAs ready to apply, least recently used evicted first.
+    """Pet LoRAs ready to apply as their low-rank factors, least recently used evicted first.
 
-    Eager mode keeps each pet's low-rank factors and merges one into the weights per request
-    (see `merged_into_weights`). Hot-swap mode (a compiled UNet) keeps one peft adapter slot
-    and overwrites its weights in place with diffusers' LoRA hot-swap.
+    Each request merges one pet into the weights and restores them after (see `merged_into_weights`).
     """
 
-    def __init__(self, pipe: StableDiffusionXLPipeline, capacity: int = DEFAULT_CAPACITY, hotswap: bool = False) -> None:
+    def __init__(self, pipe: StableDiffusionXLPipeline, capacity: int = DEFAULT_CAPACITY) -> None:
         if capacity < 1:
             raise ValueError("the LoRA cache needs room for at least one pet")
         self.pipe = pipe
         self.capacity = capacity
-        self.hotswap = hotswap
         self._factors: OrderedDict[int, LoraFactors] = OrderedDict()
-        self._slot_holds: int | None = None
 
     def loaded(self) -> list[int]:
         """Checkpoint ids whose LoRAs are ready, least recently used first."""
-        if self.hotswap:
-            return [] if self._slot_holds is None else [self._slot_holds]
         return list(self._factors)
 
     @contextmanager
     def applied(self, checkpoint_id: int, lora_file: Path, scale: float) -> Iterator[None]:
         """Inside, the pipeline paints with this checkpoint's LoRA at `scale` (and no other adapter)."""
-        if self.hotswap:
-            self._hotswap_in(checkpoint_id, lora_file)
-            self.pipe.set_adapters([HOTSWAP_SLOT], adapter_weights=[scale])
-            self.pipe.enable_lora()
-            yield
-            return
         factors = self._factors_for(checkpoint_id, lora_file)
         self.deactivate()  # a paused training adapter must not leak into the pet's picture
         with merged_into_weights(factors, scale):
@@ -194,14 +179,12 @@ class LoraCache:
 
     def deactivate(self) -> None:
         """The plain base model: every peft adapter (a training run's) off; nothing is unloaded."""
-        if _has_tuner_layers(self.pipe):
+        if has_tuner_layers(self.pipe):
             self.pipe.disable_lora()
 
     def evict(self, checkpoint_id: int) -> None:
         """Forget one checkpoint's LoRA, e.g. when its files are deleted."""
         self._factors.pop(checkpoint_id, None)
-        if self._slot_holds == checkpoint_id:
-            self._slot_holds = None  # the slot's weights are stale; the next request overwrites them
 
     def _factors_for(self, checkpoint_id: int, lora_file: Path) -> LoraFactors:
         if checkpoint_id in self._factors:
@@ -210,7 +193,7 @@ class LoraCache:
         while len(self._factors) >= self.capacity:
             self._factors.popitem(last=False)
         name = adapter_name(checkpoint_id)
-        self._load(lora_file, name, hotswap=False)
+        self._load(lora_file, name)
         try:
             factors = _factors_of(self.pipe, name)
         finally:
@@ -221,20 +204,12 @@ class LoraCache:
 
     def _strip_idle_layers(self) -> None:
         """Remove peft's wrapper layers once no adapter is left (their per-call cost is not free)."""
-        if not any(self.pipe.get_list_adapters().values()) and _has_tuner_layers(self.pipe):
+        if not any(self.pipe.get_list_adapters().values()) and has_tuner_layers(self.pipe):
             self.pipe.unload_lora_weights()
 
-    def _hotswap_in(self, checkpoint_id: int, lora_file: Path) -> None:
-        if self._slot_holds != checkpoint_id:
-            slot_exists = HOTSWAP_SLOT in self.pipe.get_list_adapters().get("unet", [])
-            self._load(lora_file, HOTSWAP_SLOT, hotswap=slot_exists)
-            self._slot_holds = checkpoint_id
-
-    def _load(self, lora_file: Path, name: str, hotswap: bool) -> None:
+    def _load(self, lora_file: Path, name: str) -> None:
         try:
-            self.pipe.load_lora_weights(
-                str(lora_file.parent), weight_name=lora_file.name, adapter_name=name, hotswap=hotswap
-            )
+            self.pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name, adapter_name=name)
         except (OSError, ValueError, KeyError) as error:
             raise LoraLoadError(
                 f"the pet's LoRA file {lora_file.name} could not be loaded ({error}); "

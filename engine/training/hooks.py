@@ -22,13 +22,14 @@ class ProgressInfo:
 @dataclass
 class TrainingHooks:
     """Optional callbacks. The first three run on the event loop (they may be coroutines);
-    `should_cancel` and `between_steps` run in the training thread and must be quick/thread-safe."""
+    `should_cancel` and `between_steps` run in the training thread and must be quick/thread-safe.
+    `between_steps(make_room)` must call `make_room()` before it uses the GPU itself."""
 
     on_progress: Callable[[ProgressInfo], Any] | None = None
     on_checkpoint: Callable[[int, int], Any] | None = None  # (step, checkpoint_id)
     on_validation: Callable[[int, list[ValidationImage]], Any] | None = None
     should_cancel: Callable[[], bool] | None = None
-    between_steps: Callable[[], None] | None = None
+    between_steps: Callable[[Callable[[], None]], None] | None = None
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,9 @@ Speed comes from three choices (measured in docs/BENCHMARKS.md):
   accumulated batches of 1, with a quarter of the kernel launches;
 - no host syncs in the hot loop: the photo order is planned up front on the device, the
   noise comes from a device generator seeded from (seed, step), and the loss is read back
-  only when progress is reported.
+  only when progress is reported;
+- on CUDA the forward/backward is captured once as a CUDA graph and replayed every step:
+  the host no longer launches the UNet's ~10,000 kernels one by one (see cuda_graphs.py).
 Seeding the noise from (seed, step) also makes a resumed run identical to an
 uninterrupted one without replaying any random stream.
 """
@@ -22,16 +24,18 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from diffusers import DDPMScheduler
-from diffusers.models.attention import BasicTransformerBlock
-from diffusers.models.resnet import ResnetBlock2D
 from diffusers.optimization import get_scheduler
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 
+from engine.compile import compile_blocks
+from engine.cuda_graphs import CapturedCall, graphs_supported, on_side_stream
 from engine.models import BaseModel
 from engine.training.cache import TrainingCache
 from engine.training.hooks import ProgressInfo
+from engine.training.optimizer import build_optimizer
 from engine.training.params import TrainingParams
 
 log = logging.getLogger(__name__)
@@ -41,7 +45,10 @@ GIB = 2**30
 # H100 measurements in docs/BENCHMARKS.md, used to pick the mode from free memory.
 FAST_GIB_PER_IMAGE = 7.5  # no gradient checkpointing: 35.4 GiB peak for 4 images, 64.4 GiB for 8
 LEAN_MICRO_BATCH = 4  # with checkpointing: 7.8 GiB peak for 4 images (6.5 GiB for 2, but twice as slow)
-HEADROOM_GIB = 3.0  # validation renders, allocator fragmentation
+HEADROOM_GIB = 4.5  # validation renders and generations beside the captured step, allocator fragmentation
+# Eager steps before the forward/backward is captured: lazy initialisation (cuBLAS, cuDNN,
+# autocast) must happen before a capture. They are real training steps, not thrown away.
+GRAPH_WARMUP_STEPS = 2
 
 
 @dataclass(frozen=True)
@@ -133,7 +140,7 @@ class LoraTrainer:
         if params.compile and self.device.type == "cuda":
             compile_blocks(self.unet)
 
-        self.optimizer = _optimizer(params, self.lora_params, self.device)
+        self.optimizer = build_optimizer(params, self.lora_params, self.device)
         self.lr_scheduler = get_scheduler(
             params.lr_scheduler, self.optimizer, num_warmup_steps=params.lr_warmup_steps, num_training_steps=params.steps
         )
@@ -155,6 +162,10 @@ class LoraTrainer:
         self._conditioning(per_step)
         self.generator = torch.Generator(self.device)
         self.completed_steps = 0
+        # fp16 needs the GradScaler, whose inf checks sync with the host: such cards run eagerly.
+        self.graphed = params.cuda_graphs and graphs_supported(self.device) and self.scaler is None
+        self._captured: CapturedCall | None = None
+        self._eager_steps = 0
 
     def _conditioning(self, per_step: int) -> None:
         """The per-sample text conditioning and loss weights, the same at every step."""
@@ -179,7 +190,7 @@ class LoraTrainer:
             p.requires_grad_(True)
         self.unet.train()
         if self.plan.gradient_checkpointing:
-            self.unet.enable_gradient_checkpointing()
+            self.unet.enable_gradient_checkpointing(_checkpoint_without_rng)
         else:
             self.unet.disable_gradient_checkpointing()
 
@@ -197,12 +208,11 @@ class LoraTrainer:
         target = a * noise - s * latents if self.v_prediction else noise
         weight = self.sample_weight * self._snr_weight(t)
 
-        total = torch.zeros((), device=self.device)
         # Under autocast peft's cast of every LoRA input to fp32 is a wasted copy (autocast casts it back
         # for the matmul): off for the whole step, forward and backward (checkpoint recomputes must match).
         self._cast_lora_inputs(not self.autocast)
         try:
-            self._forward_backward(latents, noisy, t, target, weight, total)
+            total = self._gradients(noisy, t, target, weight)
         finally:
             self._cast_lora_inputs(True)
 
@@ -216,21 +226,61 @@ class LoraTrainer:
         else:
             self.optimizer.step()
         self.lr_scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        if self._captured is None:
+            self.optimizer.zero_grad(set_to_none=True)
+        # else the next replay overwrites the graph's gradient tensors: nothing to clear
         return total
+
+    def _gradients(
+        self, noisy: torch.Tensor, t: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
+        """The step's gradients into the LoRA's .grad; returns the loss. Eager, or replayed from a CUDA graph."""
+        if not self.graphed:
+            return self._forward_backward(noisy, t, target, weight)
+        if self._captured is None:
+            if self._eager_steps < GRAPH_WARMUP_STEPS:
+                self._eager_steps += 1
+                return on_side_stream(self._forward_backward, noisy, t, target, weight)
+            # With no .grad tensors at capture, the captured backward writes fresh gradients into
+            # graph-owned tensors (rather than adding to old ones) at every replay.
+            self.optimizer.zero_grad(set_to_none=True)
+            try:
+                self._captured = CapturedCall(self._forward_backward, (noisy, t, target, weight))
+            except Exception:  # a capture that fails must not fail the training: eager from now on
+                log.exception("capturing the training step as a CUDA graph failed; training without CUDA graphs")
+                self.graphed = False
+                self.optimizer.zero_grad(set_to_none=True)
+                return self._forward_backward(noisy, t, target, weight)
+            log.info("training step captured as a CUDA graph")
+        return self._captured(noisy, t, target, weight).clone()
+
+    def make_room(self) -> None:
+        """Called before other GPU work between steps (validation, a served generation).
+
+        A captured step keeps its activations' memory reserved. Fast mode's plan leaves room
+        for other work beside it; lean mode must fit small cards, so it gives the memory back
+        and captures again at the next step (about one eager step's host time).
+        """
+        if self._captured is not None and self.plan.mode == "lean":
+            self.release_graph()
+
+    def release_graph(self) -> None:
+        self._captured = None
+        self.optimizer.zero_grad(set_to_none=True)  # the graph's gradient tensors go with it
 
     def _cast_lora_inputs(self, enabled: bool) -> None:
         for layer in self.lora_layers:
             layer.cast_input_dtype_enabled = enabled
 
     def _forward_backward(
-        self, latents: torch.Tensor, noisy: torch.Tensor, t: torch.Tensor, target: torch.Tensor,
-        weight: torch.Tensor, total: torch.Tensor,
-    ) -> None:
-        """Accumulate the step's gradient in micro-batches of plan.micro_batch images; adds the loss to `total`."""
-        for start in range(0, len(latents), self.plan.micro_batch):
+        self, noisy: torch.Tensor, t: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
+        """Accumulate the step's gradient in micro-batches of plan.micro_batch images; returns the loss."""
+        total = torch.zeros((), device=self.device)
+        for start in range(0, len(noisy), self.plan.micro_batch):
             part = slice(start, start + self.plan.micro_batch)
-            with torch.autocast(self.device.type, dtype=self.base.dtype, enabled=self.autocast):
+            # No autocast cache: cached casts would outlive a CUDA graph capture (PyTorch's graph rules).
+            with torch.autocast(self.device.type, dtype=self.base.dtype, enabled=self.autocast, cache_enabled=False):
                 prediction = self.unet(
                     noisy[part],
                     t[part],
@@ -242,6 +292,7 @@ class LoraTrainer:
             loss = (mse * weight[part]).sum()
             (self.scaler.scale(loss) if self.scaler else loss).backward()
             total += loss.detach()
+        return total
 
     def _snr_weight(self, t: torch.Tensor) -> torch.Tensor:
         """Min-SNR-gamma: down-weight the easy, low-noise timesteps (Hang et al. 2023)."""
@@ -284,42 +335,26 @@ class LoraTrainer:
         return int(state["step"])
 
     def close(self) -> None:
-        """Remove the adapter and leave the UNet as generation expects it (eval, no checkpointing)."""
-        self.optimizer.zero_grad(set_to_none=True)
+        """Remove the adapter and leave the UNet as generation expects it (eval, no checkpointing).
+
+        With no adapter left, peft's wrapper layers go too: idle, they still cost every
+        generation per-layer Python (docs/BENCHMARKS.md).
+        """
+        self.release_graph()
         self.unet.delete_adapters(self.adapter_name)
+        if not getattr(self.unet, "peft_config", None):
+            self.unet.unload_lora()
         self.unet.disable_gradient_checkpointing()
         self.unet.eval()
 
 
-def _optimizer(params: TrainingParams, trainable: list[torch.nn.Parameter], device: torch.device):
-    """8-bit AdamW from bitsandbytes on CUDA (the seed's choice), else torch's AdamW with a warning."""
-    kwargs = dict(lr=params.learning_rate, betas=(0.9, 0.999), weight_decay=1e-4, eps=1e-8)
-    if params.optimizer == "adamw8bit":
-        if device.type == "cuda":
-            import bitsandbytes as bnb
+def _checkpoint_without_rng(module: torch.nn.Module, *args: object) -> object:
+    """Gradient checkpointing without saving the RNG state around each recompute.
 
-            return bnb.optim.AdamW8bit(trainable, **kwargs)
-        log.warning("8-bit AdamW needs bitsandbytes on a CUDA GPU; using plain AdamW on %s", device.type)
-    return torch.optim.AdamW(trainable, fused=device.type == "cuda", **kwargs)
-
-
-def compile_blocks(unet: torch.nn.Module) -> int:
-    """Regional torch.compile: each transformer and ResNet block on its own (87 in SDXL), not the whole graph.
-
-    The blocks repeat, so compiling them one by one costs about a minute instead of the
-    many minutes a full-graph compile takes on a slow CPU. Returns how many were compiled.
+    SDXL's UNet draws no random numbers, and reading the CUDA RNG state is not allowed
+    while a CUDA graph is being captured.
     """
-    # Blocks of one class share their forward code but differ in width and resolution, and dynamo
-    # keeps one graph per variant (x grad mode for validation renders): SDXL needs more than the default 8.
-    import torch._dynamo
-
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-    count = 0
-    for module in unet.modules():
-        if isinstance(module, (BasicTransformerBlock, ResnetBlock2D)):
-            module.compile()
-            count += 1
-    return count
+    return torch.utils.checkpoint.checkpoint(module.__call__, *args, use_reentrant=False, preserve_rng_state=False)
 
 
 class Cancelled(Exception):
@@ -338,7 +373,8 @@ class LoopCallbacks:
     validate: Callable[[int], None]
     on_progress: Callable[[ProgressInfo], None] = lambda info: None
     should_cancel: Callable[[], bool] = lambda: False
-    between_steps: Callable[[], None] | None = None
+    # Called at every step boundary with `make_room`, which it must call before using the GPU.
+    between_steps: Callable[[Callable[[], None]], None] | None = None
     report_every_s: float = 1.0
 
 
@@ -352,7 +388,7 @@ def run_loop(trainer: LoraTrainer, start_step: int, callbacks: LoopCallbacks) ->
     total = params.steps
     step = trainer.completed_steps = start_step
     if step == 0 and not callbacks.should_cancel():
-        callbacks.validate(0)
+        callbacks.validate(0)  # before any capture: nothing to make room for
     train_time = 0.0  # seconds in train_step only, for the ETA
     trained = 0
     last_report = time.monotonic()
@@ -360,7 +396,7 @@ def run_loop(trainer: LoraTrainer, start_step: int, callbacks: LoopCallbacks) ->
         if callbacks.should_cancel():
             raise Cancelled(step)
         if callbacks.between_steps is not None:
-            callbacks.between_steps()
+            callbacks.between_steps(trainer.make_room)
             trainer.activate()
         started = time.monotonic()
         loss = trainer.train_step(step)
@@ -392,5 +428,6 @@ def run_loop(trainer: LoraTrainer, start_step: int, callbacks: LoopCallbacks) ->
         if checkpoint:
             callbacks.save_checkpoint(step)
         if validate:
+            trainer.make_room()
             callbacks.validate(step)
     return step

@@ -209,14 +209,14 @@ class _Session:
     def step(self, value: int) -> None:
         self._step = value
 
-    def between_steps(self) -> None:
+    def between_steps(self, make_room: Callable[[], None]) -> None:
         """The caller's hook (e.g. a generation on the same pipe), then the lean mode's memory layout again.
 
         A generation served here moves the text encoders back to the GPU (the Generator does);
         in lean mode they go back to the CPU afterwards.
         """
         assert self.hooks.between_steps is not None
-        self.hooks.between_steps()
+        self.hooks.between_steps(make_room)
         if self.plan.offload_encoders:
             offload_encoders(self.base)
 

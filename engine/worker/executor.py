@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from itertools import groupby
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiosqlite
-from PIL import Image
 
 from engine.generation.generator import Generator, Preview
 from engine.generation.request import GenerationRequest
@@ -105,7 +104,6 @@ class Executor:
         self.settings, self.data, self.base, self.worker_id = settings, data, base, worker_id
         self.db, self.side_db = db, side_db
         self.loop = asyncio.get_running_loop()
-        # Built before any training adapter exists (LoRA hot-swap must be prepared first).
         self.generator = Generator.from_settings(base, settings)
 
     async def run(self, db: aiosqlite.Connection, job: jobs.Job) -> jobs.Job:
@@ -134,6 +132,7 @@ class Executor:
     def _free_after_failure(self, job: jobs.Job, error: Exception) -> None:
         adapters = (f"train-{job.payload.get('run_id')}",) if job.kind == "train" else ()
         if is_out_of_memory(error):
+            self.generator.release_graphs()
             for checkpoint_id in self.generator.loras.loaded():
                 self.generator.loras.evict(checkpoint_id)
         release_memory(self.base, adapters)
@@ -164,6 +163,7 @@ class Executor:
             should_cancel=lambda: self._cancel_requested(job.id),
             between_steps=self._between_steps,
         )
+        self.generator.release_graphs()  # the training plans its mode from the free memory
         try:
             outcome = await execute_run(db, self.data, self.base, run_id, hooks)
         finally:
@@ -179,9 +179,10 @@ class Executor:
     def _cancel_requested(self, job_id: int) -> bool:
         return bool(self._call(jobs.cancel_requested(self.side_db, job_id)))
 
-    def _between_steps(self) -> None:
+    def _between_steps(self, make_room: Callable[[], None]) -> None:
         """Serve every waiting generation now, on the same resident pipeline, then let training go on."""
         if self._call(jobs.has_queued(self.side_db, "generate")):
+            make_room()
             self._call(self._serve_generations())
 
     async def _serve_generations(self) -> None:
