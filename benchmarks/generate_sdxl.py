@@ -4,9 +4,10 @@ No weights can be downloaded where this runs, so it builds the exact SDXL-base-1
 architecture with random weights directly on the GPU in bf16 (speed and memory do not
 depend on weight values) and drives the product's own `engine.generation.Generator`:
 1024², 30 steps, guidance 5. It measures batch 1 and 4, peak memory, pet LoRA loading and
-switching, the levers (pet merged into the weights vs a live peft adapter, channels-last,
-cudnn.benchmark, fused QKV, fp32 vs bf16 VAE decode, regional torch.compile with LoRA
-hot-swap or with merged pets, low-memory mode) and a cold start from disk.
+switching, the levers (CUDA graphs over the UNet calls vs eager, channels-last,
+cudnn.benchmark, cuDNN attention, fused QKV, fp32 vs bf16 VAE decode, regional
+torch.compile, low-memory mode), a per-kernel-family profile of one UNet call, and a cold
+start from disk.
 
     python benchmarks/generate_sdxl.py --out results.json [--phases default,loras,...]
 
@@ -33,7 +34,6 @@ from peft import LoraConfig, get_peft_model_state_dict
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.generation.generator import Generator, PetLora  # noqa: E402
-from engine.generation.loras import LoraCache  # noqa: E402
 from engine.generation.request import GenerationRequest  # noqa: E402
 from engine.models import BaseModel  # noqa: E402
 from sdxl_random import build_sdxl  # noqa: E402
@@ -127,7 +127,7 @@ def cold_start(model_dir: str) -> None:
 
     base = load_base_model(Settings(model=model_dir, vae=None, device="cuda"))
     loaded = time.perf_counter()
-    gen = Generator(base, memory="full")
+    gen = Generator(base, memory="full", cuda_graphs=True)
     gen.generate(request(), pet=PET)
     torch.cuda.synchronize()
     done = time.perf_counter()
@@ -137,7 +137,7 @@ def cold_start(model_dir: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("generate_sdxl.json"))
-    parser.add_argument("--phases", default="default,loras,peft_adapter,cudnn_autotune,vae,fused_qkv,channels_last,low_memory,cold,compile,compile_merged",
+    parser.add_argument("--phases", default="default,loras,graphs,graph_levers,profile,vae,low_memory,cold,compile_graphs",
                         help="comma-separated phases to run, in this order (default: all)")
     parser.add_argument("--cold", metavar="MODEL_DIR", help=argparse.SUPPRESS)  # the cold-start child process
     args = parser.parse_args()
@@ -158,13 +158,13 @@ def main() -> int:
     state: dict[str, object] = {}
 
     def default_mode() -> None:
-        first_s, gen = sync_time(lambda: Generator(base, memory="full"))
+        first_s, gen = sync_time(lambda: Generator(base, memory="full", cuda_graphs=False))
         first_request_s, _ = sync_time(lambda: gen.generate(request(), pet=PET))
         bench.results["first_request_in_process_s"] = round(first_s + first_request_s, 2)
         state["gen"] = gen
         b1, peak1 = per_image(gen, 1, 3)
         b4, peak4 = per_image(gen, 4, 1)
-        bench.row("product default, plain base: bf16, SDPA, DPM++ 2M Karras, bf16 VAE decode", b1, b4, peak1,
+        bench.row("eager (no CUDA graphs), plain base: bf16, SDPA, DPM++ 2M Karras, bf16 VAE decode", b1, b4, peak1,
                   f"batch 4 peak {peak4:.1f} GiB; first request in a fresh process after build {first_s + first_request_s:.1f} s")
 
     def loras() -> None:
@@ -186,7 +186,7 @@ def main() -> int:
         bench.results["base_after_pets_s"] = base_after
         bench.results["lora_first_load_s"] = [round(load_a, 3), round(load_b, 3)]
         bench.results["lora_switch_s"] = [round(s, 4) for s in switches]
-        bench.row("product default + pet LoRA (rank 4, merged into the weights per request)", b1, b4, peak,
+        bench.row("eager + pet LoRA (rank 4, merged into the weights per request)", b1, b4, peak,
                   f"first use (read from disk) {load_a:.2f}/{load_b:.2f} s; switch to a cached pet "
                   f"(merge + restore) {statistics.median(switches) * 1000:.0f} ms; plain base after pets {base_after:.3f} s")
 
@@ -232,16 +232,6 @@ def main() -> int:
         bench.results["fused_qkv_lora_check"] = note
         bench.row("+ fused QKV projections (base model)", b1, None, peak, note)
 
-    def peft_adapter() -> None:
-        """The alternative the product avoids: the pet as a live peft adapter (separate LoRA matmuls)."""
-        gen = Generator(base, memory="full")
-        gen.loras = LoraCache(gen.pipe, hotswap=True)  # one peft adapter slot, eager: no compile
-        a, _b = state["loras"]  # type: ignore[misc]
-        b1, peak = per_image(gen, 1, 3, lora=a)
-        b4, _ = per_image(gen, 4, 1, lora=a)
-        pipe.unload_lora_weights()
-        bench.row("pet LoRA as a live peft adapter instead (unmerged)", b1, b4, peak)
-
     def cudnn_autotune() -> None:
         gen: Generator = state["gen"]  # type: ignore[assignment]
         torch.backends.cudnn.benchmark = True
@@ -250,7 +240,7 @@ def main() -> int:
         bench.row("+ cudnn.benchmark (base model)", b1, None, peak)
 
     def low_memory() -> None:
-        gen = Generator(base, memory="low")
+        gen = Generator(base, memory="low")  # offload moves the weights: no CUDA graphs there
         a, _b = state["loras"]  # type: ignore[misc]
         b1, peak = per_image(gen, 1, 2, lora=a)
         bench.row("low-memory mode (model CPU offload + VAE tiling), with pet LoRA", b1, None, peak)
@@ -258,64 +248,114 @@ def main() -> int:
         pipe.vae.disable_tiling()
         pipe.to(device)
 
-    def compiled() -> None:
-        pipe.unload_lora_weights()  # hot-swap must be prepared before the first adapter exists
-        torch.compiler.reset()
+    def pixel_diff(x: object, y: object) -> float:
+        import numpy as np
+
+        return float(np.abs(np.asarray(x, dtype=np.int16) - np.asarray(y, dtype=np.int16)).mean())
+
+    def graphs() -> None:
+        """The product's default: the denoising loop's UNet calls replayed from CUDA graphs."""
+        eager: Generator = state["gen"]  # type: ignore[assignment]
         a, b = state["loras"]  # type: ignore[misc]
-        found: dict[str, object] = {}
-        bench.results["compile"] = found
+        reference = eager.generate(request(seed=7), pet=PET, lora=a).images[0]
+        gen = Generator(base, memory="full", cuda_graphs=True)
+        first_s, first = sync_time(lambda: gen.generate(request(seed=7), pet=PET, lora=a))
+        same = pixel_diff(first.images[0], reference)
+        b1, peak = per_image(gen, 1, 5, lora=a)
+        b1_other, _ = per_image(gen, 1, 3, lora=b)
+        again = gen.generate(request(seed=7), pet=PET, lora=a).images[0]
+        base_b1, _ = per_image(gen, 1, 3)
+        b4, peak4 = per_image(gen, 4, 2, lora=a)
+        bench.results["graphs"] = {"first_request_s": first_s, "pixel_diff_vs_eager": same,
+                                   "pixel_diff_after_other_pet": pixel_diff(again, reference), "peak_b4_gib": peak4}
+        bench.row("CUDA graphs over the UNet calls (product default), pet merged", b1, b4, peak,
+                  f"first request (warm-up + capture) {first_s:.2f} s; mean |pixel diff| vs eager {same:.3f}, "
+                  f"after another pet {pixel_diff(again, reference):.3f}; other pet {b1_other:.3f} s; "
+                  f"plain base {base_b1:.3f} s; batch 4 peak {peak4:.1f} GiB")
+        state["graphs_gen"] = gen
 
-        def note(key: str, value: object) -> None:
-            found[key] = value
-            print(f"compile {key}: {value}", flush=True)
-            bench.out.write_text(json.dumps(bench.results, indent=2, default=str))
-
-        setup_s, gen = sync_time(lambda: Generator(base, memory="full", compile=True))
-        note("setup_s", setup_s)
-        note("first_request_with_compile_s", sync_time(lambda: gen.generate(request(), pet=PET, lora=a))[0])
-        note("graphs_after_first", unique_graphs())
-        b1, peak = per_image(gen, 1, 3, lora=a)
-        note("s_per_image_b1", b1)
-        steady_graphs = unique_graphs()
-        note("switch_generate_s", sync_time(lambda: gen.generate(request(), pet=PET, lora=b))[0])
-        note("new_graphs_on_switch", unique_graphs() - steady_graphs)
-        def swap(lora: PetLora) -> None:
-            with gen.loras.applied(lora.checkpoint_id, lora.path, 1.0):
-                pass
-
-        swap_only = [sync_time(lambda lora=lora: swap(lora))[0] for lora in (a, b, a)]
-        note("hotswap_only_s", swap_only)
-        b1_b, _ = per_image(gen, 1, 2, lora=b)
-        note("s_per_image_b1_other_pet", b1_b)
-        note("new_graphs_after_both_pets", unique_graphs() - steady_graphs)
-        bench.row("regional torch.compile + LoRA hot-swap, pet LoRA", b1, None, peak,
-                  f"first request (compiles) {found['first_request_with_compile_s']:.0f} s; switch pet "
-                  f"{statistics.median(swap_only):.2f} s, new graphs after switching {unique_graphs() - steady_graphs}")
-        graphs = unique_graphs()
-        note("base_first_s", sync_time(lambda: gen.generate(request(), pet=PET))[0])
-        base_b1, _ = per_image(gen, 1, 2)
-        note("base_s_per_image_b1", base_b1)
-        bench.row("regional torch.compile, plain base (adapters disabled)", base_b1, None, None,
-                  f"first base request {found['base_first_s']:.1f} s (new graphs {unique_graphs() - graphs})")
-
-    def compile_merged() -> None:
-        """Regional compile of a UNet without peft layers: pets merged into the weights, as in eager."""
+    def compile_graphs() -> None:
+        """PAWTRAIT_COMPILE: CUDA graphs over a UNet whose transformer and ResNet blocks are compiled."""
+        old: Generator | None = state.pop("graphs_gen", None)  # type: ignore[assignment]
+        if old is not None:
+            old.release_graphs()
         pipe.unload_lora_weights()
-        torch.compiler.reset()
         a, b = state["loras"]  # type: ignore[misc]
-        gen = Generator(base, memory="full")
-        pipe.unet.compile_repeated_blocks(fullgraph=True)
+        gen = Generator(base, memory="full", compile=True)
         first_s, _ = sync_time(lambda: gen.generate(request(), pet=PET, lora=a))
+        b1, peak = per_image(gen, 1, 5, lora=a)
         graphs = unique_graphs()
-        b1, peak = per_image(gen, 1, 3, lora=a)
-        b1_other, _ = per_image(gen, 1, 2, lora=b)
-        base_b1, _ = per_image(gen, 1, 2)
-        b4, _ = per_image(gen, 4, 1, lora=a)
-        new_graphs = unique_graphs() - graphs
-        bench.results["compile_merged"] = {"first_s": first_s, "graphs": graphs, "new_graphs_after_switch_base_b4": new_graphs}
-        bench.row("regional torch.compile, pet merged into the weights", b1, b4, peak,
-                  f"first request (compiles) {first_s:.0f} s; other pet {b1_other:.3f} s, plain base {base_b1:.3f} s; "
-                  f"new graphs after switching pets, base and batch 4: {new_graphs}")
+        b1_other, _ = per_image(gen, 1, 3, lora=b)
+        base_b1, _ = per_image(gen, 1, 3)
+        switch_graphs = unique_graphs() - graphs
+        b4_first, _ = sync_time(lambda: gen.generate(request(4), pet=PET, lora=a))
+        b4, peak4 = per_image(gen, 4, 2, lora=a)
+        bench.results["compile_graphs"] = {"first_request_s": first_s, "peak_b4_gib": peak4, "dynamo_graphs": graphs,
+                                           "new_graphs_on_pet_and_base_switch": switch_graphs, "b4_first_s": b4_first}
+        bench.row("regional compile (transformer + ResNet blocks) + CUDA graphs, pet merged", b1, b4, peak,
+                  f"first request (compiles) {first_s:.0f} s; other pet {b1_other:.3f} s, plain base {base_b1:.3f} s, "
+                  f"new dynamo graphs on those switches {switch_graphs}; first batch 4 {b4_first:.1f} s; batch 4 peak {peak4:.1f} GiB")
+
+    def graph_levers() -> None:
+        """Levers on GPU time, now that CUDA graphs removed the launch overhead they used to hide behind."""
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        gen: Generator = state.get("graphs_gen") or Generator(base, memory="full", cuda_graphs=True)  # type: ignore[assignment]
+        a, _b = state["loras"]  # type: ignore[misc]
+
+        def measure(label: str) -> None:
+            gen.release_graphs()  # new weight layouts or kernels: capture again
+            b1, _ = per_image(gen, 1, 3, lora=a)
+            b4, peak = per_image(gen, 4, 1, lora=a)
+            bench.row(f"CUDA graphs + {label}", b1, b4, peak)
+
+        torch.backends.cudnn.benchmark = True
+        measure("cudnn.benchmark")
+        pipe.unet.to(memory_format=torch.channels_last)
+        measure("channels-last UNet + cudnn.benchmark")
+        torch.backends.cudnn.benchmark = False
+        measure("channels-last UNet")
+        pipe.unet.to(memory_format=torch.contiguous_format)
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            measure("cuDNN attention (SDPA backend)")
+        gen.release_graphs()
+
+    def profile_unet() -> None:
+        """Where one UNet call's GPU time goes, by kernel family, at batch 2 (one image with CFG) and 8."""
+        from torch.profiler import ProfilerActivity, profile
+
+        families = {"attention": ("flash", "fmha", "attention"), "conv": ("conv", "implicit_gemm", "cudnn", "xmma_fprop", "sm90_xmma_fprop"),
+                    "gemm": ("gemm", "nvjet", "cutlass", "sm90_xmma"), "norm": ("norm",)}
+        unet = pipe.unet
+        for batch in (2, 8):
+            args = (torch.randn(batch, 4, 128, 128, device=device, dtype=torch.bfloat16), torch.tensor(500, device=device),
+                    torch.randn(batch, 77, 2048, device=device, dtype=torch.bfloat16))
+            cond = {"text_embeds": torch.randn(batch, 1280, device=device, dtype=torch.bfloat16),
+                    "time_ids": torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * batch, device=device, dtype=torch.bfloat16)}
+            with torch.no_grad():
+                for _ in range(2):
+                    unet(*args, added_cond_kwargs=cond)
+                torch.cuda.synchronize()
+                with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    unet(*args, added_cond_kwargs=cond)
+                    torch.cuda.synchronize()
+            totals: dict[str, float] = {}
+            kernels = 0
+            for event in prof.key_averages():
+                self_us = getattr(event, "self_device_time_total", 0) or 0
+                if self_us <= 0:
+                    continue
+                kernels += event.count
+                name = event.key.lower()
+                family = next((f for f, keys in families.items() if any(k in name for k in keys)), "elementwise/other")
+                totals[family] = totals.get(family, 0.0) + self_us / 1000
+            total_ms = sum(totals.values())
+            bench.results[f"profile_batch{batch}"] = {"gpu_ms": total_ms, "kernels": kernels, "by_family_ms": totals,
+                                                      "top": prof.key_averages().table(sort_by="self_device_time_total", row_limit=15)}
+            split = ", ".join(f"{f} {ms:.1f} ms" for f, ms in sorted(totals.items(), key=lambda kv: -kv[1]))
+            bench.rows.append((f"one UNet call, batch {batch}: GPU time by kernel family", f"{total_ms:.1f} ms", "", "",
+                               f"{kernels} kernels; {split}"))
+            print(bench.results[f"profile_batch{batch}"]["top"], flush=True)
 
     def cold() -> None:
         pipe.unload_lora_weights()
@@ -330,10 +370,10 @@ def main() -> int:
                            f"{numbers['total_s']:.1f} s", "", "",
                            f"load {numbers['load_s']:.1f} s (incl. imports) + first request {numbers['first_request_s']:.1f} s"))
 
-    phases = {"default": default_mode, "loras": loras, "vae": vae_precision, "peft_adapter": peft_adapter,
+    phases = {"default": default_mode, "loras": loras, "vae": vae_precision,
               "fused_qkv": fused_qkv, "channels_last": channels_last, "cudnn_autotune": cudnn_autotune,
-              "low_memory": low_memory, "cold": cold, "compile": compiled,
-              "compile_merged": compile_merged}
+              "low_memory": low_memory, "cold": cold, "graphs": graphs, "compile_graphs": compile_graphs,
+              "graph_levers": graph_levers, "profile": profile_unet}
     for name in args.phases.split(","):
         bench.phase(name, phases[name])
     args.out.write_text(json.dumps(bench.results, indent=2, default=str))

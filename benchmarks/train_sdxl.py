@@ -26,8 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers.models.attention import BasicTransformerBlock
-from diffusers.models.resnet import ResnetBlock2D
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -48,19 +46,21 @@ VALIDATION = [PROMPT, "an oil painting of zqxjv cat", "zqxjv cat in space"]
 
 # name: (gradient checkpointing, micro-batch (0 = all images of the step), encoders offloaded,
 #        extra TrainingParams, channels-last)
+# The product captures the forward/backward as a CUDA graph by default; "-eager" turns that off.
+EAGER = {"cuda_graphs": False}
 CONFIGS = {
     "lean1": (True, 1, True, {}, False),
     "lean2": (True, 2, True, {}, False),
     "lean4": (True, 4, True, {}, False),
+    "lean4-eager": (True, 4, True, EAGER, False),
     "fast1": (False, 1, False, {}, False),
     "fast4": (False, 0, False, {}, False),
+    "fast4-eager": (False, 0, False, EAGER, False),
     "fast4-adamw": (False, 0, False, {"optimizer": "adamw"}, False),
     "fast4-cl": (False, 0, False, {}, True),
     "fast4-compile": (False, 0, False, {"compile": True}, False),
     "lean4-compile": (True, 4, True, {"compile": True}, False),
-    # CUDA graphs per compiled block (torch.compile mode="reduce-overhead"), set up by this script.
-    "fast4-graphs": (False, 0, False, {"compile_mode": "reduce-overhead"}, False),
-    "lean4-graphs": (True, 4, True, {"compile_mode": "reduce-overhead"}, False),
+    "fast4-compile-eager": (False, 0, False, {"compile": True, **EAGER}, False),
 }
 
 
@@ -107,13 +107,6 @@ def timed(fn):
 
 def bench_config(base: BaseModel, cache, name: str, steps: int, prior: bool, res: int) -> dict:
     checkpointing, micro, offload, extra, channels_last = CONFIGS[name]
-    extra = dict(extra)
-    compile_mode = extra.pop("compile_mode", None)
-    if compile_mode:
-        torch._dynamo.config.recompile_limit = 64
-        for module in base.pipe.unet.modules():
-            if isinstance(module, (BasicTransformerBlock, ResnetBlock2D)):
-                module.compile(mode=compile_mode)
     params = TrainingParams(prior_preservation=prior, resolution=res, **extra)
     images = params.images_per_step * (2 if prior else 1)
     plan = LoopPlan(mode="lean" if checkpointing else "fast", gradient_checkpointing=checkpointing,
@@ -143,8 +136,40 @@ def bench_config(base: BaseModel, cache, name: str, steps: int, prior: bool, res
     }
 
 
+def check_graphs(base: BaseModel, cache, res: int, steps: int = 6) -> dict:
+    """Same init, same steps: eager vs CUDA graph replays, and the product's 8-bit AdamW vs the stock
+    bitsandbytes one (which syncs after every tensor). The LoRA weights they end with must agree."""
+    import bitsandbytes as bnb
+
+    loras = {}
+    for name, graphs, stock in (("eager", False, False), ("graphs", True, False), ("stock_bnb", False, True)):
+        params = TrainingParams(resolution=res, cuda_graphs=graphs)
+        plan = LoopPlan("fast", False, params.images_per_step, False, "graph check")
+        trainer = LoraTrainer(base, params, cache, f"check-{name}", plan)
+        if stock:
+            trainer.optimizer = bnb.optim.AdamW8bit(trainer.lora_params, lr=params.learning_rate, betas=(0.9, 0.999),
+                                                    weight_decay=1e-4, eps=1e-8)
+            trainer.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda _: 1.0)
+        try:
+            losses = [float(trainer.train_step(step)) for step in range(steps)]
+            loras[name] = (trainer.lora_state_dict(), losses)
+        finally:
+            trainer.close()
+
+    def compare(a: dict, b: dict) -> dict:
+        num = sum(float((a[k] - b[k]).double().norm() ** 2) for k in a) ** 0.5
+        den = sum(float(a[k].double().norm() ** 2) for k in a) ** 0.5
+        differing = sum(bool((a[k] != b[k]).any()) for k in a)
+        return {"relative_difference": num / den, "tensors_differing": differing, "tensors": len(a)}
+
+    eager = loras["eager"][0]
+    return {"steps": steps, "graphs_vs_eager": compare(eager, loras["graphs"][0]),
+            "stock_bnb_vs_ours": compare(loras["stock_bnb"][0], eager),
+            "losses": {name: losses for name, (_, losses) in loras.items()}}
+
+
 def bench_end_to_end(
-    base: BaseModel, work: Path, photos: list[Path], steps: int, mode: str, res: int, compile_blocks: bool
+    base: BaseModel, work: Path, photos: list[Path], steps: int, mode: str, res: int, compile_blocks: bool, every: int
 ) -> dict:
     """execute_run itself, from photos to the last checkpoint, on a real SQLite database."""
     from engine.training.service import execute_run
@@ -162,7 +187,6 @@ def bench_end_to_end(
                 "height, crop_left, crop_top, crop_size, added_by) VALUES (?, ?, '0', 'p', ?, ?, 1024, 1024, 0, 0, "
                 "1024, 'bench')", (pet.id, str(index), str(path), str(path)),
             )
-        every = max(1, steps // 3)
         params = TrainingParams(steps=steps, checkpoint_every=every, validate_every=every, mode=mode, resolution=res,
                                 compile=compile_blocks)
         run_id = await create_run(db, data, pet, params)
@@ -195,6 +219,8 @@ def main() -> int:
     parser.add_argument("--class-images", type=int, default=8, help="class images generated for prior preservation")
     parser.add_argument("--full-steps", type=int, default=60, help="steps of the end-to-end execute_run (0 = skip)")
     parser.add_argument("--full-modes", default="fast")
+    parser.add_argument("--full-every", type=int, default=100, help="checkpoint and validation interval of that run")
+    parser.add_argument("--graph-check", action="store_true", help="compare eager and CUDA-graph training steps")
     parser.add_argument("--full-compile", action="store_true", help="end-to-end run with regional compilation")
     parser.add_argument("--resolution", type=int, default=1024)
     parser.add_argument("--tiny", type=Path, help="use this tiny model folder on the CPU instead (a dry run)")
@@ -235,6 +261,11 @@ def main() -> int:
             print(row, flush=True)
             results["configs"].append(row)
             save()
+
+    if args.graph_check:
+        results["graph_check"] = check_graphs(base, cache, res)
+        print("graph check:", results["graph_check"], flush=True)
+        save()
 
     run_configs(args.configs)
 
@@ -278,7 +309,8 @@ def main() -> int:
         results["end_to_end"] = []
         for mode in args.full_modes.split(","):
             try:
-                row = bench_end_to_end(base, work, photos, args.full_steps, mode, res, args.full_compile)
+                row = bench_end_to_end(base, work, photos, args.full_steps, mode, res, args.full_compile,
+                                       min(args.full_every, args.full_steps))
             except Exception as error:  # noqa: BLE001
                 traceback.print_exc()
                 row = {"mode": mode, "error": f"{type(error).__name__}: {error}"}
