@@ -18,6 +18,7 @@ def test_defaults_match_the_documented_ones() -> None:
     assert settings.vae == DEFAULT_VAE
     assert settings.device == "auto"
     assert settings.max_photos_per_pet == 30
+    assert settings.cuda_graphs and not settings.compile
 
 
 def test_empty_vae_means_the_models_own() -> None:
@@ -32,6 +33,7 @@ def test_empty_vae_means_the_models_own() -> None:
         ("PAWTRAIT_MAX_PHOTOS", "lots", "a whole number >= 1"),
         ("PAWTRAIT_RESOLUTION", "1000", "a multiple of 64"),
         ("PAWTRAIT_COMPILE", "maybe", "true or false"),
+        ("PAWTRAIT_CUDA_GRAPHS", "sometimes", "true or false"),
     ],
 )
 def test_a_bad_value_names_variable_value_and_what_is_allowed(name: str, value: str, allowed: str) -> None:

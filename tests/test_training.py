@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from engine.generation.loras import has_tuner_layers
 from engine.models import BaseModel, load_base_model
 from engine.settings import Settings
 from engine.training import TrainingHooks, TrainingInputError, TrainingParams, create_run, execute_run
@@ -90,6 +91,8 @@ async def test_run_trains_and_records_checkpoints_and_validation(db, data: DataD
     kohya = load_file(data.abs(rows[1].kohya_file))
     assert any(value.abs().sum() > 0 for key, value in kohya.items() if key.endswith("lora_up.weight"))
     assert f"train-{run_id}" not in getattr(base.pipe.unet, "peft_config", {})
+    # No idle LoRA wrapper layers either: they would slow every later generation.
+    assert not has_tuner_layers(base.pipe)
     assert not base.pipe.unet.training
     assert torch.equal(unet_output(base), before)
 
