@@ -50,6 +50,15 @@ def seconds_between(start: str, end: str) -> float:
     return (parse(end) - parse(start)).total_seconds()
 
 
+def pixel_diff(data: DataDir, first: str, second: str) -> float:
+    """Mean absolute difference of two saved pictures (0 = the same pixels)."""
+    import numpy as np
+    from PIL import Image
+
+    a, b = (np.asarray(Image.open(data.abs(path)), dtype=np.int16) for path in (first, second))
+    return float(np.abs(a - b).mean())
+
+
 async def until_ended(db, job_id: int) -> jobs.Job:
     while True:
         job = await jobs.get_job(db, job_id)
@@ -76,13 +85,14 @@ async def scenario(
     request = {"request": {"prompt": "a watercolor of a cat on a windowsill", "steps": args.gen_steps, "seed": 1}}
 
     # The same request on an idle worker: the generation's own time (first one warms up).
-    idle = []
+    idle, idle_files = [], []
     reset_peak()
     for _ in range(2):
         job = await jobs.submit_job(front, settings, "generate", LOCAL_GUILD, "bench", request)
         done = await executor.run(db, await jobs.claim_next_job(db, "bench:0"))
         assert done.status == "succeeded", done.error
         idle.append(seconds_between(done.started_at, done.finished_at))
+        idle_files.append(done.result["files"][0])
     generation_alone_gib = peak_gib()
 
     params = TrainingParams(
@@ -107,6 +117,7 @@ async def scenario(
         train_row = await jobs.get_job(front, train_job.id)
         served.append({
             "status": done.status,
+            "mean_pixel_diff_vs_idle": pixel_diff(data, idle_files[-1], done.result["files"][0]) if done.result else None,
             "wait_s": seconds_between(done.created_at, done.started_at),
             "run_s": seconds_between(done.started_at, done.finished_at),
             "total_s": seconds_between(done.created_at, done.finished_at),

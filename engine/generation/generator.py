@@ -97,8 +97,7 @@ class Generator:
     CPU and GPU, so a process in low mode must not train). `compile` compiles the UNet's
     blocks (engine/compile.py): 12 % faster on the H100, but each new image shape costs about
     50 s of compiling the first time, so settings leave it off. `cuda_graphs` replays the
-    denoising loop's UNet calls from CUDA graphs (full memory mode on CUDA, while no LoRA
-    adapter layers are on the UNet: see unet_graphs.py).
+    denoising loop's UNet calls from CUDA graphs (full memory mode on CUDA: see unet_graphs.py).
     `size_scale` renders the size presets smaller (tests, drafts, a smaller native resolution).
     """
 
@@ -229,17 +228,15 @@ class Generator:
         )
 
     def _graphs_if_usable(self) -> AbstractContextManager[None]:
-        """The UNet graphs, unless LoRA layers are on the UNet (a training paused between its steps).
+        """The UNet graphs, if this generator uses them.
 
-        Those layers switch adapters in Python, which a graph would freeze; and the training
-        needs the memory more, so the graphs are released.
+        A training paused between its steps leaves its LoRA layers on the UNet, switched off for
+        the generation: a graph captured then runs the base layers only, exactly as they compute
+        at that moment. Its memory goes back to the training right after the picture.
         """
         if self.unet_graphs is None:
             return nullcontext()
-        if has_tuner_layers(self.pipe):
-            self.unet_graphs.release()
-            return nullcontext()
-        return self.unet_graphs.serving()
+        return self.unet_graphs.serving(release_after=has_tuner_layers(self.pipe))
 
     def _encoders_on_device(self) -> None:
         """Bring the text encoders back if a lean-mode training parked them on the CPU.

@@ -8,7 +8,8 @@ the second captures, later ones only copy their inputs in and replay. A pet merg
 weights is picked up by the graph, because merging changes the weights in place.
 
 Graphs are kept for the few most recent shapes and share one memory pool (they never run
-at the same time). `release()` frees them, e.g. before a training needs the memory.
+at the same time). `release()` frees them, e.g. before a training needs the memory; a
+generation served while a training is paused releases them right after the picture.
 """
 
 from __future__ import annotations
@@ -49,14 +50,20 @@ class UNetGraphs:
         self._pool = None
 
     @contextmanager
-    def serving(self) -> Iterator[None]:
-        """Inside, the UNet's inference calls go through the graphs; outside it is untouched."""
+    def serving(self, release_after: bool = False) -> Iterator[None]:
+        """Inside, the UNet's inference calls go through the graphs; outside it is untouched.
+
+        The caller keeps the UNet's layers as they were at capture: the same weight tensors
+        (values may change in place) and the same adapters switched off.
+        """
         original = self.unet.forward
         self.unet.forward = lambda *args, **kwargs: self._forward(original, *args, **kwargs)
         try:
             yield
         finally:
             del self.unet.forward  # the instance attribute: back to the class's forward
+            if release_after:
+                self.release()
 
     def _forward(
         self,
