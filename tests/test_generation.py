@@ -7,7 +7,6 @@ so they change the picture without any training.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path

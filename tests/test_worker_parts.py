@@ -46,7 +46,7 @@ async def test_only_jobs_of_dead_or_silent_workers_are_requeued(db, settings: Se
 
     settings = dataclasses.replace(settings, max_queued_generations_per_user=5)
     for worker in (dead, alive_elsewhere):
-        job = await jobs.submit_job(db, settings, "generate", LOCAL_GUILD, "u", {"request": {"prompt": "x"}})
+        await jobs.submit_job(db, settings, "generate", LOCAL_GUILD, "u", {"request": {"prompt": "x"}})
         await jobs.claim_next_job(db, worker)
     recovered = await recover_orphans(db, settings, mine)
     assert [(j.status, j.error) for j in recovered] == [("queued", "requeued: its worker process stopped while running it")]
