@@ -27,8 +27,10 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+from PIL import Image
 from peft import LoraConfig, get_peft_model_state_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -81,6 +83,11 @@ def per_image(gen: Generator, count: int, runs: int, **kwargs) -> tuple[float, f
     torch.cuda.reset_peak_memory_stats()
     times = [sync_time(lambda: gen.generate(request(count, seed=run), **kwargs))[0] for run in range(runs)]
     return statistics.median(times) / count, torch.cuda.max_memory_allocated() / GIB
+
+
+def mean_pixel_diff(x: Image.Image, y: Image.Image) -> float:
+    """Mean absolute difference of two pictures in 0-255 levels (0 = the same pixels)."""
+    return float(np.abs(np.asarray(x, dtype=np.int16) - np.asarray(y, dtype=np.int16)).mean())
 
 
 def unique_graphs() -> int:
@@ -223,12 +230,9 @@ def main() -> int:
         img_fused_lora = gen.generate(request(), pet=PET, lora=a).images[0]
         pipe.unfuse_qkv_projections()
         img_unfused_base = gen.generate(request(), pet=PET).images[0]
-        import numpy as np
-
-        diff = lambda x, y: float(np.abs(np.asarray(x, dtype=np.int16) - np.asarray(y, dtype=np.int16)).mean())  # noqa: E731
-        note = (f"mean |pixel diff|: pet LoRA vs base {diff(img_unfused_lora, img_unfused_base):.2f} unfused; "
-                f"with fused QKV the LoRA image differs from the unfused LoRA image by {diff(img_fused_lora, img_unfused_lora):.2f} "
-                f"(fused vs unfused base: {diff(img_fused_base, img_unfused_base):.2f})")
+        note = (f"mean |pixel diff|: pet LoRA vs base {mean_pixel_diff(img_unfused_lora, img_unfused_base):.2f} unfused; "
+                f"with fused QKV the LoRA image differs from the unfused LoRA image by {mean_pixel_diff(img_fused_lora, img_unfused_lora):.2f} "
+                f"(fused vs unfused base: {mean_pixel_diff(img_fused_base, img_unfused_base):.2f})")
         bench.results["fused_qkv_lora_check"] = note
         bench.row("+ fused QKV projections (base model)", b1, None, peak, note)
 
@@ -248,11 +252,6 @@ def main() -> int:
         pipe.vae.disable_tiling()
         pipe.to(device)
 
-    def pixel_diff(x: object, y: object) -> float:
-        import numpy as np
-
-        return float(np.abs(np.asarray(x, dtype=np.int16) - np.asarray(y, dtype=np.int16)).mean())
-
     def graphs() -> None:
         """The product's default: the denoising loop's UNet calls replayed from CUDA graphs."""
         eager: Generator = state["gen"]  # type: ignore[assignment]
@@ -260,17 +259,17 @@ def main() -> int:
         reference = eager.generate(request(seed=7), pet=PET, lora=a).images[0]
         gen = Generator(base, memory="full", cuda_graphs=True)
         first_s, first = sync_time(lambda: gen.generate(request(seed=7), pet=PET, lora=a))
-        same = pixel_diff(first.images[0], reference)
+        same = mean_pixel_diff(first.images[0], reference)
         b1, peak = per_image(gen, 1, 5, lora=a)
         b1_other, _ = per_image(gen, 1, 3, lora=b)
         again = gen.generate(request(seed=7), pet=PET, lora=a).images[0]
         base_b1, _ = per_image(gen, 1, 3)
         b4, peak4 = per_image(gen, 4, 2, lora=a)
         bench.results["graphs"] = {"first_request_s": first_s, "pixel_diff_vs_eager": same,
-                                   "pixel_diff_after_other_pet": pixel_diff(again, reference), "peak_b4_gib": peak4}
+                                   "pixel_diff_after_other_pet": mean_pixel_diff(again, reference), "peak_b4_gib": peak4}
         bench.row("CUDA graphs over the UNet calls (product default), pet merged", b1, b4, peak,
                   f"first request (warm-up + capture) {first_s:.2f} s; mean |pixel diff| vs eager {same:.3f}, "
-                  f"after another pet {pixel_diff(again, reference):.3f}; other pet {b1_other:.3f} s; "
+                  f"after another pet {mean_pixel_diff(again, reference):.3f}; other pet {b1_other:.3f} s; "
                   f"plain base {base_b1:.3f} s; batch 4 peak {peak4:.1f} GiB")
         state["graphs_gen"] = gen
 

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,6 +40,7 @@ from storage import jobs  # noqa: E402
 from storage.db import connect  # noqa: E402
 from storage.files import DataDir  # noqa: E402
 from storage.pets import LOCAL_GUILD, create_pet  # noqa: E402
+from generate_sdxl import mean_pixel_diff  # noqa: E402
 from train_sdxl import build_base, peak_gib, reset_peak, write_photos  # noqa: E402
 
 
@@ -48,15 +50,6 @@ def seconds_between(start: str, end: str) -> float:
 
     parse = lambda text: datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")  # noqa: E731
     return (parse(end) - parse(start)).total_seconds()
-
-
-def pixel_diff(data: DataDir, first: str, second: str) -> float:
-    """Mean absolute difference of two saved pictures (0 = the same pixels)."""
-    import numpy as np
-    from PIL import Image
-
-    a, b = (np.asarray(Image.open(data.abs(path)), dtype=np.int16) for path in (first, second))
-    return float(np.abs(a - b).mean())
 
 
 async def until_ended(db, job_id: int) -> jobs.Job:
@@ -117,7 +110,7 @@ async def scenario(
         train_row = await jobs.get_job(front, train_job.id)
         served.append({
             "status": done.status,
-            "mean_pixel_diff_vs_idle": pixel_diff(data, idle_files[-1], done.result["files"][0]) if done.result else None,
+            "mean_pixel_diff_vs_idle": mean_pixel_diff(*(Image.open(data.abs(path)) for path in (idle_files[-1], done.result["files"][0]))) if done.result else None,
             "wait_s": seconds_between(done.created_at, done.started_at),
             "run_s": seconds_between(done.started_at, done.finished_at),
             "total_s": seconds_between(done.created_at, done.finished_at),
