@@ -52,11 +52,14 @@ def seconds_between(start: str, end: str) -> float:
     return (parse(end) - parse(start)).total_seconds()
 
 
-async def until_ended(db, job_id: int) -> jobs.Job:
+async def until_ended(db, job_id: int, training: asyncio.Task) -> jobs.Job | None:
+    """The job once it ended; None if the training ended first and left it queued (nobody serves it then)."""
     while True:
         job = await jobs.get_job(db, job_id)
         if job.ended:
             return job
+        if training.done() and job.status == "queued":
+            return None
         await asyncio.sleep(0.02)
 
 
@@ -106,7 +109,9 @@ async def scenario(
             continue
         await asyncio.sleep(rng.uniform(0.0, 1.0))  # an arbitrary moment within a step
         job = await jobs.submit_job(front, settings, "generate", LOCAL_GUILD, "bench", request)
-        done = await until_ended(front, job.id)
+        done = await until_ended(front, job.id, training)
+        if done is None:
+            break
         train_row = await jobs.get_job(front, train_job.id)
         served.append({
             "status": done.status,
