@@ -19,6 +19,8 @@ T = TypeVar("T")
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_VAE = "madebyollin/sdxl-vae-fp16-fix"
+# Guide only at SDXL noise levels in (0.28, 5.42]: Kynkäänniemi et al. 2024 (engine/generation/guidance.py).
+DEFAULT_GUIDANCE_INTERVAL = (0.28, 5.42)
 
 
 class SettingsError(ValueError):
@@ -100,6 +102,7 @@ class Settings:
     generate_memory: str = "auto"
     compile: bool = False
     cuda_graphs: bool = True
+    guidance_interval: tuple[float, float] | None = DEFAULT_GUIDANCE_INTERVAL
     workers: str = "auto"
     max_job_attempts: int = 3
     keep_generations_days: int = 0
@@ -133,6 +136,10 @@ class Settings:
             ),
             compile=read(env, "PAWTRAIT_COMPILE", False, boolean, "true or false"),
             cuda_graphs=read(env, "PAWTRAIT_CUDA_GRAPHS", True, boolean, "true or false"),
+            guidance_interval=read(
+                env, "PAWTRAIT_GUIDANCE_INTERVAL", DEFAULT_GUIDANCE_INTERVAL, _guidance_interval,
+                "'off' or two noise levels LOW-HIGH with 0 <= LOW < HIGH, e.g. 0.28-5.42",
+            ),
             workers=workers,
             max_job_attempts=read(env, "PAWTRAIT_MAX_JOB_ATTEMPTS", 3, positive_int, "a whole number >= 1"),
             keep_generations_days=read(
@@ -147,6 +154,15 @@ def _vae(env: Mapping[str, str]) -> str | None:
     if "PAWTRAIT_VAE" not in env:
         return DEFAULT_VAE
     return env["PAWTRAIT_VAE"].strip() or None
+
+
+def _guidance_interval(raw: str) -> tuple[float, float] | None:
+    if raw.lower() in ("off", "none", "false", "0"):
+        return None
+    low, high = (float(part) for part in raw.split("-"))
+    if not 0 <= low < high:
+        raise ValueError(raw)
+    return low, high
 
 
 def _resolution(raw: str) -> int:

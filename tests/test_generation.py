@@ -20,6 +20,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 
 from engine.generation.generator import Generator, PetLora
+from engine.generation.guidance import GuidanceInterval
 from engine.generation.metadata import CHUNK, Parameters, format_parameters, parse_parameters
 from engine.generation.request import SIZE_PRESETS, GenerationError, GenerationRequest
 from engine.generation.service import generate_and_record
@@ -232,6 +233,45 @@ def test_a_variation_repaints_its_source_at_its_size_and_repeats_per_seed(genera
     assert not same(first.images[:1], generator.generate(variation(seed=5), source=other_source).images)
 
 
+def unet_batches(generator: Generator) -> tuple[list[int], object]:
+    """The batch size of every UNet pass that really runs (the guidance interval halves some)."""
+    batches: list[int] = []
+    hook = generator.pipe.unet.conv_in.register_forward_hook(lambda _m, args, _out: batches.append(args[0].shape[0]))
+    return batches, hook
+
+
+def test_guidance_runs_only_inside_its_interval(tiny_model_dir: Path) -> None:
+    base = load_tiny(tiny_model_dir)
+
+    def paint(interval: GuidanceInterval | None, guidance: float = 5.0, count: int = 1):
+        gen = Generator(base, memory="full", size_scale=SMALL, guidance_interval=interval)
+        batches, hook = unet_batches(gen)
+        result = gen.generate(quick(negative_prompt="blurry", steps=30, guidance=guidance, count=count))
+        hook.remove()
+        return result, batches
+
+    full, full_batches = paint(None)
+    limited, batches = paint(GuidanceInterval())
+    # SDXL's 30 Karras noise levels: 15 lie in (0.28, 5.42], so 15 steps run the prompt alone.
+    assert full_batches == [2] * 30 and batches == [1] * 7 + [2] * 15 + [1] * 8
+    assert limited.guidance_interval == GuidanceInterval() and full.guidance_interval is None
+    assert not same(limited.images, full.images)
+    # An interval holding every step is plain guidance; one holding none is no guidance at all.
+    assert same(paint(GuidanceInterval(0, 1e9))[0].images, full.images)
+    assert same(paint(GuidanceInterval(1e8, 1e9))[0].images, paint(None, guidance=1.0)[0].images)
+    assert paint(GuidanceInterval(), count=4)[1] == [4] * 7 + [8] * 15 + [4] * 8
+
+
+def test_a_variation_guides_inside_the_interval_from_where_it_starts(generator: Generator) -> None:
+    source = generator.generate(quick(seed=1)).images[0]
+    batches, hook = unet_batches(generator)
+    generator.generate(quick(source_generation_id=1, steps=30, variation_strength=0.6, negative_prompt="blurry"),
+                       source=source)
+    hook.remove()
+    # Strength 0.6 runs the last 18 of the 30 noise levels: 2.49 down to 0.03, guided while above 0.28.
+    assert batches == [2] * 10 + [1] * 8
+
+
 def test_prompt_handling_tok_class_noun_and_truncation(generator: Generator) -> None:
     pet = pet_for("zqxjv")
     assert generator.generate(quick("TOK cat in space"), pet=pet).prompt == "zqxjv cat in space"
@@ -303,6 +343,7 @@ async def test_generate_and_record_writes_pngs_with_parameters_and_a_row(db, set
         assert parsed.settings["Seed"] == str(42 + index)
         assert parsed.settings["Steps"] == "3" and parsed.settings["CFG scale"] == "6.5"
         assert parsed.settings["Sampler"] == "DPM++ 2M Karras"
+        assert parsed.settings["Guidance interval"] == "sigma 0.28-5.42"
         assert parsed.settings["Size"] == "128x128"
         assert parsed.settings["Lora"] == f"Thor ({pet.token})"
         assert parsed.settings["Checkpoint"].startswith(f"{row.checkpoint_id} (run ")

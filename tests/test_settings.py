@@ -19,6 +19,12 @@ def test_defaults_match_the_documented_ones() -> None:
     assert settings.device == "auto"
     assert settings.max_photos_per_pet == 30
     assert settings.cuda_graphs and not settings.compile
+    assert settings.guidance_interval == (0.28, 5.42)
+
+
+def test_the_guidance_interval_can_be_set_or_switched_off() -> None:
+    assert Settings.from_env({"PAWTRAIT_GUIDANCE_INTERVAL": "0.5-3"}).guidance_interval == (0.5, 3.0)
+    assert Settings.from_env({"PAWTRAIT_GUIDANCE_INTERVAL": "off"}).guidance_interval is None
 
 
 def test_empty_vae_means_the_models_own() -> None:
@@ -34,6 +40,8 @@ def test_empty_vae_means_the_models_own() -> None:
         ("PAWTRAIT_RESOLUTION", "1000", "a multiple of 64"),
         ("PAWTRAIT_COMPILE", "maybe", "true or false"),
         ("PAWTRAIT_CUDA_GRAPHS", "sometimes", "true or false"),
+        ("PAWTRAIT_GUIDANCE_INTERVAL", "5.42-0.28", "LOW-HIGH with 0 <= LOW < HIGH"),
+        ("PAWTRAIT_GUIDANCE_INTERVAL", "middle", "'off' or two noise levels"),
     ],
 )
 def test_a_bad_value_names_variable_value_and_what_is_allowed(name: str, value: str, allowed: str) -> None:

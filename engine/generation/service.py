@@ -108,6 +108,8 @@ def image_parameters(
         "Size": f"{result.width}x{result.height}",
         "Model": Path(generator.base.model_id).name,
     }
+    if result.guidance_interval is not None:
+        settings["Guidance interval"] = f"sigma {result.guidance_interval}"
     if generator.base.vae_id:
         settings["VAE"] = Path(generator.base.vae_id).name
     if pet is not None and checkpoint is not None:

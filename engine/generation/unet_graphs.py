@@ -25,12 +25,15 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
 from engine.cuda_graphs import CapturedCall, on_side_stream
+from engine.generation.forward_wrapping import wrapped_forward
 
 log = logging.getLogger(__name__)
 
-# Shapes whose graphs are kept: a request's size and count fix the shape, so two cover the
-# usual back-and-forth (one image / four images) while bounding the pool to the larger one.
-DEFAULT_SHAPES = 2
+# Shapes whose graphs are kept: a request's size and count fix two shapes (guided steps run
+# the negative and the prompt together, steps outside the guidance interval the prompt alone),
+# so four cover the usual back-and-forth of one image and four; they share one pool, which
+# the largest shape bounds.
+DEFAULT_SHAPES = 4
 Key = tuple[tuple[tuple[int, ...], torch.dtype], ...]
 
 
@@ -56,12 +59,10 @@ class UNetGraphs:
         The caller keeps the UNet's layers as they were at capture: the same weight tensors
         (values may change in place) and the same adapters switched off.
         """
-        original = self.unet.forward
-        self.unet.forward = lambda *args, **kwargs: self._forward(original, *args, **kwargs)
         try:
-            yield
+            with wrapped_forward(self.unet, self._forward):
+                yield
         finally:
-            del self.unet.forward  # the instance attribute: back to the class's forward
             if release_after:
                 self.release()
 
