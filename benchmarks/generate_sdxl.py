@@ -4,10 +4,11 @@ No weights can be downloaded where this runs, so it builds the exact SDXL-base-1
 architecture with random weights directly on the GPU in bf16 (speed and memory do not
 depend on weight values) and drives the product's own `engine.generation.Generator`:
 1024², 30 steps, guidance 5. It measures batch 1 and 4, peak memory, pet LoRA loading and
-switching, the levers (CUDA graphs over the UNet calls vs eager, channels-last,
-cudnn.benchmark, cuDNN attention, fused QKV, fp32 vs bf16 VAE decode, regional
-torch.compile, low-memory mode), a per-kernel-family profile of one UNet call, and a cold
-start from disk.
+switching, the levers (CUDA graphs over the UNet calls vs eager, the guidance interval vs
+guiding every step, channels-last, cudnn.benchmark, cuDNN attention, fused QKV, fp32 vs bf16
+VAE decode, a compiled VAE decoder, regional torch.compile, FP8 linear layers through
+torchao, low-memory mode), where a request's time goes, a per-kernel-family profile of one
+UNet call, and a cold start from disk.
 
     python benchmarks/generate_sdxl.py --out results.json [--phases default,loras,...]
 
@@ -35,7 +36,9 @@ from peft import LoraConfig, get_peft_model_state_dict
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.compile import compile_blocks  # noqa: E402
 from engine.generation.generator import Generator, PetLora  # noqa: E402
+from engine.generation.guidance import GuidanceInterval  # noqa: E402
 from engine.generation.request import GenerationRequest  # noqa: E402
 from engine.models import BaseModel  # noqa: E402
 from sdxl_random import build_sdxl  # noqa: E402
@@ -289,11 +292,17 @@ def main() -> int:
         switch_graphs = unique_graphs() - graphs
         b4_first, _ = sync_time(lambda: gen.generate(request(4), pet=PET, lora=a))
         b4, peak4 = per_image(gen, 4, 2, lora=a)
+        gen.guidance_interval = None  # the same shapes as the guided steps: nothing new to compile
+        b1_full, _ = per_image(gen, 1, 3, lora=a)
+        b4_full, _ = per_image(gen, 4, 1, lora=a)
+        gen.guidance_interval = GuidanceInterval()
         bench.results["compile_graphs"] = {"first_request_s": first_s, "peak_b4_gib": peak4, "dynamo_graphs": graphs,
-                                           "new_graphs_on_pet_and_base_switch": switch_graphs, "b4_first_s": b4_first}
-        bench.row("regional compile (transformer + ResNet blocks) + CUDA graphs, pet merged", b1, b4, peak,
+                                           "new_graphs_on_pet_and_base_switch": switch_graphs, "b4_first_s": b4_first,
+                                           "b1_guidance_everywhere": b1_full, "b4_guidance_everywhere": b4_full}
+        bench.row("regional compile (transformer + ResNet blocks) + CUDA graphs, pet merged, guidance interval", b1, b4, peak,
                   f"first request (compiles) {first_s:.0f} s; other pet {b1_other:.3f} s, plain base {base_b1:.3f} s, "
-                  f"new dynamo graphs on those switches {switch_graphs}; first batch 4 {b4_first:.1f} s; batch 4 peak {peak4:.1f} GiB")
+                  f"new dynamo graphs on those switches {switch_graphs}; first batch 4 {b4_first:.1f} s; batch 4 peak {peak4:.1f} GiB; "
+                  f"guidance at every step {b1_full:.3f} / {b4_full:.3f} s")
 
     def graph_levers() -> None:
         """Levers on GPU time, now that CUDA graphs removed the launch overhead they used to hide behind."""
@@ -356,6 +365,104 @@ def main() -> int:
                                f"{kernels} kernels; {split}"))
             print(bench.results[f"profile_batch{batch}"]["top"], flush=True)
 
+    def interval() -> None:
+        """The guidance interval (product default) against guiding all 30 steps, on the graphed generator."""
+        gen: Generator = state.get("graphs_gen") or Generator(base, memory="full", cuda_graphs=True)  # type: ignore[assignment]
+        a, _b = state["loras"]  # type: ignore[misc]
+        full_image = None
+        for label, setting in (("guidance at every step (PAWTRAIT_GUIDANCE_INTERVAL=off)", None),
+                               ("guidance interval 0.28-5.42 (product default)", GuidanceInterval())):
+            gen.guidance_interval = setting
+            b1, peak = per_image(gen, 1, 5, lora=a)
+            b4, peak4 = per_image(gen, 4, 2, lora=a)
+            image = gen.generate(request(seed=7), pet=PET, lora=a).images[0]
+            note = f"batch 4 peak {peak4:.1f} GiB"
+            if full_image is None:
+                full_image = image
+            else:
+                note += f"; mean |pixel diff| vs guidance everywhere {mean_pixel_diff(image, full_image):.2f} (random weights)"
+            bench.row(f"CUDA graphs, pet merged, {label}", b1, b4, peak, note)
+        gen.guidance_interval = GuidanceInterval()
+
+    def timeline() -> None:
+        """Where one request's wall time goes: prompt encoding, the denoising loop, VAE decode, PIL conversion."""
+        gen: Generator = state.get("graphs_gen") or Generator(base, memory="full", cuda_graphs=True)  # type: ignore[assignment]
+        a, _b = state["loras"]  # type: ignore[misc]
+        spent: dict[str, float] = {}
+
+        def timed(name: str, fn: Callable[..., object]) -> Callable[..., object]:
+            def run(*args: object, **kwargs: object) -> object:
+                torch.cuda.synchronize()
+                start = time.perf_counter()
+                result = fn(*args, **kwargs)
+                torch.cuda.synchronize()
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - start
+                return result
+            return run
+
+        patched = [(gen.pipe, "encode_prompt"), (gen, "_denoise"), (gen, "_decode"), (gen.pipe.image_processor, "postprocess")]
+        for owner, name in patched:
+            setattr(owner, name, timed(name, getattr(owner, name)))
+        try:
+            for count in (1, 4):
+                gen.generate(request(count), pet=PET, lora=a)
+                spent.clear()
+                runs = 3
+                total = sum(sync_time(lambda: gen.generate(request(count, seed=run), pet=PET, lora=a))[0] for run in range(runs))
+                parts = {"encode_prompt": spent["encode_prompt"], "denoise loop": spent["_denoise"] - spent["encode_prompt"],
+                         "VAE decode": spent["_decode"] - spent["postprocess"], "to PIL": spent["postprocess"]}
+                parts["rest"] = total - spent["_denoise"] - spent["_decode"]
+                per = {name: seconds / runs / count for name, seconds in parts.items()}
+                bench.results[f"timeline_b{count}"] = per
+                bench.rows.append((f"where a request's time goes, batch {count} (s per image, graphs, interval)",
+                                   f"{total / runs / count:.3f} s", "", "", ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in per.items())))
+        finally:
+            for owner, name in patched:
+                delattr(owner, name)
+
+    def vae_compile() -> None:
+        """The VAE decoder's ResNet blocks compiled like the UNet's (the decode is a fixed ~0.09 s per image)."""
+        vae = pipe.vae
+        latents = torch.randn(1, 4, 128, 128, device=device, dtype=torch.bfloat16)
+        with torch.no_grad():
+            vae.decode(latents)
+            eager_s = statistics.median(sync_time(lambda: vae.decode(latents))[0] for _ in range(5))
+            compiled = compile_blocks(vae.decoder)
+            first_s, _ = sync_time(lambda: vae.decode(latents))
+            compiled_s = statistics.median(sync_time(lambda: vae.decode(latents))[0] for _ in range(5))
+        bench.results["vae_compile"] = {"eager_s": eager_s, "compiled_s": compiled_s, "first_s": first_s, "blocks": compiled}
+        bench.rows.append(("VAE decode of one 1024² image, bf16: eager vs decoder blocks compiled",
+                           f"{eager_s:.3f} s vs {compiled_s:.3f} s", "", "", f"{compiled} blocks; first compiled decode {first_s:.0f} s"))
+
+    def fp8() -> None:
+        """FP8 (e4m3) linear layers through torchao, activations and weights scaled per row, under
+        regional compile + CUDA graphs. Quantizes the UNet in place: run it alone, in its own process."""
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+        unet = pipe.unet
+        batch = 2
+        args = (torch.randn(batch, 4, 128, 128, device=device, dtype=torch.bfloat16), torch.tensor(500, device=device),
+                torch.randn(batch, 77, 2048, device=device, dtype=torch.bfloat16))
+        cond = {"text_embeds": torch.randn(batch, 1280, device=device, dtype=torch.bfloat16),
+                "time_ids": torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * batch, device=device, dtype=torch.bfloat16)}
+        with torch.no_grad():
+            reference = unet(*args, added_cond_kwargs=cond).sample.float()
+            quantize_(unet, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+            quantized = unet(*args, added_cond_kwargs=cond).sample.float()
+        rel = float((quantized - reference).norm() / reference.norm())
+        gen = Generator(base, memory="full", compile=True)
+        first_s, _ = sync_time(lambda: gen.generate(request(), pet=PET))
+        b1, peak = per_image(gen, 1, 5)
+        b4, peak4 = per_image(gen, 4, 2)
+        gen.guidance_interval = None
+        b1_full, _ = per_image(gen, 1, 3)
+        b4_full, _ = per_image(gen, 4, 1)
+        bench.results["fp8"] = {"relative_error_one_unet_call": rel, "first_request_s": first_s, "peak_b4_gib": peak4,
+                                "b1_guidance_everywhere": b1_full, "b4_guidance_everywhere": b4_full}
+        bench.row("FP8 linear layers (torchao, per-row) + regional compile + CUDA graphs, plain base, interval", b1, b4, peak,
+                  f"UNet output relative error vs bf16 {rel:.4f}; first request (compiles) {first_s:.0f} s; "
+                  f"guidance everywhere {b1_full:.3f} / {b4_full:.3f} s; batch 4 peak {peak4:.1f} GiB")
+
     def cold() -> None:
         pipe.unload_lora_weights()
         model_dir = work / "model"
@@ -372,7 +479,8 @@ def main() -> int:
     phases = {"default": default_mode, "loras": loras, "vae": vae_precision,
               "fused_qkv": fused_qkv, "channels_last": channels_last, "cudnn_autotune": cudnn_autotune,
               "low_memory": low_memory, "cold": cold, "graphs": graphs, "compile_graphs": compile_graphs,
-              "graph_levers": graph_levers, "profile": profile_unet}
+              "graph_levers": graph_levers, "profile": profile_unet, "interval": interval, "timeline": timeline,
+              "vae_compile": vae_compile, "fp8": fp8}
     for name in args.phases.split(","):
         bench.phase(name, phases[name])
     args.out.write_text(json.dumps(bench.results, indent=2, default=str))

@@ -18,7 +18,8 @@ _compiled: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
 
 
 def compile_blocks(unet: torch.nn.Module) -> int:
-    """Compile the UNet's 87 SDXL blocks (once per UNet); returns how many are compiled."""
+    """Compile a model's transformer and ResNet blocks (SDXL's UNet has 87; the VAE decoder's
+    ResNet blocks are the same class), once per model; returns how many there are."""
     # Blocks of one class share their forward code but differ in width and resolution, and dynamo
     # keeps one graph per variant (x grad mode x batch): SDXL needs more than the default 8.
     import torch._dynamo
