@@ -156,6 +156,11 @@ class Generator:
             guidance_interval=GuidanceInterval(*settings.guidance_interval) if settings.guidance_interval else None,
         )
 
+    def restore_base(self) -> None:
+        """The base weights exactly as loaded, without the pet kept merged: before a training uses them."""
+        with self._lock:
+            self.loras.unmerge()
+
     def release_graphs(self) -> None:
         """Give the CUDA graphs' memory back (before a training, or after running out of memory)."""
         if self.unet_graphs is not None:
@@ -210,16 +215,20 @@ class Generator:
         interval = self.guidance_interval if request.guidance > 1 else None  # guidance 1 runs no negative pass
         started = time.perf_counter()
         with self._lock, torch.no_grad(), preserved_adapter_state(pipe):
+            # A training paused between its steps has its LoRA layers on the UNet and needs the
+            # base weights back right after the picture; otherwise the pet stays merged.
+            training_paused = has_tuner_layers(pipe)
             pipe.unet.eval()
             self._encoders_on_device()
             if lora is not None and request.lora_scale > 0:
-                applied = self.loras.applied(lora.checkpoint_id, lora.path, request.lora_scale)
+                applied = self.loras.applied(lora.checkpoint_id, lora.path, request.lora_scale, keep=not training_paused)
             else:
-                self.loras.deactivate()  # strength 0 is exactly the base model, not a 0-scaled LoRA
+                self.loras.deactivate()
+                self.loras.unmerge()  # strength 0 is exactly the base model, not a 0-scaled LoRA
                 applied = nullcontext()
             running = self.variation_pipe if request.is_variation else pipe
             in_interval = interval.applied(pipe.unet, running.scheduler) if interval else nullcontext()
-            with applied, self._graphs_if_usable(), in_interval:
+            with applied, self._graphs_if_usable(training_paused), in_interval:
                 if request.is_variation:
                     latents = self._vary(prepared, request, seeds, self._encode(source), callback)
                 else:
@@ -239,7 +248,7 @@ class Generator:
             guidance_interval=interval,
         )
 
-    def _graphs_if_usable(self) -> AbstractContextManager[None]:
+    def _graphs_if_usable(self, training_paused: bool) -> AbstractContextManager[None]:
         """The UNet graphs, if this generator uses them.
 
         A training paused between its steps leaves its LoRA layers on the UNet, switched off for
@@ -248,7 +257,7 @@ class Generator:
         """
         if self.unet_graphs is None:
             return nullcontext()
-        return self.unet_graphs.serving(release_after=has_tuner_layers(self.pipe))
+        return self.unet_graphs.serving(release_after=training_paused)
 
     def _encoders_on_device(self) -> None:
         """Bring the text encoders back if a lean-mode training parked them on the CPU.

@@ -1,9 +1,10 @@
 """Pet LoRAs on the resident pipeline, switched per request, leaving the UNet as found.
 
 A pet's LoRA file is read once through diffusers/peft (`load_lora_weights` as adapter
-"pet-ckpt-<checkpoint id>"), and kept in a small LRU cache as its low-rank factors. Each
-request merges the chosen pet into the base weights (W += s * B @ A, about 0.1 s) and copies
-the original weights back afterwards. Measured on an H100 at 1024² (docs/BENCHMARKS.md): a
+"pet-ckpt-<checkpoint id>"), and kept in a small LRU cache as its low-rank factors. A
+request merges the chosen pet into the base weights (W += s * B @ A), which stay merged for
+the next request of the same pet; the original weights are copied back before another pet,
+the plain base, or a training. Measured on an H100 at 1024² (docs/BENCHMARKS.md): a
 live peft adapter made each image 1.8-3.4 s slower at batch 1 (separate LoRA matmuls plus
 per-layer Python on the host) and 0.3 s slower at batch 4, and its idle layers slowed the
 plain base too; a merged pet costs nothing per step and 20 ms to switch. Merging changes the
@@ -59,11 +60,14 @@ class _Snapshot:
 
 
 def _snapshot(components: list[torch.nn.Module]) -> _Snapshot:
+    """One walk over each component's modules (a walk of SDXL's ~2,500 modules costs milliseconds)."""
     layers, grads, modes = [], {}, []
     for component in components:
-        layers += [(layer, list(layer.active_adapters), bool(layer.disable_adapters)) for layer in _tuner_layers(component)]
-        grads.update((param, param.requires_grad) for param in component.parameters())
-        modes += [(module, module.training) for module in component.modules()]
+        for module in component.modules():
+            modes.append((module, module.training))
+            grads.update((param, param.requires_grad) for param in module.parameters(recurse=False))
+            if isinstance(module, BaseTunerLayer):
+                layers.append((module, list(module.active_adapters), bool(module.disable_adapters)))
     return _Snapshot(layers, grads, modes)
 
 
@@ -73,21 +77,28 @@ def _restore(snapshot: _Snapshot, components: list[torch.nn.Module]) -> None:
         layer.set_adapter(active)
         layer.enable_adapters(not disabled)
     for component in components:
-        # Layers that became LoRA layers during this generation: inert, as the module was before.
-        for layer in _tuner_layers(component):
-            if id(layer) not in known:
-                layer.enable_adapters(False)
-        # peft's set_adapter marks active adapters trainable; only the snapshot decides that.
-        for param in component.parameters():
-            param.requires_grad_(snapshot.grads.get(param, False))
+        for module in component.modules():
+            # Layers that became LoRA layers during this generation: inert, as the module was before.
+            if isinstance(module, BaseTunerLayer) and id(module) not in known:
+                module.enable_adapters(False)
+            # peft's set_adapter marks active adapters trainable; only the snapshot decides that.
+            for param in module.parameters(recurse=False):
+                param.requires_grad_(snapshot.grads.get(param, False))
     for module, training in snapshot.modes:
-        module.train(training)
+        module.training = training  # each module's own flag: `train()` would walk its subtree again
 
 
 @contextmanager
 def preserved_adapter_state(pipe: StableDiffusionXLPipeline) -> Iterator[None]:
-    """Run a generation inside; the components' adapters, grads and modes come back unchanged."""
+    """Run a generation inside; the components' adapters, grads and modes come back unchanged.
+
+    Without LoRA layers on entry no training is paused on these modules, so there is no
+    state of a training's to keep, and the snapshot (tens of milliseconds) is skipped.
+    """
     components = lora_components(pipe)
+    if not has_tuner_layers(pipe):
+        yield
+        return
     snapshot = _snapshot(components)
     try:
         yield
@@ -126,17 +137,25 @@ def _factors_of(pipe: StableDiffusionXLPipeline, name: str) -> LoraFactors:
     return LoraFactors(layers)
 
 
-@contextmanager
-def merged_into_weights(factors: LoraFactors, scale: float) -> Iterator[None]:
-    """The pet's LoRA merged into the base weights inside; the original weights copied back after.
+@dataclass
+class _Merged:
+    """The pet merged into the weights now, and the original weights it replaced."""
 
-    Copying back (rather than subtracting the delta again) keeps the shared base bit-exact:
-    in half precision add-then-subtract leaves rounding residue that would pile up over
-    thousands of requests on weights that training also uses.
+    checkpoint_id: int
+    scale: float
+    backups: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def _merge(factors: LoraFactors, scale: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """W += scale * up @ down for each layer; returns (weight, original copy) pairs to restore from.
+
+    Restoring copies back rather than subtracting the delta again, which keeps the shared base
+    bit-exact: in half precision add-then-subtract leaves rounding residue that would pile up
+    over thousands of requests on weights that training also uses.
     """
-    backups = []
-    try:
-        with torch.no_grad():
+    backups: list[tuple[torch.Tensor, torch.Tensor]] = []
+    with torch.no_grad():
+        try:
             for base, down, up in factors.layers:
                 weight = base.weight
                 backups.append((weight, weight.detach().clone()))
@@ -145,17 +164,24 @@ def merged_into_weights(factors: LoraFactors, scale: float) -> Iterator[None]:
                     weight.add_(up, alpha=scale)
                 else:
                     weight.addmm_(up, down.to(weight.device, weight.dtype), alpha=scale)
-        yield
-    finally:
-        with torch.no_grad():
-            for weight, backup in backups:
-                weight.copy_(backup)
+        except BaseException:  # out of memory half way: no half-merged pet left in the weights
+            _restore_weights(backups)
+            raise
+    return backups
+
+
+def _restore_weights(backups: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    with torch.no_grad():
+        for weight, backup in backups:
+            weight.copy_(backup)
 
 
 class LoraCache:
     """Pet LoRAs ready to apply as their low-rank factors, least recently used evicted first.
 
-    Each request merges one pet into the weights and restores them after (see `merged_into_weights`).
+    A request merges its pet into the weights (see `_merge`). With `keep`, the pet stays merged
+    after the request, so a run of requests for the same pet pays nothing; the next pet, the
+    plain base or `unmerge()` (before a training uses the weights) restores the originals first.
     """
 
     def __init__(self, pipe: StableDiffusionXLPipeline, capacity: int = DEFAULT_CAPACITY) -> None:
@@ -164,26 +190,43 @@ class LoraCache:
         self.pipe = pipe
         self.capacity = capacity
         self._factors: OrderedDict[int, LoraFactors] = OrderedDict()
+        self._merged: _Merged | None = None
 
     def loaded(self) -> list[int]:
         """Checkpoint ids whose LoRAs are ready, least recently used first."""
         return list(self._factors)
 
     @contextmanager
-    def applied(self, checkpoint_id: int, lora_file: Path, scale: float) -> Iterator[None]:
-        """Inside, the pipeline paints with this checkpoint's LoRA at `scale` (and no other adapter)."""
-        factors = self._factors_for(checkpoint_id, lora_file)
+    def applied(self, checkpoint_id: int, lora_file: Path, scale: float, keep: bool = False) -> Iterator[None]:
+        """Inside, the pipeline paints with this checkpoint's LoRA at `scale` (and no other adapter);
+        after, the base weights are back unless `keep`."""
         self.deactivate()  # a paused training adapter must not leak into the pet's picture
-        with merged_into_weights(factors, scale):
+        merged = self._merged
+        if merged is None or (merged.checkpoint_id, merged.scale) != (checkpoint_id, scale):
+            factors = self._factors_for(checkpoint_id, lora_file)
+            self.unmerge()
+            self._merged = _Merged(checkpoint_id, scale, _merge(factors, scale))
+        try:
             yield
+        finally:
+            if not keep:
+                self.unmerge()
+
+    def unmerge(self) -> None:
+        """The original base weights back, bit for bit (nothing to do when no pet is merged)."""
+        merged, self._merged = self._merged, None
+        if merged is not None:
+            _restore_weights(merged.backups)
 
     def deactivate(self) -> None:
-        """The plain base model: every peft adapter (a training run's) off; nothing is unloaded."""
+        """No peft adapter active (a paused training's is switched off; nothing is unloaded)."""
         if has_tuner_layers(self.pipe):
             self.pipe.disable_lora()
 
     def evict(self, checkpoint_id: int) -> None:
         """Forget one checkpoint's LoRA, e.g. when its files are deleted."""
+        if self._merged is not None and self._merged.checkpoint_id == checkpoint_id:
+            self.unmerge()
         self._factors.pop(checkpoint_id, None)
 
     def _factors_for(self, checkpoint_id: int, lora_file: Path) -> LoraFactors:
