@@ -141,7 +141,7 @@ def test_switching_pets_and_back_equals_loading_each_fresh(tiny_model_dir: Path,
     pet = pet_for()
     request = quick("TOK on a sofa", steps=2)
     switching = Generator(load_tiny(tiny_model_dir), memory="full", size_scale=SMALL)
-    order = [0, 0, 1, 0, 1, 1]  # repeats keep the pet merged; switches restore, then merge the other
+    order = [0, 0, 1, 0, 1, 1]
     seen = [switching.generate(request, pet=pet, lora=PetLora(10 + i, lora_files[i])).images for i in order]
     assert switching.loras.loaded() == [10, 11]
     for index in (0, 1):
@@ -161,22 +161,6 @@ def test_lru_cache_evicts_the_least_recently_used_pet(tiny_model_dir: Path, lora
     assert not any(isinstance(module, BaseTunerLayer) for module in small.pipe.unet.modules())
     again = small.generate(quick("TOK", steps=1), pet=pet, lora=PetLora(1, lora_files[0]))
     assert same(first.images, again.images)
-
-
-def test_a_pet_stays_merged_between_its_pictures_until_the_base_is_restored(
-    tiny_model_dir: Path, lora_files: list[Path]
-) -> None:
-    gen = Generator(load_tiny(tiny_model_dir), memory="full", size_scale=SMALL)
-    unet = gen.pipe.unet
-    original = {name: p.detach().clone() for name, p in unet.named_parameters()}
-    plain = gen.generate(quick("a cat", steps=2)).images
-    gen.generate(quick("TOK", steps=2), pet=pet_for(), lora=PetLora(3, lora_files[0]))
-    assert not all(torch.equal(p, original[name]) for name, p in unet.named_parameters())  # kept for the next one
-    gen.restore_base()  # what a worker does before it trains
-    assert all(torch.equal(p, original[name]) for name, p in unet.named_parameters())
-    gen.generate(quick("TOK", steps=2), pet=pet_for(), lora=PetLora(3, lora_files[0]))
-    assert same(gen.generate(quick("a cat", steps=2)).images, plain)  # the plain base restores it too
-    assert all(torch.equal(p, original[name]) for name, p in unet.named_parameters())
 
 
 def test_a_paused_training_adapter_is_left_exactly_as_it_was(tiny_model_dir: Path, lora_files: list[Path]) -> None:

@@ -1,10 +1,9 @@
 """Pet LoRAs on the resident pipeline, switched per request, leaving the UNet as found.
 
 A pet's LoRA file is read once through diffusers/peft (`load_lora_weights` as adapter
-"pet-ckpt-<checkpoint id>"), and kept in a small LRU cache as its low-rank factors. A
-request merges the chosen pet into the base weights (W += s * B @ A), which stay merged for
-the next request of the same pet; the original weights are copied back before another pet,
-the plain base, or a training. Measured on an H100 at 1024² (docs/BENCHMARKS.md): a
+"pet-ckpt-<checkpoint id>"), and kept in a small LRU cache as its low-rank factors. Each
+request merges the chosen pet into the base weights (W += s * B @ A) and copies the
+original weights back afterwards. Measured on an H100 at 1024² (docs/BENCHMARKS.md): a
 live peft adapter made each image 1.8-3.4 s slower at batch 1 (separate LoRA matmuls plus
 per-layer Python on the host) and 0.3 s slower at batch 4, and its idle layers slowed the
 plain base too; a merged pet costs nothing per step and 20 ms to switch. Merging changes the
@@ -90,15 +89,8 @@ def _restore(snapshot: _Snapshot, components: list[torch.nn.Module]) -> None:
 
 @contextmanager
 def preserved_adapter_state(pipe: StableDiffusionXLPipeline) -> Iterator[None]:
-    """Run a generation inside; the components' adapters, grads and modes come back unchanged.
-
-    Without LoRA layers on entry no training is paused on these modules, so there is no
-    state of a training's to keep, and the snapshot (tens of milliseconds) is skipped.
-    """
+    """Run a generation inside; the components' adapters, grads and modes come back unchanged."""
     components = lora_components(pipe)
-    if not has_tuner_layers(pipe):
-        yield
-        return
     snapshot = _snapshot(components)
     try:
         yield
@@ -137,15 +129,6 @@ def _factors_of(pipe: StableDiffusionXLPipeline, name: str) -> LoraFactors:
     return LoraFactors(layers)
 
 
-@dataclass
-class _Merged:
-    """The pet merged into the weights now, and the original weights it replaced."""
-
-    checkpoint_id: int
-    scale: float
-    backups: list[tuple[torch.Tensor, torch.Tensor]]
-
-
 def _merge(factors: LoraFactors, scale: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """W += scale * up @ down for each layer; returns (weight, original copy) pairs to restore from.
 
@@ -179,9 +162,9 @@ def _restore_weights(backups: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
 class LoraCache:
     """Pet LoRAs ready to apply as their low-rank factors, least recently used evicted first.
 
-    A request merges its pet into the weights (see `_merge`). With `keep`, the pet stays merged
-    after the request, so a run of requests for the same pet pays nothing; the next pet, the
-    plain base or `unmerge()` (before a training uses the weights) restores the originals first.
+    Each request merges one pet into the weights and copies the originals back after (see `_merge`).
+    Keeping a pet merged for its next request saves ~20 ms, but its backup copies of the
+    attention weights (1.8 GB on SDXL) would then stay resident and lift the peak to 10.7 GiB.
     """
 
     def __init__(self, pipe: StableDiffusionXLPipeline, capacity: int = DEFAULT_CAPACITY) -> None:
@@ -190,43 +173,24 @@ class LoraCache:
         self.pipe = pipe
         self.capacity = capacity
         self._factors: OrderedDict[int, LoraFactors] = OrderedDict()
-        self._merged: _Merged | None = None
 
     def loaded(self) -> list[int]:
         """Checkpoint ids whose LoRAs are ready, least recently used first."""
         return list(self._factors)
 
     @contextmanager
-    def applied(self, checkpoint_id: int, lora_file: Path, scale: float, keep: bool = False) -> Iterator[None]:
-        """Inside, the pipeline paints with this checkpoint's LoRA at `scale` (and no other adapter);
-        after, the base weights are back unless `keep`."""
-        self.deactivate()  # a paused training adapter must not leak into the pet's picture
-        merged = self._merged
-        if merged is None or (merged.checkpoint_id, merged.scale) != (checkpoint_id, scale):
-            factors = self._factors_for(checkpoint_id, lora_file)
-            self.unmerge()
-            self._merged = _Merged(checkpoint_id, scale, _merge(factors, scale))
+    def applied(self, checkpoint_id: int, lora_file: Path, scale: float) -> Iterator[None]:
+        """Inside, the pipeline paints with this checkpoint's LoRA merged in at `scale` (the caller
+        switches any peft adapter off: a paused training's must not leak into the pet's picture)."""
+        factors = self._factors_for(checkpoint_id, lora_file)
+        backups = _merge(factors, scale)
         try:
             yield
         finally:
-            if not keep:
-                self.unmerge()
-
-    def unmerge(self) -> None:
-        """The original base weights back, bit for bit (nothing to do when no pet is merged)."""
-        merged, self._merged = self._merged, None
-        if merged is not None:
-            _restore_weights(merged.backups)
-
-    def deactivate(self) -> None:
-        """No peft adapter active (a paused training's is switched off; nothing is unloaded)."""
-        if has_tuner_layers(self.pipe):
-            self.pipe.disable_lora()
+            _restore_weights(backups)
 
     def evict(self, checkpoint_id: int) -> None:
         """Forget one checkpoint's LoRA, e.g. when its files are deleted."""
-        if self._merged is not None and self._merged.checkpoint_id == checkpoint_id:
-            self.unmerge()
         self._factors.pop(checkpoint_id, None)
 
     def _factors_for(self, checkpoint_id: int, lora_file: Path) -> LoraFactors:

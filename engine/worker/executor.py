@@ -163,7 +163,6 @@ class Executor:
             should_cancel=lambda: self._cancel_requested(job.id),
             between_steps=self._between_steps,
         )
-        self.generator.restore_base()  # a pet left merged after the last picture must not be trained on
         self.generator.release_graphs()  # the training plans its mode from the free memory
         try:
             outcome = await execute_run(db, self.data, self.base, run_id, hooks)
