@@ -14,8 +14,8 @@ import math
 import random
 import threading
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from engine.generation.loras import DEFAULT_CAPACITY, LoraCache, has_tuner_layer
 from engine.generation.previews import preview_image
 from engine.generation.prompts import PreparedPrompt, prepare_prompts
 from engine.generation.request import MAX_SEED, GenerationRequest
+from engine.generation.text_graphs import TextEncoderGraphs
 from engine.generation.unet_graphs import UNetGraphs
 from engine.models import BaseModel
 from engine.settings import Settings
@@ -99,7 +100,8 @@ class Generator:
     CPU and GPU, so a process in low mode must not train). `compile` compiles the UNet's
     blocks (engine/compile.py): 12 % faster on the H100, but each new image shape costs about
     50 s of compiling the first time, so settings leave it off. `cuda_graphs` replays the
-    denoising loop's UNet calls from CUDA graphs (full memory mode on CUDA: see unet_graphs.py).
+    denoising loop's UNet calls and the prompt encoding from CUDA graphs (full memory mode on
+    CUDA: see unet_graphs.py and text_graphs.py).
     `guidance_interval` guides only the steps whose noise level lies inside it (guidance.py):
     better pictures from 45 UNet passes instead of 60; None guides every step.
     `size_scale` renders the size presets smaller (tests, drafts, a smaller native resolution).
@@ -145,6 +147,8 @@ class Generator:
         self.loras = LoraCache(self.pipe, capacity=lora_capacity)
         usable = cuda_graphs and graphs_supported(base.device) and self.memory == "full"
         self.unet_graphs = UNetGraphs(self.pipe.unet) if usable else None
+        encoders = [encoder for encoder in (self.pipe.text_encoder, self.pipe.text_encoder_2) if encoder is not None]
+        self.text_graphs = TextEncoderGraphs(encoders) if usable else None
 
     @classmethod
     def from_settings(cls, base: BaseModel, settings: Settings) -> "Generator":
@@ -158,8 +162,9 @@ class Generator:
 
     def release_graphs(self) -> None:
         """Give the CUDA graphs' memory back (before a training, or after running out of memory)."""
-        if self.unet_graphs is not None:
+        if self.unet_graphs is not None and self.text_graphs is not None:
             self.unet_graphs.release()
+            self.text_graphs.release()
 
     def _setup_memory(self) -> None:
         vae = self.pipe.vae
@@ -245,16 +250,23 @@ class Generator:
             guidance_interval=interval,
         )
 
-    def _graphs_if_usable(self, training_paused: bool) -> AbstractContextManager[None]:
-        """The UNet graphs, if this generator uses them.
+    @contextmanager
+    def _graphs_if_usable(self, training_paused: bool) -> Iterator[None]:
+        """The UNet's and the text encoders' graphs, if this generator uses them.
 
         A training paused between its steps leaves its LoRA layers on the UNet, switched off for
         the generation: a graph captured then runs the base layers only, exactly as they compute
         at that moment. Its memory goes back to the training right after the picture.
         """
-        if self.unet_graphs is None:
-            return nullcontext()
-        return self.unet_graphs.serving(release_after=training_paused)
+        if self.unet_graphs is None or self.text_graphs is None:
+            yield
+            return
+        try:
+            with self.unet_graphs.serving(release_after=training_paused), self.text_graphs.serving():
+                yield
+        finally:
+            if training_paused:
+                self.text_graphs.release()
 
     def _encoders_on_device(self) -> None:
         """Bring the text encoders back if a lean-mode training parked them on the CPU.
