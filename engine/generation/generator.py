@@ -27,7 +27,7 @@ from engine.compile import compile_blocks
 from engine.cuda_graphs import graphs_supported
 from engine.device import free_memory_bytes
 from engine.generation.guidance import GuidanceInterval
-from engine.generation.loras import DEFAULT_CAPACITY, LoraCache, has_tuner_layers, preserved_adapter_state
+from engine.generation.loras import DEFAULT_CAPACITY, LoraCache, has_adapters, preserved_adapter_state
 from engine.generation.previews import preview_image
 from engine.generation.prompts import PreparedPrompt, prepare_prompts
 from engine.generation.request import MAX_SEED, GenerationRequest
@@ -215,9 +215,7 @@ class Generator:
         interval = self.guidance_interval if request.guidance > 1 else None  # guidance 1 runs no negative pass
         started = time.perf_counter()
         with self._lock, torch.no_grad():
-            # A training paused between its steps leaves its LoRA layers on the UNet. One walk of
-            # the modules per request finds out (each walk of SDXL's costs ~10 ms of host time).
-            training_paused = has_tuner_layers(pipe)
+            training_paused = has_adapters(pipe)  # a training between its steps keeps its adapter on the UNet
             with preserved_adapter_state(pipe) if training_paused else nullcontext():
                 if training_paused:
                     pipe.disable_lora()  # the training's adapter must not leak into the picture
@@ -352,7 +350,7 @@ class Generator:
         # diffusers' postprocess in its order (denormalise in the VAE's dtype, float, x255, round),
         # but to bytes on the GPU: a quarter of the transfer and no numpy pass over floats.
         rgb = ((pixels / 2 + 0.5).clamp(0, 1).float() * 255).round().to(torch.uint8)
-        return [Image.fromarray(array) for array in rgb.permute(0, 2, 3, 1).cpu().numpy()]
+        return [Image.fromarray(array) for array in rgb.permute(0, 2, 3, 1).contiguous().cpu().numpy()]
 
     def _in_vae_precision(self, run: Callable[[torch.nn.Module, torch.dtype], torch.Tensor]) -> torch.Tensor:
         """`run(vae, dtype)` in the VAE's precision; on overflow (NaN: a black image) again in float32."""

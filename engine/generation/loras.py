@@ -102,61 +102,108 @@ def has_tuner_layers(pipe: StableDiffusionXLPipeline) -> bool:
     return any(True for component in lora_components(pipe) for _ in _tuner_layers(component))
 
 
+def has_adapters(pipe: StableDiffusionXLPipeline) -> bool:
+    """Whether a LoRA adapter is registered on a component (a training's, between its steps).
+
+    Reads the components' `peft_config` instead of walking SDXL's ~2,500 modules (~10 ms of
+    host time a walk). Wrapper layers left with no adapter compute the base layer alone.
+    """
+    return any(getattr(component, "peft_config", None) for component in lora_components(pipe))
+
+
+# Pet deltas are computed in float32 chunks of at most this many elements (256 MB), so the
+# merge needs little memory beyond the backup of the weights it changes.
+_DELTA_CHUNK = 64 * 2**20
+
+
+@dataclass
+class _Group:
+    """Layers whose weights have one shape: their deltas are one batched product, up @ down."""
+
+    layers: list[torch.nn.Module]
+    ups: torch.Tensor  # (layers, out, rank), peft's alpha/rank scaling included
+    downs: torch.Tensor  # (layers, rank, in)
+
+
 @dataclass
 class LoraFactors:
-    """One pet LoRA as (base layer, down, up) triples: the layer's weight becomes W + scale * up @ down.
+    """One pet LoRA: linear layers' low-rank factors grouped by weight shape, plus the full
+    deltas of layers whose delta is not a plain matrix product (convolutions)."""
 
-    `up` already carries peft's alpha/rank scaling. Layers whose delta is not a plain matrix
-    product (convolutions) keep their full delta in `up` with `down` None.
-    """
+    groups: list[_Group]
+    full: list[tuple[torch.nn.Module, torch.Tensor]]
 
-    layers: list[tuple[torch.nn.Module, torch.Tensor | None, torch.Tensor]]
+    def layers(self) -> list[torch.nn.Module]:
+        return [layer for group in self.groups for layer in group.layers] + [layer for layer, _ in self.full]
 
 
 def _factors_of(pipe: StableDiffusionXLPipeline, name: str) -> LoraFactors:
-    layers = []
+    by_shape: dict[tuple[int, ...], list[tuple[torch.nn.Module, torch.Tensor, torch.Tensor]]] = {}
+    full = []
     for component in lora_components(pipe):
         for layer in _tuner_layers(component):
             if name not in getattr(layer, "lora_A", {}):
                 continue
             base = layer.get_base_layer()
             if isinstance(base, torch.nn.Linear) and not getattr(layer, "fan_in_fan_out", False):
-                down = layer.lora_A[name].weight.detach().clone()
+                down = layer.lora_A[name].weight.detach()
                 up = (layer.lora_B[name].weight.detach() * layer.scaling[name]).to(down.dtype)
-                layers.append((base, down, up))
+                by_shape.setdefault((*base.weight.shape, down.shape[0]), []).append((base, up, down))
             else:
-                layers.append((base, None, layer.get_delta_weight(name).detach().clone()))
-    return LoraFactors(layers)
+                full.append((base, layer.get_delta_weight(name).detach().clone()))
+    groups = [_Group([base for base, _, _ in members], torch.stack([up for _, up, _ in members]),
+                     torch.stack([down for _, _, down in members])) for members in by_shape.values()]
+    return LoraFactors(groups, full)
 
 
-def _merge(factors: LoraFactors, scale: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """W += scale * up @ down for each layer; returns (weight, original copy) pairs to restore from.
+class _Backup:
+    """Original values of the weights a merge changes, one flat copy per device and dtype."""
+
+    def __init__(self, weights: list[torch.Tensor]) -> None:
+        self.buckets: dict[tuple[torch.device, torch.dtype], tuple[list[torch.Tensor], torch.Tensor]] = {}
+        grouped: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+        for weight in weights:
+            grouped.setdefault((weight.device, weight.dtype), []).append(weight)
+        for key, members in grouped.items():
+            self.buckets[key] = (members, torch.cat([weight.reshape(-1) for weight in members]))
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for members, flat in self.buckets.values():
+                pieces = [piece.view_as(weight) for piece, weight in zip(flat.split([w.numel() for w in members]), members)]
+                if all(weight.device == flat.device for weight in members):
+                    torch._foreach_copy_(members, pieces)  # one fused copy instead of one launch per layer
+                else:  # an offload hook moved the module meanwhile
+                    for weight, piece in zip(members, pieces):
+                        weight.copy_(piece)
+
+
+def _merge(factors: LoraFactors, scale: float) -> _Backup:
+    """W += scale * up @ down for each layer; returns the original weights to restore from.
 
     Restoring copies back rather than subtracting the delta again, which keeps the shared base
     bit-exact: in half precision add-then-subtract leaves rounding residue that would pile up
-    over thousands of requests on weights that training also uses.
+    over thousands of requests on weights that training also uses. Deltas are batched per
+    weight shape and added in float32 (one rounding, as a fused add would): SDXL's 560 layers
+    took ~20 ms of kernel launches one by one.
     """
-    backups: list[tuple[torch.Tensor, torch.Tensor]] = []
     with torch.no_grad():
+        backup = _Backup([layer.weight for layer in factors.layers()])
         try:
-            for base, down, up in factors.layers:
-                weight = base.weight
-                backups.append((weight, weight.detach().clone()))
-                up = up.to(weight.device, weight.dtype)
-                if down is None:
-                    weight.add_(up, alpha=scale)
-                else:
-                    weight.addmm_(up, down.to(weight.device, weight.dtype), alpha=scale)
+            for group in factors.groups:
+                targets = [layer.weight for layer in group.layers]
+                device = targets[0].device
+                step = max(1, _DELTA_CHUNK // targets[0].numel())
+                for start in range(0, len(targets), step):
+                    ups = group.ups[start : start + step].to(device, torch.float32)
+                    downs = group.downs[start : start + step].to(device, torch.float32)
+                    torch._foreach_add_(targets[start : start + step], list(torch.bmm(ups, downs).unbind(0)), alpha=scale)
+            for layer, delta in factors.full:
+                layer.weight.add_(delta.to(layer.weight.device, torch.float32), alpha=scale)
         except BaseException:  # out of memory half way: no half-merged pet left in the weights
-            _restore_weights(backups)
+            backup.restore()
             raise
-    return backups
-
-
-def _restore_weights(backups: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    with torch.no_grad():
-        for weight, backup in backups:
-            weight.copy_(backup)
+    return backup
 
 
 class LoraCache:
@@ -183,11 +230,11 @@ class LoraCache:
         """Inside, the pipeline paints with this checkpoint's LoRA merged in at `scale` (the caller
         switches any peft adapter off: a paused training's must not leak into the pet's picture)."""
         factors = self._factors_for(checkpoint_id, lora_file)
-        backups = _merge(factors, scale)
+        backup = _merge(factors, scale)
         try:
             yield
         finally:
-            _restore_weights(backups)
+            backup.restore()
 
     def evict(self, checkpoint_id: int) -> None:
         """Forget one checkpoint's LoRA, e.g. when its files are deleted."""

@@ -7,7 +7,7 @@ shape, so after one eager warm-up call per encoder a graph captured on the next 
 for all later prompts.
 
 A graph reads the weights at the addresses they had at capture. A lean-mode training parks
-the encoders on the CPU and brings them back to new addresses, so each call checks the
+the encoders on the CPU and brings them back to new addresses, so each request checks the
 addresses and captures again when they moved.
 """
 
@@ -48,8 +48,8 @@ def _cloned(output: ModelOutput) -> ModelOutput:
 class TextEncoderGraphs:
     def __init__(self, encoders: list[torch.nn.Module]) -> None:
         self.encoders = encoders
-        self._graphs: dict[tuple[int, tuple[int, ...]], _Graph] = {}
-        self._warmed: set[tuple[int, tuple[int, ...]]] = set()
+        self._graphs: dict[tuple[torch.nn.Module, tuple[int, ...]], _Graph] = {}
+        self._warmed: set[tuple[torch.nn.Module, tuple[int, ...]]] = set()
         self._failed = False
 
     def release(self) -> None:
@@ -59,6 +59,7 @@ class TextEncoderGraphs:
     @contextmanager
     def serving(self) -> Iterator[None]:
         """Inside, each encoder's plain call (token ids, all hidden states) goes through a graph."""
+        self._drop_moved()
         with ExitStack() as stack:
             for encoder in self.encoders:
                 stack.enter_context(wrapped_forward(encoder, self._forward_of(encoder)))
@@ -68,11 +69,8 @@ class TextEncoderGraphs:
         def forward(inner: Any, input_ids: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
             if self._failed or args or kwargs != {"output_hidden_states": True} or torch.is_grad_enabled():
                 return inner(input_ids, *args, **kwargs)
-            key = (id(encoder), tuple(input_ids.shape))
+            key = (encoder, tuple(input_ids.shape))
             graph = self._graphs.get(key)
-            if graph is not None and graph.weights != _weight_addresses(encoder):
-                graph = None  # the weights moved (a lean training parked them on the CPU): capture again
-                del self._graphs[key]
             if graph is None:
                 if key not in self._warmed:
                     self._warmed.add(key)
@@ -84,7 +82,13 @@ class TextEncoderGraphs:
 
         return forward
 
-    def _capture(self, key: tuple[int, tuple[int, ...]], encoder: torch.nn.Module, inner: Any,
+    def _drop_moved(self) -> None:
+        """Forget graphs whose encoder's weights moved (a lean training parked them on the CPU)."""
+        for key, graph in list(self._graphs.items()):
+            if graph.weights != _weight_addresses(key[0]):
+                del self._graphs[key]
+
+    def _capture(self, key: tuple[torch.nn.Module, tuple[int, ...]], encoder: torch.nn.Module, inner: Any,
                  input_ids: torch.Tensor) -> _Graph | None:
         try:
             call = CapturedCall(lambda ids: inner(ids, output_hidden_states=True), (input_ids,))
