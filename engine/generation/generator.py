@@ -100,9 +100,8 @@ class Generator:
     CPU and GPU, so a process in low mode must not train). `compile` compiles the UNet's
     and the VAE decoder's blocks (engine/compile.py): 0.98 s instead of 1.2 s a picture on the
     H100, but the first picture of each new shape waits about two minutes for the compiler, so
-    settings leave it off. `cuda_graphs` replays the
-    denoising loop's UNet calls and the prompt encoding from CUDA graphs (full memory mode on
-    CUDA: see unet_graphs.py and text_graphs.py).
+    settings leave it off. `cuda_graphs` replays the denoising loop's UNet calls and the prompt
+    encoding from CUDA graphs (full memory mode on CUDA: see unet_graphs.py, text_graphs.py).
     `guidance_interval` guides only the steps whose noise level lies inside it (guidance.py):
     better pictures from 45 UNet passes instead of 60; None guides every step.
     `size_scale` renders the size presets smaller (tests, drafts, a smaller native resolution).

@@ -6,7 +6,7 @@ request merges the chosen pet into the base weights (W += s * B @ A) and copies 
 original weights back afterwards. Measured on an H100 at 1024² (docs/BENCHMARKS.md): a
 live peft adapter made each image 1.8-3.4 s slower at batch 1 (separate LoRA matmuls plus
 per-layer Python on the host) and 0.3 s slower at batch 4, and its idle layers slowed the
-plain base too; a merged pet costs nothing per step and 20 ms to switch. Merging changes the
+plain base too; a merged pet costs nothing per step and 13 ms to switch. Merging changes the
 weights in place, so a compiled UNet does not recompile and a captured CUDA graph picks the
 pet up (measured: no new dynamo graphs over pet switches).
 
@@ -186,7 +186,7 @@ def _merge(factors: LoraFactors, scale: float) -> _Backup:
     over thousands of requests on weights that training also uses. Deltas are batched per
     weight shape and added in float32 (one rounding, as a fused add would): SDXL's 560 layers
     took ~20 ms of kernel launches one by one. Weights on the CPU (offloaded) merge layer by
-    layer, which is faster there (12 s against 21 s on 2 cores).
+    layer, which is faster there (6 s against 21 s for SDXL's on 2 cores).
     """
     with torch.no_grad():
         backup = _Backup([layer.weight for layer in factors.layers()])

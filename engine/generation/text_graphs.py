@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,10 +28,10 @@ from engine.generation.forward_wrapping import wrapped_forward
 log = logging.getLogger(__name__)
 
 
+@dataclass
 class _Graph:
-    def __init__(self, call: CapturedCall, weights: list[int]) -> None:
-        self.call = call
-        self.weights = weights
+    call: CapturedCall
+    weights: list[int]  # the encoder's weight addresses at capture
 
 
 def _weight_addresses(encoder: torch.nn.Module) -> list[int]:
