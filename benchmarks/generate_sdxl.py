@@ -132,7 +132,7 @@ class Bench:
         return "\n".join(lines)
 
 
-def cold_start(model_dir: str) -> None:
+def cold_start(model_dir: str, compile: bool = False) -> None:
     """In a fresh process: load the saved model from disk as the worker does, then one request."""
     started = time.perf_counter()
     from engine.models import load_base_model
@@ -140,7 +140,7 @@ def cold_start(model_dir: str) -> None:
 
     base = load_base_model(Settings(model=model_dir, vae=None, device="cuda"))
     loaded = time.perf_counter()
-    gen = Generator(base, memory="full", cuda_graphs=True)
+    gen = Generator(base, memory="full", cuda_graphs=True, compile=compile)
     gen.generate(request(), pet=PET)
     torch.cuda.synchronize()
     done = time.perf_counter()
@@ -153,9 +153,10 @@ def main() -> int:
     parser.add_argument("--phases", default="default,loras,graphs,graph_levers,profile,vae,low_memory,cold,compile_graphs",
                         help="comma-separated phases to run, in this order (default: all)")
     parser.add_argument("--cold", metavar="MODEL_DIR", help=argparse.SUPPRESS)  # the cold-start child process
+    parser.add_argument("--cold-compile", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.cold:
-        cold_start(args.cold)
+        cold_start(args.cold, compile=args.cold_compile)
         return 0
 
     device = torch.device("cuda")
@@ -475,24 +476,41 @@ def main() -> int:
                   f"UNet output relative error vs bf16 {rel:.4f}; first request (compiles) {first_s:.0f} s; "
                   f"guidance everywhere {b1_full:.3f} / {b4_full:.3f} s; batch 4 peak {peak4:.1f} GiB")
 
-    def cold() -> None:
-        pipe.unload_lora_weights()
+    def saved_model() -> Path:
         model_dir = work / "model"
-        save_s, _ = sync_time(lambda: pipe.save_pretrained(model_dir))
-        child = subprocess.run([sys.executable, __file__, "--cold", str(model_dir)], capture_output=True, text=True, timeout=240)
+        if not model_dir.exists():
+            pipe.unload_lora_weights()
+            pipe.save_pretrained(model_dir)
+        return model_dir
+
+    def cold_child(*flags: str) -> dict[str, float]:
+        child = subprocess.run([sys.executable, __file__, "--cold", str(saved_model()), *flags],
+                               capture_output=True, text=True, timeout=400)
         if child.returncode != 0:
             raise RuntimeError(child.stderr[-2000:])
-        numbers = json.loads(child.stdout.strip().splitlines()[-1])
-        bench.results["cold"] = {**numbers, "save_s": save_s}
+        return json.loads(child.stdout.strip().splitlines()[-1])
+
+    def cold() -> None:
+        numbers = cold_child()
+        bench.results["cold"] = numbers
         bench.rows.append(("cold start: new process, load bf16 weights from local disk, first 1024² image",
                            f"{numbers['total_s']:.1f} s", "", "",
                            f"load {numbers['load_s']:.1f} s (incl. imports) + first request {numbers['first_request_s']:.1f} s"))
+
+    def cold_compile() -> None:
+        """PAWTRAIT_COMPILE's cold start, twice: the second process finds inductor's on-disk cache
+        (TORCHINDUCTOR_CACHE_DIR, by default under /tmp) that the first one filled, as a restarted worker does."""
+        for label in ("empty compile cache", "compile cache filled by the process before"):
+            numbers = cold_child("--cold-compile")
+            bench.results[f"cold_compile ({label})"] = numbers
+            bench.rows.append((f"cold start with PAWTRAIT_COMPILE, {label}", f"{numbers['total_s']:.1f} s", "", "",
+                               f"load {numbers['load_s']:.1f} s + first request {numbers['first_request_s']:.1f} s"))
 
     phases = {"default": default_mode, "loras": loras, "vae": vae_precision,
               "fused_qkv": fused_qkv, "channels_last": channels_last, "cudnn_autotune": cudnn_autotune,
               "low_memory": low_memory, "cold": cold, "graphs": graphs, "compile_graphs": compile_graphs,
               "graph_levers": graph_levers, "profile": profile_unet, "interval": interval, "timeline": timeline,
-              "vae_compile": vae_compile, "fp8": fp8}
+              "vae_compile": vae_compile, "fp8": fp8, "cold_compile": cold_compile}
     for name in args.phases.split(","):
         bench.phase(name, phases[name])
     args.out.write_text(json.dumps(bench.results, indent=2, default=str))
