@@ -212,7 +212,10 @@ class Generator:
                 on_step(index + 1, total, lambda: preview_image(latents))
                 return {}
 
-        interval = self.guidance_interval if request.guidance > 1 else None  # guidance 1 runs no negative pass
+        # The pipelines run the negative pass only for guidance above 1 on a UNet without guidance
+        # embedding (as `do_classifier_free_guidance` decides); only then is there a pass to skip.
+        guided = request.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
+        interval = self.guidance_interval if guided else None
         started = time.perf_counter()
         with self._lock, torch.no_grad():
             training_paused = has_adapters(pipe)  # a training between its steps keeps its adapter on the UNet
