@@ -11,10 +11,14 @@ in graph-owned memory that the next replay overwrites.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import torch
+
+log = logging.getLogger(__name__)
 
 
 @functools.cache
@@ -60,3 +64,60 @@ class CapturedCall:
 
 def graphs_supported(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.is_available()
+
+
+class GraphsByKey:
+    """Graphs of one kind of call, one per key (its input shapes): a key's first call runs
+    eagerly on the side stream (the warm-up), its second is captured, later ones replay.
+
+    At most `capacity` graphs are kept (the most recently used), all in one memory pool, as
+    they never run at the same time. A capture that fails turns graphs off for good: the
+    calls run eagerly from then on, and the picture or step is not lost.
+    """
+
+    def __init__(self, what: str, capacity: int | None = None) -> None:
+        self.what = what
+        self.capacity = capacity
+        self._graphs: OrderedDict[Hashable, CapturedCall] = OrderedDict()
+        self._warmed: set[Hashable] = set()
+        self._pool: Any = None
+        self.failed = False
+
+    def release(self, which: Callable[[Hashable], bool] = lambda key: True) -> None:
+        """Drop the graphs (all, or those whose key matches) and with the last one their memory."""
+        for key in [key for key in self._graphs if which(key)]:
+            del self._graphs[key]
+        self._warmed = {key for key in self._warmed if not which(key)}
+        if not self._graphs:
+            self._pool = None
+
+    def call(self, key: Hashable, fn: Callable[..., Any], inputs: tuple[torch.Tensor, ...],
+             eager: Callable[[], Any], finish: Callable[[Any], Any]) -> Any:
+        """`eager()` while warming up (or without graphs), else `finish(output)` of `fn(*inputs)` replayed."""
+        if self.failed:
+            return eager()
+        graph = self._graphs.get(key)
+        if graph is None:
+            if key not in self._warmed:
+                self._warmed.add(key)
+                return on_side_stream(eager)
+            graph = self._capture(key, fn, inputs)
+            if graph is None:
+                return eager()
+        self._graphs.move_to_end(key)
+        return finish(graph(*inputs))
+
+    def _capture(self, key: Hashable, fn: Callable[..., Any], inputs: tuple[torch.Tensor, ...]) -> CapturedCall | None:
+        while self.capacity is not None and len(self._graphs) >= self.capacity:
+            self._graphs.popitem(last=False)
+        try:
+            graph = CapturedCall(fn, inputs, pool=self._pool)
+        except Exception:
+            log.exception("capturing %s as a CUDA graph failed; running it without CUDA graphs", self.what)
+            self.failed = True
+            self.release()
+            return None
+        self._pool = graph.pool()
+        self._graphs[key] = graph
+        log.info("%s captured as a CUDA graph for inputs %s", self.what, [tuple(tensor.shape) for tensor in inputs])
+        return graph

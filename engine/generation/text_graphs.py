@@ -13,25 +13,15 @@ addresses and captures again when they moved.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers.utils import ModelOutput
 
-from engine.cuda_graphs import CapturedCall, on_side_stream
+from engine.cuda_graphs import GraphsByKey
 from engine.generation.forward_wrapping import wrapped_forward
-
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Graph:
-    call: CapturedCall
-    weights: list[int]  # the encoder's weight addresses at capture
 
 
 def _weight_addresses(encoder: torch.nn.Module) -> list[int]:
@@ -49,18 +39,20 @@ def _cloned(output: ModelOutput) -> ModelOutput:
 class TextEncoderGraphs:
     def __init__(self, encoders: list[torch.nn.Module]) -> None:
         self.encoders = encoders
-        self._graphs: dict[tuple[torch.nn.Module, tuple[int, ...]], _Graph] = {}
-        self._warmed: set[tuple[torch.nn.Module, tuple[int, ...]]] = set()
-        self._failed = False
+        self.graphs = GraphsByKey("a text encoder")
+        self._addresses: dict[torch.nn.Module, list[int]] = {}  # each encoder's weights when last served
 
     def release(self) -> None:
-        self._graphs.clear()
-        self._warmed.clear()
+        self.graphs.release()
 
     @contextmanager
     def serving(self) -> Iterator[None]:
         """Inside, each encoder's plain call (token ids, all hidden states) goes through a graph."""
-        self._drop_moved()
+        for encoder in self.encoders:
+            addresses = _weight_addresses(encoder)
+            if self._addresses.get(encoder) != addresses:  # moved (a lean training parked it on the CPU)
+                self.graphs.release(lambda key, encoder=encoder: key[0] is encoder)
+                self._addresses[encoder] = addresses
         with ExitStack() as stack:
             for encoder in self.encoders:
                 stack.enter_context(wrapped_forward(encoder, self._forward_of(encoder)))
@@ -68,35 +60,12 @@ class TextEncoderGraphs:
 
     def _forward_of(self, encoder: torch.nn.Module) -> Any:
         def forward(inner: Any, input_ids: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-            if self._failed or args or kwargs != {"output_hidden_states": True} or torch.is_grad_enabled():
+            def eager() -> Any:
                 return inner(input_ids, *args, **kwargs)
-            key = (encoder, tuple(input_ids.shape))
-            graph = self._graphs.get(key)
-            if graph is None:
-                if key not in self._warmed:
-                    self._warmed.add(key)
-                    return on_side_stream(lambda: inner(input_ids, output_hidden_states=True))
-                graph = self._capture(key, encoder, inner, input_ids)
-                if graph is None:
-                    return inner(input_ids, output_hidden_states=True)
-            return _cloned(graph.call(input_ids))
+
+            if args or kwargs != {"output_hidden_states": True} or torch.is_grad_enabled():
+                return eager()
+            return self.graphs.call((encoder, tuple(input_ids.shape)), lambda ids: inner(ids, output_hidden_states=True),
+                                    (input_ids,), eager, _cloned)
 
         return forward
-
-    def _drop_moved(self) -> None:
-        """Forget graphs whose encoder's weights moved (a lean training parked them on the CPU)."""
-        for key, graph in list(self._graphs.items()):
-            if graph.weights != _weight_addresses(key[0]):
-                del self._graphs[key]
-
-    def _capture(self, key: tuple[torch.nn.Module, tuple[int, ...]], encoder: torch.nn.Module, inner: Any,
-                 input_ids: torch.Tensor) -> _Graph | None:
-        try:
-            call = CapturedCall(lambda ids: inner(ids, output_hidden_states=True), (input_ids,))
-        except Exception:  # a capture that fails must not fail the picture: eager from now on
-            log.exception("capturing a text encoder as a CUDA graph failed; encoding prompts without CUDA graphs")
-            self._failed = True
-            self.release()
-            return None
-        graph = self._graphs[key] = _Graph(call, _weight_addresses(encoder))
-        return graph
