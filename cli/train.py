@@ -78,7 +78,7 @@ def params_from_args(args: argparse.Namespace, settings: Settings) -> TrainingPa
         gradient_checkpointing=args.gradient_checkpointing,
         flip=args.flip,
         seed=args.seed,
-        compile=settings.compile,
+        compile=settings.compile_training,
         cuda_graphs=settings.cuda_graphs,
     )
 

@@ -52,7 +52,7 @@ def _load_vae(vae_id: str, dtype: torch.dtype) -> AutoencoderKL:
 
 def load_base_model(settings: Settings, gpu_index: int | None = None) -> BaseModel:
     """Load SDXL (and the fp16-safe VAE unless PAWTRAIT_VAE is empty) onto the device in half precision."""
-    if settings.compile:
+    if settings.compile or settings.compile_training:
         keep_compiled_code_in(DataDir(settings.data_dir).compile_cache_dir())
     device = resolve_device(settings.device, gpu_index)
     dtype = compute_dtype(device)

@@ -100,7 +100,8 @@ class Settings:
     max_queued_generations_per_user: int = 3
     train_mode: str = "auto"
     generate_memory: str = "auto"
-    compile: bool = False
+    compile: bool = True  # generation: shapes compiled ahead in the worker's idle time
+    compile_training: bool = False
     cuda_graphs: bool = True
     guidance_interval: tuple[float, float] | None = DEFAULT_GUIDANCE_INTERVAL
     workers: str = "auto"
@@ -134,7 +135,8 @@ class Settings:
             generate_memory=read(
                 env, "PAWTRAIT_GENERATE_MEMORY", "auto", choice("auto", "full", "low"), "auto, full or low"
             ),
-            compile=read(env, "PAWTRAIT_COMPILE", False, boolean, "true or false"),
+            compile=read(env, "PAWTRAIT_COMPILE", True, boolean, "true or false"),
+            compile_training=read(env, "PAWTRAIT_COMPILE_TRAINING", False, boolean, "true or false"),
             cuda_graphs=read(env, "PAWTRAIT_CUDA_GRAPHS", True, boolean, "true or false"),
             guidance_interval=read(
                 env, "PAWTRAIT_GUIDANCE_INTERVAL", DEFAULT_GUIDANCE_INTERVAL, _guidance_interval,

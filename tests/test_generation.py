@@ -502,3 +502,38 @@ def test_with_compile_the_compiled_code_is_kept_in_the_data_folder(
     environ["TORCHINDUCTOR_CACHE_DIR"] = "/elsewhere"  # an operator's own choice wins
     load_base_model(Settings(model=str(tiny_model_dir), vae=None, device="cpu", data_dir=tmp_path, compile=True))
     assert environ["TORCHINDUCTOR_CACHE_DIR"] == "/elsewhere"
+
+
+def test_compiled_blocks_run_only_for_shapes_compiled_ahead_and_paint_the_same(tiny_model_dir: Path) -> None:
+    """A request never waits for the compiler: a shape not compiled yet runs eagerly and is queued;
+    the idle-time `compile_ahead` compiles it a block variant at a time; from then on requests of
+    that shape run the compiled code, compile nothing more and paint the same pixels."""
+    from torch._dynamo.utils import counters
+
+    compiled_runs = 0
+
+    def counting(graph: torch.fx.GraphModule, example_inputs: list) -> object:
+        def run(*args: object) -> object:
+            nonlocal compiled_runs
+            compiled_runs += 1
+            return graph.forward(*args)
+        return run
+
+    gen = Generator(load_tiny(tiny_model_dir), memory="full", size_scale=SMALL, compile=True, compile_backend=counting)
+    odd = quick(size="16:9", count=2)
+
+    def graphs() -> int:
+        return counters["stats"]["unique_graphs"]
+
+    before = graphs()
+    eager = gen.generate(quick()).images, gen.generate(odd).images
+    assert graphs() == before and compiled_runs == 0  # no compiling inside a request
+    steps = 0
+    while gen.compile_ahead():
+        steps += 1
+    assert steps > 3 and graphs() > before  # recorded, then one block variant per step
+    compiled_now = graphs()
+    again = gen.generate(quick()).images, gen.generate(odd).images
+    assert graphs() == compiled_now and compiled_runs > 0  # ran compiled, compiled nothing new
+    assert same(again[0], eager[0]) and same(again[1], eager[1])
+    assert not gen.compile_ahead()

@@ -18,7 +18,7 @@ def test_defaults_match_the_documented_ones() -> None:
     assert settings.vae == DEFAULT_VAE
     assert settings.device == "auto"
     assert settings.max_photos_per_pet == 30
-    assert settings.cuda_graphs and not settings.compile
+    assert settings.cuda_graphs and settings.compile and not settings.compile_training
     assert settings.guidance_interval == (0.28, 5.42)
 
 

@@ -1,8 +1,9 @@
 """The worker's parts that need no worker process: how many workers, whose jobs are orphaned,
-what a failure tells the user, and the housekeeping chores."""
+what a failure tells the user, the housekeeping chores, and what it does when idle."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import socket
@@ -12,12 +13,17 @@ import time
 
 import torch
 
+from engine.generation.generator import Generator
+from engine.models import load_base_model
 from engine.settings import Settings
 from engine.worker import chores
+from engine.worker.executor import Executor
 from engine.worker.failures import describe_failure
+from engine.worker.process import Worker
 from engine.worker.recovery import make_worker_id, recover_orphans, why_gone
 from engine.worker.supervisor import plan_workers
 from storage import jobs
+from storage.db import connect
 from storage.files import DataDir
 from storage.pets import LOCAL_GUILD
 
@@ -85,3 +91,43 @@ async def test_chores_expire_temporary_files_and_old_generations(db, settings: S
     async with db.execute("SELECT id FROM generations") as cursor:
         [(kept,)] = await cursor.fetchall()
     assert data.generation_dir(kept).is_dir() and not data.generation_dir(kept - 1).exists()
+
+
+async def test_an_idle_worker_compiles_ahead_and_a_picture_asked_for_meanwhile_goes_first(db, settings: Settings) -> None:
+    """With nothing queued the worker compiles the generator's wanted shapes one small step at a
+    time, looking at the queue between steps: a picture requested meanwhile is painted at once."""
+    worker = Worker(settings)
+    worker.db, worker.side_db = await connect(settings.db_path), await connect(settings.db_path)
+    base = load_base_model(settings)
+    worker.executor = Executor(settings, worker.data, base, worker.worker_id, worker.db, worker.side_db)
+    # The CPU compiles nothing with inductor; dynamo with a backend that runs the traced graph as is.
+    generator = Generator(base, memory="full", size_scale=settings.resolution / 1024, compile=True,
+                          compile_backend=lambda graph, example_inputs: graph.forward)
+    worker.executor.generator = generator
+    loop = asyncio.get_running_loop()
+    steps: list[bool] = []
+    painted_after: list[int] = []
+    compile_ahead, generate = generator.compile_ahead, generator.generate
+
+    def compile_step() -> bool:
+        steps.append(compile_ahead())
+        if len(steps) == 2:  # somebody asks for a picture while the worker compiles
+            payload = {"request": {"prompt": "a photo of a cat", "steps": 1, "seed": 7}}
+            asyncio.run_coroutine_threadsafe(jobs.submit_job(db, settings, "generate", LOCAL_GUILD, "carol", payload), loop).result()
+        return steps[-1]
+
+    def paint(*args, **kwargs):
+        painted_after.append(len(steps))
+        return generate(*args, **kwargs)
+
+    generator.compile_ahead, generator.generate = compile_step, paint
+    try:
+        await worker._work()
+    finally:
+        await worker.close()
+    assert painted_after == [2]  # right after the step during which it was asked for
+    assert steps[-1] is False and len(steps) > 4  # then compiled on to the end
+    assert generator.ahead is not None and not generator.ahead.pending
+    assert (1, settings.resolution, settings.resolution) in generator.ahead.ready
+    job = (await jobs.list_jobs(db, active_only=False))[0]
+    assert job.status == "succeeded"

@@ -42,7 +42,7 @@ def training_params(bot: "PawtraitBot", steps: int, prior_preservation: bool) ->
         checkpoint_every=every,
         validate_every=every,
         mode=bot.settings.train_mode,
-        compile=bot.settings.compile,
+        compile=bot.settings.compile_training,
         cuda_graphs=bot.settings.cuda_graphs,
     )
     try:

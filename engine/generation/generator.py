@@ -18,14 +18,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
-from engine.compile import compile_blocks
 from engine.cuda_graphs import graphs_supported
 from engine.device import free_memory_bytes
+from engine.generation.compile_ahead import CompileAhead
 from engine.generation.guidance import GuidanceInterval
 from engine.generation.loras import DEFAULT_CAPACITY, LoraCache, has_adapters, preserved_adapter_state
 from engine.generation.previews import preview_image
@@ -97,11 +98,12 @@ class Generator:
 
     `memory`: 'full' keeps everything on the GPU; 'low' adds VAE tiling and model CPU
     offload (for a 16 GB card beside nothing else — offload moves the shared UNet between
-    CPU and GPU, so a process in low mode must not train). `compile` compiles the UNet's
-    and the VAE decoder's blocks (engine/compile.py): 0.98 s instead of 1.2 s a picture on the
-    H100, but the first picture of each new shape waits about two minutes for the compiler, so
-    settings leave it off. `cuda_graphs` replays the denoising loop's UNet calls and the prompt
-    encoding from CUDA graphs (full memory mode on CUDA: see unet_graphs.py, text_graphs.py).
+    CPU and GPU, so a process in low mode must not train). `compile` (full memory mode on CUDA)
+    runs the UNet's and the VAE decoder's blocks compiled (engine/compile.py) for request shapes
+    compiled ahead by `compile_ahead()`, which the worker calls when idle; other shapes run
+    eagerly meanwhile (compile_ahead.py). `cuda_graphs` replays the denoising loop's UNet calls
+    and the prompt encoding from CUDA graphs (full memory mode on CUDA: see unet_graphs.py,
+    text_graphs.py).
     `guidance_interval` guides only the steps whose noise level lies inside it (guidance.py):
     better pictures from 45 UNet passes instead of 60; None guides every step.
     `size_scale` renders the size presets smaller (tests, drafts, a smaller native resolution).
@@ -112,6 +114,7 @@ class Generator:
         base: BaseModel,
         memory: str = "auto",
         compile: bool = False,
+        compile_backend: str | Callable[..., Any] = "inductor",
         lora_capacity: int = DEFAULT_CAPACITY,
         size_scale: float = 1.0,
         cuda_graphs: bool = True,
@@ -137,13 +140,15 @@ class Generator:
         )
         self.variation_pipe.set_progress_bar_config(disable=True)
         self.memory = choose_memory_mode(memory, base.device)
-        self.compiled = compile and base.device.type == "cuda"
         self.size_scale = size_scale
         self._lock = threading.Lock()
         self._setup_memory()
-        if self.compiled:
-            compile_blocks(self.pipe.unet)
-            compile_blocks(self.pipe.vae.decoder)  # its ResNet blocks: the decode is ~0.09 s of each picture
+        # (compile_backend other than inductor: tests, which compile on the CPU too)
+        compiles = compile and self.memory == "full" and (base.device.type == "cuda" or compile_backend != "inductor")
+        self.ahead = CompileAhead(self.pipe, compile_backend) if compiles else None
+        if self.ahead is not None:
+            for count in (1, 4):  # the bot's default request, then a full batch
+                self.ahead.want((count, *self.output_size(GenerationRequest(prompt="-", count=count))))
         self.loras = LoraCache(self.pipe, capacity=lora_capacity)
         usable = cuda_graphs and graphs_supported(base.device) and self.memory == "full"
         self.unet_graphs = UNetGraphs(self.pipe.unet) if usable else None
@@ -159,6 +164,24 @@ class Generator:
             cuda_graphs=settings.cuda_graphs,
             guidance_interval=GuidanceInterval(*settings.guidance_interval) if settings.guidance_interval else None,
         )
+
+    def compile_ahead(self) -> bool:
+        """Compile one more block variant for the request shapes still waiting to run compiled;
+        False when there is nothing to do (nothing wanted, compile off, or a training is paused
+        on the UNet). Takes seconds: call it when no request is waiting."""
+        if self.ahead is None or not self.ahead.pending:
+            return False
+        with self._lock, torch.no_grad():
+            if has_adapters(self.pipe):
+                return False  # its layers are not what requests run; compile after the training
+            if self.pipe.unet.training:
+                self.pipe.unet.eval()
+            try:
+                return self.ahead.step()
+            except Exception:
+                log.exception("compiling ahead failed; pictures keep running without torch.compile")
+                self.ahead = None
+                return False
 
     def release_graphs(self) -> None:
         """Give the CUDA graphs' memory back (before a training, or after running out of memory)."""
@@ -219,6 +242,7 @@ class Generator:
         started = time.perf_counter()
         with self._lock, torch.no_grad():
             training_paused = has_adapters(pipe)  # a training between its steps keeps its adapter on the UNet
+            compiled = self._runs_compiled((request.count, width, height), training_paused)
             with preserved_adapter_state(pipe) if training_paused else nullcontext():
                 if training_paused:
                     pipe.disable_lora()  # the training's adapter must not leak into the picture
@@ -231,12 +255,13 @@ class Generator:
                     applied = nullcontext()  # strength 0 is exactly the base model, not a 0-scaled LoRA
                 running = self.variation_pipe if request.is_variation else pipe
                 in_interval = interval.applied(pipe.unet, running.scheduler) if interval else nullcontext()
-                with applied, self._graphs_if_usable(training_paused), in_interval:
-                    if request.is_variation:
-                        latents = self._vary(prepared, request, seeds, self._encode(source), callback)
-                    else:
-                        latents = self._denoise(prepared, request, seeds, width, height, callback)
-                images = self._decode(latents)
+                with self._compiled_blocks(compiled):
+                    with applied, self._graphs_if_usable(training_paused, compiled), in_interval:
+                        if request.is_variation:
+                            latents = self._vary(prepared, request, seeds, self._encode(source), callback)
+                        else:
+                            latents = self._denoise(prepared, request, seeds, width, height, callback)
+                    images = self._decode(latents)
         return GenerationResult(
             images=images,
             seeds=seeds,
@@ -251,9 +276,29 @@ class Generator:
             guidance_interval=interval,
         )
 
+    def _runs_compiled(self, shape: tuple[int, int, int], training_paused: bool) -> bool:
+        """Whether this request runs the compiled blocks: only if its shape was compiled ahead (else
+        the shape is queued for `compile_ahead` and the request runs eagerly rather than wait)."""
+        if self.ahead is None or training_paused:  # a paused training's layers are not what was compiled
+            return False
+        if shape not in self.ahead.ready:
+            self.ahead.want(shape)
+            return False
+        return True
+
     @contextmanager
-    def _graphs_if_usable(self, training_paused: bool) -> Iterator[None]:
-        """The UNet's and the text encoders' graphs, if this generator uses them.
+    def _compiled_blocks(self, on: bool) -> Iterator[None]:
+        if not on:
+            yield
+            return
+        assert self.ahead is not None
+        with self.ahead.unet_blocks.active(), self.ahead.decoder_blocks.active():
+            yield
+
+    @contextmanager
+    def _graphs_if_usable(self, training_paused: bool, compiled: bool) -> Iterator[None]:
+        """The UNet's and the text encoders' graphs, if this generator uses them (the UNet's kept
+        apart for compiled and eager blocks, which launch different kernels).
 
         A training paused between its steps leaves its LoRA layers on the UNet, switched off for
         the generation: a graph captured then runs the base layers only, exactly as they compute
@@ -263,7 +308,7 @@ class Generator:
             yield
             return
         try:
-            with self.unet_graphs.serving(release_after=training_paused), self.text_graphs.serving():
+            with self.unet_graphs.serving(release_after=training_paused, compiled=compiled), self.text_graphs.serving():
                 yield
         finally:
             if training_paused:

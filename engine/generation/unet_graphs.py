@@ -14,6 +14,7 @@ generation served while a training is paused releases them right after the pictu
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -42,14 +43,15 @@ class UNetGraphs:
         self.graphs.release()
 
     @contextmanager
-    def serving(self, release_after: bool = False) -> Iterator[None]:
+    def serving(self, release_after: bool = False, compiled: bool = False) -> Iterator[None]:
         """Inside, the UNet's inference calls go through the graphs; outside it is untouched.
 
         The caller keeps the UNet's layers as they were at capture: the same weight tensors
-        (values may change in place) and the same adapters switched off.
+        (values may change in place) and the same adapters switched off. `compiled` says the
+        blocks run their compiled code: those calls get graphs of their own.
         """
         try:
-            with wrapped_forward(self.unet, self._forward):
+            with wrapped_forward(self.unet, functools.partial(self._forward, compiled)):
                 yield
         finally:
             if release_after:
@@ -57,6 +59,7 @@ class UNetGraphs:
 
     def _forward(
         self,
+        compiled: bool,
         original: Any,
         sample: torch.Tensor,
         timestep: torch.Tensor | float | int,
@@ -94,5 +97,5 @@ class UNetGraphs:
             sample, torch.as_tensor(timestep, device=sample.device), encoder_hidden_states,
             added["text_embeds"], added["time_ids"],
         )
-        key = tuple((tuple(tensor.shape), tensor.dtype) for tensor in inputs)
+        key = (compiled, *((tuple(tensor.shape), tensor.dtype) for tensor in inputs))
         return self.graphs.call(key, unet, inputs, eager, finish)

@@ -20,6 +20,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +31,7 @@ from diffusers.optimization import get_scheduler
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from engine.compile import compile_blocks
+from engine.compile import compiled_blocks
 from engine.cuda_graphs import CapturedCall, graphs_supported, on_side_stream
 from engine.models import BaseModel
 from engine.training.cache import TrainingCache
@@ -137,8 +138,8 @@ class LoraTrainer:
         for p in self.lora_params:
             p.data = p.data.float()  # the base stays in half precision; the trained weights in fp32
         self.activate()
-        if params.compile and self.device.type == "cuda":
-            compile_blocks(self.unet)
+        # Training compiles on first use (its first steps wait for it); generation only runs shapes compiled ahead.
+        self.compiled = compiled_blocks(self.unet) if params.compile and self.device.type == "cuda" else None
 
         self.optimizer = build_optimizer(params, self.lora_params, self.device)
         self.lr_scheduler = get_scheduler(
@@ -277,21 +278,22 @@ class LoraTrainer:
     ) -> torch.Tensor:
         """Accumulate the step's gradient in micro-batches of plan.micro_batch images; returns the loss."""
         total = torch.zeros((), device=self.device)
-        for start in range(0, len(noisy), self.plan.micro_batch):
-            part = slice(start, start + self.plan.micro_batch)
-            # No autocast cache: cached casts would outlive a CUDA graph capture (PyTorch's graph rules).
-            with torch.autocast(self.device.type, dtype=self.base.dtype, enabled=self.autocast, cache_enabled=False):
-                prediction = self.unet(
-                    noisy[part],
-                    t[part],
-                    encoder_hidden_states=self.embeds[part],
-                    added_cond_kwargs={"text_embeds": self.pooled[part], "time_ids": self.time_ids[part]},
-                    return_dict=False,
-                )[0]
-            mse = F.mse_loss(prediction.float(), target[part], reduction="none").mean(dim=(1, 2, 3))
-            loss = (mse * weight[part]).sum()
-            (self.scaler.scale(loss) if self.scaler else loss).backward()
-            total += loss.detach()
+        with self.compiled.active() if self.compiled else nullcontext():  # also for checkpointing's recompute
+            for start in range(0, len(noisy), self.plan.micro_batch):
+                part = slice(start, start + self.plan.micro_batch)
+                # No autocast cache: cached casts would outlive a CUDA graph capture (PyTorch's graph rules).
+                with torch.autocast(self.device.type, dtype=self.base.dtype, enabled=self.autocast, cache_enabled=False):
+                    prediction = self.unet(
+                        noisy[part],
+                        t[part],
+                        encoder_hidden_states=self.embeds[part],
+                        added_cond_kwargs={"text_embeds": self.pooled[part], "time_ids": self.time_ids[part]},
+                        return_dict=False,
+                    )[0]
+                mse = F.mse_loss(prediction.float(), target[part], reduction="none").mean(dim=(1, 2, 3))
+                loss = (mse * weight[part]).sum()
+                (self.scaler.scale(loss) if self.scaler else loss).backward()
+                total += loss.detach()
         return total
 
     def _snr_weight(self, t: torch.Tensor) -> torch.Tensor:
