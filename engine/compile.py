@@ -16,7 +16,7 @@ import functools
 import os
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.resnet import ResnetBlock2D
+
+from engine.forward_wrapping import wrapped_forward
 
 BLOCK_TYPES = (BasicTransformerBlock, ResnetBlock2D)
 # Each block variant (width, resolution, batch, grad mode) is its own static graph, and blocks of
@@ -59,22 +61,22 @@ class CompiledBlocks:
         self.blocks = [module for module in model.modules() if isinstance(module, BLOCK_TYPES)]
         # The class's forward, bound: blocks of one class share its code object and so their graphs.
         self._compiled = [torch.compile(block.forward, backend=backend, dynamic=False) for block in self.blocks]
-        self._depth = 0
+        self._active = False
 
     @contextmanager
     def active(self) -> Iterator[None]:
         """Inside (nestable), every call of a block runs its compiled code, compiling a new shape first."""
-        if self._depth == 0:
-            for block, compiled in zip(self.blocks, self._compiled):
-                block.forward = functools.partial(_with_standard_layouts, compiled)
-        self._depth += 1
-        try:
+        if self._active:
             yield
+            return
+        self._active = True
+        try:
+            with ExitStack() as stack:
+                for block, compiled in zip(self.blocks, self._compiled):
+                    stack.enter_context(wrapped_forward(block, functools.partial(_run_compiled, compiled)))
+                yield
         finally:
-            self._depth -= 1
-            if self._depth == 0:
-                for block in self.blocks:
-                    del block.forward  # the instance attribute: back to the class's eager forward
+            self._active = False
 
     def record(self, run: Callable[[], object]) -> list[BlockCall]:
         """Run `run()` eagerly and return one call per distinct block variant it made (block class,
@@ -159,10 +161,11 @@ def _row_major_strides(shape: torch.Size) -> tuple[int, ...]:
     return tuple(reversed(strides))
 
 
-def _with_standard_layouts(compiled: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call compiled block code with row-major inputs. Dynamo specialises on input strides, and the
-    layouts blocks receive depend on whether their neighbours ran compiled (e.g. the VAE's attention
-    hands on channels-last tensors, with any stride on a batch of 1): one layout, one graph."""
+def _run_compiled(compiled: Callable[..., Any], _eager: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run compiled block code, instead of the eager forward, on row-major inputs. Dynamo specialises
+    on input strides, and the layouts blocks receive depend on whether their neighbours ran compiled
+    (e.g. the VAE's attention hands on channels-last tensors, with any stride on a batch of 1): one
+    layout, one graph."""
     return compiled(*_standard_layouts(args), **_standard_layouts(kwargs))
 
 

@@ -26,7 +26,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from engine.generation.forward_wrapping import wrapped_forward
+from engine.forward_wrapping import wrapped_forward
 from engine.settings import DEFAULT_GUIDANCE_INTERVAL
 
 

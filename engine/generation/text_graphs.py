@@ -21,7 +21,7 @@ import torch
 from transformers.utils import ModelOutput
 
 from engine.cuda_graphs import GraphsByKey
-from engine.generation.forward_wrapping import wrapped_forward
+from engine.forward_wrapping import wrapped_forward
 
 
 def _weight_addresses(encoder: torch.nn.Module) -> list[int]:

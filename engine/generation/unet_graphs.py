@@ -24,7 +24,7 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 
 from engine.cuda_graphs import GraphsByKey
-from engine.generation.forward_wrapping import wrapped_forward
+from engine.forward_wrapping import wrapped_forward
 
 # Shapes whose graphs are kept: a request's size and count fix two shapes (guided steps run
 # the negative and the prompt together, steps outside the guidance interval the prompt alone),

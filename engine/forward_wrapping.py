@@ -1,8 +1,9 @@
 """Routing a module's calls through a wrapper for a while: `wrapped_forward`.
 
-The generator changes how the UNet is called during one request without touching the
-pipeline that calls it: CUDA graphs replay the call, the guidance interval halves it. Both
-set `forward` on the UNet instance, nested, so each must put back exactly what it found.
+The engine changes how a module is called without touching the code that calls it: during a
+request CUDA graphs replay the UNet's call and the guidance interval halves it, and compiled
+blocks run their compiled code (engine/compile.py). Each sets `forward` on the instance,
+possibly nested, so each must put back exactly what it found.
 """
 
 from __future__ import annotations
