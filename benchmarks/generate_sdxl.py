@@ -147,7 +147,7 @@ def cold_start(model_dir: str, compile: bool = False) -> None:
     """In a fresh process: load the saved model from disk as the worker does, then one request."""
     started = time.perf_counter()
     from engine.models import load_base_model
-    from engine.settings import Settings
+    from config.settings import Settings
 
     base = load_base_model(Settings(model=model_dir, vae=None, device="cuda"))
     loaded = time.perf_counter()

@@ -25,6 +25,17 @@ def clip_config(vocab: int, hidden: int, layers: int, heads: int, act: str) -> C
                           bos_token_id=vocab - 2, eos_token_id=vocab - 1, pad_token_id=vocab - 1)
 
 
+# SDXL-base-1.0's UNet (2,567,463,684 parameters).
+UNET_CONFIG = dict(
+    sample_size=128, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280),
+    layers_per_block=2, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
+    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+)
+
+
 def build_sdxl(device: torch.device, dtype: torch.dtype, tokenizer_dir: Path) -> StableDiffusionXLPipeline:
     """UNet, VAE and both text encoders created on `device` in `dtype` (seconds on a GPU), frozen."""
     tokenizer = write_tokenizer(tokenizer_dir)
@@ -33,14 +44,7 @@ def build_sdxl(device: torch.device, dtype: torch.dtype, tokenizer_dir: Path) ->
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            unet = UNet2DConditionModel(
-                sample_size=128, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280),
-                layers_per_block=2, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-                transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
-                use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-                projection_class_embeddings_input_dim=2816,
-            )
+            unet = UNet2DConditionModel(**UNET_CONFIG)
             vae = AutoencoderKL(
                 in_channels=3, out_channels=3, block_out_channels=(128, 256, 512, 512),
                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,

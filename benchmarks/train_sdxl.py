@@ -38,7 +38,11 @@ from engine.training.loop import LoopPlan, LoraTrainer  # noqa: E402
 from engine.training.params import TrainingParams  # noqa: E402
 from engine.training.validation import render  # noqa: E402
 from sdxl_random import build_sdxl  # noqa: E402
-from storage.files import DataDir  # noqa: E402
+from storage import keys  # noqa: E402
+from storage.db import Database, open_database, sqlite_url  # noqa: E402
+from storage.files import DataDir, FileStore, LocalFiles  # noqa: E402
+from storage.pets import LOCAL_GUILD, Pet, create_pet  # noqa: E402
+from storage.photos import insert_photo  # noqa: E402
 
 GIB = 2**30
 PROMPT = "a photo of zqxjv cat"
@@ -168,28 +172,35 @@ def check_graphs(base: BaseModel, cache, res: int, steps: int = 6) -> dict:
             "losses": {name: losses for name, (_, losses) in loras.items()}}
 
 
+async def embedded_install(folder: Path) -> tuple[Database, FileStore, DataDir]:
+    """A one-host installation in `folder`: the SQLite file and the folder as the file store."""
+    return await open_database(sqlite_url(folder / "pawtrait.db")), LocalFiles(folder), DataDir(folder)
+
+
+async def pet_with(db: Database, store: FileStore, photos: list[Path], res: int) -> Pet:
+    """A pet whose prepared photos are `photos`, put in the file store as the intake would."""
+    pet = await create_pet(db, LOCAL_GUILD, "bench", "Thor", "cat")
+    for index, path in enumerate(photos):
+        key = keys.photo(pet.id, f"{index}-crop.png")
+        await store.put_file(key, path)
+        await insert_photo(db, pet.id, sha256=str(index), phash="0", original_name="p", original_path=key,
+                           prepared_path=key, width=res, height=res, crop=(0, 0, res), added_by="bench")
+    return pet
+
+
 def bench_end_to_end(
     base: BaseModel, work: Path, photos: list[Path], steps: int, mode: str, res: int, compile_blocks: bool, every: int
 ) -> dict:
     """execute_run itself, from photos to the last checkpoint, on a real SQLite database."""
     from engine.training.service import execute_run
     from engine.training.create import create_run
-    from storage.db import connect
-    from storage.pets import LOCAL_GUILD, create_pet
 
     async def run() -> dict:
-        data = DataDir(work / f"e2e-{mode}")
-        db = await connect(data.root / "pawtrait.db")
-        pet = await create_pet(db, LOCAL_GUILD, "bench", "Thor", "cat")
-        for index, path in enumerate(photos):
-            await db.execute(
-                "INSERT INTO photos (pet_id, sha256, phash, original_name, original_path, prepared_path, width, "
-                "height, crop_left, crop_top, crop_size, added_by) VALUES (?, ?, '0', 'p', ?, ?, 1024, 1024, 0, 0, "
-                "1024, 'bench')", (pet.id, str(index), str(path), str(path)),
-            )
+        db, store, data = await embedded_install(work / f"e2e-{mode}")
+        pet = await pet_with(db, store, photos, res)
         params = TrainingParams(steps=steps, checkpoint_every=every, validate_every=every, mode=mode, resolution=res,
                                 compile=compile_blocks)
-        run_id = await create_run(db, data, pet, params)
+        run_id = await create_run(db, store, pet, params)
         marks: list[tuple[str, float]] = []
         from engine.training.hooks import TrainingHooks
 
@@ -199,7 +210,7 @@ def bench_end_to_end(
         )
         reset_peak()
         start = time.perf_counter()
-        outcome = await execute_run(db, data, base, run_id, hooks)
+        outcome = await execute_run(db, store, data, base, run_id, hooks)
         wall = time.perf_counter() - start
         await db.close()
         return {"mode": mode + ("+compile" if compile_blocks else ""), "steps": steps, "status": outcome.status, "error": outcome.error, "wall_s": wall,
@@ -237,7 +248,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="pawtrait-bench-"))
     if args.tiny:
         from engine.models import load_base_model
-        from engine.settings import Settings
+        from config.settings import Settings
 
         build_s, base = timed(lambda: load_base_model(Settings(model=str(args.tiny), vae=None, device="cpu")))
     else:
@@ -287,8 +298,15 @@ def main() -> int:
     save()
 
     if args.prior_configs:
-        data = DataDir(work / "data")
-        class_s, class_paths = timed(lambda: ensure_class_images(base, data, "cat", args.class_images, res, steps=25))
+        async def class_images() -> list[Path]:
+            db, store, _ = await embedded_install(work / "data")
+
+            async def never() -> bool:
+                return False
+
+            return await ensure_class_images(db, store, base, "cat", args.class_images, res, steps=25, should_stop=never)
+
+        class_s, class_paths = timed(lambda: asyncio.run(class_images()))
         results["class_images"] = {"count": args.class_images, "s": class_s, "s_each": class_s / args.class_images}
         print(f"{args.class_images} class images in {class_s:.1f} s", flush=True)
         prior_cache = build_cache(base, photos, PROMPT, res, flip=False, class_paths=class_paths,

@@ -4,7 +4,7 @@
     python benchmarks/worker_sdxl.py --tiny MODEL_DIR   # a dry run on the CPU with the tiny model
 
 It drives the worker's own `Executor` (the code `python -m engine.worker` runs) over a real
-SQLite queue: a training job runs; while it trains, generation jobs (1024², 30 steps,
+SQLite queue and the data folder as the file store (the one-host installation): a training job runs; while it trains, generation jobs (1024², 30 steps,
 guidance 5, the plain base model) are submitted one after another at arbitrary moments.
 For each one it reports the wait (submitted -> started, from the job rows) against one
 optimizer step of the training, and the generation's own time against the same request
@@ -33,15 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from engine.generation.generator import Generator  # noqa: E402
 from engine.models import BaseModel  # noqa: E402
-from engine.settings import Settings  # noqa: E402
+from config.settings import Settings  # noqa: E402
 from engine.training import TrainingParams, create_run  # noqa: E402
 from engine.worker.executor import Executor  # noqa: E402
-from storage import jobs  # noqa: E402
-from storage.db import connect  # noqa: E402
-from storage.files import DataDir  # noqa: E402
-from storage.pets import LOCAL_GUILD, create_pet  # noqa: E402
+from storage import jobs, runs  # noqa: E402
+from storage.pets import LOCAL_GUILD  # noqa: E402
 from generate_sdxl import mean_pixel_diff  # noqa: E402
-from train_sdxl import build_base, peak_gib, reset_peak, write_photos  # noqa: E402
+from train_sdxl import build_base, embedded_install, peak_gib, pet_with, reset_peak, write_photos  # noqa: E402
 
 
 
@@ -66,16 +64,10 @@ async def until_ended(db, job_id: int, training: asyncio.Task) -> jobs.Job | Non
 async def scenario(
     name: str, base: BaseModel, gen_base: BaseModel, settings: Settings, photos: list[Path], args: argparse.Namespace
 ) -> dict:
-    data = DataDir(settings.data_dir / name)
-    db, side, front = [await connect(data.root / "pawtrait.db") for _ in range(3)]
-    pet = await create_pet(db, LOCAL_GUILD, "bench", "Thor", "cat")
-    for index, path in enumerate(photos):
-        await db.execute(
-            "INSERT INTO photos (pet_id, sha256, phash, original_name, original_path, prepared_path, width, height, "
-            "crop_left, crop_top, crop_size, added_by) VALUES (?, ?, '0', 'p', ?, ?, ?, ?, 0, 0, ?, 'bench')",
-            (pet.id, str(index), str(path), str(path), args.resolution, args.resolution, args.resolution),
-        )
-    executor = Executor(settings, data, base, "bench:0", db, side)
+    db, store, data = await embedded_install(settings.data_dir / name)
+    front = db
+    pet = await pet_with(db, store, photos, args.resolution)
+    executor = Executor(settings, db, store, data, base, "bench:0")
     if gen_base is not base:
         executor.generator = Generator.from_settings(gen_base, settings)
     request = {"request": {"prompt": "a watercolor of a cat on a windowsill", "steps": args.gen_steps, "seed": 1}}
@@ -94,7 +86,7 @@ async def scenario(
     reset_peak()
     for _ in range(3):
         job = await jobs.submit_job(front, settings, "generate", LOCAL_GUILD, "bench", request)
-        done = await executor.run(db, await jobs.claim_next_job(db, "bench:0"))
+        done = await executor.run(await jobs.claim_next_job(db, "bench:0"))
         assert done.status == "succeeded", done.error
         idle.append(seconds_between(done.started_at, done.finished_at))
         idle_files.append(done.result["files"][0])
@@ -105,12 +97,12 @@ async def scenario(
         steps=args.steps, checkpoint_every=args.steps, validate_every=0, validation_steps=1, resolution=args.resolution,
         mode=args.train_mode,
     )
-    run_id = await create_run(db, data, pet, params)
+    run_id = await create_run(db, store, pet, params)
     train_job = await jobs.submit_job(
         front, settings, "train", LOCAL_GUILD, "bench", {"run_id": run_id, "pet_id": pet.id}, run_id
     )
     reset_peak()
-    training = asyncio.create_task(executor.run(db, await jobs.claim_next_job(db, "bench:0")))
+    training = asyncio.create_task(executor.run(await jobs.claim_next_job(db, "bench:0")))
     rng = random.Random(0)
     served = []
     while len(served) < args.generations and not training.done():
@@ -125,7 +117,7 @@ async def scenario(
         train_row = await jobs.get_job(front, train_job.id)
         served.append({
             "status": done.status,
-            "mean_pixel_diff_vs_idle": mean_pixel_diff(*(Image.open(data.abs(path)) for path in (idle_files[-1], done.result["files"][0]))) if done.result else None,
+            "mean_pixel_diff_vs_idle": mean_pixel_diff(*[Image.open(await store.local_path(path)) for path in (idle_files[-1], done.result["files"][0])]) if done.result else None,
             "wait_s": seconds_between(done.created_at, done.started_at),
             "run_s": seconds_between(done.started_at, done.finished_at),
             "total_s": seconds_between(done.created_at, done.finished_at),
@@ -135,16 +127,15 @@ async def scenario(
     finished = await training
     both_gib = peak_gib()
     # The trainer's ETA counts its own step time only (not the generations it served): per step = ETA / steps left.
-    progress = [e.data for e in await jobs.events_after(front, 0, [train_job.id]) if e.kind == "progress"]
+    progress = [e.data for e in await jobs.events_after(front, jobs.START, [train_job.id]) if e.kind == "progress"]
     per_step = [p["eta_s"] / (p["total"] - p["step"]) for p in progress if p.get("eta_s") and p["step"] < p["total"]]
-    run = await front.execute_fetchall("SELECT started_at, finished_at, step FROM training_runs WHERE id = ?", (run_id,))
-    train_wall = seconds_between(run[0][0], run[0][1])
+    run = await runs.get_run(db, run_id)
+    train_wall = seconds_between(run.started_at, run.finished_at)
     gen_time = sum(s["run_s"] for s in served)
-    for connection in (db, side, front):
-        await connection.close()
+    await db.close()
     return {
         "scenario": name,
-        "training": {"status": finished.status, "error": finished.error, "steps": run[0][2], "wall_s": train_wall,
+        "training": {"status": finished.status, "error": finished.error, "steps": run.step, "wall_s": train_wall,
                      "wall_s_without_generations": train_wall - gen_time},
         "generation_alone_s": idle[-1],
         "generation_first_s": idle[0],

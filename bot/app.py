@@ -9,10 +9,8 @@ Content or Members intent.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from pathlib import Path
 
-import aiosqlite
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -22,9 +20,10 @@ from bot.command_sync import sync_if_changed
 from bot.job_relay import JobRelay
 from bot.settings import BotSettings
 from bot.views import ForgetButton, GenerationButton, VariationButton
-from engine.settings import Settings
-from storage.db import connect
-from storage.files import DataDir
+from config.settings import Settings
+from storage.db import Database, open_database
+from storage.connect import file_store
+from storage.files import DataDir, FileMissing, FileStore
 
 log = logging.getLogger(__name__)
 
@@ -53,29 +52,38 @@ class PawtraitBot(commands.Bot):
         super().__init__(command_prefix=commands.when_mentioned, intents=intents(), help_command=None)
         self.settings = settings
         self.bot_settings = bot_settings
-        self.data = DataDir(settings.data_dir)
+        self.data = DataDir(settings.data_dir)  # this host's own folder: a cache and the commands hash
+        # The records and the files, shared with the workers (on this host or others). A pool
+        # of connections: concurrent interactions never share a transaction.
+        self.store: FileStore = file_store(settings)
+        self.db: Database
         self.relay = JobRelay(self, interval_s=relay_interval_s)
         self.tree.on_error = self.on_app_command_error
 
-    @asynccontextmanager
-    async def database(self) -> AsyncIterator[aiosqlite.Connection]:
-        """A connection for one interaction: concurrent interactions never share a transaction."""
-        db = await connect(self.settings.db_path)
-        try:
-            yield db
-        finally:
-            await db.close()
-
     async def setup_hook(self) -> None:
+        self.db = await open_database(self.settings.database_url)
         for cog in COGS:
             await self.load_extension(cog)
         self.add_dynamic_items(GenerationButton, VariationButton, ForgetButton)
         await sync_if_changed(self.tree, self.data.root / COMMANDS_HASH_FILE, self.bot_settings.dev_guild)
         await self.relay.start()
 
+    async def local_copies(self, keys: list[str]) -> list[Path]:
+        """Local files of these file-store keys (fetched into this host's cache when the store is
+        remote), skipping any that no longer exist (deleted by retention or `/forget`)."""
+        found = []
+        for key in keys:
+            try:
+                found.append(await self.store.local_path(key))
+            except FileMissing:
+                log.info("file %s is gone; not attaching it", key)
+        return found
+
     async def close(self) -> None:
         await self.relay.stop()
         await super().close()
+        if hasattr(self, "db"):
+            await self.db.close()
 
     async def on_ready(self) -> None:
         log.info("connected as %s to %d servers", self.user, len(self.guilds))

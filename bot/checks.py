@@ -6,10 +6,10 @@ the member alone (ephemeral), so a mistake never clutters the channel.
 
 from __future__ import annotations
 
-import aiosqlite
 import discord
 from discord import app_commands
 
+from storage.db import Queries
 from storage.guild_settings import get_guild_settings
 from storage.pets import Pet, find_pet, list_pets
 
@@ -29,7 +29,7 @@ def is_manager(interaction: discord.Interaction) -> bool:
     return interaction.permissions.manage_guild
 
 
-async def pet_named(db: aiosqlite.Connection, interaction: discord.Interaction, name: str) -> Pet:
+async def pet_named(db: Queries, interaction: discord.Interaction, name: str) -> Pet:
     """The server's pet of that name; pets of other servers do not exist here."""
     pet = await find_pet(db, guild_key(interaction), name)
     if pet is None:
@@ -43,14 +43,14 @@ def require_owner(interaction: discord.Interaction, pet: Pet, doing: str) -> Non
         raise UserError(f"**{pet.name}** is <@{pet.owner_id}>'s pet: only they (or someone with Manage Server) can {doing} it.")
 
 
-async def require_may_train(db: aiosqlite.Connection, interaction: discord.Interaction) -> None:
+async def require_may_train(db: Queries, interaction: discord.Interaction) -> None:
     settings = await get_guild_settings(db, guild_key(interaction))
     if settings.who_may_train == "managers" and not is_manager(interaction):
         raise UserError("In this server only members with Manage Server can start trainings (see `/settings`).")
 
 
 async def pet_choices(
-    db: aiosqlite.Connection, interaction: discord.Interaction, typed: str
+    db: Queries, interaction: discord.Interaction, typed: str
 ) -> list[app_commands.Choice[str]]:
     """Autocomplete: the server's pets whose name contains what was typed, the member's own first."""
     if interaction.guild_id is None:

@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import aiosqlite
 import discord
 
 from bot.formatting import duration, progress_bar
 from bot.voting import choose_checkpoint
+from storage.db import Queries
 from storage.discord_posts import (
     DiscordJob,
     get_discord_job,
@@ -31,7 +31,7 @@ from storage.discord_posts import (
 )
 from storage.generations import get_generation
 from storage.guild_settings import get_guild_settings
-from storage.jobs import Job, JobEvent, events_after, get_job, last_event_id
+from storage.jobs import EventPosition, Job, JobEvent, events_after, get_job, last_event_position
 from storage.pets import get_pet
 from storage.runs import set_validation_message, validation_is_posted
 
@@ -79,21 +79,21 @@ class JobRelay:
 
     async def _run(self) -> None:
         await self.bot.wait_until_ready()
-        async with self.bot.database() as db:
-            position = await relay_position(db)
-            if position is None:  # first start ever: nothing old to replay
-                position = await last_event_id(db)
-                await set_relay_position(db, position)
-            while True:
-                try:
-                    position = await self.tick(db, position)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("relaying job events failed; retrying")
-                await asyncio.sleep(self.interval_s)
+        db = self.bot.db
+        position = await relay_position(db)
+        if position is None:  # first start ever: nothing old to replay
+            position = await last_event_position(db)
+            await set_relay_position(db, position)
+        while True:
+            try:
+                position = await self.tick(db, position)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("relaying job events failed; retrying")
+            await asyncio.sleep(self.interval_s)
 
-    async def tick(self, db: aiosqlite.Connection, position: int) -> int:
+    async def tick(self, db: Queries, position: EventPosition) -> EventPosition:
         """Handle the events after `position`; returns the new position."""
         for event in await events_after(db, position):
             target = await get_discord_job(db, event.job_id)
@@ -104,7 +104,7 @@ class JobRelay:
                     await self._handle(db, target, event)
                 except discord.HTTPException as error:
                     log.warning("could not show event %s of job %s in Discord: %s", event.kind, event.job_id, error)
-            position = event.id
+            position = event.position
             await set_relay_position(db, position)
         await self._flush_due()
         return position
@@ -128,7 +128,7 @@ class JobRelay:
 
     # ---- dispatch ------------------------------------------------------------------------
 
-    async def _handle(self, db: aiosqlite.Connection, target: DiscordJob, event: JobEvent) -> None:
+    async def _handle(self, db: Queries, target: DiscordJob, event: JobEvent) -> None:
         job = await get_job(db, event.job_id)
         if job is None:
             return
@@ -139,7 +139,7 @@ class JobRelay:
 
     # ---- trainings -----------------------------------------------------------------------
 
-    async def _training_event(self, db: aiosqlite.Connection, target: DiscordJob, job: Job, event: JobEvent) -> None:
+    async def _training_event(self, db: Queries, target: DiscordJob, job: Job, event: JobEvent) -> None:
         data = event.data
         if event.kind == "started":
             await self._status(target, "🏋️ Training started: getting the photos ready…", force=True)
@@ -169,13 +169,16 @@ class JobRelay:
             await self._status(target, text, force=True)
             await self._send(target.post_channel_id, mention, allowed=True)
 
-    async def _post_validation(self, db: aiosqlite.Connection, target: DiscordJob, data: dict[str, Any]) -> None:
+    async def _post_validation(self, db: Queries, target: DiscordJob, data: dict[str, Any]) -> None:
         step = int(data.get("step", 0))
         emoji = (await get_guild_settings(db, target.guild_id)).vote_emoji
         for image in data.get("images", []):
-            path = self.bot.data.abs(image["path"])
-            if not path.is_file() or await validation_is_posted(db, int(image["id"])):
-                continue  # gone, or announced again by a resumed worker after we posted it
+            if await validation_is_posted(db, int(image["id"])):
+                continue  # announced again by a resumed worker after we posted it
+            found = await self.bot.local_copies([image["path"]])
+            if not found:
+                continue  # deleted meanwhile (a pruned checkpoint)
+            path = found[0]
             label = "before training" if step == 0 else f"step {step}"
             vote = "" if step == 0 else f" · react {emoji} if this looks like your pet"
             message = await self._send(
@@ -192,7 +195,7 @@ class JobRelay:
                 except discord.HTTPException:
                     pass
 
-    async def _training_finished(self, db: aiosqlite.Connection, target: DiscordJob, job: Job, data: dict[str, Any]) -> None:
+    async def _training_finished(self, db: Queries, target: DiscordJob, job: Job, data: dict[str, Any]) -> None:
         run_id = job.run_id or (job.result or {}).get("run_id") or job.payload.get("run_id")
         pet = await get_pet(db, int(job.payload.get("pet_id", 0)))
         total = int((job.result or {}).get("step") or data.get("step") or 0)
@@ -213,14 +216,13 @@ class JobRelay:
 
     # ---- generations ---------------------------------------------------------------------
 
-    async def _generation_event(self, db: aiosqlite.Connection, target: DiscordJob, job: Job, event: JobEvent) -> None:
+    async def _generation_event(self, db: Queries, target: DiscordJob, job: Job, event: JobEvent) -> None:
         data = event.data
         if event.kind == "started":
             await self._status(target, f"🎨 Painting **{_prompt(job)}**…", force=True)
         elif event.kind == "preview":
-            path = self.bot.data.abs(data["path"]) if data.get("path") else None
             step, total = int(data.get("step", 0)), int(data.get("total", 0)) or 1
-            files = [path] if path is not None and path.is_file() else []
+            files = await self.bot.local_copies([data["path"]]) if data.get("path") else []
             first = bool(files) and self._first_progress(job.id)
             await self._status(
                 target,
@@ -237,7 +239,7 @@ class JobRelay:
         elif event.kind == "cancelled":
             await self._status(target, f"⏹️ Cancelled: **{_prompt(job)}**", force=True)
 
-    async def _generation_finished(self, db: aiosqlite.Connection, target: DiscordJob, job: Job) -> None:
+    async def _generation_finished(self, db: Queries, target: DiscordJob, job: Job) -> None:
         from bot.views import generation_view
 
         result = job.result or {}
@@ -258,7 +260,7 @@ class JobRelay:
             lines.append(f"🔀 variation of image {generation.source_image} of generation #{generation.source_generation_id}"
                          f" · strength {generation.variation_strength:g}")
         lines += [f"⚠️ {warning}" for warning in result.get("warnings", [])]
-        files = [self.bot.data.abs(path) for path in generation.files]
+        files = await self.bot.local_copies(generation.files)
         message = await self._status(
             target, "\n".join(lines), files=files, force=True,
             view=generation_view(generation.id, len(generation.files)), allowed=True,
@@ -330,8 +332,8 @@ class JobRelay:
         for job_id, pending in list(self._pending.items()):
             if now - self._last_edit.get(job_id, 0.0) < STATUS_EDIT_INTERVAL_S:
                 continue
-            async with self.bot.database() as db:
-                target = await get_discord_job(db, job_id)
+            db = self.bot.db
+            target = await get_discord_job(db, job_id)
             self._pending.pop(job_id, None)
             if target is None:
                 continue

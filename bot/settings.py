@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import discord
 import yarl
 
-from engine.settings import environment, positive_int, read
+from config.settings import environment, positive_int, read
 
 
 def _url(*schemes: str):

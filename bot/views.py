@@ -66,13 +66,13 @@ class GenerationButton(discord.ui.DynamicItem[discord.ui.Button], template=r"paw
 
     async def _share(self, bot: "PawtraitBot", interaction: discord.Interaction) -> None:
         generation = await self._generation(bot, interaction)
-        async with bot.database() as db:
-            settings = await get_guild_settings(db, str(interaction.guild_id))
+        db = bot.db
+        settings = await get_guild_settings(db, str(interaction.guild_id))
         if settings.gallery_channel_id is None:
             raise UserError("This server has no gallery channel yet; someone with Manage Server can set one with `/settings gallery:`.")
         await interaction.response.defer(ephemeral=True, thinking=True)
         gallery = bot.get_channel(int(settings.gallery_channel_id)) or await bot.fetch_channel(int(settings.gallery_channel_id))
-        files = [discord.File(bot.data.abs(path)) for path in generation.files if bot.data.abs(path).is_file()]
+        files = [discord.File(path) for path in await bot.local_copies(generation.files)]
         source = f" · [original]({interaction.message.jump_url})" if interaction.message else ""
         await gallery.send(  # type: ignore[union-attr]
             f"📌 **{generation.prompt}** by <@{generation.requested_by}>, shared by <@{interaction.user.id}> "
@@ -123,8 +123,8 @@ class VariationButton(discord.ui.DynamicItem[discord.ui.Button], template=r"pawt
 
 async def _generation_here(bot: "PawtraitBot", interaction: discord.Interaction, generation_id: int) -> Generation:
     """The generation a button acts on, if it still exists in this server."""
-    async with bot.database() as db:
-        generation = await get_generation(db, generation_id)
+    db = bot.db
+    generation = await get_generation(db, generation_id)
     if generation is None or generation.guild_id != str(interaction.guild_id):
         raise UserError("These images were deleted (their pet may have been forgotten).")
     return generation
@@ -134,12 +134,12 @@ async def _request_again(
     bot: "PawtraitBot", interaction: discord.Interaction, generation: Generation, what: str
 ) -> tuple[GenerationRequest, Pet | None]:
     """The request that made `generation` (new random seed) and its pet, if the presser may use that pet."""
-    async with bot.database() as db:
-        job_id = await job_for_generation(db, generation.id)
-        job = await get_job(db, job_id) if job_id else None
-        pet = await get_pet(db, generation.pet_id) if generation.pet_id else None
-        if pet is not None:
-            await require_may_imagine(db, interaction, pet)
+    db = bot.db
+    job_id = await job_for_generation(db, generation.id)
+    job = await get_job(db, job_id) if job_id else None
+    pet = await get_pet(db, generation.pet_id) if generation.pet_id else None
+    if pet is not None:
+        await require_may_imagine(db, interaction, pet)
     if job is None:
         raise UserError(f"I no longer know how these images were made, so I can't {what}.")
     request = GenerationRequest.from_dict(job.payload["request"])
@@ -179,20 +179,20 @@ class ForgetButton(discord.ui.DynamicItem[discord.ui.Button], template=r"pawtrai
         if interaction.user.id != self.user_id:
             await interaction.response.send_message("Only the member who asked to forget this pet can confirm.", ephemeral=True)
             return
-        async with bot.database() as db:
-            pet = await get_pet(db, self.pet_id)
-            if pet is None or pet.guild_id != str(interaction.guild_id):
-                await interaction.response.edit_message(content="That pet is already gone.", view=None)
-                return
-            if pet.owner_id != str(interaction.user.id) and not is_manager(interaction):
-                await interaction.response.send_message("Only the owner or someone with Manage Server can do that.", ephemeral=True)
-                return
-            await interaction.response.defer()
-            try:
-                footprint = await forget_pet(db, bot.data, pet)
-            except PetBusy as error:
-                await interaction.edit_original_response(content=f"❌ {error}", view=None)
-                return
+        db = bot.db
+        pet = await get_pet(db, self.pet_id)
+        if pet is None or pet.guild_id != str(interaction.guild_id):
+            await interaction.response.edit_message(content="That pet is already gone.", view=None)
+            return
+        if pet.owner_id != str(interaction.user.id) and not is_manager(interaction):
+            await interaction.response.send_message("Only the owner or someone with Manage Server can do that.", ephemeral=True)
+            return
+        await interaction.response.defer()
+        try:
+            footprint = await forget_pet(db, bot.store, pet)
+        except PetBusy as error:
+            await interaction.edit_original_response(content=f"❌ {error}", view=None)
+            return
         await interaction.edit_original_response(
             content=f"🗑️ Forgot **{pet.name}**: {_footprint(footprint)} deleted.", view=None
         )

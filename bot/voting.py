@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiosqlite
 
+from storage.db import Queries
 from storage.discord_posts import voted_steps
 from storage.pets import Pet, set_active_checkpoint
 from storage.runs import Checkpoint, list_checkpoints, set_chosen_checkpoint, vote_tally
@@ -42,7 +42,7 @@ def pick_step(tally: dict[int, int], owner_steps: set[int]) -> tuple[int, str]:
     return tied[-1], f"steps {steps} tied with {_plural(best, 'vote')}; the later step won"
 
 
-async def choose_checkpoint(db: aiosqlite.Connection, run_id: int, pet: Pet, emoji: str) -> Choice | None:
+async def choose_checkpoint(db: Queries, run_id: int, pet: Pet, emoji: str) -> Choice | None:
     """Apply the voting rule to a run and make the winner the pet's active checkpoint."""
     checkpoints = {checkpoint.step: checkpoint for checkpoint in await list_checkpoints(db, run_id)}
     if not checkpoints:

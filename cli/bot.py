@@ -7,7 +7,7 @@ import asyncio
 import signal
 from typing import TYPE_CHECKING
 
-from engine.settings import Settings, SettingsError
+from config.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from bot.settings import BotSettings

@@ -8,7 +8,7 @@ import platform
 import tempfile
 from pathlib import Path
 
-from engine.settings import Settings
+from config.settings import Settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,8 +16,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "doctor",
         help="show configuration and hardware, and what the bot still needs",
         description="Print what Pawtrait sees: Python, torch and its device, bitsandbytes, the base model and "
-        "VAE, the data folder and database, and whether a Discord token is set (never the token itself). "
-        "Exits 1 when something `pawtrait bot` needs is missing.",
+        "VAE, the data folder, the database and the file store (each written to and read back; passwords "
+        "and keys are never printed), and whether a Discord token is set (never the token itself). "
+        "Exits 1 when something the chosen role needs is missing.",
+    )
+    parser.add_argument(
+        "--for", dest="role", choices=("bot", "worker"), default="bot",
+        help="what this host runs: `pawtrait bot` (default) or only `pawtrait worker`, which needs no Discord token",
     )
     parser.set_defaults(run=run)
 
@@ -77,42 +82,113 @@ def _data_dir_line(data_dir: Path) -> tuple[str, bool]:
     return f"data folder: {data_dir.resolve()} - writable", True
 
 
-async def _database_line(settings: Settings) -> str:
-    from storage.db import connect, latest_version, schema_version
+async def _storage_lines(settings: Settings) -> list[tuple[str, bool]]:
+    """The database and the file store, each opened, written to and read back."""
+    from storage.connect import file_store
+    from storage.db import DatabaseUnavailable, current_revision, open_database
+    from storage.files import FileStoreError
+    from storage.leases import release, try_acquire
 
-    db = await connect(settings.db_path)
+    lines = []
     try:
-        version = await schema_version(db)
-    finally:
-        await db.close()
-    return f"database: {settings.db_path.resolve()} - schema version {version} of {latest_version()}"
+        db = await open_database(settings.database_url)
+    except (DatabaseUnavailable, ValueError) as error:
+        lines.append((f"database: {_database_where(settings)} - not usable: {_scrub(str(error), settings)}", False))
+    except Exception as error:  # noqa: BLE001 - unreachable, refused login, no such database ...
+        lines.append((f"database: {_database_where(settings)} - {_database_problem(error, settings)}", False))
+    else:
+        try:
+            probe = f"doctor-probe:{settings.host_id}"
+            ok = await try_acquire(db, probe, "doctor", 30.0)
+            await release(db, probe, "doctor")
+            lines.append((f"database: {db.describe()} - schema {await current_revision(db)}, "
+                          + ("written and read back" if ok else "probe row could not be written"), ok))
+        except Exception as error:  # noqa: BLE001 - report any failure in plain words
+            lines.append((f"database: {db.describe()} - {_database_problem(error, settings)}", False))
+        finally:
+            await db.close()
+    # The file store is checked even when the database is not usable: the operator sees both problems at once.
+    try:
+        store = file_store(settings)
+    except (FileStoreError, ValueError) as error:
+        lines.append((f"file store: not usable: {error}", False))
+        return lines
+    try:
+        await store.probe()
+        lines.append((f"file store: {store.describe()} - written and read back", True))
+    except (FileStoreError, OSError) as error:
+        lines.append((f"file store: {store.describe()} - not usable: {error}", False))
+    return lines
+
+
+def _database_where(settings: Settings) -> str:
+    """The configured database without its password (or the variable's name if it cannot be parsed)."""
+    from storage.db import async_url
+
+    try:
+        return async_url(settings.database_url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparseable URL is described by its variable
+        return "PAWTRAIT_DATABASE_URL"
+
+
+def _scrub(text: str, settings: Settings) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        password = make_url(settings.database_url).password
+    except Exception:  # noqa: BLE001
+        password = None
+    return text.replace(str(password), "***") if password else text
+
+
+def _database_problem(error: BaseException, settings: Settings) -> str:
+    """Why the database cannot be used, in plain words, without the password."""
+    from storage.db import is_disconnect
+
+    cause = getattr(error, "orig", None) or error  # the driver's own message, without SQLAlchemy's wrapping
+    reason = _scrub(str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__, settings)
+    if is_disconnect(error):
+        return (f"cannot reach it ({reason}); check that the database server is running and that the host and "
+                "port in PAWTRAIT_DATABASE_URL are right")
+    return f"not usable ({reason}); check the user, password and database name in PAWTRAIT_DATABASE_URL"
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    missing: list[str] = []
+    worker_needs: list[str] = []
     print(f"Python {platform.python_version()}")
     line, ok = _torch_line(settings.device)
     print(line)
     if not ok:
-        missing.append("a usable torch device (PAWTRAIT_DEVICE)")
+        worker_needs.append("a usable torch device (PAWTRAIT_DEVICE)")
     print(f"bitsandbytes: {_bitsandbytes_line()}")
     for source, what, variable in ((settings.model, "base model", "PAWTRAIT_MODEL"), (settings.vae, "VAE", "PAWTRAIT_VAE")):
         line, ok = _source_line(source, what)
         print(line)
         if not ok:
-            missing.append(f"{what} ({variable} is neither a model folder nor a hub id)")
+            worker_needs.append(f"{what} ({variable} is neither a model folder nor a hub id)")
+    shared_needs: list[str] = []
     line, ok = _data_dir_line(settings.data_dir)
     print(line)
     if ok:
-        print(asyncio.run(_database_line(settings)))
+        for line, ok in asyncio.run(_storage_lines(settings)):
+            print(line)
+            if not ok:
+                what = line.partition(":")[0]
+                variable = "PAWTRAIT_DATABASE_URL" if what == "database" else "PAWTRAIT_FILES_URL"
+                shared_needs.append(f"{what} ({variable})")
     else:
-        missing.append("a writable data folder (PAWTRAIT_DATA_DIR)")
+        shared_needs.append("a writable data folder (PAWTRAIT_DATA_DIR)")
     token_set = bool(settings.extra.get("DISCORD_TOKEN", "").strip())
     print(f"Discord token: {'set' if token_set else 'not set'}")
-    if not token_set:
-        missing.append("DISCORD_TOKEN (the bot token from the Discord developer portal)")
-    if missing:
-        print("missing for `pawtrait bot`: " + "; ".join(missing))
+    needs = shared_needs + worker_needs
+    if args.role == "bot":
+        if settings.workers == "0":
+            needs = list(shared_needs)  # the workers run on other hosts
+        if not token_set:
+            needs.append("DISCORD_TOKEN (the bot token from the Discord developer portal)")
+    command = f"`pawtrait {args.role}`"
+    if needs:
+        print(f"missing for {command}: " + "; ".join(needs))
         return 1
-    print("ready: `pawtrait bot` has what it needs")
+    print(f"ready: {command} has what it needs")
     return 0

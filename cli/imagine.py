@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from engine.generation.request import DEFAULT_VARIATION_STRENGTH, SIZE_PRESETS, GenerationError, GenerationRequest
-from engine.settings import Settings
+from config.settings import Settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,11 +64,11 @@ async def _imagine(args: argparse.Namespace, settings: Settings) -> int:
     from engine.generation.generator import Generator
     from engine.generation.service import generate_and_record
     from engine.models import load_base_model
-    from storage.db import connect
+    from storage.connect import open_storage
     from storage.files import DataDir
     from storage.pets import LOCAL_GUILD, find_pet, list_pets
 
-    db = await connect(settings.db_path)
+    db, store = await open_storage(settings)
     try:
         pet_id = None
         if args.pet:
@@ -90,23 +90,22 @@ async def _imagine(args: argparse.Namespace, settings: Settings) -> int:
             from cli.jobs import submit_detached
 
             return await submit_detached(db, settings, "generate", LOCAL_GUILD, {"request": request.to_dict()})
-        data = DataDir(settings.data_dir)
         print("loading the model...", file=sys.stderr)
         generator = Generator.from_settings(load_base_model(settings), settings)
         with tqdm(total=request.denoising_steps, unit="step", file=sys.stderr) as bar:
             outcome = await generate_and_record(
-                db, data, generator, request, LOCAL_GUILD, getpass.getuser(),
+                db, store, DataDir(settings.data_dir), generator, request, LOCAL_GUILD, getpass.getuser(),
                 on_step=lambda step, total, _preview: bar.update(step - bar.n),
             )
+        for warning in outcome.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+        for file, seed in zip(outcome.files, outcome.seeds):
+            path = await store.local_path(file)
+            if args.out:
+                path = Path(shutil.copy2(path, args.out / f"pawtrait-{outcome.generation_id}-{path.name}"))
+            print(f"{path}\tseed {seed}")
     finally:
         await db.close()
-    for warning in outcome.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-    for file, seed in zip(outcome.files, outcome.seeds):
-        path = data.abs(file)
-        if args.out:
-            path = Path(shutil.copy2(path, args.out / f"pawtrait-{outcome.generation_id}-{path.name}"))
-        print(f"{path}\tseed {seed}")
     return 0

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import sys
 
-from engine.settings import Settings
+from config.settings import Settings
 
 WAIT_POLL_S = 1.0
 
@@ -67,9 +67,9 @@ def _duration(seconds: float | None) -> str:
 
 async def _jobs(args: argparse.Namespace, settings: Settings) -> int:
     from storage import jobs
-    from storage.db import connect
+    from storage.db import open_database
 
-    db = await connect(settings.db_path)
+    db = await open_database(settings.database_url)
     try:
         rows = (await jobs.list_jobs(db, active_only=not args.all))[: args.limit]
         if not rows:
@@ -92,19 +92,18 @@ async def _jobs(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _wait(args: argparse.Namespace, settings: Settings) -> int:
     from storage import jobs
-    from storage.db import connect
-    from storage.files import DataDir
+    from storage.connect import open_storage
 
-    db = await connect(settings.db_path)
+    db, store = await open_storage(settings)
     try:
         job = await jobs.get_job(db, args.job)
         if job is None:
             print(f"pawtrait wait: there is no job #{args.job}; see `pawtrait jobs --all`", file=sys.stderr)
             return 1
-        last = 0
+        last = jobs.START
         while True:
             for event in await jobs.events_after(db, last, [job.id]):
-                last = event.id
+                last = event.position
                 if not args.quiet:
                     _print_event(event)
             job = await jobs.get_job(db, args.job)
@@ -112,7 +111,7 @@ async def _wait(args: argparse.Namespace, settings: Settings) -> int:
             if job.ended:
                 break
             await asyncio.sleep(WAIT_POLL_S)
-        return await _print_outcome(db, DataDir(settings.data_dir), job)
+        return await _print_outcome(db, store, job)
     finally:
         await db.close()
 
@@ -133,7 +132,7 @@ def _print_event(event) -> None:
         print(f"validation images at step {data.get('step')}: {len(data.get('images', []))}")
 
 
-async def _print_outcome(db, data, job) -> int:
+async def _print_outcome(db, store, job) -> int:
     if job.status == "failed":
         print(f"job #{job.id} failed: {job.error}", file=sys.stderr)
         return 1
@@ -142,14 +141,13 @@ async def _print_outcome(db, data, job) -> int:
         return 1
     print(f"job #{job.id} succeeded")
     result = job.result or {}
-    for path in result.get("files", []):
-        print(data.abs(path))
+    for key in result.get("files", []):
+        print(await store.local_path(key))
     if job.kind == "train" and job.run_id is not None:
         from storage.runs import list_checkpoints
 
-        print(f"run folder: {data.run_dir(job.run_id)}")
         for checkpoint in await list_checkpoints(db, job.run_id):
-            print(f"checkpoint step {checkpoint.step}: {data.abs(checkpoint.path)}")
+            print(f"checkpoint step {checkpoint.step}: {await store.local_path(checkpoint.diffusers_key)}")
     return 0
 
 
@@ -184,9 +182,9 @@ async def submit_detached(
 
 async def _cancel(args: argparse.Namespace, settings: Settings) -> int:
     from storage import jobs
-    from storage.db import connect
+    from storage.db import open_database
 
-    db = await connect(settings.db_path)
+    db = await open_database(settings.database_url)
     try:
         try:
             job = await jobs.request_cancel(db, args.job)

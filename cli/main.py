@@ -8,11 +8,11 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from cli import bot, doctor, imagine, jobs, pets, tiny_model, train
-from engine.settings import Settings, SettingsError
+from cli import bot, doctor, imagine, jobs, migrate, pets, tiny_model, train
+from config.settings import Settings, SettingsError
 
 # Each module has register(subparsers) that adds its subcommands with a `run(args, settings) -> int`.
-COMMAND_MODULES: list[ModuleType] = [doctor, tiny_model, pets, train, imagine, jobs, bot]
+COMMAND_MODULES: list[ModuleType] = [doctor, tiny_model, pets, train, imagine, jobs, bot, migrate]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,9 +10,8 @@ import asyncio
 import sys
 from pathlib import Path
 
-from engine.settings import Settings
-from storage.db import connect
-from storage.files import DataDir
+from config.settings import Settings
+from storage.db import open_database
 from storage.pets import LOCAL_GUILD, find_pet
 
 GUILD_HELP = f"guild (Discord server id) the pet belongs to (default {LOCAL_GUILD!r}, the CLI's own)"
@@ -82,10 +81,12 @@ async def _teach(args: argparse.Namespace, settings: Settings) -> int:
             positions.append(index)
         except OSError as error:
             lines[index] = _line("rejected", path.name, f"cannot read the file ({error.strerror or error})")
-    db = await connect(settings.db_path)
+    from storage.connect import open_storage
+
+    db, store = await open_storage(settings)
     try:
         report = await teach_photos(
-            db, DataDir(settings.data_dir), settings, args.guild, args.owner, args.name, args.class_noun,
+            db, store, settings, args.guild, args.owner, args.name, args.class_noun,
             files, added_by=args.owner, allow_other_owner=True,  # the operator may add to any pet
         )
     except ValueError as error:  # TeachError, PetNameTaken: plain messages
@@ -123,7 +124,7 @@ def run_pets(args: argparse.Namespace, settings: Settings) -> int:
 async def _pets(args: argparse.Namespace, settings: Settings) -> int:
     from storage.pet_status import pet_summaries
 
-    db = await connect(settings.db_path)
+    db = await open_database(settings.database_url)
     try:
         summaries = await pet_summaries(db, args.guild)
     finally:
@@ -146,9 +147,10 @@ def run_forget(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _forget(args: argparse.Namespace, settings: Settings) -> int:
+    from storage.connect import open_storage
     from storage.pet_deletion import PetBusy, forget_pet, pet_footprint
 
-    db = await connect(settings.db_path)
+    db, store = await open_storage(settings)
     try:
         pet = await find_pet(db, args.guild, args.name)
         if pet is None:
@@ -168,7 +170,7 @@ async def _forget(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"kept {pet.name}")
                 return 1
         try:
-            await forget_pet(db, DataDir(settings.data_dir), pet)
+            await forget_pet(db, store, pet)
         except PetBusy as error:
             print(f"pawtrait forget: {error}", file=sys.stderr)
             return 1

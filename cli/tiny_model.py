@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from engine.settings import Settings
+from config.settings import Settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -13,7 +13,7 @@ import signal
 import sys
 import threading
 
-from engine.settings import Settings
+from config.settings import Settings
 from engine.training.params import MODES, TrainingParams
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
@@ -95,12 +95,10 @@ def _fail(message: str) -> int:
 async def _train(args: argparse.Namespace, settings: Settings) -> int:
     from engine.training.create import TrainingInputError, create_run
     from storage import runs
-    from storage.db import connect
-    from storage.files import DataDir
+    from storage.connect import open_storage
     from storage.pets import LOCAL_GUILD, find_pet, list_pets
 
-    db = await connect(settings.db_path)
-    data = DataDir(settings.data_dir)
+    db, store = await open_storage(settings)
     try:
         guild = args.guild or LOCAL_GUILD
         pet = await find_pet(db, guild, args.name)
@@ -116,19 +114,19 @@ async def _train(args: argparse.Namespace, settings: Settings) -> int:
             print(f"resuming run {run_id} of {pet.name} from step {unfinished.step}", file=sys.stderr)
         else:
             try:
-                run_id = await create_run(db, data, pet, params_from_args(args, settings))
+                run_id = await create_run(db, store, pet, params_from_args(args, settings))
             except TrainingInputError as error:
                 return _fail(str(error))
         if args.detach:
             from cli.jobs import submit_detached
 
             return await submit_detached(db, settings, "train", guild, {"run_id": run_id, "pet_id": pet.id}, run_id)
-        return await _execute(db, data, settings, run_id, pet.name)
+        return await _execute(db, store, settings, run_id, pet.name)
     finally:
         await db.close()
 
 
-async def _execute(db, data, settings: Settings, run_id: int, pet_name: str) -> int:
+async def _execute(db, store, settings: Settings, run_id: int, pet_name: str) -> int:
     from tqdm import tqdm
 
     from engine.models import ModelNotFound, load_base_model
@@ -136,6 +134,7 @@ async def _execute(db, data, settings: Settings, run_id: int, pet_name: str) -> 
     from engine.training.hooks import TrainingHooks
     from engine.training.service import execute_run
     from storage import runs
+    from storage.files import DataDir
 
     print("loading the model...", file=sys.stderr)
     try:
@@ -165,14 +164,11 @@ async def _execute(db, data, settings: Settings, run_id: int, pet_name: str) -> 
             on_checkpoint=lambda step, checkpoint_id: tqdm.write(
                 f"checkpoint at step {step} (id {checkpoint_id})", file=sys.stderr
             ),
-            on_validation=lambda step, images: tqdm.write(
-                f"validation images at step {step}: " + ", ".join(str(data.abs(i.path)) for i in images),
-                file=sys.stderr,
-            ),
+            on_validation=lambda step, images: _print_validation(store, step, images),
             should_cancel=cancel.is_set,
         )
         try:
-            outcome = await execute_run(db, data, base, run_id, hooks)
+            outcome = await execute_run(db, store, DataDir(settings.data_dir), base, run_id, hooks)
         except TrainingInputError as error:
             return _fail(str(error))
         finally:
@@ -181,8 +177,8 @@ async def _execute(db, data, settings: Settings, run_id: int, pet_name: str) -> 
     if outcome.status == "succeeded":
         final = (await runs.list_checkpoints(db, run_id))[-1]
         print(f"{pet_name} is trained (run {run_id}, {outcome.step} steps).")
-        print(f"diffusers LoRA: {data.abs(final.diffusers_file)}")
-        print(f"A1111/ComfyUI LoRA: {data.abs(final.kohya_file)}")
+        print(f"diffusers LoRA: {await store.local_path(final.diffusers_key)}")
+        print(f"A1111/ComfyUI LoRA: {await store.local_path(final.kohya_key)}")
         return EXIT_OK
     if outcome.status == "cancelled":
         print(f"cancelled after step {outcome.step}; checkpoints are kept. "
@@ -190,3 +186,10 @@ async def _execute(db, data, settings: Settings, run_id: int, pet_name: str) -> 
         return EXIT_CANCELLED
     print(f"pawtrait train: {outcome.error}", file=sys.stderr)
     return EXIT_FAILED
+
+
+async def _print_validation(store, step: int, images) -> None:
+    from tqdm import tqdm
+
+    paths = [str(await store.local_path(image.path)) for image in images]
+    tqdm.write(f"validation images at step {step}: " + ", ".join(paths), file=sys.stderr)

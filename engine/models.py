@@ -14,7 +14,7 @@ from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 
 from engine.compile import keep_compiled_code_in
 from engine.device import compute_dtype, resolve_device
-from engine.settings import Settings
+from config.settings import Settings
 from storage.files import DataDir
 
 

@@ -7,31 +7,31 @@ a thread so a bot's event loop keeps answering while 15 photos are checked.
 Adding photos is all or nothing: the files are written first, then their rows, inside
 one transaction; if anything fails half way the files written so far are removed and
 the rows rolled back, so no row points at a missing file and no file is left unindexed.
+Files go to the file store (the data folder, or a bucket shared by many hosts).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import secrets
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import aiosqlite
+from sqlalchemy.exc import IntegrityError
 
-from engine.intake.contact_sheet import write_contact_sheet
+from config.settings import Settings
+from engine.intake.contact_sheet import contact_sheet_png
 from engine.intake.screening import KnownPhoto, Status, Verdict, screen_files
-from engine.settings import Settings
-from storage.db import transaction
-from storage.files import DataDir, atomic_write_bytes, remove_tree
-from storage.pet_deletion import sweep_orphans
-from storage.pets import Pet, count_pets, create_pet, find_pet
+from storage import keys
+from storage.db import Queries
+from storage.files import FileStore
+from storage.pets import Pet, count_pets, create_pet, delete_pet_row, find_pet
 from storage.photos import count_photos, insert_photo, list_photos
 
 # The seed's advice: 10-15 varied photos work best; fewer than this rarely learns a pet.
 MIN_GOOD_PHOTOS = 5
 MAX_NAME_LENGTH = 32
-CONTACT_SHEET = "contact-sheet.png"
 
 
 class TeachError(ValueError):
@@ -53,7 +53,7 @@ class TeachReport:
     accepted: int
     total_photos: int
     warnings: list[str]
-    contact_sheet: Path | None
+    contact_sheet: Path | None  # a local copy of the sheet (the file store keeps the original)
 
 
 def clean_pet_name(name: str) -> str:
@@ -79,8 +79,8 @@ def display_name(file_name: str) -> str:
 
 
 async def teach_photos(
-    db: aiosqlite.Connection,
-    data: DataDir,
+    db: Queries,
+    store: FileStore,
     settings: Settings,
     guild_id: str,
     owner_id: str,
@@ -98,7 +98,6 @@ async def teach_photos(
     """
     name = clean_pet_name(pet_name)
     noun = clean_class_noun(class_noun)
-    await sweep_orphans(db, data)
     pet = await find_pet(db, guild_id, name)
     warnings: list[str] = []
     known: list[KnownPhoto] = []
@@ -128,11 +127,11 @@ async def teach_photos(
     added = [verdict for verdict in verdicts if verdict.added]
     created = False
     if added:
-        pet, created = await _store(db, data, settings, pet, guild_id, owner_id, name, noun, added, added_by)
+        pet, created = await _store(db, store, settings, pet, guild_id, owner_id, name, noun, added, added_by)
     total = await count_photos(db, pet.id) if pet is not None else 0
     sheet = None
     if pet is not None and total:
-        sheet = await _refresh_contact_sheet(db, data, pet, rewrite=bool(added))
+        sheet = await _refresh_contact_sheet(db, store, pet, rewrite=bool(added))
     if pet is not None and total < MIN_GOOD_PHOTOS:
         warnings.append(
             f"{pet.name} has only {total} photo{'s' if total != 1 else ''}: 10-15 varied photos "
@@ -150,8 +149,8 @@ async def teach_photos(
 
 
 async def _store(
-    db: aiosqlite.Connection,
-    data: DataDir,
+    db: Queries,
+    store: FileStore,
     settings: Settings,
     pet: Pet | None,
     guild_id: str,
@@ -161,50 +160,60 @@ async def _store(
     added: list[Verdict],
     added_by: str,
 ) -> tuple[Pet, bool]:
-    """Create the pet if needed and keep the accepted photos: files first, then rows, all or nothing."""
-    async with transaction(db):
-        created = pet is None
-        if pet is None:
-            pet = await create_pet(db, guild_id, owner_id, name, noun)
-        elif await count_photos(db, pet.id) + len(added) > settings.max_photos_per_pet:
-            raise TeachError(f"photos were added to {pet.name} at the same time; send these again")
-        written: list[Path] = []
-        try:
-            for verdict in added:
-                await _keep_photo(db, data, pet, verdict, added_by, written)
-        except BaseException as error:
-            # Undo the files before the rows roll back, so neither outlives the other.
-            for path in written:
-                path.unlink(missing_ok=True)
-            if created:
-                remove_tree(data.pet_dir(pet.id))
-            if isinstance(error, sqlite3.IntegrityError):
-                raise TeachError(f"the same photo was added to {name} at the same time; send these again") from error
-            raise
+    """Create the pet if needed and keep the accepted photos: files first, then rows, all or nothing.
+
+    The files are uploaded before the transaction that records them opens: on PostgreSQL an
+    open transaction holds back every reader of job events (storage.dialects.event_horizon),
+    so none may wait for a bucket.
+    """
+    created = pet is None
+    if pet is None:
+        pet = await create_pet(db, guild_id, owner_id, name, noun)
+    written: list[str] = []
+    try:
+        stored = [await _put_photo(store, pet, verdict, written) for verdict in added]
+        async with db.transaction() as tx:
+            if await count_photos(tx, pet.id) + len(added) > settings.max_photos_per_pet:
+                raise TeachError(f"photos were added to {pet.name} at the same time; send these again")
+            for verdict, (original, prepared) in zip(added, stored):
+                await _record_photo(tx, pet, verdict, original, prepared, added_by)
+    except BaseException as error:
+        # The rows rolled back; take their files (and a pet made just now) away too.
+        await store.delete(written)
+        if created:
+            await delete_pet_row(db, pet.id)
+        if isinstance(error, IntegrityError):
+            raise TeachError(f"the same photo was added to {name} at the same time; send these again") from error
+        raise
     return pet, created
 
 
-async def _keep_photo(
-    db: aiosqlite.Connection, data: DataDir, pet: Pet, verdict: Verdict, added_by: str, written: list[Path]
-) -> None:
+async def _put_photo(store: FileStore, pet: Pet, verdict: Verdict, written: list[str]) -> tuple[str, str]:
+    """The photo as sent and its prepared crop in the file store; returns their keys."""
     photo = verdict.photo
     assert photo is not None
     # Names from the pixel hash plus a random part: no user text, and two concurrent
     # teachers of the same photo never remove each other's file when one of them fails.
     stem = f"{photo.sha256[:16]}-{secrets.token_hex(4)}"
-    original = data.photos_dir(pet.id) / f"{stem}.{photo.extension}"
-    prepared = data.photos_dir(pet.id) / f"{stem}-crop.png"
-    for path, content in ((original, photo.original), (prepared, photo.prepared_png)):
-        await asyncio.to_thread(atomic_write_bytes, path, content)
-        written.append(path)
+    original = keys.photo(pet.id, f"{stem}.{photo.extension}")
+    prepared = keys.photo(pet.id, f"{stem}-crop.png")
+    for key, content in ((original, photo.original), (prepared, photo.prepared_png)):
+        written.append(key)
+        await store.put_bytes(key, content)
+    return original, prepared
+
+
+async def _record_photo(db: Queries, pet: Pet, verdict: Verdict, original: str, prepared: str, added_by: str) -> None:
+    photo = verdict.photo
+    assert photo is not None
     await insert_photo(
         db,
         pet.id,
         sha256=photo.sha256,
         phash=photo.phash,
         original_name=verdict.name,
-        original_path=data.rel(original),
-        prepared_path=data.rel(prepared),
+        original_path=original,
+        prepared_path=prepared,
         width=photo.width,
         height=photo.height,
         crop=(photo.crop.left, photo.crop.top, photo.crop.size),
@@ -212,9 +221,16 @@ async def _keep_photo(
     )
 
 
-async def _refresh_contact_sheet(db: aiosqlite.Connection, data: DataDir, pet: Pet, rewrite: bool) -> Path:
-    target = data.pet_dir(pet.id) / CONTACT_SHEET
-    if rewrite or not target.is_file():
-        crops = [data.abs(photo.prepared_path) for photo in await list_photos(db, pet.id)]
-        await asyncio.to_thread(write_contact_sheet, crops, target)
-    return target
+async def _refresh_contact_sheet(db: Queries, store: FileStore, pet: Pet, rewrite: bool) -> Path:
+    """The pet's contact sheet, drawn again when photos were added; its key is named by its
+    content, so a copy cached on another host is never out of date."""
+    folder = keys.contact_sheets(pet.id)
+    earlier = [item.key for item in await store.list(folder)]
+    if earlier and not rewrite:
+        return await store.local_path(earlier[-1])
+    crops = [await store.local_path(photo.prepared_path) for photo in await list_photos(db, pet.id)]
+    png = await asyncio.to_thread(contact_sheet_png, crops)
+    key = f"{folder}/{hashlib.sha256(png).hexdigest()[:16]}.png"
+    await store.put_bytes(key, png)
+    await store.delete([old for old in earlier if old != key])
+    return await store.local_path(key)

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiosqlite
+from sqlalchemy import select, update
+
+
+from storage.db import Queries
+from storage.dialects import insert_for
+from storage.jobs import EventPosition
+from storage.schema import discord_jobs, discord_relay, generations, jobs, validation_images, votes
 
 
 @dataclass(frozen=True)
@@ -27,7 +33,7 @@ class DiscordJob:
 
 
 async def add_discord_job(
-    db: aiosqlite.Connection,
+    db: Queries,
     job_id: int,
     guild_id: str,
     channel_id: str,
@@ -35,59 +41,68 @@ async def add_discord_job(
     thread_id: str | None = None,
     status_message_id: str | None = None,
 ) -> DiscordJob:
-    await db.execute(
-        "INSERT OR REPLACE INTO discord_jobs (job_id, guild_id, channel_id, thread_id, status_message_id, requested_by) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (job_id, guild_id, channel_id, thread_id, status_message_id, requested_by),
+    """Remember where a job is shown; a second call for the same job replaces every value."""
+    statement = insert_for(db.dialect, discord_jobs).values(
+        job_id=job_id, guild_id=guild_id, channel_id=channel_id, thread_id=thread_id,
+        status_message_id=status_message_id, requested_by=requested_by,
     )
+    await db.execute(statement.on_conflict_do_update(
+        index_elements=[discord_jobs.c.job_id],
+        set_={
+            "guild_id": statement.excluded.guild_id,
+            "channel_id": statement.excluded.channel_id,
+            "thread_id": statement.excluded.thread_id,
+            "status_message_id": statement.excluded.status_message_id,
+            "requested_by": statement.excluded.requested_by,
+        },
+    ))
     return DiscordJob(job_id, guild_id, channel_id, thread_id, status_message_id, requested_by)
 
 
-async def get_discord_job(db: aiosqlite.Connection, job_id: int) -> DiscordJob | None:
-    async with db.execute(
-        "SELECT job_id, guild_id, channel_id, thread_id, status_message_id, requested_by FROM discord_jobs WHERE job_id = ?",
-        (job_id,),
-    ) as cursor:
-        row = await cursor.fetchone()
-    return DiscordJob(**dict(row)) if row is not None else None
+async def get_discord_job(db: Queries, job_id: int) -> DiscordJob | None:
+    row = await db.one(select(discord_jobs).where(discord_jobs.c.job_id == job_id))
+    return DiscordJob(**row) if row is not None else None
 
 
-async def set_status_message(db: aiosqlite.Connection, job_id: int, message_id: str) -> None:
-    await db.execute("UPDATE discord_jobs SET status_message_id = ? WHERE job_id = ?", (message_id, job_id))
+async def set_status_message(db: Queries, job_id: int, message_id: str) -> None:
+    await db.execute(update(discord_jobs).where(discord_jobs.c.job_id == job_id).values(status_message_id=message_id))
 
 
-async def relay_position(db: aiosqlite.Connection) -> int | None:
-    """The last event id the relay handled, or None before its first start."""
-    async with db.execute("SELECT last_event_id FROM discord_relay WHERE id = 1") as cursor:
-        row = await cursor.fetchone()
-    return None if row is None else int(row[0])
-
-
-async def set_relay_position(db: aiosqlite.Connection, event_id: int) -> None:
-    await db.execute(
-        "INSERT INTO discord_relay (id, last_event_id) VALUES (1, ?) "
-        "ON CONFLICT (id) DO UPDATE SET last_event_id = excluded.last_event_id",
-        (event_id,),
+async def relay_position(db: Queries) -> EventPosition | None:
+    """The last event position (tx, id) the relay handled, or None before its first start."""
+    row = await db.one(
+        select(discord_relay.c.last_event_tx, discord_relay.c.last_event_id).where(discord_relay.c.id == 1)
     )
+    return None if row is None else EventPosition(int(row["last_event_tx"]), int(row["last_event_id"]))
 
 
-async def voted_steps(db: aiosqlite.Connection, run_id: int, user_id: str, emoji: str) -> set[int]:
+async def set_relay_position(db: Queries, position: EventPosition) -> None:
+    statement = insert_for(db.dialect, discord_relay).values(id=1, last_event_tx=position.tx, last_event_id=position.id)
+    await db.execute(statement.on_conflict_do_update(
+        index_elements=[discord_relay.c.id],
+        set_={"last_event_tx": statement.excluded.last_event_tx, "last_event_id": statement.excluded.last_event_id},
+    ))
+
+
+async def voted_steps(db: Queries, run_id: int, user_id: str, emoji: str) -> set[int]:
     """Checkpoint steps of a run that one member voted for (on an image of that step)."""
-    async with db.execute(
-        "SELECT DISTINCT vi.step FROM votes v JOIN validation_images vi ON vi.id = v.validation_image_id "
-        "WHERE vi.run_id = ? AND v.user_id = ? AND v.emoji = ?",
-        (run_id, user_id, emoji),
-    ) as cursor:
-        return {int(row[0]) for row in await cursor.fetchall()}
+    rows = await db.all(
+        select(validation_images.c.step)
+        .distinct()
+        .select_from(votes.join(validation_images, validation_images.c.id == votes.c.validation_image_id))
+        .where(validation_images.c.run_id == run_id, votes.c.user_id == user_id, votes.c.emoji == emoji)
+    )
+    return {int(row["step"]) for row in rows}
 
 
-async def set_generation_message(db: aiosqlite.Connection, generation_id: int, message_id: str) -> None:
+async def set_generation_message(db: Queries, generation_id: int, message_id: str) -> None:
     """Remember the message that shows a generation's images (its buttons act on that row)."""
-    await db.execute("UPDATE generations SET message_id = ? WHERE id = ?", (message_id, generation_id))
+    await db.execute(update(generations).where(generations.c.id == generation_id).values(message_id=message_id))
 
 
-async def job_for_generation(db: aiosqlite.Connection, generation_id: int) -> int | None:
+async def job_for_generation(db: Queries, generation_id: int) -> int | None:
     """The job that produced a generation: its payload holds the full request for a reroll."""
-    async with db.execute("SELECT id FROM jobs WHERE generation_id = ? ORDER BY id LIMIT 1", (generation_id,)) as cursor:
-        row = await cursor.fetchone()
-    return None if row is None else int(row[0])
+    job_id = await db.scalar(
+        select(jobs.c.id).where(jobs.c.generation_id == generation_id).order_by(jobs.c.id).limit(1)
+    )
+    return None if job_id is None else int(job_id)

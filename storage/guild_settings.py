@@ -7,7 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiosqlite
+from sqlalchemy import select
+
+
+from storage.db import Queries
+from storage.dialects import insert_for
+from storage.schema import guild_settings, pet_sharing
 
 WHO_MAY_TRAIN = ("everyone", "managers")
 
@@ -21,17 +26,13 @@ class GuildSettings:
     max_steps: int = 2000
 
 
-async def get_guild_settings(db: aiosqlite.Connection, guild_id: str) -> GuildSettings:
-    async with db.execute(
-        "SELECT guild_id, gallery_channel_id, vote_emoji, who_may_train, max_steps FROM guild_settings WHERE guild_id = ?",
-        (guild_id,),
-    ) as cursor:
-        row = await cursor.fetchone()
-    return GuildSettings(**dict(row)) if row is not None else GuildSettings(guild_id)
+async def get_guild_settings(db: Queries, guild_id: str) -> GuildSettings:
+    row = await db.one(select(guild_settings).where(guild_settings.c.guild_id == guild_id))
+    return GuildSettings(**row) if row is not None else GuildSettings(guild_id)
 
 
 async def update_guild_settings(
-    db: aiosqlite.Connection,
+    db: Queries,
     guild_id: str,
     *,
     gallery_channel_id: str | None = None,
@@ -40,31 +41,35 @@ async def update_guild_settings(
     max_steps: int | None = None,
 ) -> GuildSettings:
     """Change the given values (None = keep); returns the settings now in force."""
-    current = await get_guild_settings(db, guild_id)
-    await db.execute(
-        "INSERT INTO guild_settings (guild_id, gallery_channel_id, vote_emoji, who_may_train, max_steps) "
-        "VALUES (?, ?, ?, ?, ?) ON CONFLICT (guild_id) DO UPDATE SET gallery_channel_id = excluded.gallery_channel_id, "
-        "vote_emoji = excluded.vote_emoji, who_may_train = excluded.who_may_train, max_steps = excluded.max_steps",
-        (
-            guild_id,
-            gallery_channel_id if gallery_channel_id is not None else current.gallery_channel_id,
-            vote_emoji if vote_emoji is not None else current.vote_emoji,
-            who_may_train if who_may_train is not None else current.who_may_train,
-            max_steps if max_steps is not None else current.max_steps,
-        ),
-    )
-    return await get_guild_settings(db, guild_id)
+    async with db.transaction() as tx:
+        current = await get_guild_settings(tx, guild_id)
+        statement = insert_for(db.dialect, guild_settings).values(
+            guild_id=guild_id,
+            gallery_channel_id=gallery_channel_id if gallery_channel_id is not None else current.gallery_channel_id,
+            vote_emoji=vote_emoji if vote_emoji is not None else current.vote_emoji,
+            who_may_train=who_may_train if who_may_train is not None else current.who_may_train,
+            max_steps=max_steps if max_steps is not None else current.max_steps,
+        )
+        await tx.execute(statement.on_conflict_do_update(
+            index_elements=[guild_settings.c.guild_id],
+            set_={
+                "gallery_channel_id": statement.excluded.gallery_channel_id,
+                "vote_emoji": statement.excluded.vote_emoji,
+                "who_may_train": statement.excluded.who_may_train,
+                "max_steps": statement.excluded.max_steps,
+            },
+        ))
+        return await get_guild_settings(tx, guild_id)
 
 
-async def others_may_imagine(db: aiosqlite.Connection, pet_id: int) -> bool:
-    async with db.execute("SELECT others_may_imagine FROM pet_sharing WHERE pet_id = ?", (pet_id,)) as cursor:
-        row = await cursor.fetchone()
-    return True if row is None else bool(row[0])
+async def others_may_imagine(db: Queries, pet_id: int) -> bool:
+    allowed = await db.scalar(select(pet_sharing.c.others_may_imagine).where(pet_sharing.c.pet_id == pet_id))
+    return True if allowed is None else bool(allowed)
 
 
-async def set_others_may_imagine(db: aiosqlite.Connection, pet_id: int, allowed: bool) -> None:
-    await db.execute(
-        "INSERT INTO pet_sharing (pet_id, others_may_imagine) VALUES (?, ?) "
-        "ON CONFLICT (pet_id) DO UPDATE SET others_may_imagine = excluded.others_may_imagine",
-        (pet_id, int(allowed)),
-    )
+async def set_others_may_imagine(db: Queries, pet_id: int, allowed: bool) -> None:
+    statement = insert_for(db.dialect, pet_sharing).values(pet_id=pet_id, others_may_imagine=int(allowed))
+    await db.execute(statement.on_conflict_do_update(
+        index_elements=[pet_sharing.c.pet_id],
+        set_={"others_may_imagine": statement.excluded.others_may_imagine},
+    ))

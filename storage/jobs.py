@@ -1,53 +1,64 @@
-"""SQL for the GPU job queue (`jobs`) and what happened to each job (`job_events`).
+"""The GPU job queue (`jobs`) and what happened to each job (`job_events`): the one place
+that writes the queue's SQL, for SQLite and PostgreSQL alike.
 
-Any front end (the bot, the CLI) submits, watches and cancels jobs here; the worker
-processes claim and finish them here. The queue policy lives in `_NEXT_ORDER`: interactive
-generations first, then everything else first come first served. Per-user caps on waiting
-jobs are enforced at submit time, so one member cannot fill the queue.
+Front ends (the bot, the CLI) submit, watch and cancel jobs; workers on any host claim,
+heartbeat and finish them. The policy: generations before trainings (job_kinds), then
+first come first served; per-member caps on waiting jobs, held under a per-member lock so
+two bot processes submitting at once cannot both squeeze past the cap.
+
+A claim is a lease: the job row records the worker and the attempt number, the worker
+heartbeats it, and every write a worker makes about its job is fenced on (worker, attempt)
+(`JobLease`, storage.fencing): once the job was requeued and claimed elsewhere, a frozen
+worker that wakes up changes nothing. Staleness is judged on the database's clock.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-import aiosqlite
+from sqlalchemy import and_, case, func, insert, literal, select, tuple_, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.sql import ColumnElement
 
-from engine.settings import Settings
-from storage.db import transaction
+from config.settings import Settings
+from storage.db import Queries, retry_on_disconnect
+from storage.dialects import Notify, current_tx, event_horizon, seconds_between, utc_now, utc_now_minus
+from storage.job_kinds import KINDS, job_kind
+from storage.schema import job_events, jobs
 
-KINDS = ("train", "generate", "class_images")
 ACTIVE = ("queued", "running")
 ENDED = ("succeeded", "failed", "cancelled")
 EVENT_KINDS = (
     "queued", "started", "progress", "checkpoint", "validation", "preview", "finished", "failed", "cancelled",
 )
-
-# Which queued job runs next. Generations take seconds and someone is watching the channel,
-# so they go before trainings (which take minutes); within a class, the oldest first.
-_PRIORITY = "CASE kind WHEN 'generate' THEN 0 ELSE 1 END"
-_NEXT_ORDER = f"{_PRIORITY}, id"
+# Idle workers LISTEN here (PostgreSQL); what wakes them: a job was queued or requeued.
+WAKE_CHANNEL = "pawtrait_jobs"
 # How many recent finished jobs of a kind the ETA averages over.
 _ETA_SAMPLE = 20
-# Used for an ETA before any job of that kind has finished on this installation.
-_DEFAULT_DURATION_S = {"train": 600.0, "generate": 30.0, "class_images": 300.0}
-
-_COLUMNS = (
-    "id, kind, status, guild_id, user_id, payload, result, progress, progress_text, run_id, generation_id, "
-    "attempts, worker_id, heartbeat_at, cancel_requested, error, created_at, started_at, finished_at"
-)
-_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 
 
 class QueueLimitReached(ValueError):
-    """The user already has as many jobs of that kind waiting as allowed; the message says so."""
+    """The member already has as many jobs of that kind waiting as allowed; the message says so."""
 
 
 class JobNotFound(LookupError):
     """No job has that id."""
+
+
+class LeaseLost(RuntimeError):
+    """The job is no longer this worker's (requeued after it went silent, then claimed again)."""
+
+
+@dataclass(frozen=True)
+class JobLease:
+    """A worker's claim on one attempt of a job: what its writes are fenced on."""
+
+    job_id: int
+    worker_id: str
+    attempt: int
 
 
 @dataclass(frozen=True)
@@ -76,6 +87,27 @@ class Job:
     def ended(self) -> bool:
         return self.status in ENDED
 
+    @property
+    def lease(self) -> JobLease:
+        """The lease of the attempt now running (only meaningful while status is 'running')."""
+        if self.worker_id is None:
+            raise ValueError(f"job #{self.id} is not running on any worker")
+        return JobLease(self.id, self.worker_id, self.attempts)
+
+    def describe(self) -> str:
+        """One line for a listing (`/queue`, `pawtrait jobs`)."""
+        return job_kind(self.kind).describe(self.payload, self.run_id)
+
+
+class EventPosition(NamedTuple):
+    """Where a reader of job events is: events are read in (tx, id) order (dialects.event_horizon)."""
+
+    tx: int
+    id: int
+
+
+START = EventPosition(-1, 0)
+
 
 @dataclass(frozen=True)
 class JobEvent:
@@ -84,12 +116,17 @@ class JobEvent:
     kind: str
     data: dict[str, Any]
     created_at: str
+    tx: int = 0
+
+    @property
+    def position(self) -> EventPosition:
+        return EventPosition(self.tx, self.id)
 
 
-def _job(row: sqlite3.Row | None) -> Job | None:
+def _job(row: RowMapping | None) -> Job | None:
     if row is None:
         return None
-    values = {key: row[key] for key in row.keys()}
+    values = dict(row)
     values["payload"] = json.loads(values["payload"])
     values["result"] = json.loads(values["result"]) if values["result"] is not None else None
     values["cancel_requested"] = bool(values["cancel_requested"])
@@ -100,37 +137,35 @@ def _dumps(value: Mapping[str, Any]) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
-def cap_for(settings: Settings, kind: str) -> int:
-    """How many jobs of `kind` one user may have waiting (queued) at once."""
-    if kind == "generate":
-        return settings.max_queued_generations_per_user
-    return settings.max_queued_trainings_per_user
+def _priority(column: ColumnElement[str] = jobs.c.kind) -> ColumnElement[int]:
+    return case({kind.name: kind.priority for kind in KINDS.values()}, value=column, else_=len(KINDS))
 
 
-async def _one_job(db: aiosqlite.Connection, job_id: int) -> Job:
+async def _one_job(db: Queries, job_id: int) -> Job:
     job = await get_job(db, job_id)
     if job is None:
         raise JobNotFound(f"there is no job #{job_id}")
     return job
 
 
-async def get_job(db: aiosqlite.Connection, job_id: int) -> Job | None:
-    async with db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)) as cursor:
-        return _job(await cursor.fetchone())
+async def get_job(db: Queries, job_id: int) -> Job | None:
+    return _job(await db.one(select(jobs).where(jobs.c.id == job_id)))
 
 
-async def record_event(db: aiosqlite.Connection, job_id: int, kind: str, data: Mapping[str, Any] | None = None) -> int:
-    """Append an event for subscribers; returns its id."""
+async def record_event(db: Queries, job_id: int, kind: str, data: Mapping[str, Any] | None = None) -> int:
+    """Append an event for subscribers; returns its id. A worker's events go through its fenced database."""
     if kind not in EVENT_KINDS:
         raise ValueError(f"unknown job event kind {kind!r}")
-    cursor = await db.execute(
-        "INSERT INTO job_events (job_id, kind, data) VALUES (?, ?, ?)", (job_id, kind, _dumps(data or {}))
+    statement = (
+        insert(job_events)
+        .values(job_id=job_id, kind=kind, data=_dumps(data or {}), created_at=utc_now(), tx=current_tx())
+        .returning(job_events.c.id)
     )
-    return int(cursor.lastrowid)
+    return int(await db.scalar(statement))
 
 
 async def submit_job(
-    db: aiosqlite.Connection,
+    db: Queries,
     settings: Settings,
     kind: str,
     guild_id: str,
@@ -138,330 +173,413 @@ async def submit_job(
     payload: Mapping[str, Any],
     run_id: int | None = None,
 ) -> Job:
-    """Queue a job (and its 'queued' event with the queue position).
+    """Queue a job (and its 'queued' event with the queue position), and wake idle workers.
 
-    Raises QueueLimitReached when the user already has the allowed number of that kind
-    waiting (one cap for generations, one for trainings).
+    Raises QueueLimitReached when the member already has the allowed number of that kind waiting.
     """
-    if kind == "class_images":
-        # The schema keeps the kind, but a training with prior preservation makes (and shares)
-        # its class images itself, so no worker runs such a job on its own.
-        raise ValueError("class images are made by the training that needs them; submit a 'train' job")
-    if kind not in KINDS:
-        raise ValueError(f"unknown job kind {kind!r}; expected one of {', '.join(KINDS)}")
-    cap = cap_for(settings, kind)
-    same_cap = ("generate",) if kind == "generate" else ("train", "class_images")
-    async with transaction(db):
-        async with db.execute(
-            f"SELECT count(*) FROM jobs WHERE user_id = ? AND status = 'queued' "
-            f"AND kind IN ({', '.join('?' for _ in same_cap)})",
-            (user_id, *same_cap),
-        ) as cursor:
-            waiting = (await cursor.fetchone())[0]
+    spec = job_kind(kind)
+    cap = spec.limit(settings)
+    async with db.transaction() as tx:
+        await tx.lock(f"submit:{user_id}")
+        waiting = await tx.scalar(
+            select(func.count()).select_from(jobs).where(
+                jobs.c.user_id == user_id, jobs.c.status == "queued", jobs.c.kind == kind
+            )
+        )
         if waiting >= cap:
-            what = "generation" if kind == "generate" else "training"
             raise QueueLimitReached(
-                f"you already have {waiting} {what}{'s' if waiting != 1 else ''} waiting (the limit is {cap}); "
+                f"you already have {waiting} {spec.plural(waiting)} waiting (the limit is {cap}); "
                 f"wait for {'one of them' if waiting != 1 else 'it'} to start, or cancel one, then try again"
             )
-        cursor = await db.execute(
-            "INSERT INTO jobs (kind, guild_id, user_id, payload, run_id) VALUES (?, ?, ?, ?, ?)",
-            (kind, guild_id, user_id, _dumps(payload), run_id),
+        job_id = await tx.scalar(
+            insert(jobs)
+            .values(
+                kind=kind, status="queued", guild_id=guild_id, user_id=user_id, payload=_dumps(payload),
+                run_id=run_id, progress=0, attempts=0, cancel_requested=0, created_at=utc_now(),
+            )
+            .returning(jobs.c.id)
         )
-        job_id = int(cursor.lastrowid)
-        position = await queue_position(db, job_id)
-        await record_event(db, job_id, "queued", {"position": position})
+        position = await queue_position(tx, job_id)
+        await record_event(tx, job_id, "queued", {"position": position})
+        await tx.execute(Notify(WAKE_CHANNEL))
     return await _one_job(db, job_id)
 
 
-async def list_jobs(db: aiosqlite.Connection, guild_id: str | None = None, active_only: bool = True) -> list[Job]:
-    """Jobs (of one guild, or all), running first, then in the order they will run, then ended ones newest first."""
-    where, args = [], []
+async def list_jobs(db: Queries, guild_id: str | None = None, active_only: bool = True) -> list[Job]:
+    """Jobs (of one guild, or all): running first, then in the order they will run, then ended ones newest first."""
+    statement = select(jobs)
     if guild_id is not None:
-        where.append("guild_id = ?")
-        args.append(guild_id)
+        statement = statement.where(jobs.c.guild_id == guild_id)
     if active_only:
-        where.append("status IN ('queued', 'running')")
-    sql = f"SELECT {_COLUMNS} FROM jobs"
-    if where:
-        sql += " WHERE " + " AND ".join(where)
-    sql += (
-        " ORDER BY CASE status WHEN 'running' THEN 0 WHEN 'queued' THEN 1 ELSE 2 END, "
-        f"CASE WHEN status = 'queued' THEN {_PRIORITY} ELSE 0 END, "
-        "CASE WHEN status IN ('queued', 'running') THEN id ELSE -id END"
+        statement = statement.where(jobs.c.status.in_(ACTIVE))
+    active = jobs.c.status.in_(ACTIVE)
+    statement = statement.order_by(
+        case({"running": 0, "queued": 1}, value=jobs.c.status, else_=2),
+        case((jobs.c.status == "queued", _priority()), else_=0),
+        case((active, jobs.c.id), else_=-jobs.c.id),
     )
-    async with db.execute(sql, args) as cursor:
-        return [_job(row) for row in await cursor.fetchall()]  # type: ignore[misc]
+    return [_job(row) for row in await db.all(statement)]  # type: ignore[misc]
 
 
-async def queue_position(db: aiosqlite.Connection, job_id: int) -> int | None:
+def _ahead_of(me: Any, ahead: Any, inclusive: bool) -> ColumnElement[bool]:
+    """`ahead` runs before `me` by the queue policy (priority, then id)."""
+    mine = tuple_(_priority(me.c.kind), me.c.id)
+    theirs = tuple_(_priority(ahead.c.kind), ahead.c.id)
+    return theirs <= mine if inclusive else theirs < mine
+
+
+async def queue_position(db: Queries, job_id: int) -> int | None:
     """1 = runs next, 2 = after that, ...; 0 = running now; None = ended (or no such job)."""
     job = await get_job(db, job_id)
     if job is None or job.ended:
         return None
     if job.status == "running":
         return 0
-    async with db.execute(
-        "SELECT count(*) FROM jobs AS ahead, jobs AS me WHERE me.id = ? AND ahead.status = 'queued' "
-        "AND (CASE ahead.kind WHEN 'generate' THEN 0 ELSE 1 END, ahead.id) "
-        "<= (CASE me.kind WHEN 'generate' THEN 0 ELSE 1 END, me.id)",
-        (job_id,),
-    ) as cursor:
-        return int((await cursor.fetchone())[0])
+    me, ahead = jobs.alias("me"), jobs.alias("ahead")
+    count = await db.scalar(
+        select(func.count()).select_from(me.join(ahead, literal(True))).where(
+            me.c.id == job_id, ahead.c.status == "queued", _ahead_of(me, ahead, inclusive=True)
+        )
+    )
+    return int(count)
 
 
-async def average_duration_s(db: aiosqlite.Connection, kind: str) -> float:
-    """Mean run time of the last few succeeded jobs of that kind (a default before there are any)."""
-    async with db.execute(
-        "SELECT avg(seconds) FROM (SELECT (julianday(finished_at) - julianday(started_at)) * 86400 AS seconds "
-        "FROM jobs WHERE kind = ? AND status = 'succeeded' AND started_at IS NOT NULL "
-        "ORDER BY id DESC LIMIT ?)",
-        (kind, _ETA_SAMPLE),
-    ) as cursor:
-        value = (await cursor.fetchone())[0]
-    return float(value) if value is not None else _DEFAULT_DURATION_S[kind]
+async def average_duration_s(db: Queries, kind: str) -> float:
+    """Mean run time of the last few succeeded jobs of that kind (the kind's guess before there are any)."""
+    recent = (
+        select(seconds_between(jobs.c.started_at, jobs.c.finished_at).label("seconds"))
+        .where(jobs.c.kind == kind, jobs.c.status == "succeeded", jobs.c.started_at.is_not(None))
+        .order_by(jobs.c.id.desc())
+        .limit(_ETA_SAMPLE)
+        .subquery()
+    )
+    value = await db.scalar(select(func.avg(recent.c.seconds)))
+    return float(value) if value is not None else job_kind(kind).typical_s
 
 
-async def remaining_s(db: aiosqlite.Connection, job: Job) -> float:
+async def remaining_s(db: Queries, job: Job) -> float:
     """How long a running job still needs: the training's own ETA if it reported one, else average x (1 - progress)."""
-    async with db.execute(
-        "SELECT data FROM job_events WHERE job_id = ? AND kind = 'progress' ORDER BY id DESC LIMIT 1", (job.id,)
-    ) as cursor:
-        row = await cursor.fetchone()
-    if row is not None:
-        eta = json.loads(row[0]).get("eta_s")
+    data = await db.scalar(
+        select(job_events.c.data)
+        .where(job_events.c.job_id == job.id, job_events.c.kind == "progress")
+        .order_by(job_events.c.id.desc())
+        .limit(1)
+    )
+    if data is not None:
+        eta = json.loads(data).get("eta_s")
         if isinstance(eta, (int, float)):
             return max(0.0, float(eta))
     return (await average_duration_s(db, job.kind)) * max(0.0, 1.0 - job.progress)
 
 
-async def estimate_wait_s(db: aiosqlite.Connection, job_id: int) -> float | None:
+async def estimate_wait_s(db: Queries, job_id: int) -> float | None:
     """Seconds until the job has finished, from recent averages per kind; None once it has ended.
 
-    A queued generation waits only for the generations ahead of it (the worker serves it
-    between two training steps); a queued training waits for everything ahead of it.
-    Assumes one worker: with several the real wait is shorter.
+    A queued generation waits only for the generations ahead of it (a training serves it
+    between two steps); a queued training waits for everything ahead of it. Assumes one
+    worker: with several the real wait is shorter.
     """
     job = await get_job(db, job_id)
     if job is None or job.ended:
         return None
     if job.status == "running":
         return await remaining_s(db, job)
-    ahead_kinds = ("generate",) if job.kind == "generate" else KINDS
+    ahead_kinds = [job.kind] if job_kind(job.kind).served_between_steps else list(KINDS)
     total = await average_duration_s(db, job.kind)
-    async with db.execute(
-        f"SELECT {_COLUMNS} FROM jobs WHERE status = 'running' AND kind IN ({', '.join('?' for _ in ahead_kinds)})",
-        ahead_kinds,
-    ) as cursor:
-        for row in await cursor.fetchall():
-            total += await remaining_s(db, _job(row))  # type: ignore[arg-type]
-    async with db.execute(
-        "SELECT ahead.kind, count(*) FROM jobs AS ahead, jobs AS me WHERE me.id = ? AND ahead.status = 'queued' "
-        "AND (CASE ahead.kind WHEN 'generate' THEN 0 ELSE 1 END, ahead.id) "
-        "< (CASE me.kind WHEN 'generate' THEN 0 ELSE 1 END, me.id) GROUP BY ahead.kind",
-        (job_id,),
-    ) as cursor:
-        for kind, count in await cursor.fetchall():
-            total += count * await average_duration_s(db, kind)
+    for row in await db.all(select(jobs).where(jobs.c.status == "running", jobs.c.kind.in_(ahead_kinds))):
+        total += await remaining_s(db, _job(row))  # type: ignore[arg-type]
+    me, ahead = jobs.alias("me"), jobs.alias("ahead")
+    counts = await db.all(
+        select(ahead.c.kind, func.count().label("count"))
+        .select_from(me.join(ahead, literal(True)))
+        .where(me.c.id == job_id, ahead.c.status == "queued", _ahead_of(me, ahead, inclusive=False))
+        .group_by(ahead.c.kind)
+    )
+    for row in counts:
+        total += row["count"] * await average_duration_s(db, row["kind"])
     return total
 
 
-async def request_cancel(db: aiosqlite.Connection, job_id: int) -> Job:
+async def request_cancel(db: Queries, job_id: int) -> Job:
     """Cancel a job: a queued one ends at once; a running one is flagged and its worker stops it
     at the next step boundary (a training keeps its checkpoints). An ended job is left as it is."""
-    async with transaction(db):
-        job = await _one_job(db, job_id)
+    from storage.runs import cancel_unstarted_run
+
+    async with db.transaction() as tx:
+        job = await _locked_job(tx, job_id)
         if job.status == "queued":
-            await db.execute(
-                f"UPDATE jobs SET status = 'cancelled', cancel_requested = 1, finished_at = {_NOW} WHERE id = ?",
-                (job_id,),
+            await tx.execute(
+                update(jobs).where(jobs.c.id == job_id)
+                .values(status="cancelled", cancel_requested=1, finished_at=utc_now())
             )
-            await record_event(db, job_id, "cancelled", {"while": "queued"})
+            await record_event(tx, job_id, "cancelled", {"while": "queued"})
             if job.run_id is not None:
-                # The run never started: it ends with its job rather than waiting forever.
-                await db.execute(
-                    f"UPDATE training_runs SET status = 'cancelled', finished_at = {_NOW} "
-                    "WHERE id = ? AND status = 'queued'",
-                    (job.run_id,),
-                )
+                await cancel_unstarted_run(tx, job.run_id)  # it ends with its job rather than waiting forever
         elif job.status == "running":
-            await db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+            await tx.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=1))
     return await _one_job(db, job_id)
 
 
-async def cancel_requested(db: aiosqlite.Connection, job_id: int) -> bool:
-    async with db.execute("SELECT cancel_requested FROM jobs WHERE id = ?", (job_id,)) as cursor:
-        row = await cursor.fetchone()
-    return bool(row and row[0])
+async def cancel_requested(db: Queries, job_id: int) -> bool:
+    return bool(await db.scalar(select(jobs.c.cancel_requested).where(jobs.c.id == job_id)))
 
 
 async def events_after(
-    db: aiosqlite.Connection, after_id: int, job_ids: Sequence[int] | None = None, limit: int = 500
+    db: Queries, after: EventPosition, job_ids: Sequence[int] | None = None, limit: int = 500
 ) -> list[JobEvent]:
-    """Events newer than `after_id` (of those jobs, or all), oldest first. Poll with the last id seen."""
-    sql = "SELECT id, job_id, kind, data, created_at FROM job_events WHERE id > ?"
-    args: list[Any] = [after_id]
+    """Committed events past `after` (of those jobs, or all), in commit order. Poll with the last position seen."""
+    if job_ids is not None and not job_ids:
+        return []
+    order = tuple_(job_events.c.tx, job_events.c.id)
+    statement = select(job_events).where(order > tuple_(literal(after.tx), literal(after.id)),
+                                         job_events.c.tx < event_horizon())
     if job_ids is not None:
-        if not job_ids:
-            return []
-        sql += f" AND job_id IN ({', '.join('?' for _ in job_ids)})"
-        args.extend(job_ids)
-    async with db.execute(sql + " ORDER BY id LIMIT ?", (*args, limit)) as cursor:
-        rows = await cursor.fetchall()
-    return [JobEvent(row[0], row[1], row[2], json.loads(row[3]), row[4]) for row in rows]
+        statement = statement.where(job_events.c.job_id.in_(list(job_ids)))
+    rows = await db.all(statement.order_by(job_events.c.tx, job_events.c.id).limit(limit))
+    return [
+        JobEvent(row["id"], row["job_id"], row["kind"], json.loads(row["data"]), row["created_at"], row["tx"])
+        for row in rows
+    ]
 
 
-async def last_event_id(db: aiosqlite.Connection) -> int:
-    """Where a new subscriber starts polling from (it reads current state from the jobs rows)."""
-    async with db.execute("SELECT coalesce(max(id), 0) FROM job_events") as cursor:
-        return int((await cursor.fetchone())[0])
+async def last_event_position(db: Queries) -> EventPosition:
+    """Where a new subscriber starts (it reads current state from the jobs rows)."""
+    row = await db.one(
+        select(job_events.c.tx, job_events.c.id)
+        .where(job_events.c.tx < event_horizon())
+        .order_by(job_events.c.tx.desc(), job_events.c.id.desc())
+        .limit(1)
+    )
+    return START if row is None else EventPosition(row["tx"], row["id"])
 
 
 # --- For workers -------------------------------------------------------------------------
 
 
-async def claim_next_job(db: aiosqlite.Connection, worker_id: str, kinds: Iterable[str] = KINDS) -> Job | None:
-    """Atomically take the next queued job (by the queue policy) for this worker, or None.
+@retry_on_disconnect
+async def claim_next_job(db: Queries, worker_id: str, kinds: Iterable[str] = tuple(KINDS)) -> Job | None:
+    """Take the next queued job (by the queue policy) for this worker, or None.
 
-    BEGIN IMMEDIATE holds the database's write lock from the SELECT to the UPDATE, so two
-    workers can never take the same job.
+    PostgreSQL: FOR UPDATE SKIP LOCKED, so workers on many hosts claim different jobs
+    without waiting for each other. SQLite: the transaction holds the write lock from its
+    first statement (BEGIN IMMEDIATE), so two workers can never take the same job.
     """
-    kinds = tuple(kinds)
-    async with transaction(db):
-        async with db.execute(
-            f"SELECT id FROM jobs WHERE status = 'queued' AND kind IN ({', '.join('?' for _ in kinds)}) "
-            f"ORDER BY {_NEXT_ORDER} LIMIT 1",
-            kinds,
-        ) as cursor:
-            row = await cursor.fetchone()
-        if row is None:
-            return None
-        job_id = row[0]
-        await db.execute(
-            f"UPDATE jobs SET status = 'running', worker_id = ?, attempts = attempts + 1, "
-            f"started_at = {_NOW}, heartbeat_at = {_NOW}, progress = 0, error = NULL WHERE id = ?",
-            (worker_id, job_id),
+    next_id = (
+        select(jobs.c.id)
+        .where(jobs.c.status == "queued", jobs.c.kind.in_(list(kinds)))
+        .order_by(_priority(), jobs.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+        .scalar_subquery()
+    )
+    async with db.transaction() as tx:
+        row = await tx.one(
+            update(jobs)
+            .where(jobs.c.id == next_id)
+            .values(
+                status="running", worker_id=worker_id, attempts=jobs.c.attempts + 1, started_at=utc_now(),
+                heartbeat_at=utc_now(), progress=0, error=None,
+            )
+            .returning(*jobs.c)
         )
-        job = await _one_job(db, job_id)
-        await record_event(db, job_id, "started", {"worker": worker_id, "attempt": job.attempts})
+        job = _job(row)
+        if job is not None:
+            await record_event(tx, job.id, "started", {"worker": worker_id, "attempt": job.attempts})
     return job
 
 
-async def has_queued(db: aiosqlite.Connection, kind: str) -> bool:
-    """Cheap check (no write lock) used between training steps."""
-    async with db.execute("SELECT 1 FROM jobs WHERE status = 'queued' AND kind = ? LIMIT 1", (kind,)) as cursor:
-        return await cursor.fetchone() is not None
+async def has_queued(db: Queries, kinds: Iterable[str] = tuple(KINDS)) -> bool:
+    """Cheap check (no lock) used between training steps and by idle workers."""
+    return await db.scalar(
+        select(literal(1)).where(jobs.c.status == "queued", jobs.c.kind.in_(list(kinds))).limit(1)
+    ) is not None
 
 
-async def heartbeat(db: aiosqlite.Connection, worker_id: str) -> None:
-    await db.execute(f"UPDATE jobs SET heartbeat_at = {_NOW} WHERE status = 'running' AND worker_id = ?", (worker_id,))
+def _held(lease: JobLease) -> ColumnElement[bool]:
+    return and_(
+        jobs.c.id == lease.job_id,
+        jobs.c.worker_id == lease.worker_id,
+        jobs.c.attempts == lease.attempt,
+        jobs.c.status == "running",
+    )
 
 
+async def heartbeat(db: Queries, worker_id: str, job_ids: Iterable[int]) -> set[int]:
+    """Renew this worker's leases on the jobs it is running, on the database's clock; returns
+    those still its own. A claim it does not know of (its commit's answer lost with the
+    connection) is not renewed, so the sweep gives that job back."""
+    rows = await db.all(
+        update(jobs)
+        .where(jobs.c.worker_id == worker_id, jobs.c.status == "running", jobs.c.id.in_(list(job_ids)))
+        .values(heartbeat_at=utc_now())
+        .returning(jobs.c.id)
+    )
+    return {int(row["id"]) for row in rows}
+
+
+async def check_lease(db: Queries, lease: JobLease) -> None:
+    """Raise LeaseLost unless the lease still holds; inside a transaction on PostgreSQL the job
+    row stays locked until it ends, so nobody can requeue the job between this check and the write."""
+    held = await db.scalar(select(jobs.c.id).where(_held(lease)).with_for_update())
+    if held is None:
+        raise LeaseLost(f"job #{lease.job_id} attempt {lease.attempt} is no longer {lease.worker_id}'s")
+
+
+@retry_on_disconnect
 async def set_progress(
-    db: aiosqlite.Connection, job_id: int, progress: float, text: str | None, event: Mapping[str, Any] | None = None
+    db: Queries, lease: JobLease, progress: float, text: str | None, event: Mapping[str, Any] | None = None
 ) -> None:
     """Update the job row (what a late subscriber reads) and, if given, append a progress event."""
-    await db.execute(
-        "UPDATE jobs SET progress = ?, progress_text = ? WHERE id = ?", (min(1.0, max(0.0, progress)), text, job_id)
-    )
-    if event is not None:
-        await record_event(db, job_id, "progress", event)
+    async with db.transaction() as tx:
+        await check_lease(tx, lease)
+        await tx.execute(
+            update(jobs).where(jobs.c.id == lease.job_id)
+            .values(progress=min(1.0, max(0.0, progress)), progress_text=text)
+        )
+        if event is not None:
+            await record_event(tx, lease.job_id, "progress", event)
 
 
-async def set_links(db: aiosqlite.Connection, job_id: int, run_id: int | None = None, generation_id: int | None = None) -> None:
+@retry_on_disconnect
+async def record_job_event(db: Queries, lease: JobLease, kind: str, data: Mapping[str, Any] | None = None) -> int:
+    """A worker's event about its job: written only while its lease holds."""
+    async with db.transaction() as tx:
+        await check_lease(tx, lease)
+        return await record_event(tx, lease.job_id, kind, data)
+
+
+@retry_on_disconnect
+async def set_links(db: Queries, lease: JobLease, run_id: int | None = None, generation_id: int | None = None) -> None:
     """Point the job at the training run or generation it produced."""
-    await db.execute(
-        "UPDATE jobs SET run_id = coalesce(?, run_id), generation_id = coalesce(?, generation_id) WHERE id = ?",
-        (run_id, generation_id, job_id),
-    )
+    async with db.transaction() as tx:
+        await check_lease(tx, lease)
+        await tx.execute(
+            update(jobs).where(jobs.c.id == lease.job_id).values(
+                run_id=func.coalesce(run_id, jobs.c.run_id),
+                generation_id=func.coalesce(generation_id, jobs.c.generation_id),
+            )
+        )
 
 
+@retry_on_disconnect
 async def finish_job(
-    db: aiosqlite.Connection,
-    job_id: int,
+    db: Queries,
+    lease: JobLease,
     status: str,
     result: Mapping[str, Any] | None = None,
     error: str | None = None,
 ) -> Job:
-    """End a running job as succeeded, failed or cancelled, with its 'finished'/'failed'/'cancelled' event."""
+    """End a running job as succeeded, failed or cancelled, with its 'finished'/'failed'/'cancelled' event.
+
+    Raises LeaseLost when the attempt is no longer the worker's: then nothing is written.
+    """
     if status not in ENDED:
         raise ValueError(f"a job ends as one of {', '.join(ENDED)}, not {status!r}")
     event = {"succeeded": "finished", "failed": "failed", "cancelled": "cancelled"}[status]
-    async with transaction(db):
-        await db.execute(
-            f"UPDATE jobs SET status = ?, result = ?, error = ?, finished_at = {_NOW}, "
-            f"progress = CASE WHEN ? = 'succeeded' THEN 1 ELSE progress END WHERE id = ?",
-            (status, _dumps(result) if result is not None else None, error, status, job_id),
-        )
+    async with db.transaction() as tx:
+        await check_lease(tx, lease)
+        values: dict[str, Any] = {
+            "status": status, "result": _dumps(result) if result is not None else None, "error": error,
+            "finished_at": utc_now(),
+        }
+        if status == "succeeded":
+            values["progress"] = 1.0
+        await tx.execute(update(jobs).where(jobs.c.id == lease.job_id).values(**values))
         data: dict[str, Any] = dict(result or {})
         if error:
             data["error"] = error
-        await record_event(db, job_id, event, data)
-    return await _one_job(db, job_id)
+        await record_event(tx, lease.job_id, event, data)
+    return await _one_job(db, lease.job_id)
 
 
-async def running_jobs(db: aiosqlite.Connection) -> list[Job]:
-    async with db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE status = 'running' ORDER BY id") as cursor:
-        return [_job(row) for row in await cursor.fetchall()]  # type: ignore[misc]
+@dataclass(frozen=True)
+class RunningJob:
+    """A running job as the sweeper sees it: whose it is and how long since its worker beat."""
+
+    job: Job
+    silent_s: float | None
 
 
-async def heartbeat_age_s(db: aiosqlite.Connection, job_id: int) -> float | None:
-    async with db.execute(
-        "SELECT (julianday('now') - julianday(heartbeat_at)) * 86400 FROM jobs WHERE id = ?", (job_id,)
-    ) as cursor:
-        row = await cursor.fetchone()
-    return None if row is None or row[0] is None else float(row[0])
+async def running_jobs(db: Queries) -> list[RunningJob]:
+    """Every running job with the seconds since its last heartbeat, on the database's clock."""
+    silent = seconds_between(jobs.c.heartbeat_at, utc_now()).label("silent_s")
+    rows = await db.all(select(jobs, silent).where(jobs.c.status == "running").order_by(jobs.c.id))
+    found = []
+    for row in rows:
+        values = dict(row)
+        silent_s = values.pop("silent_s")
+        found.append(RunningJob(_job(values), None if silent_s is None else float(silent_s)))  # type: ignore[arg-type]
+    return found
 
 
+async def _locked_job(tx: Queries, job_id: int) -> Job:
+    row = await tx.one(select(jobs).where(jobs.c.id == job_id).with_for_update())
+    if row is None:
+        raise JobNotFound(f"there is no job #{job_id}")
+    return _job(row)  # type: ignore[return-value]
+
+
+@retry_on_disconnect
 async def requeue_or_fail(
-    db: aiosqlite.Connection, job_id: int, worker_id: str | None, max_attempts: int, why: str
+    db: Queries, lease: JobLease, max_attempts: int, why: str, *, silent_for_s: float | None = None
 ) -> Job:
     """A running job whose worker is gone: queue it again, or fail it once it has used up its tries.
 
-    Only acts if the job is still running on that worker, so two recoverers cannot both act.
+    Acts only if that attempt is still running on that worker (two sweepers cannot both act)
+    and, with `silent_for_s`, only if its last heartbeat is still that old on the database's
+    clock (a worker that beat just now keeps its job).
     """
-    async with transaction(db):
-        job = await _one_job(db, job_id)
-        if job.status != "running" or job.worker_id != worker_id:
+    async with db.transaction() as tx:
+        job = await _locked_job(tx, lease.job_id)
+        if job.status != "running" or job.worker_id != lease.worker_id or job.attempts != lease.attempt:
             return job
+        if silent_for_s is not None:
+            still_silent = await tx.scalar(
+                select(jobs.c.id).where(jobs.c.id == job.id, jobs.c.heartbeat_at < utc_now_minus(silent_for_s))
+            )
+            if still_silent is None:
+                return job
         if job.cancel_requested:
-            await db.execute(f"UPDATE jobs SET status = 'cancelled', finished_at = {_NOW} WHERE id = ?", (job_id,))
-            await record_event(db, job_id, "cancelled", {"while": "running", "reason": why})
+            await tx.execute(update(jobs).where(jobs.c.id == job.id).values(status="cancelled", finished_at=utc_now()))
+            await record_event(tx, job.id, "cancelled", {"while": "running", "reason": why})
         elif job.attempts >= max_attempts:
             error = (
                 f"gave up after {job.attempts} tries: {why} each time. This job may be crashing the worker "
                 f"(for example running out of memory); try smaller settings, or ask the operator to check the worker log"
             )
-            await db.execute(
-                f"UPDATE jobs SET status = 'failed', error = ?, finished_at = {_NOW} WHERE id = ?", (error, job_id)
+            await tx.execute(
+                update(jobs).where(jobs.c.id == job.id).values(status="failed", error=error, finished_at=utc_now())
             )
-            await record_event(db, job_id, "failed", {"error": error})
+            await record_event(tx, job.id, "failed", {"error": error})
         else:
-            await db.execute(
-                "UPDATE jobs SET status = 'queued', worker_id = NULL, heartbeat_at = NULL, error = ? WHERE id = ?",
-                (f"requeued: {why}", job_id),
+            await tx.execute(
+                update(jobs).where(jobs.c.id == job.id)
+                .values(status="queued", worker_id=None, heartbeat_at=None, error=f"requeued: {why}")
             )
-            position = await queue_position(db, job_id)
-            await record_event(db, job_id, "queued", {"position": position, "requeued": why})
-    return await _one_job(db, job_id)
+            position = await queue_position(tx, job.id)
+            await record_event(tx, job.id, "queued", {"position": position, "requeued": why})
+            await tx.execute(Notify(WAKE_CHANNEL))
+    return await _one_job(db, lease.job_id)
 
 
-async def release_job(db: aiosqlite.Connection, job_id: int, worker_id: str) -> Job:
+@retry_on_disconnect
+async def release_job(db: Queries, lease: JobLease) -> Job:
     """A worker that is being stopped hands its running job back to the queue.
 
     The attempt is not counted: stopping the worker is not the job's fault. A training
     resumes from its latest checkpoint when it runs again.
     """
-    async with transaction(db):
-        job = await _one_job(db, job_id)
-        if job.status != "running" or job.worker_id != worker_id:
+    async with db.transaction() as tx:
+        job = await _locked_job(tx, lease.job_id)
+        if job.status != "running" or job.worker_id != lease.worker_id or job.attempts != lease.attempt:
             return job
-        await db.execute(
-            "UPDATE jobs SET status = 'queued', worker_id = NULL, heartbeat_at = NULL, "
-            "attempts = max(0, attempts - 1) WHERE id = ?",
-            (job_id,),
+        await tx.execute(
+            update(jobs).where(jobs.c.id == job.id).values(
+                status="queued", worker_id=None, heartbeat_at=None,
+                attempts=case((jobs.c.attempts > 0, jobs.c.attempts - 1), else_=0),
+            )
         )
-        position = await queue_position(db, job_id)
-        await record_event(db, job_id, "queued", {"position": position, "requeued": "the worker was stopped"})
-    return await _one_job(db, job_id)
-
+        position = await queue_position(tx, job.id)
+        await record_event(tx, job.id, "queued", {"position": position, "requeued": "the worker was stopped"})
+        await tx.execute(Notify(WAKE_CHANNEL))
+    return await _one_job(db, lease.job_id)

@@ -1,26 +1,31 @@
-"""Deleting a pet with everything it owns, and sweeping folders no row points at.
+"""Deleting a pet with everything it owns, and sweeping files no row points at.
 
-Order matters for "no row ever points at a missing file": the rows go first, in one
-transaction, then the folders. A crash between the two leaves only folders without rows,
-which `sweep_orphans` removes later (it runs at the start of every teach and forget).
+Order matters for "no row ever points at a missing file": rows go first, in one
+transaction, then the files. A crash between the two leaves only files without rows, and
+so does a crash between writing a file and committing its row; `sweep_orphans` (a worker
+chore) removes them once they are old enough that no write in progress can own them.
 """
 
 from __future__ import annotations
 
-import asyncio
+import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
-import aiosqlite
+from sqlalchemy import func, select
 
-from storage.db import transaction
-from storage.files import DataDir, remove_tree
+from storage import keys
+from storage.db import Queries
+from storage.files import FileStore
 from storage.pets import Pet, delete_pet_row
+from storage.schema import checkpoints, generations, pets, photos, training_runs, validation_images
 
-# A folder or file younger than this may belong to a write whose row is not committed yet
-# (another process teaching or generating right now), so the sweep leaves it alone.
+# A file younger than this may belong to a write whose row is not committed yet (another
+# process teaching, training or painting right now), so the sweep leaves it alone.
 SWEEP_MIN_AGE_S = 600.0
+# The folders whose files belong to rows; everything else in the store (class images,
+# temporary previews, the compile cache) is not indexed and never swept here.
+SWEPT = ("pets", "runs", "generations")
 
 
 class PetBusy(ValueError):
@@ -36,105 +41,76 @@ class PetFootprint:
     generations: int
 
 
-async def _ids(db: aiosqlite.Connection, sql: str, args: tuple = ()) -> list[int]:
-    async with db.execute(sql, args) as cursor:
-        return [int(row[0]) for row in await cursor.fetchall()]
+async def _ids(db: Queries, statement) -> list[int]:
+    return [int(row[0]) for row in (await db.execute(statement)).all()]
 
 
-async def pet_footprint(db: aiosqlite.Connection, pet_id: int) -> PetFootprint:
-    async with db.execute(
-        "SELECT (SELECT count(*) FROM photos WHERE pet_id = ?), "
-        "(SELECT count(*) FROM training_runs WHERE pet_id = ?), "
-        "(SELECT count(*) FROM generations WHERE pet_id = ?)",
-        (pet_id, pet_id, pet_id),
-    ) as cursor:
-        photos, runs, generations = await cursor.fetchone()
-    return PetFootprint(photos=photos, runs=runs, generations=generations)
+async def pet_footprint(db: Queries, pet_id: int) -> PetFootprint:
+    def count(table):
+        return select(func.count()).select_from(table).where(table.c.pet_id == pet_id).scalar_subquery()
+
+    row = await db.one(select(count(photos).label("p"), count(training_runs).label("r"), count(generations).label("g")))
+    assert row is not None
+    return PetFootprint(photos=row["p"], runs=row["r"], generations=row["g"])
 
 
-async def forget_pet(db: aiosqlite.Connection, data: DataDir, pet: Pet) -> PetFootprint:
-    """Delete the pet's rows (photos, runs, checkpoints, votes, generations cascade), then its folders.
+async def forget_pet(db: Queries, store: FileStore, pet: Pet) -> PetFootprint:
+    """Delete the pet's rows (photos, runs, checkpoints, votes, generations cascade), then its files.
 
     Refuses while one of its trainings is running: the trainer would keep writing
-    checkpoints into folders that no longer belong to anything.
+    checkpoints that no longer belong to anything.
     """
-    await sweep_orphans(db, data)
-    async with transaction(db):
-        running = await _ids(db, "SELECT id FROM training_runs WHERE pet_id = ? AND status = 'running'", (pet.id,))
+    async with db.transaction() as tx:
+        running = await _ids(
+            tx, select(training_runs.c.id).where(training_runs.c.pet_id == pet.id, training_runs.c.status == "running")
+        )
         if running:
             raise PetBusy(f"{pet.name} is training right now; cancel the training first, then delete it")
-        footprint = await pet_footprint(db, pet.id)
-        run_ids = await _ids(db, "SELECT id FROM training_runs WHERE pet_id = ?", (pet.id,))
-        generation_ids = await _ids(db, "SELECT id FROM generations WHERE pet_id = ?", (pet.id,))
-        await delete_pet_row(db, pet.id)
-    folders = [data.pet_dir(pet.id)]
-    folders += [data.run_dir(run_id) for run_id in run_ids]
-    folders += [data.generation_dir(generation_id) for generation_id in generation_ids]
-    await asyncio.to_thread(_remove_all, folders)
+        footprint = await pet_footprint(tx, pet.id)
+        run_ids = await _ids(tx, select(training_runs.c.id).where(training_runs.c.pet_id == pet.id))
+        picture_lists = (await tx.execute(select(generations.c.files).where(generations.c.pet_id == pet.id))).all()
+        await delete_pet_row(tx, pet.id)
+    await store.delete_prefix(keys.pet_prefix(pet.id))
+    for run_id in run_ids:
+        await store.delete_prefix(keys.run_prefix(run_id))
+    await store.delete([key for (files,) in picture_lists for key in json.loads(files)])
     return footprint
 
 
-def _remove_all(folders: list[Path]) -> None:
-    for folder in folders:
-        remove_tree(folder)
+async def sweep_orphans(db: Queries, store: FileStore, min_age_s: float = SWEEP_MIN_AGE_S) -> list[str]:
+    """Delete files under pets/, runs/ and generations/ that no row points at; returns their keys.
 
-
-async def sweep_orphans(
-    db: aiosqlite.Connection, data: DataDir, min_age_s: float = SWEEP_MIN_AGE_S
-) -> list[Path]:
-    """Remove pet, run and generation folders without a row, and photo files no row points at.
-
-    Such leftovers come from a crash between writing files and committing their rows, or
-    between deleting rows and deleting folders. Only folders named by a numeric id are
-    touched, and only once they are `min_age_s` old. Returns what was removed.
+    A file belongs to a row when the row names it (photos, validation images, generations'
+    pictures), when it lies in a checkpoint's folder, or when it is the contact sheet of a
+    pet that still exists. Only files `min_age_s` old are touched.
     """
-    pet_ids = set(await _ids(db, "SELECT id FROM pets"))
-    run_ids = set(await _ids(db, "SELECT id FROM training_runs"))
-    generation_ids = set(await _ids(db, "SELECT id FROM generations"))
-    async with db.execute("SELECT original_path, prepared_path FROM photos") as cursor:
-        photo_files = {path for row in await cursor.fetchall() for path in row}
-    return await asyncio.to_thread(
-        _sweep, data, pet_ids, run_ids, generation_ids, photo_files, time.time() - min_age_s
-    )
+    owned = await named_files(db)
+    pet_ids = {str(pet_id) for pet_id in await _ids(db, select(pets.c.id))}
+    folders = {row[0] for row in (await db.execute(select(checkpoints.c.path))).all()}
+    older_than = time.time() - min_age_s
+    orphans = []
+    for top in SWEPT:
+        for item in await store.list(top):
+            parts = item.key.split("/")
+            if (
+                item.modified >= older_than
+                or item.key in owned
+                or "/".join(parts[:4]) in folders  # runs/<run>/checkpoints/<folder>/<file>
+                or (parts[0] == "pets" and parts[2:3] == ["sheet"] and parts[1] in pet_ids)
+            ):
+                continue
+            orphans.append(item.key)
+    await store.delete(orphans)
+    return orphans
 
 
-def _sweep(
-    data: DataDir,
-    pet_ids: set[int],
-    run_ids: set[int],
-    generation_ids: set[int],
-    photo_files: set[str],
-    older_than: float,
-) -> list[Path]:
-    removed: list[Path] = []
-    for parent, known in (
-        (data.root / "pets", pet_ids),
-        (data.root / "runs", run_ids),
-        (data.generations_dir(), generation_ids),
-    ):
-        for folder in _numbered_folders(parent):
-            if int(folder.name) not in known and _mtime(folder) < older_than:
-                remove_tree(folder)
-                removed.append(folder)
-    for pet_id in pet_ids:
-        photos = data.photos_dir(pet_id)
-        if not photos.is_dir():
-            continue
-        for file in photos.iterdir():
-            if data.rel(file) not in photo_files and file.is_file() and _mtime(file) < older_than:
-                file.unlink(missing_ok=True)
-                removed.append(file)
-    return removed
-
-
-def _numbered_folders(parent: Path) -> list[Path]:
-    if not parent.is_dir():
-        return []
-    return [child for child in parent.iterdir() if child.is_dir() and child.name.isdigit()]
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return float("inf")
+async def named_files(db: Queries) -> set[str]:
+    """Every file a row names itself: photos, validation images, generations' pictures (checkpoint
+    rows name a folder; their files are found by that folder)."""
+    owned: set[str] = set()
+    for row in (await db.execute(select(photos.c.original_path, photos.c.prepared_path))).all():
+        owned.update(row)
+    owned.update(row[0] for row in (await db.execute(select(validation_images.c.path))).all())
+    for (files,) in (await db.execute(select(generations.c.files))).all():
+        owned.update(json.loads(files))
+    return owned

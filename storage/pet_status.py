@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import aiosqlite
+from sqlalchemy import func, select
+from sqlalchemy.engine import RowMapping
+
+from storage.db import Queries
+from storage.schema import checkpoints, pets, photos, training_runs
 
 
 @dataclass(frozen=True)
@@ -18,24 +22,31 @@ class PetSummary:
     status: str  # needs photos | ready to train | queued for training | training (step n/N) | trained (step n)
 
 
-_SUMMARY_SQL = """
-SELECT p.id, p.name, p.owner_id, p.class_noun, p.token,
-       (SELECT count(*) FROM photos WHERE pet_id = p.id) AS photos,
-       (SELECT step FROM checkpoints WHERE id = p.active_checkpoint_id) AS active_step,
-       (SELECT step FROM training_runs WHERE pet_id = p.id AND status = 'running'
-        ORDER BY id DESC LIMIT 1) AS running_step,
-       (SELECT total_steps FROM training_runs WHERE pet_id = p.id AND status = 'running'
-        ORDER BY id DESC LIMIT 1) AS running_total,
-       (SELECT count(*) FROM training_runs WHERE pet_id = p.id AND status = 'queued') AS queued,
-       (SELECT step FROM training_runs WHERE pet_id = p.id AND status = 'succeeded'
-        ORDER BY id DESC LIMIT 1) AS trained_step
-FROM pets AS p
-WHERE p.guild_id = ?
-ORDER BY p.name COLLATE NOCASE, p.id
-"""
+def _newest(column, status: str):
+    """`column` of the pet's newest training run with that status."""
+    return (
+        select(column)
+        .where(training_runs.c.pet_id == pets.c.id, training_runs.c.status == status)
+        .order_by(training_runs.c.id.desc())
+        .limit(1)
+        .scalar_subquery()
+    )
 
 
-def _status(row: aiosqlite.Row) -> str:
+_SUMMARIES = select(
+    pets.c.id, pets.c.name, pets.c.owner_id, pets.c.class_noun, pets.c.token,
+    select(func.count()).select_from(photos).where(photos.c.pet_id == pets.c.id).scalar_subquery().label("photos"),
+    select(checkpoints.c.step).where(checkpoints.c.id == pets.c.active_checkpoint_id).scalar_subquery()
+    .label("active_step"),
+    _newest(training_runs.c.step, "running").label("running_step"),
+    _newest(training_runs.c.total_steps, "running").label("running_total"),
+    select(func.count()).select_from(training_runs)
+    .where(training_runs.c.pet_id == pets.c.id, training_runs.c.status == "queued").scalar_subquery().label("queued"),
+    _newest(training_runs.c.step, "succeeded").label("trained_step"),
+).order_by(func.lower(pets.c.name), pets.c.id)
+
+
+def _status(row: RowMapping) -> str:
     """What the owner would do next depends on this, so a running training wins over the rest."""
     if row["running_step"] is not None:
         return f"training (step {row['running_step']}/{row['running_total']})"
@@ -47,10 +58,9 @@ def _status(row: aiosqlite.Row) -> str:
     return "ready to train" if row["photos"] else "needs photos"
 
 
-async def pet_summaries(db: aiosqlite.Connection, guild_id: str) -> list[PetSummary]:
+async def pet_summaries(db: Queries, guild_id: str) -> list[PetSummary]:
     """The guild's pets by name, with photo counts and a status derived from their runs."""
-    async with db.execute(_SUMMARY_SQL, (guild_id,)) as cursor:
-        rows = await cursor.fetchall()
+    rows = await db.all(_SUMMARIES.where(pets.c.guild_id == guild_id))
     return [
         PetSummary(
             id=row["id"],

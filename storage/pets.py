@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import secrets
-import sqlite3
 from dataclasses import dataclass
 
-import aiosqlite
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.engine import RowMapping
+from sqlalchemy.exc import IntegrityError
+
+from storage.db import Queries
+from storage.dialects import utc_now
+from storage.schema import pets
 
 LOCAL_GUILD = "local"
 # Trigger tokens are short letter strings that CLIP splits into rare pieces, as DreamBooth's
@@ -34,68 +39,66 @@ class Pet:
         return f"a photo of {self.token} {self.class_noun}"
 
 
-def _pet(row: sqlite3.Row | None) -> Pet | None:
-    if row is None:
-        return None
-    return Pet(**{key: row[key] for key in row.keys()})
-
-
-_COLUMNS = "id, guild_id, owner_id, name, token, class_noun, active_checkpoint_id, created_at"
+def _pet(row: RowMapping | None) -> Pet | None:
+    return None if row is None else Pet(**row)
 
 
 def new_token() -> str:
     return "".join(secrets.choice(_TOKEN_LETTERS) for _ in range(5))
 
 
-async def create_pet(db: aiosqlite.Connection, guild_id: str, owner_id: str, name: str, class_noun: str) -> Pet:
+def _same_name(name: str):
+    # Case-insensitive, as the unique index is (SQLite NOCASE, PostgreSQL lower()).
+    return func.lower(pets.c.name) == func.lower(name.strip())
+
+
+async def create_pet(db: Queries, guild_id: str, owner_id: str, name: str, class_noun: str) -> Pet:
     for _ in range(20):
         try:
-            cursor = await db.execute(
-                "INSERT INTO pets (guild_id, owner_id, name, token, class_noun) VALUES (?, ?, ?, ?, ?)",
-                (guild_id, owner_id, name.strip(), new_token(), class_noun.strip().lower()),
-            )
-        except sqlite3.IntegrityError as error:
-            if "pets.token" in str(error):
+            async with db.savepoint() as part:
+                pet_id = await part.scalar(
+                    insert(pets)
+                    .values(guild_id=guild_id, owner_id=owner_id, name=name.strip(), token=new_token(),
+                            class_noun=class_noun.strip().lower(), created_at=utc_now())
+                    .returning(pets.c.id)
+                )
+        except IntegrityError as error:
+            if "token" in str(error.orig):
                 continue  # token collision: draw another
             raise PetNameTaken(f"a pet called {name!r} already exists in this server") from error
-        pet = await get_pet(db, cursor.lastrowid)
+        pet = await get_pet(db, pet_id)
         assert pet is not None
         return pet
     raise RuntimeError("could not draw a unique trigger token")
 
 
-async def get_pet(db: aiosqlite.Connection, pet_id: int) -> Pet | None:
-    async with db.execute(f"SELECT {_COLUMNS} FROM pets WHERE id = ?", (pet_id,)) as cursor:
-        return _pet(await cursor.fetchone())
+async def get_pet(db: Queries, pet_id: int) -> Pet | None:
+    return _pet(await db.one(select(pets).where(pets.c.id == pet_id)))
 
 
-async def find_pet(db: aiosqlite.Connection, guild_id: str, name: str) -> Pet | None:
+async def find_pet(db: Queries, guild_id: str, name: str) -> Pet | None:
     """The guild's pet of that name (case-insensitive)."""
-    async with db.execute(
-        f"SELECT {_COLUMNS} FROM pets WHERE guild_id = ? AND name = ? COLLATE NOCASE", (guild_id, name.strip())
-    ) as cursor:
-        return _pet(await cursor.fetchone())
+    return _pet(await db.one(select(pets).where(pets.c.guild_id == guild_id, _same_name(name))))
 
 
-async def list_pets(db: aiosqlite.Connection, guild_id: str, owner_id: str | None = None) -> list[Pet]:
-    sql = f"SELECT {_COLUMNS} FROM pets WHERE guild_id = ?"
-    args: list[str] = [guild_id]
+async def list_pets(db: Queries, guild_id: str, owner_id: str | None = None) -> list[Pet]:
+    statement = select(pets).where(pets.c.guild_id == guild_id)
     if owner_id is not None:
-        sql += " AND owner_id = ?"
-        args.append(owner_id)
-    async with db.execute(sql + " ORDER BY created_at DESC, id DESC", args) as cursor:
-        return [_pet(row) for row in await cursor.fetchall()]  # type: ignore[misc]
+        statement = statement.where(pets.c.owner_id == owner_id)
+    rows = await db.all(statement.order_by(pets.c.created_at.desc(), pets.c.id.desc()))
+    return [Pet(**row) for row in rows]
 
 
-async def count_pets(db: aiosqlite.Connection, guild_id: str, owner_id: str) -> int:
-    async with db.execute("SELECT count(*) FROM pets WHERE guild_id = ? AND owner_id = ?", (guild_id, owner_id)) as cursor:
-        return (await cursor.fetchone())[0]
+async def count_pets(db: Queries, guild_id: str, owner_id: str) -> int:
+    return int(await db.scalar(
+        select(func.count()).select_from(pets).where(pets.c.guild_id == guild_id, pets.c.owner_id == owner_id)
+    ))
 
 
-async def set_active_checkpoint(db: aiosqlite.Connection, pet_id: int, checkpoint_id: int | None) -> None:
-    await db.execute("UPDATE pets SET active_checkpoint_id = ? WHERE id = ?", (checkpoint_id, pet_id))
+async def set_active_checkpoint(db: Queries, pet_id: int, checkpoint_id: int | None) -> None:
+    await db.execute(update(pets).where(pets.c.id == pet_id).values(active_checkpoint_id=checkpoint_id))
 
 
-async def delete_pet_row(db: aiosqlite.Connection, pet_id: int) -> None:
+async def delete_pet_row(db: Queries, pet_id: int) -> None:
     """Delete the pet's row; photos, runs, checkpoints, votes and generations cascade."""
-    await db.execute("DELETE FROM pets WHERE id = ?", (pet_id,))
+    await db.execute(delete(pets).where(pets.c.id == pet_id))

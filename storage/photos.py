@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
 
-import aiosqlite
+from sqlalchemy import func, insert, select
+
+from storage.db import Queries
+from storage.dialects import utc_now
+from storage.schema import photos
 
 
 @dataclass(frozen=True)
@@ -26,18 +29,8 @@ class Photo:
     added_at: str
 
 
-_COLUMNS = (
-    "id, pet_id, sha256, phash, original_name, original_path, prepared_path, width, height, "
-    "crop_left, crop_top, crop_size, added_by, added_at"
-)
-
-
-def _photo(row: sqlite3.Row) -> Photo:
-    return Photo(**{key: row[key] for key in row.keys()})
-
-
 async def insert_photo(
-    db: aiosqlite.Connection,
+    db: Queries,
     pet_id: int,
     *,
     sha256: str,
@@ -52,21 +45,22 @@ async def insert_photo(
 ) -> int:
     """Insert one photo row (its files must already be written); returns its id."""
     crop_left, crop_top, crop_size = crop
-    cursor = await db.execute(
-        "INSERT INTO photos (pet_id, sha256, phash, original_name, original_path, prepared_path, "
-        "width, height, crop_left, crop_top, crop_size, added_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (pet_id, sha256, phash, original_name, original_path, prepared_path, width, height,
-         crop_left, crop_top, crop_size, added_by),
-    )
-    return int(cursor.lastrowid)
+    return int(await db.scalar(
+        insert(photos)
+        .values(
+            pet_id=pet_id, sha256=sha256, phash=phash, original_name=original_name, original_path=original_path,
+            prepared_path=prepared_path, width=width, height=height, crop_left=crop_left, crop_top=crop_top,
+            crop_size=crop_size, added_by=added_by, added_at=utc_now(),
+        )
+        .returning(photos.c.id)
+    ))
 
 
-async def list_photos(db: aiosqlite.Connection, pet_id: int) -> list[Photo]:
+async def list_photos(db: Queries, pet_id: int) -> list[Photo]:
     """The pet's photos in the order they were added."""
-    async with db.execute(f"SELECT {_COLUMNS} FROM photos WHERE pet_id = ? ORDER BY id", (pet_id,)) as cursor:
-        return [_photo(row) for row in await cursor.fetchall()]
+    rows = await db.all(select(photos).where(photos.c.pet_id == pet_id).order_by(photos.c.id))
+    return [Photo(**row) for row in rows]
 
 
-async def count_photos(db: aiosqlite.Connection, pet_id: int) -> int:
-    async with db.execute("SELECT count(*) FROM photos WHERE pet_id = ?", (pet_id,)) as cursor:
-        return int((await cursor.fetchone())[0])
+async def count_photos(db: Queries, pet_id: int) -> int:
+    return int(await db.scalar(select(func.count()).select_from(photos).where(photos.c.pet_id == pet_id)))

@@ -2,31 +2,39 @@
 
 from __future__ import annotations
 
-import aiosqlite
+import json
+
+from sqlalchemy import delete, select
+
+from storage.db import Queries
+from storage.dialects import utc_now_minus
+from storage.jobs import ENDED
+from storage.schema import generations, job_events, jobs
+
+_DAY_S = 86400
 
 
-def _cutoff(days: int) -> str:
-    return f"-{int(days)} days"
+def _cutoff(days: int) -> utc_now_minus:
+    """`days` ago on the database's clock."""
+    return utc_now_minus(int(days) * _DAY_S)
 
 
-async def old_generation_ids(db: aiosqlite.Connection, days: int) -> list[int]:
-    async with db.execute(
-        "SELECT id FROM generations WHERE created_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?) ORDER BY id",
-        (_cutoff(days),),
-    ) as cursor:
-        return [row[0] for row in await cursor.fetchall()]
+async def old_generation_ids(db: Queries, days: int) -> list[int]:
+    rows = await db.all(select(generations.c.id).where(generations.c.created_at < _cutoff(days)).order_by(generations.c.id))
+    return [int(row["id"]) for row in rows]
 
 
-async def delete_generation_row(db: aiosqlite.Connection, generation_id: int) -> None:
-    """The row goes first, then its folder, so no row ever points at deleted files."""
-    await db.execute("DELETE FROM generations WHERE id = ?", (generation_id,))
+async def delete_generation_row(db: Queries, generation_id: int) -> list[str]:
+    """Delete the row and return the keys of its pictures: the row goes first, then the
+    files, so no row ever points at deleted files."""
+    files = await db.scalar(delete(generations).where(generations.c.id == generation_id).returning(generations.c.files))
+    return json.loads(files) if files else []
 
 
-async def delete_old_job_events(db: aiosqlite.Connection, days: int) -> int:
+async def delete_old_job_events(db: Queries, days: int) -> int:
     """Events of ended jobs older than `days`; the jobs rows keep each outcome."""
-    cursor = await db.execute(
-        "DELETE FROM job_events WHERE created_at < strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?) "
-        "AND job_id IN (SELECT id FROM jobs WHERE status IN ('succeeded', 'failed', 'cancelled'))",
-        (_cutoff(days),),
+    ended = select(jobs.c.id).where(jobs.c.status.in_(ENDED))
+    result = await db.execute(
+        delete(job_events).where(job_events.c.created_at < _cutoff(days), job_events.c.job_id.in_(ended))
     )
-    return cursor.rowcount
+    return result.rowcount

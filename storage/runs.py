@@ -7,11 +7,16 @@ under the data folder (relative paths), written before the row is inserted.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
+from sqlalchemy import delete, exists, func, insert, or_, select, union_all, update
+from sqlalchemy.engine import RowMapping
+
+
+from storage.db import Queries
+from storage.dialects import insert_for, utc_now
+from storage.schema import checkpoints, pets, training_runs, validation_images, votes
 
 UNFINISHED = ("queued", "running", "failed", "cancelled")
 
@@ -37,9 +42,22 @@ class Checkpoint:
     run_id: int
     step: int
     path: str  # folder
-    diffusers_file: str
+    diffusers_file: str  # a file-store key, or (in some rows of the first release) a bare name in `path`
     kohya_file: str
     created_at: str
+
+    @property
+    def diffusers_key(self) -> str:
+        return file_key(self.path, self.diffusers_file)
+
+    @property
+    def kohya_key(self) -> str:
+        return file_key(self.path, self.kohya_file)
+
+
+def file_key(folder: str, name: str) -> str:
+    """A checkpoint file's key: `name` is a key of its own, or a bare file name inside `folder`."""
+    return name if "/" in name else f"{folder}/{name}"
 
 
 @dataclass(frozen=True)
@@ -55,192 +73,178 @@ class ValidationImage:
     created_at: str
 
 
-_RUN_COLUMNS = (
-    "id, pet_id, status, params, step, total_steps, error, created_at, started_at, finished_at, chosen_checkpoint_id"
-)
-_CHECKPOINT_COLUMNS = "id, run_id, step, path, diffusers_file, kohya_file, created_at"
-_IMAGE_COLUMNS = "id, run_id, step, checkpoint_id, prompt, seed, path, message_id, created_at"
-_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
-
-
-def _run(row: sqlite3.Row | None) -> Run | None:
+def _run(row: RowMapping | None) -> Run | None:
     if row is None:
         return None
-    values = {key: row[key] for key in row.keys()}
+    values = dict(row)
     values["params"] = json.loads(values["params"])
     return Run(**values)
 
 
-async def _one(db: aiosqlite.Connection, sql: str, args: tuple) -> sqlite3.Row | None:
-    async with db.execute(sql, args) as cursor:
-        return await cursor.fetchone()
+def _images(rows: list[RowMapping]) -> list[ValidationImage]:
+    return [ValidationImage(**row) for row in rows]
 
 
 # --- runs -------------------------------------------------------------------------------
 
 
-async def insert_run(db: aiosqlite.Connection, pet_id: int, params: dict[str, Any], total_steps: int) -> int:
-    cursor = await db.execute(
-        "INSERT INTO training_runs (pet_id, params, total_steps) VALUES (?, ?, ?)",
-        (pet_id, json.dumps(params), total_steps),
-    )
-    return int(cursor.lastrowid)
+async def insert_run(db: Queries, pet_id: int, params: dict[str, Any], total_steps: int) -> int:
+    return int(await db.scalar(
+        insert(training_runs)
+        .values(pet_id=pet_id, status="queued", params=json.dumps(params), step=0, total_steps=total_steps,
+                created_at=utc_now())
+        .returning(training_runs.c.id)
+    ))
 
 
-async def get_run(db: aiosqlite.Connection, run_id: int) -> Run | None:
-    return _run(await _one(db, f"SELECT {_RUN_COLUMNS} FROM training_runs WHERE id = ?", (run_id,)))
+async def get_run(db: Queries, run_id: int) -> Run | None:
+    return _run(await db.one(select(training_runs).where(training_runs.c.id == run_id)))
 
 
-async def list_runs(db: aiosqlite.Connection, pet_id: int) -> list[Run]:
-    rows = await db.execute_fetchall(
-        f"SELECT {_RUN_COLUMNS} FROM training_runs WHERE pet_id = ? ORDER BY id DESC", (pet_id,)
-    )
+async def list_runs(db: Queries, pet_id: int) -> list[Run]:
+    rows = await db.all(select(training_runs).where(training_runs.c.pet_id == pet_id).order_by(training_runs.c.id.desc()))
     return [_run(row) for row in rows]  # type: ignore[misc]
 
 
-async def latest_unfinished_run(db: aiosqlite.Connection, pet_id: int) -> Run | None:
+async def latest_unfinished_run(db: Queries, pet_id: int) -> Run | None:
     """The pet's newest run that did not succeed (queued, running, failed or cancelled): what --resume continues."""
-    row = await _one(
-        db,
-        f"SELECT {_RUN_COLUMNS} FROM training_runs WHERE pet_id = ? ORDER BY id DESC LIMIT 1",
-        (pet_id,),
-    )
-    run = _run(row)
+    run = _run(await db.one(
+        select(training_runs).where(training_runs.c.pet_id == pet_id).order_by(training_runs.c.id.desc()).limit(1)
+    ))
     return run if run is not None and run.status in UNFINISHED else None
 
 
-async def mark_running(db: aiosqlite.Connection, run_id: int, step: int) -> None:
+async def mark_running(db: Queries, run_id: int, step: int) -> None:
     await db.execute(
-        f"UPDATE training_runs SET status = 'running', step = ?, error = NULL, finished_at = NULL, "
-        f"started_at = coalesce(started_at, {_NOW}) WHERE id = ?",
-        (step, run_id),
+        update(training_runs).where(training_runs.c.id == run_id).values(
+            status="running", step=step, error=None, finished_at=None,
+            started_at=func.coalesce(training_runs.c.started_at, utc_now()),
+        )
     )
 
 
-async def set_step(db: aiosqlite.Connection, run_id: int, step: int) -> None:
-    await db.execute("UPDATE training_runs SET step = ? WHERE id = ?", (step, run_id))
+async def set_step(db: Queries, run_id: int, step: int) -> None:
+    await db.execute(update(training_runs).where(training_runs.c.id == run_id).values(step=step))
 
 
-async def finish_run(db: aiosqlite.Connection, run_id: int, status: str, step: int, error: str | None = None) -> None:
+async def finish_run(db: Queries, run_id: int, status: str, step: int, error: str | None = None) -> None:
     await db.execute(
-        f"UPDATE training_runs SET status = ?, step = ?, error = ?, finished_at = {_NOW} WHERE id = ?",
-        (status, step, error, run_id),
+        update(training_runs).where(training_runs.c.id == run_id)
+        .values(status=status, step=step, error=error, finished_at=utc_now())
     )
 
 
-async def set_chosen_checkpoint(db: aiosqlite.Connection, run_id: int, checkpoint_id: int | None) -> None:
-    await db.execute("UPDATE training_runs SET chosen_checkpoint_id = ? WHERE id = ?", (checkpoint_id, run_id))
+async def cancel_unstarted_run(db: Queries, run_id: int) -> None:
+    """End a run that never started (its job was cancelled while queued); any other run is left as it is."""
+    await db.execute(
+        update(training_runs).where(training_runs.c.id == run_id, training_runs.c.status == "queued")
+        .values(status="cancelled", finished_at=utc_now())
+    )
+
+
+async def set_chosen_checkpoint(db: Queries, run_id: int, checkpoint_id: int | None) -> None:
+    await db.execute(update(training_runs).where(training_runs.c.id == run_id).values(chosen_checkpoint_id=checkpoint_id))
 
 
 # --- checkpoints ------------------------------------------------------------------------
 
 
-async def add_checkpoint(
-    db: aiosqlite.Connection, run_id: int, step: int, path: str, diffusers_file: str, kohya_file: str
-) -> int:
+async def add_checkpoint(db: Queries, run_id: int, step: int, path: str, diffusers_file: str, kohya_file: str) -> int:
     """Insert (or, when a resumed run writes the same step again, update) a checkpoint row."""
-    row = await _one(
-        db,
-        "INSERT INTO checkpoints (run_id, step, path, diffusers_file, kohya_file) VALUES (?, ?, ?, ?, ?) "
-        "ON CONFLICT (run_id, step) DO UPDATE SET path = excluded.path, diffusers_file = excluded.diffusers_file, "
-        "kohya_file = excluded.kohya_file RETURNING id",
-        (run_id, step, path, diffusers_file, kohya_file),
+    statement = insert_for(db.dialect, checkpoints).values(
+        run_id=run_id, step=step, path=path, diffusers_file=diffusers_file, kohya_file=kohya_file, created_at=utc_now()
     )
-    assert row is not None
-    return int(row[0])
-
-
-async def list_checkpoints(db: aiosqlite.Connection, run_id: int) -> list[Checkpoint]:
-    rows = await db.execute_fetchall(
-        f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints WHERE run_id = ? ORDER BY step", (run_id,)
+    statement = statement.on_conflict_do_update(
+        index_elements=[checkpoints.c.run_id, checkpoints.c.step],
+        set_={
+            "path": statement.excluded.path,
+            "diffusers_file": statement.excluded.diffusers_file,
+            "kohya_file": statement.excluded.kohya_file,
+        },
     )
-    return [Checkpoint(**dict(row)) for row in rows]
+    return int(await db.scalar(statement.returning(checkpoints.c.id)))
 
 
-async def delete_checkpoint(db: aiosqlite.Connection, checkpoint_id: int) -> list[ValidationImage]:
+async def list_checkpoints(db: Queries, run_id: int) -> list[Checkpoint]:
+    rows = await db.all(select(checkpoints).where(checkpoints.c.run_id == run_id).order_by(checkpoints.c.step))
+    return [Checkpoint(**row) for row in rows]
+
+
+async def delete_checkpoint(db: Queries, checkpoint_id: int) -> list[ValidationImage]:
     """Delete a checkpoint row; returns its validation images, whose rows cascade with it (their files are the caller's)."""
-    images = await db.execute_fetchall(
-        f"SELECT {_IMAGE_COLUMNS} FROM validation_images WHERE checkpoint_id = ?", (checkpoint_id,)
-    )
-    await db.execute("DELETE FROM checkpoints WHERE id = ?", (checkpoint_id,))
-    return [ValidationImage(**dict(row)) for row in images]
+    async with db.transaction() as tx:
+        images = await tx.all(select(validation_images).where(validation_images.c.checkpoint_id == checkpoint_id))
+        await tx.execute(delete(checkpoints).where(checkpoints.c.id == checkpoint_id))
+    return _images(images)
 
 
-async def checkpoint_in_use(db: aiosqlite.Connection, checkpoint_id: int) -> bool:
+async def checkpoint_in_use(db: Queries, checkpoint_id: int) -> bool:
     """True when a pet uses it or a run chose it: such checkpoints are never pruned."""
-    row = await _one(
-        db,
-        "SELECT EXISTS (SELECT 1 FROM pets WHERE active_checkpoint_id = ?) "
-        "OR EXISTS (SELECT 1 FROM training_runs WHERE chosen_checkpoint_id = ?)",
-        (checkpoint_id, checkpoint_id),
-    )
-    return bool(row[0])
+    return bool(await db.scalar(select(or_(
+        exists().where(pets.c.active_checkpoint_id == checkpoint_id),
+        exists().where(training_runs.c.chosen_checkpoint_id == checkpoint_id),
+    ))))
 
 
 # --- validation images ------------------------------------------------------------------
 
 
 async def add_validation_image(
-    db: aiosqlite.Connection, run_id: int, step: int, checkpoint_id: int | None, prompt: str, seed: int, path: str
+    db: Queries, run_id: int, step: int, checkpoint_id: int | None, prompt: str, seed: int, path: str
 ) -> int:
-    cursor = await db.execute(
-        "INSERT INTO validation_images (run_id, step, checkpoint_id, prompt, seed, path) VALUES (?, ?, ?, ?, ?, ?)",
-        (run_id, step, checkpoint_id, prompt, seed, path),
-    )
-    return int(cursor.lastrowid)
+    return int(await db.scalar(
+        insert(validation_images)
+        .values(run_id=run_id, step=step, checkpoint_id=checkpoint_id, prompt=prompt, seed=seed, path=path,
+                created_at=utc_now())
+        .returning(validation_images.c.id)
+    ))
 
 
-async def list_validation_images(db: aiosqlite.Connection, run_id: int, step: int | None = None) -> list[ValidationImage]:
-    sql = f"SELECT {_IMAGE_COLUMNS} FROM validation_images WHERE run_id = ?"
-    args: tuple = (run_id,)
+async def list_validation_images(db: Queries, run_id: int, step: int | None = None) -> list[ValidationImage]:
+    statement = select(validation_images).where(validation_images.c.run_id == run_id)
     if step is not None:
-        sql += " AND step = ?"
-        args = (run_id, step)
-    rows = await db.execute_fetchall(sql + " ORDER BY step, id", args)
-    return [ValidationImage(**dict(row)) for row in rows]
+        statement = statement.where(validation_images.c.step == step)
+    return _images(await db.all(statement.order_by(validation_images.c.step, validation_images.c.id)))
 
 
-async def unposted_validation_images(db: aiosqlite.Connection, run_id: int) -> list[ValidationImage]:
+async def unposted_validation_images(db: Queries, run_id: int) -> list[ValidationImage]:
     """The run's validation images that no front end has posted yet (no message id), by step."""
-    rows = await db.execute_fetchall(
-        f"SELECT {_IMAGE_COLUMNS} FROM validation_images WHERE run_id = ? AND message_id IS NULL ORDER BY step, id",
-        (run_id,),
-    )
-    return [ValidationImage(**dict(row)) for row in rows]
+    return _images(await db.all(
+        select(validation_images)
+        .where(validation_images.c.run_id == run_id, validation_images.c.message_id.is_(None))
+        .order_by(validation_images.c.step, validation_images.c.id)
+    ))
 
 
-async def validation_is_posted(db: aiosqlite.Connection, image_id: int) -> bool:
-    rows = await db.execute_fetchall(
-        "SELECT 1 FROM validation_images WHERE id = ? AND message_id IS NOT NULL", (image_id,)
-    )
-    return bool(rows)
+async def validation_is_posted(db: Queries, image_id: int) -> bool:
+    return await db.scalar(
+        select(validation_images.c.id).where(validation_images.c.id == image_id, validation_images.c.message_id.is_not(None))
+    ) is not None
 
 
-async def delete_validation_after(db: aiosqlite.Connection, run_id: int, step: int) -> list[ValidationImage]:
+async def delete_validation_after(db: Queries, run_id: int, step: int) -> list[ValidationImage]:
     """Forget validation images past `step` (a resumed run renders them again); returns them for file clean-up."""
-    rows = await db.execute_fetchall(
-        f"SELECT {_IMAGE_COLUMNS} FROM validation_images WHERE run_id = ? AND step > ?", (run_id, step)
+    rows = await db.all(
+        delete(validation_images)
+        .where(validation_images.c.run_id == run_id, validation_images.c.step > step)
+        .returning(*validation_images.c)
     )
-    await db.execute("DELETE FROM validation_images WHERE run_id = ? AND step > ?", (run_id, step))
-    return [ValidationImage(**dict(row)) for row in rows]
+    return _images(rows)
 
 
-async def set_validation_message(db: aiosqlite.Connection, image_id: int, message_id: str) -> None:
-    await db.execute("UPDATE validation_images SET message_id = ? WHERE id = ?", (message_id, image_id))
+async def set_validation_message(db: Queries, image_id: int, message_id: str) -> None:
+    await db.execute(update(validation_images).where(validation_images.c.id == image_id).values(message_id=message_id))
 
 
-async def validation_image_by_message(db: aiosqlite.Connection, message_id: str) -> list[ValidationImage]:
-    rows = await db.execute_fetchall(
-        f"SELECT {_IMAGE_COLUMNS} FROM validation_images WHERE message_id = ?", (message_id,)
-    )
-    return [ValidationImage(**dict(row)) for row in rows]
+async def validation_image_by_message(db: Queries, message_id: str) -> list[ValidationImage]:
+    return _images(await db.all(select(validation_images).where(validation_images.c.message_id == message_id)))
 
 
 # --- votes ------------------------------------------------------------------------------
 
 
 async def add_vote(
-    db: aiosqlite.Connection,
+    db: Queries,
     user_id: str,
     emoji: str,
     *,
@@ -248,45 +252,67 @@ async def add_vote(
     checkpoint_id: int | None = None,
 ) -> bool:
     """Record a vote on an image or a checkpoint; False when that user already gave that emoji there."""
-    cursor = await db.execute(
-        "INSERT OR IGNORE INTO votes (validation_image_id, checkpoint_id, user_id, emoji) VALUES (?, ?, ?, ?)",
-        (validation_image_id, checkpoint_id, user_id, emoji),
+    # No conflict target: the unique indexes are partial (one per kind of target), and a
+    # bare ON CONFLICT DO NOTHING covers both on both databases. RETURNING, not rowcount,
+    # tells whether a row went in.
+    vote_id = await db.scalar(
+        insert_for(db.dialect, votes)
+        .values(validation_image_id=validation_image_id, checkpoint_id=checkpoint_id, user_id=user_id, emoji=emoji,
+                created_at=utc_now())
+        .on_conflict_do_nothing()
+        .returning(votes.c.id)
     )
-    return cursor.rowcount == 1
+    return vote_id is not None
 
 
 async def remove_vote(
-    db: aiosqlite.Connection,
+    db: Queries,
     user_id: str,
     emoji: str,
     *,
     validation_image_id: int | None = None,
     checkpoint_id: int | None = None,
 ) -> bool:
-    cursor = await db.execute(
-        "DELETE FROM votes WHERE user_id = ? AND emoji = ? AND validation_image_id IS ? AND checkpoint_id IS ?",
-        (user_id, emoji, validation_image_id, checkpoint_id),
+    def same(column: Any, value: int | None) -> Any:
+        return column.is_(None) if value is None else column == value
+
+    result = await db.execute(
+        delete(votes).where(
+            votes.c.user_id == user_id,
+            votes.c.emoji == emoji,
+            same(votes.c.validation_image_id, validation_image_id),
+            same(votes.c.checkpoint_id, checkpoint_id),
+        )
     )
-    return cursor.rowcount > 0
+    return result.rowcount > 0
 
 
-async def vote_tally(db: aiosqlite.Connection, run_id: int, emoji: str | None = None) -> dict[int, int]:
+async def vote_tally(db: Queries, run_id: int, emoji: str | None = None) -> dict[int, int]:
     """Votes per checkpoint step of a run: votes on the checkpoint plus votes on validation images of that step.
 
     Only steps that have a checkpoint count (step 0's "before" images are not a candidate);
     `emoji` restricts the count to one reaction. The bot picks the winner from this.
     """
-    only = "" if emoji is None else " AND v.emoji = ?"
-    per_emoji: tuple = () if emoji is None else (emoji,)
-    rows = await db.execute_fetchall(
-        "SELECT c.step, count(v.id) FROM checkpoints c LEFT JOIN ("
-        " SELECT v.id, vi.step AS step FROM votes v JOIN validation_images vi ON vi.id = v.validation_image_id"
-        f" WHERE vi.run_id = ?{only}"
-        " UNION ALL"
-        " SELECT v.id, c2.step FROM votes v JOIN checkpoints c2 ON c2.id = v.checkpoint_id"
-        f" WHERE c2.run_id = ?{only}"
-        ") v ON v.step = c.step WHERE c.run_id = ? GROUP BY c.step ORDER BY c.step",
-        (run_id, *per_emoji, run_id, *per_emoji, run_id),
+    voted = checkpoints.alias("voted")
+    on_images = (
+        select(votes.c.id.label("vote_id"), validation_images.c.step.label("step"))
+        .join(validation_images, validation_images.c.id == votes.c.validation_image_id)
+        .where(validation_images.c.run_id == run_id)
     )
-    return {int(step): int(count) for step, count in rows}
-
+    on_checkpoints = (
+        select(votes.c.id.label("vote_id"), voted.c.step.label("step"))
+        .join(voted, voted.c.id == votes.c.checkpoint_id)
+        .where(voted.c.run_id == run_id)
+    )
+    if emoji is not None:
+        on_images = on_images.where(votes.c.emoji == emoji)
+        on_checkpoints = on_checkpoints.where(votes.c.emoji == emoji)
+    ballots = union_all(on_images, on_checkpoints).subquery("ballots")
+    rows = await db.all(
+        select(checkpoints.c.step, func.count(ballots.c.vote_id).label("count"))
+        .select_from(checkpoints.outerjoin(ballots, ballots.c.step == checkpoints.c.step))
+        .where(checkpoints.c.run_id == run_id)
+        .group_by(checkpoints.c.step)
+        .order_by(checkpoints.c.step)
+    )
+    return {int(row["step"]): int(row["count"]) for row in rows}

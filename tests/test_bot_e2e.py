@@ -2,13 +2,15 @@
 the tiny model) against the fake Discord. Members teach, train, vote, pick, imagine, share
 and forget, in one story; the bot is restarted in the middle of a training.
 
-The tests run in order and share one server, one bot process and one data folder.
+The tests run in order and share one server, one bot process and one installation. The
+story runs twice: embedded (SQLite and a data folder; the bot starts its worker) and
+distributed (PostgreSQL and an S3 bucket; the bot and a `pawtrait worker` run as if on two
+hosts, each with a local folder of its own).
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import sys
 from collections.abc import AsyncIterator
@@ -19,9 +21,15 @@ import pytest
 import pytest_asyncio
 
 from bot_harness import BotProcess, query, wait_for_rows
+from conftest import MODES, settings_env
+from config.settings import Settings
 from fake_discord import FakeDiscord, StoredMessage
 from fake_discord.payloads import Channel, Guild, Member
 from photo_samples import encode, jpeg, varied_photo
+from storage import keys
+from storage.connect import file_store
+from storage.db import Database, open_database
+from storage.files import FileStore
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -33,7 +41,8 @@ TRAIN_STEPS = 6  # a checkpoint and validation images every 2 steps (bot.cogs.tr
 class World:
     fake: FakeDiscord
     bot: BotProcess
-    data_dir: Path
+    db: Database
+    store: FileStore
     cats: Guild
     dogs: Guild
     alice: Member  # owns the Cat Club and the pet
@@ -43,33 +52,31 @@ class World:
     general: Channel
     gallery: Channel
 
-    @property
-    def db_path(self) -> Path:
-        return self.data_dir / "pawtrait.db"
 
-
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def world(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> AsyncIterator[World]:
+@pytest_asyncio.fixture(scope="module", loop_scope="module", params=MODES)
+async def world(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
+) -> AsyncIterator[World]:
     fake = FakeDiscord()
     await fake.start()
     cats = fake.add_guild("Cat Club", owner="alice")
     dogs = fake.add_guild("Dog Park", owner="carol")
     folder = tmp_path_factory.mktemp("bot")
-    env = dict(os.environ)
-    env.update(
-        fake.bot_env(),
-        PAWTRAIT_DATA_DIR=str(folder / "data"),
-        PAWTRAIT_MODEL=str(tiny_model_dir),
-        PAWTRAIT_VAE="",
-        PAWTRAIT_DEVICE="cpu",
-        PAWTRAIT_RESOLUTION="64",
-        PAWTRAIT_WORKERS="1",
-        PAWTRAIT_TEST_THREADS="1",
-    )
+    settings = Settings(data_dir=folder / "data", model=str(tiny_model_dir), vae=None, device="cpu", resolution=64)
+    worker_env = None
+    if request.param == "distributed":
+        from conftest import distributed
+
+        settings = distributed(settings, request)
+        worker_env = dict(settings_env(settings), PAWTRAIT_DATA_DIR=str(folder / "worker-host"),
+                          PAWTRAIT_TEST_THREADS="1")
+    env = settings_env(settings)
+    env.update(fake.bot_env(), PAWTRAIT_WORKERS="1", PAWTRAIT_TEST_THREADS="1")
     env.pop("PAWTRAIT_DEV_GUILD", None)
-    bot = BotProcess(env, folder / "bot.log")
+    bot = BotProcess(env, folder / "bot.log", worker_env)
+    db = await open_database(settings.database_url)
     world = World(
-        fake=fake, bot=bot, data_dir=folder / "data", cats=cats, dogs=dogs,
+        fake=fake, bot=bot, db=db, store=file_store(settings), cats=cats, dogs=dogs,
         alice=cats.members[cats.owner_id], bob=fake.add_member(cats, "bob"), mod=fake.add_moderator(cats, "mod"),
         carol=dogs.members[dogs.owner_id], general=fake.channel(cats, "general"),
         gallery=fake.add_channel(cats, "gallery"),
@@ -80,6 +87,7 @@ async def world(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) 
     finally:
         await bot.stop()
         await fake.stop()
+        await db.close()
         print(bot.log_tail(200))
 
 
@@ -143,7 +151,7 @@ async def test_only_the_owner_trains_or_forgets_and_pets_stay_in_their_server(wo
     assert reply.ephemeral and "no pet called **Mochi** in this server" in reply.text()
     reply = await answer(world, await fake.slash(world.dogs, world.carol, "imagine", prompt="a photo of TOK", pet="Mochi"))
     assert reply.ephemeral and "no pet called **Mochi**" in reply.text()
-    assert not await query(world.db_path, "SELECT id FROM jobs")
+    assert not await query(world.db, "SELECT id FROM jobs")
 
 
 def thread_messages(world: World, thread: Channel) -> list[StoredMessage]:
@@ -166,16 +174,16 @@ async def test_training_thread_survives_a_bot_restart_and_votes_pick_the_checkpo
 
     # Restart the bot (and its worker) once the step-2 validation images exist: mid-training.
     reached = await wait_for_rows(
-        fake, world.db_path,
+        fake, world.db,
         # The event, not just the rows: the relay posts from events, and the rows come first.
         "SELECT 'validation' AS what, '' AS error FROM job_events "
-        "WHERE kind = 'validation' AND json_extract(data, '$.step') = 2 "
+        "WHERE kind = 'validation' AND data LIKE '{\"step\"\\:2,%' "  # \\: a colon, not a parameter
         "UNION ALL SELECT 'failed', error FROM jobs WHERE status = 'failed'",
         180, "the step-2 validation images",
     )
     assert reached[0]["what"] == "validation", f"the training failed: {reached[0]['error']}"
     await bot.stop()
-    run = (await query(world.db_path, "SELECT status, step FROM training_runs"))[0]
+    run = (await query(world.db, "SELECT status, step FROM training_runs"))[0]
     assert run["step"] < TRAIN_STEPS, "the run finished before the restart; nothing was interrupted"
 
     # Back without a worker first: the relay continues, and votes on images posted by the
@@ -190,9 +198,9 @@ async def test_training_thread_survives_a_bot_restart_and_votes_pick_the_checkpo
         await fake.react(voter, step2[0], "⭐")
     await fake.react(world.bob, step2[1], "👍")  # not the vote emoji
     await fake.react(world.mod, step2[1], "⭐")
-    await wait_for_rows(fake, world.db_path, "SELECT count(*) FROM votes HAVING count(*) = 3", 20, "three votes")
+    await wait_for_rows(fake, world.db, "SELECT count(*) FROM votes HAVING count(*) = 3", 20, "three votes")
     await fake.react(world.mod, step2[1], "⭐", add=False)  # changed their mind
-    await wait_for_rows(fake, world.db_path, "SELECT count(*) FROM votes HAVING count(*) = 2", 20, "two votes left")
+    await wait_for_rows(fake, world.db, "SELECT count(*) FROM votes HAVING count(*) = 2", 20, "two votes left")
     edits_before = len(fake.messages[status.id].history)
     await bot.stop()
 
@@ -207,9 +215,9 @@ async def test_training_thread_survives_a_bot_restart_and_votes_pick_the_checkpo
     assert len(final.history) > edits_before and "Training finished" in final.content
     assert any("Step **" in version["content"] for version in final.history), "no progress edit was shown"
     assert validation_messages(world, thread, TRAIN_STEPS)
-    started = (await query(world.db_path, "SELECT count(*) AS n FROM job_events WHERE kind = 'started'"))[0]["n"]
+    started = (await query(world.db, "SELECT count(*) AS n FROM job_events WHERE kind = 'started'"))[0]["n"]
     assert started >= 2, "the training did not resume after the restart"
-    active = await query(world.db_path, "SELECT c.step FROM pets p JOIN checkpoints c ON c.id = p.active_checkpoint_id")
+    active = await query(world.db, "SELECT c.step FROM pets p JOIN checkpoints c ON c.id = p.active_checkpoint_id")
     assert active[0]["step"] == 2
 
 
@@ -221,7 +229,7 @@ async def test_pick_is_for_the_owner(world: World) -> None:
     assert missing.ephemeral and "no checkpoint at step 3" in missing.text()
     picked = await answer(world, await fake.slash(world.cats, world.alice, "pick", pet="Mochi", step=4))
     assert "now uses the checkpoint from step 4" in picked.text()
-    active = await query(world.db_path, "SELECT c.step FROM pets p JOIN checkpoints c ON c.id = p.active_checkpoint_id")
+    active = await query(world.db, "SELECT c.step FROM pets p JOIN checkpoints c ON c.id = p.active_checkpoint_id")
     assert active[0]["step"] == 4
 
 
@@ -256,7 +264,7 @@ async def test_imagine_reroll_share_and_delete(world: World) -> None:
     assert "seed 7" in art.text() and "Mochi" in art.text()
     assert all(data.startswith(PNG) for data in art.files.values())
     job_id = int(re.search(r"job #(\d+)", queued.history[0]["content"])[1])
-    if await query(world.db_path, "SELECT 1 FROM job_events WHERE job_id = ? AND kind = 'preview'", job_id):
+    if await query(world.db, "SELECT 1 FROM job_events WHERE job_id = :job AND kind = 'preview'", job=job_id):
         assert any("Painting" in v["content"] and v["attachments"] for v in art.history), "no preview was shown"
 
     # Bob has no pet of his own: TOK means the server's only pet; a random seed is reported.
@@ -302,14 +310,16 @@ async def test_imagine_reroll_share_and_delete(world: World) -> None:
 
 async def test_forget_asks_then_deletes_everything(world: World) -> None:
     fake = world.fake
-    pet_id = (await query(world.db_path, "SELECT id FROM pets"))[0]["id"]
-    assert (world.data_dir / "pets" / str(pet_id)).is_dir()
+    pet_id = (await query(world.db, "SELECT id FROM pets"))[0]["id"]
+    stored = [item.key for item in await world.store.list("runs")] + [item.key for item in await world.store.list("generations")]
+    assert await world.store.list(keys.pet_prefix(pet_id)) and stored
     ask = await answer(world, await fake.slash(world.cats, world.alice, "forget", pet="Mochi"))
     assert ask.ephemeral and "12 photos" in ask.text()
     confirm = await fake.click(world.alice, ask, ask.button("forget everything"))
     await fake.wait_until(lambda: "Forgot **Mochi**" in (fake.original(confirm) or ask).text(), 30, "the pet to be forgotten")
-    assert not await query(world.db_path, "SELECT id FROM pets")
-    assert not (world.data_dir / "pets" / str(pet_id)).exists()
+    assert not await query(world.db, "SELECT id FROM pets")
+    assert not await world.store.list(keys.pet_prefix(pet_id))  # photos and contact sheet
+    assert not [key for key in stored if await world.store.exists(key)]  # checkpoints, validation images, pictures
     gone = await answer(world, await fake.slash(world.cats, world.alice, "imagine", prompt="TOK", pet="Mochi"))
     assert gone.ephemeral and "no pet called **Mochi**" in gone.text()
 
@@ -357,10 +367,10 @@ async def test_a_failed_training_says_why_and_mentions_the_owner(world: World) -
                                                   photo1=("rex.jpg", jpeg(50)), **{"class": "dog"}))
     assert "1 photo added" in taught.text() and "only 1 photo" in taught.text()
     await answer(world, await fake.slash(world.dogs, world.carol, "train", pet="Rex", steps=2))
-    # While it waits (no worker runs yet), the disk loses the prepared photos.
-    pet_id = (await query(world.db_path, "SELECT id FROM pets WHERE name = 'Rex'"))[0]["id"]
-    for photo in (world.data_dir / "pets" / str(pet_id) / "photos").iterdir():
-        photo.unlink()
+    # While it waits (no worker runs yet), the file store loses the prepared photos.
+    pet_id = (await query(world.db, "SELECT id FROM pets WHERE name = 'Rex'"))[0]["id"]
+    await world.store.delete([row["prepared_path"] for row in await query(
+        world.db, "SELECT prepared_path FROM photos WHERE pet_id = :pet", pet=pet_id)])
     await bot.stop()
     await bot.start(fake)
     thread = await fake.wait_until(lambda: next(iter(fake.threads(world.dogs)), None), 20, "Rex's training thread")

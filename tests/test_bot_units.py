@@ -9,7 +9,7 @@ from discord import app_commands
 from bot.command_sync import command_payload, payload_hash
 from bot.settings import BotSettings
 from bot.voting import pick_step
-from engine.settings import SettingsError
+from config.settings import SettingsError
 
 
 def test_no_votes_keeps_the_last_checkpoint() -> None:
@@ -81,6 +81,7 @@ async def test_votes_in_the_database_choose_and_activate_a_checkpoint(db) -> Non
 
 async def test_guild_settings_and_relay_position_persist(db) -> None:
     from storage.discord_posts import relay_position, set_relay_position
+    from storage.jobs import START, EventPosition
     from storage.guild_settings import get_guild_settings, others_may_imagine, set_others_may_imagine, update_guild_settings
     from storage.pets import create_pet
 
@@ -94,6 +95,28 @@ async def test_guild_settings_and_relay_position_persist(db) -> None:
     await set_others_may_imagine(db, pet.id, False)
     assert not await others_may_imagine(db, pet.id)
     assert await relay_position(db) is None
-    await set_relay_position(db, 41)
-    await set_relay_position(db, 42)
-    assert await relay_position(db) == 42
+    await set_relay_position(db, EventPosition(tx=7, id=41))
+    await set_relay_position(db, EventPosition(tx=9, id=40))  # a later transaction, an earlier id
+    assert await relay_position(db) == EventPosition(tx=9, id=40) > EventPosition(tx=7, id=41)
+    await set_relay_position(db, START)
+    assert await relay_position(db) == START
+
+
+async def test_the_bot_attaches_local_copies_of_stored_files_and_skips_deleted_ones(
+    settings, request: pytest.FixtureRequest
+) -> None:
+    """Distributed: pictures live in the bucket; the bot fetches copies into this host's cache to
+    attach them, and leaves out a picture deleted meanwhile (retention, /forget) instead of failing."""
+    from bot.app import PawtraitBot
+    from conftest import distributed
+
+    shared = distributed(settings, request)
+    bot = PawtraitBot(shared, BotSettings.from_env({"DISCORD_TOKEN": "t"}))
+    kept, deleted = "generations/abcd1234/1-seed-1.png", "generations/abcd1234/2-seed-2.png"
+    for key in (kept, deleted):
+        await bot.store.put_bytes(key, f"picture {key}".encode())
+    await bot.store.delete([deleted])
+    [copy] = await bot.local_copies([kept, deleted])
+    assert copy.read_bytes() == f"picture {kept}".encode()
+    assert copy.is_relative_to(shared.data_dir)  # this host's cache, not the bucket
+    assert await bot.local_copies([deleted]) == []

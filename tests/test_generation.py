@@ -19,6 +19,7 @@ from diffusers import StableDiffusionXLPipeline
 from peft import LoraConfig, get_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
+from sqlalchemy import func, select
 
 from engine.generation.generator import Generator, PetLora
 from engine.generation.guidance import GuidanceInterval
@@ -26,10 +27,12 @@ from engine.generation.metadata import CHUNK, Parameters, format_parameters, par
 from engine.generation.request import SIZE_PRESETS, GenerationError, GenerationRequest
 from engine.generation.service import generate_and_record
 from engine.models import load_base_model
-from engine.settings import Settings
-from storage.files import DataDir
+from config.settings import Settings
+from storage import keys, runs
+from storage.files import DataDir, FileStore
 from storage.generations import get_generation
-from storage.pets import LOCAL_GUILD, Pet, create_pet, set_active_checkpoint
+from storage.pets import LOCAL_GUILD, Pet, create_pet, get_pet, set_active_checkpoint
+from storage.schema import generations
 
 SMALL = 1 / 8  # presets at 1/8 scale: 1:1 renders 128x128 on the tiny model
 
@@ -301,44 +304,51 @@ def test_metadata_text_round_trips_with_commas_colons_and_newlines() -> None:
 # --- the service: storage, files, errors -------------------------------------------------------
 
 
-async def add_trained_pet(db, data: DataDir, name: str, lora_file: Path | None, guild: str = LOCAL_GUILD,
+async def add_trained_pet(db, store: FileStore, name: str, lora_file: Path | None, guild: str = LOCAL_GUILD,
                           status: str = "succeeded") -> Pet:
-    """A pet with one training run (and, given a file, one checkpoint made active) via plain SQL."""
+    """A pet with one training run (and, given a file, one checkpoint in the store, made active)."""
     pet = await create_pet(db, guild, "owner-1", name, "cat")
-    cursor = await db.execute(
-        "INSERT INTO training_runs (pet_id, status, params, step, total_steps) VALUES (?, ?, '{}', 100, 100)",
-        (pet.id, status),
-    )
-    run_id = cursor.lastrowid
+    run_id = await runs.insert_run(db, pet.id, {}, 100)
+    if status == "running":
+        await runs.mark_running(db, run_id, 100)
+    else:
+        await runs.finish_run(db, run_id, status, 100)
     if lora_file is not None:
-        folder = data.checkpoint_dir(run_id, 100)
-        folder.mkdir(parents=True)
-        (folder / "pytorch_lora_weights.safetensors").write_bytes(lora_file.read_bytes())
-        cursor = await db.execute(
-            "INSERT INTO checkpoints (run_id, step, path, diffusers_file, kohya_file) VALUES (?, 100, ?, ?, ?)",
-            (run_id, data.rel(folder), "pytorch_lora_weights.safetensors", "kohya.safetensors"),
+        folder = keys.checkpoint(run_id, 100, keys.new_tag())
+        await store.put_file(f"{folder}/pytorch_lora_weights.safetensors", lora_file)
+        checkpoint_id = await runs.add_checkpoint(
+            db, run_id, 100, folder, f"{folder}/pytorch_lora_weights.safetensors", f"{folder}/kohya.safetensors"
         )
         if status == "succeeded":
-            await set_active_checkpoint(db, pet.id, cursor.lastrowid)
-    return pet
+            await set_active_checkpoint(db, pet.id, checkpoint_id)
+    return await get_pet(db, pet.id)
 
 
-async def test_generate_and_record_writes_pngs_with_parameters_and_a_row(db, settings, generator, lora_files) -> None:
+async def generation_count(db) -> int:
+    return await db.scalar(select(func.count()).select_from(generations))
+
+
+async def test_generate_and_record_writes_pngs_with_parameters_and_a_row(
+    db, store: FileStore, settings, generator, lora_files
+) -> None:
     data = DataDir(settings.data_dir)
-    pet = await add_trained_pet(db, data, "Thor", lora_files[0])
+    pet = await add_trained_pet(db, store, "Thor", lora_files[0])
     steps_seen: list[int] = []
     request = GenerationRequest(prompt="TOK cat, baking a cake", pet_id=pet.id, negative_prompt="blurry",
                                 seed=42, steps=3, count=2, guidance=6.5)
-    outcome = await generate_and_record(db, data, generator, request, LOCAL_GUILD, "user-9",
+    outcome = await generate_and_record(db, store, data, generator, request, LOCAL_GUILD, "user-9",
                                         on_step=lambda step, total, image: steps_seen.append(step))
     assert outcome.seeds == [42, 43] and steps_seen == [1, 2, 3]
     row = await get_generation(db, outcome.generation_id)
     assert row is not None and row.files == outcome.files and row.seed == 42 and row.pet_id == pet.id
-    assert row.checkpoint_id == pet.active_checkpoint_id or row.checkpoint_id is not None
+    assert row.checkpoint_id == pet.active_checkpoint_id is not None
+    # The pictures share a folder of their own in the store, named by their seeds.
+    [folder] = {keys.parent(file) for file in outcome.files}
+    assert folder.startswith("generations/")
+    assert [file.rpartition("/")[2] for file in outcome.files] == ["1-seed-42.png", "2-seed-43.png"]
+    assert {item.key for item in await store.list(folder)} == set(outcome.files)
     for index, file in enumerate(outcome.files):
-        path = data.abs(file)
-        assert path.parent == data.generation_dir(outcome.generation_id)
-        with Image.open(path) as image:
+        with Image.open(await store.local_path(file)) as image:
             parsed = parse_parameters(image.info[CHUNK])
         assert parsed.prompt == f"{pet.token} cat, baking a cake"
         assert parsed.negative_prompt == "blurry"
@@ -372,49 +382,63 @@ async def test_generate_and_record_writes_pngs_with_parameters_and_a_row(db, set
         (dict(source_generation_id=999), "no image 1 of generation #999 in this server"),
     ],
 )
-async def test_bad_requests_are_refused_in_plain_words(db, settings, generator, lora_files, change, message) -> None:
+async def test_bad_requests_are_refused_in_plain_words(
+    db, store: FileStore, settings, generator, lora_files, change, message
+) -> None:
     data = DataDir(settings.data_dir)
     pets = {
-        "trained": await add_trained_pet(db, data, "Thor", lora_files[0]),
-        "untrained": await add_trained_pet(db, data, "Rex", None, status="running"),
-        "other-guild": await add_trained_pet(db, data, "Felix", lora_files[1], guild="guild-2"),
+        "trained": await add_trained_pet(db, store, "Thor", lora_files[0]),
+        "untrained": await add_trained_pet(db, store, "Rex", None, status="running"),
+        "other-guild": await add_trained_pet(db, store, "Felix", lora_files[1], guild="guild-2"),
     }
     values = dict(prompt="a photo of TOK cat", pet_id="trained", steps=2)
     values.update(change)
     if isinstance(values["pet_id"], str):
         values["pet_id"] = pets[values["pet_id"]].id
     with pytest.raises(GenerationError, match=message.replace("(", r"\(").replace("+", r"\+")):
-        await generate_and_record(db, data, generator, GenerationRequest(**values), LOCAL_GUILD, "user-1")
-    async with db.execute("SELECT count(*) FROM generations") as cursor:
-        assert (await cursor.fetchone())[0] == 0
+        await generate_and_record(db, store, data, generator, GenerationRequest(**values), LOCAL_GUILD, "user-1")
+    assert await generation_count(db) == 0
+    assert await store.list("generations") == []
 
 
-async def test_a_damaged_lora_file_is_a_plain_error_and_records_nothing(db, settings, generator, lora_files) -> None:
+async def test_a_damaged_lora_file_is_a_plain_error_and_records_nothing(
+    db, store: FileStore, settings, generator, lora_files
+) -> None:
     data = DataDir(settings.data_dir)
-    pet = await add_trained_pet(db, data, "Thor", lora_files[0])
-    checkpoint_file = next(data.root.glob("runs/*/checkpoints/step-100/pytorch_lora_weights.safetensors"))
-    checkpoint_file.write_bytes(b"not a safetensors file")
+    pet = await add_trained_pet(db, store, "Thor", lora_files[0])
+    [run] = await runs.list_runs(db, pet.id)
+    [checkpoint] = await runs.list_checkpoints(db, run.id)
+    (await store.local_path(checkpoint.diffusers_file)).write_bytes(b"not a safetensors file")  # a damaged disk
     request = GenerationRequest(prompt="TOK cat", pet_id=pet.id, steps=1)
     fresh = Generator(generator.base, memory="full", size_scale=SMALL)  # nothing cached for this checkpoint id
     with pytest.raises(GenerationError, match="could not be loaded.*train the pet again"):
-        await generate_and_record(db, data, fresh, request, LOCAL_GUILD, "user-1")
-    async with db.execute("SELECT count(*) FROM generations") as cursor:
-        assert (await cursor.fetchone())[0] == 0
+        await generate_and_record(db, store, data, fresh, request, LOCAL_GUILD, "user-1")
+    assert await generation_count(db) == 0
+
+    # A LoRA file gone from the store altogether: a plain error too, before any painting.
+    await store.delete([checkpoint.diffusers_file])
+    with pytest.raises(GenerationError, match=f"LoRA file of Thor's checkpoint #{checkpoint.id} is missing"):
+        await generate_and_record(db, store, data, fresh, request, LOCAL_GUILD, "user-1")
+    assert await generation_count(db) == 0
+    assert await store.list("generations") == []
 
 
-async def test_a_variation_is_recorded_with_its_source_and_stays_in_its_server(db, settings, generator, lora_files) -> None:
+async def test_a_variation_is_recorded_with_its_source_and_stays_in_its_server(
+    db, store: FileStore, settings, generator, lora_files
+) -> None:
     data = DataDir(settings.data_dir)
-    pet = await add_trained_pet(db, data, "Thor", lora_files[0])
-    original = await generate_and_record(db, data, generator, GenerationRequest(
+    pet = await add_trained_pet(db, store, "Thor", lora_files[0])
+    original = await generate_and_record(db, store, data, generator, GenerationRequest(
         prompt="TOK cat on a sofa", pet_id=pet.id, seed=3, steps=2, size="3:4", count=2), LOCAL_GUILD, "user-1")
     request = GenerationRequest(prompt="TOK cat on a sofa", pet_id=pet.id, seed=8, steps=3,
                                 source_generation_id=original.generation_id, source_image=2)
-    varied = await generate_and_record(db, data, generator, request, LOCAL_GUILD, "user-2")
+    varied = await generate_and_record(db, store, data, generator, request, LOCAL_GUILD, "user-2")
     row = await get_generation(db, varied.generation_id)
     source = await get_generation(db, original.generation_id)
     assert (row.source_generation_id, row.source_image, row.variation_strength) == (source.id, 2, 0.6)
     assert (row.width, row.height) == (source.width, source.height) and row.seed == 8
-    with Image.open(data.abs(row.files[0])) as image, Image.open(data.abs(source.files[1])) as original_image:
+    varied_path, source_path = await store.local_path(row.files[0]), await store.local_path(source.files[1])
+    with Image.open(varied_path) as image, Image.open(source_path) as original_image:
         assert image.size == original_image.size
         assert not np.array_equal(pixels(image.convert("RGB")), pixels(original_image.convert("RGB")))
         parsed = parse_parameters(image.info[CHUNK]).settings
@@ -422,14 +446,20 @@ async def test_a_variation_is_recorded_with_its_source_and_stays_in_its_server(d
     assert parsed["Variation of"] == f"generation {source.id} image 2"
 
     # Another server cannot reach this server's pictures, nor can anyone vary an image that isn't there.
-    felix = await add_trained_pet(db, data, "Felix", lora_files[1], guild="guild-2")
+    felix = await add_trained_pet(db, store, "Felix", lora_files[1], guild="guild-2")
     for guild, pet_id, number in (("guild-2", felix.id, 1), (LOCAL_GUILD, pet.id, 3)):
         stranger = GenerationRequest(prompt="TOK", pet_id=pet_id, steps=3, source_generation_id=source.id,
                                      source_image=number)
         with pytest.raises(GenerationError, match=f"no image {number} of generation #{source.id} in this server"):
-            await generate_and_record(db, data, generator, stranger, guild, "user-3")
-    async with db.execute("SELECT count(*) FROM generations") as cursor:
-        assert (await cursor.fetchone())[0] == 2
+            await generate_and_record(db, store, data, generator, stranger, guild, "user-3")
+    assert await generation_count(db) == 2
+
+    # A source picture deleted from the store cannot be varied; it says so in plain words.
+    await store.delete([source.files[0]])
+    gone = GenerationRequest(prompt="TOK", pet_id=pet.id, steps=3, source_generation_id=source.id, source_image=1)
+    with pytest.raises(GenerationError, match=f"image 1 of generation #{source.id} was deleted or damaged"):
+        await generate_and_record(db, store, data, generator, gone, LOCAL_GUILD, "user-3")
+    assert await generation_count(db) == 2
 
 
 def test_request_round_trips_through_a_job_payload() -> None:
@@ -438,10 +468,9 @@ def test_request_round_trips_through_a_job_payload() -> None:
     assert GenerationRequest.from_dict({**request.to_dict(), "discord": {"channel": 1}}) == request
 
 
-async def test_cli_imagine_prints_paths_and_seeds(db, settings, env, lora_files, tmp_path) -> None:
+async def test_cli_imagine_prints_paths_and_seeds(db, store: FileStore, settings, env, lora_files, tmp_path) -> None:
     """A real `pawtrait imagine` process with a pet, copying to --out, at the configured resolution."""
-    data = DataDir(settings.data_dir)
-    pet = await add_trained_pet(db, data, "Thor", lora_files[0])
+    pet = await add_trained_pet(db, store, "Thor", lora_files[0])
     out = tmp_path / "out"
     completed = subprocess.run(
         [sys.executable, "-m", "cli.main", "imagine", "a photo of TOK cat", "--pet", "thor", "--steps", "2",
@@ -456,12 +485,12 @@ async def test_cli_imagine_prints_paths_and_seeds(db, settings, env, lora_files,
     with Image.open(copied) as image:
         assert image.size == (settings.resolution, settings.resolution)  # 1:1 at PAWTRAIT_RESOLUTION=128
         assert parse_parameters(image.info[CHUNK]).settings["Lora"] == f"Thor ({pet.token})"
-    async with db.execute("SELECT files FROM generations") as cursor:
-        (files,) = await cursor.fetchone()
-    assert data.abs(eval(files)[0]).read_bytes() == copied.read_bytes()
+    generation_id = int(copied.name.split("-")[1])  # pawtrait-<generation>-...
+    generation = await get_generation(db, generation_id)
+    assert generation is not None and generation.seed == 5 and generation.pet_id == pet.id
+    assert await store.get_bytes(generation.files[0]) == copied.read_bytes()
     assert "100%" in completed.stderr  # the progress bar ran to the end
 
-    generation_id = copied.name.split("-")[1]  # pawtrait-<generation>-...
     varied = subprocess.run(
         [sys.executable, "-m", "cli.main", "imagine", "a photo of TOK cat", "--pet", "thor", "--steps", "4",
          "--seed", "9", "--vary", f"{generation_id}:1", "--variation-strength", "0.5"],
@@ -470,6 +499,7 @@ async def test_cli_imagine_prints_paths_and_seeds(db, settings, env, lora_files,
     assert varied.returncode == 0, varied.stderr
     varied_path, varied_seed = varied.stdout.strip().split("\t")
     assert varied_seed == "seed 9"
+    assert Path(varied_path) == await store.local_path((await get_generation(db, generation_id + 1)).files[0])
     with Image.open(varied_path) as image:
         assert image.size == (settings.resolution, settings.resolution)  # the source's size
         assert parse_parameters(image.info[CHUNK]).settings["Denoising strength"] == "0.5"

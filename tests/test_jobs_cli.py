@@ -1,8 +1,10 @@
-"""The queue from a shell: `train/imagine --detach`, `jobs`, `cancel`, `wait`, and `pawtrait worker` running them."""
+"""The queue from a shell: `train/imagine --detach`, `jobs`, `cancel`, `wait`, and `pawtrait worker` running them,
+on one host (SQLite + data folder) and as a second host would (PostgreSQL + S3, the worker with its own data folder)."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
-from engine.settings import Settings
-from storage.db import connect
-from storage.files import DataDir
+from config.settings import Settings
+from storage.connect import open_storage
 from training_helpers import pet_with_photos
 
 REPO = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.both_modes
 
 
 def pawtrait(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -25,18 +28,19 @@ def pawtrait(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, 
 
 
 async def _make_pet(settings: Settings) -> None:
-    db = await connect(settings.db_path)
+    db, store = await open_storage(settings)
     try:
-        await pet_with_photos(db, DataDir(settings.data_dir), name="Thor")
+        await pet_with_photos(db, store, name="Thor")
     finally:
         await db.close()
 
 
 def test_detach_then_worker_then_wait(
-    settings: Settings, env: dict[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    mode: str, settings: Settings, env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     for key, value in env.items():
-        if key.startswith("PAWTRAIT_"):
+        if os.environ.get(key) != value:
             monkeypatch.setenv(key, value)
     asyncio.run(_make_pet(settings))
 
@@ -58,14 +62,23 @@ def test_detach_then_worker_then_wait(
     dropped = int(out.strip())
     code, out, _ = pawtrait(capsys, "cancel", str(dropped))
     assert code == 0 and "cancelled" in out
+    code, _, err = pawtrait(capsys, "cancel", "999")
+    assert code == 1 and "no job #999" in err
 
     code, out, _ = pawtrait(capsys, "jobs")
     listed = {int(line.split()[0]): line for line in out.splitlines()[1:]}
     assert set(listed) == {painting, training}
     assert listed[painting].split()[4] == "1" and listed[training].split()[4] == "2"  # generations go first
+    code, out, _ = pawtrait(capsys, "jobs", "--all")
+    assert dropped in {int(line.split()[0]) for line in out.splitlines()[1:]}
 
+    # The worker runs as another host would: in distributed mode with a data folder of its own,
+    # so everything it hands over goes through the database and the bucket.
+    worker_env = {**env, "OMP_NUM_THREADS": "1"}
+    if mode == "distributed":
+        worker_env["PAWTRAIT_DATA_DIR"] = str(tmp_path / "worker-host")
     worker = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "worker"], cwd=REPO, env={**env, "OMP_NUM_THREADS": "1"},
+        [sys.executable, "-m", "cli.main", "worker"], cwd=REPO, env=worker_env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -75,11 +88,14 @@ def test_detach_then_worker_then_wait(
         code, out, err = pawtrait(capsys, "wait", str(painting), "--quiet")
         assert code == 0, err
         png = Path(out.splitlines()[-1])
-        assert png.suffix == ".png" and png.is_file()
+        assert png.suffix == ".png" and png.is_file() and png.read_bytes().startswith(b"\x89PNG")
+        assert png.resolve().is_relative_to(settings.data_dir.resolve())  # a local copy on this host
         code, _, _ = pawtrait(capsys, "wait", str(dropped))
         assert code == 1
         code, _, err = pawtrait(capsys, "wait", "999")
         assert code == 1 and "no job #999" in err
+        code, out, _ = pawtrait(capsys, "jobs")
+        assert out.startswith("no queued or running jobs")
     finally:
         worker.terminate()
         worker.wait(30)

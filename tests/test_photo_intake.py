@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageStat
 
 import photo_samples as samples
-from engine.intake.contact_sheet import GAP, THUMBNAIL, write_contact_sheet
+from engine.intake.contact_sheet import GAP, THUMBNAIL, contact_sheet_png
 from engine.intake.decode import decode_photo
 from engine.intake.hashing import NEAR_DUPLICATE_BITS, difference_hash, hash_distance
 from engine.intake.screening import KnownPhoto, Verdict, screen_files
@@ -165,10 +165,8 @@ def test_contact_sheet_is_a_grid_of_the_crops(tmp_path) -> None:
         path = tmp_path / f"{seed}.png"
         samples.varied_photo(seed, (RESOLUTION, RESOLUTION)).save(path)
         crops.append(path)
-    target = write_contact_sheet(crops, tmp_path / "pet" / "contact-sheet.png")
-    sheet = Image.open(target)
+    sheet = Image.open(io.BytesIO(contact_sheet_png(crops)))
     assert sheet.size == (GAP + 5 * (THUMBNAIL + GAP), GAP + 2 * (THUMBNAIL + GAP))  # 5 across, 2 rows
     # The 8th cell is empty (white), the 7th is a photo.
     assert sheet.getpixel((GAP + 2 * (THUMBNAIL + GAP) + 128, GAP + THUMBNAIL + GAP + 128)) == (255, 255, 255)
     assert sheet.getpixel((GAP + 1 * (THUMBNAIL + GAP) + 128, GAP + THUMBNAIL + GAP + 128)) != (255, 255, 255)
-    assert [p.name for p in target.parent.iterdir()] == ["contact-sheet.png"]  # no temp file left

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from engine.settings import DEFAULT_MODEL, DEFAULT_VAE, Settings, SettingsError, environment
+from config.settings import DEFAULT_MODEL, DEFAULT_VAE, Settings, SettingsError, environment
 
 
 def test_defaults_match_the_documented_ones() -> None:
@@ -20,6 +21,26 @@ def test_defaults_match_the_documented_ones() -> None:
     assert settings.max_photos_per_pet == 30
     assert settings.cuda_graphs and settings.compile and not settings.compile_training
     assert settings.guidance_interval == (0.28, 5.42)
+    # One host: the SQLite file and the files in the data folder.
+    assert settings.database is None and settings.files is None
+    assert settings.database_url == f"sqlite:///{(Path('data') / 'pawtrait.db').resolve()}"
+    assert settings.host_id == socket.gethostname()
+    assert settings.worker_timeout_s == 20.0
+
+
+def test_many_hosts_share_a_database_and_a_bucket() -> None:
+    settings = Settings.from_env({
+        "PAWTRAIT_DATA_DIR": "/srv/pawtrait",
+        "PAWTRAIT_DATABASE_URL": "postgresql://pawtrait:secret@db.internal:5432/pawtrait",
+        "PAWTRAIT_FILES_URL": "s3://pawtrait-files/prod",
+        "PAWTRAIT_HOST_ID": "gpu-box-2",
+        "PAWTRAIT_WORKER_TIMEOUT_S": "45",
+    })
+    assert settings.database_url == "postgresql://pawtrait:secret@db.internal:5432/pawtrait"
+    assert settings.files == "s3://pawtrait-files/prod"
+    assert (settings.host_id, settings.worker_timeout_s) == ("gpu-box-2", 45.0)
+    assert Settings.from_env({"PAWTRAIT_DATABASE_URL": "sqlite:////srv/p.db"}).database_url == "sqlite:////srv/p.db"
+    assert Settings.from_env({"PAWTRAIT_DATABASE_URL": "postgres://u:p@h/db"}).database == "postgres://u:p@h/db"
 
 
 def test_the_guidance_interval_can_be_set_or_switched_off() -> None:
@@ -42,6 +63,15 @@ def test_empty_vae_means_the_models_own() -> None:
         ("PAWTRAIT_CUDA_GRAPHS", "sometimes", "true or false"),
         ("PAWTRAIT_GUIDANCE_INTERVAL", "5.42-0.28", "LOW-HIGH with 0 <= LOW < HIGH"),
         ("PAWTRAIT_GUIDANCE_INTERVAL", "middle", "'off' or two noise levels"),
+        ("PAWTRAIT_DATABASE_URL", "localhost:5432", "sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DATABASE"),
+        ("PAWTRAIT_DATABASE_URL", "mysql://pawtrait@db/pawtrait", "sqlite:///PATH or postgresql://"),
+        ("PAWTRAIT_FILES_URL", "s3:///prefix", "s3://BUCKET/PREFIX"),
+        ("PAWTRAIT_FILES_URL", "gs://bucket/prefix", "s3://BUCKET/PREFIX"),
+        ("PAWTRAIT_HOST_ID", "gpu box", "a name without spaces or ':'"),
+        ("PAWTRAIT_HOST_ID", "gpu:2", "a name without spaces or ':'"),
+        ("PAWTRAIT_WORKER_TIMEOUT_S", "soon", "seconds from 3 to 3600"),
+        ("PAWTRAIT_WORKER_TIMEOUT_S", "1", "seconds from 3 to 3600"),
+        ("PAWTRAIT_WORKER_TIMEOUT_S", "86400", "seconds from 3 to 3600"),
     ],
 )
 def test_a_bad_value_names_variable_value_and_what_is_allowed(name: str, value: str, allowed: str) -> None:
@@ -50,6 +80,21 @@ def test_a_bad_value_names_variable_value_and_what_is_allowed(name: str, value: 
     message = str(caught.value)
     assert name in message and repr(value) in message and allowed in message
     assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "shown"),
+    [
+        ("PAWTRAIT_DATABASE_URL", "mysql://pawtrait:hunter2@db/pawtrait", "'mysql://pawtrait:***@db/pawtrait'"),
+        ("PAWTRAIT_FILES_URL", "s3://AKIAEXAMPLE:hunter2@bucket/prefix", "'s3://AKIAEXAMPLE:***@bucket/prefix'"),
+    ],
+)
+def test_a_bad_url_is_named_without_its_password(name: str, value: str, shown: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({name: value})
+    message = str(caught.value)
+    assert message.startswith(f"{name}={shown} is not valid: expected ")
+    assert "hunter2" not in message and "\n" not in message
 
 
 def test_env_file_is_read_and_real_environment_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,13 +107,38 @@ def test_env_file_is_read_and_real_environment_wins(tmp_path: Path, monkeypatch:
     assert settings.device == "cuda"
 
 
-def test_cli_stops_start_up_with_one_line(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "cli.main", "doctor"],
+def start(tmp_path: Path, module: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
         cwd=tmp_path,
-        env={"PATH": "/usr/bin:/bin", "PAWTRAIT_DEVICE": "gpu", "PYTHONPATH": str(Path(__file__).parents[1])},
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[1]), **env},
         capture_output=True,
         text=True,
+        timeout=120,
     )
+
+
+def test_cli_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    result = start(tmp_path, "cli.main", "doctor", PAWTRAIT_DEVICE="gpu")
     assert result.returncode == 2
     assert result.stderr.strip() == "pawtrait: PAWTRAIT_DEVICE='gpu' is not valid: expected auto, cuda or cpu"
+    result = start(tmp_path, "cli.main", "doctor", PAWTRAIT_DATABASE_URL="mysql://pawtrait:hunter2@db/pawtrait")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "pawtrait: PAWTRAIT_DATABASE_URL='mysql://pawtrait:***@db/pawtrait' is not valid: expected empty (the SQLite "
+        "file in the data folder), sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DATABASE"
+    )
+    assert not (tmp_path / "data").exists()  # stopped before touching anything
+
+
+def test_a_worker_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    result = start(tmp_path, "engine.worker", PAWTRAIT_WORKER_TIMEOUT_S="1")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "pawtrait worker: PAWTRAIT_WORKER_TIMEOUT_S='1' is not valid: expected seconds from 3 to 3600 (e.g. 20)"
+    )
+    result = start(tmp_path, "engine.worker", PAWTRAIT_HOST_ID="gpu box 2")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "pawtrait worker: PAWTRAIT_HOST_ID='gpu box 2' is not valid: expected a name without spaces or ':'"
+    )

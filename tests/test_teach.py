@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
+import io
 import os
 import pty
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
+from sqlalchemy import func, select
 
 import photo_samples as samples
-from engine.settings import Settings
+from config.settings import Settings
+from conftest import distributed
 from engine.teach import TeachError, teach_photos
-from storage.files import DataDir
+from storage import keys, runs
+from storage.connect import file_store
+from storage.db import open_database
+from storage.files import FileStore
+from storage.generations import record_generation
+from storage.pet_deletion import forget_pet
 from storage.pets import LOCAL_GUILD, find_pet
 from storage.photos import list_photos
+from storage.schema import pets
 
 ROOT = Path(__file__).parents[1]
 
@@ -34,11 +43,15 @@ def photos(*seeds: int) -> list[tuple[str, bytes]]:
 
 async def teach(db, settings: Settings, files, name: str = "Thor", owner: str = "alice", **options):
     return await teach_photos(
-        db, DataDir(settings.data_dir), settings, "guild-1", owner, name, "cat", files, added_by=owner, **options
+        db, file_store(settings), settings, "guild-1", owner, name, "cat", files, added_by=owner, **options
     )
 
 
-async def test_teaching_keeps_originals_crops_and_a_contact_sheet(db, settings: Settings) -> None:
+async def stored_keys(store: FileStore, prefix: str) -> set[str]:
+    return {item.key for item in await store.list(prefix)}
+
+
+async def test_teaching_keeps_originals_crops_and_a_contact_sheet(db, store: FileStore, settings: Settings) -> None:
     files = photos(1, 2, 3) + [("notes.jpg", samples.text_file()), ("IMG_1 again.png", samples.encode(samples.varied_photo(1), "PNG"))]
     report = await teach(db, settings, files)
 
@@ -51,28 +64,42 @@ async def test_teaching_keeps_originals_crops_and_a_contact_sheet(db, settings: 
     assert report.accepted == 3 and report.total_photos == 3
     assert any("only 3 photos" in warning for warning in report.warnings)
 
-    data = DataDir(settings.data_dir)
-    rows = await list_photos(db, report.pet.id)
+    pet_id = report.pet.id
+    rows = await list_photos(db, pet_id)
     assert [row.original_name for row in rows] == ["IMG_1.jpg", "IMG_2.jpg", "IMG_3.jpg"]
     for row, (_, content) in zip(rows, files):
-        assert data.abs(row.original_path).read_bytes() == content
-        assert Image.open(data.abs(row.prepared_path)).size == (128, 128)
+        assert await store.get_bytes(row.original_path) == content
+        assert Image.open(await store.local_path(row.prepared_path)).size == (128, 128)
         assert (row.width, row.height, row.crop_left, row.crop_top, row.crop_size) == (640, 560, 40, 0, 560)
         assert row.added_by == "alice"
-    on_disk = {p.relative_to(settings.data_dir).as_posix() for p in data.photos_dir(report.pet.id).iterdir()}
-    assert on_disk == {row.original_path for row in rows} | {row.prepared_path for row in rows}
-    assert report.contact_sheet == data.pet_dir(report.pet.id) / "contact-sheet.png"
+    stored = await stored_keys(store, f"{keys.pet_prefix(pet_id)}/photos")
+    assert stored == {row.original_path for row in rows} | {row.prepared_path for row in rows}
+    # One contact sheet, in the store under the pet, and the report's local copy of it.
+    [sheet_key] = await stored_keys(store, keys.contact_sheets(pet_id))
+    assert sheet_key.startswith(f"pets/{pet_id}/sheet/") and sheet_key.endswith(".png")
+    assert report.contact_sheet.read_bytes() == await store.get_bytes(sheet_key)
     assert Image.open(report.contact_sheet).width > 256
+    assert await stored_keys(store, "pets") == stored | {sheet_key}
 
 
-async def test_adding_later_skips_photos_taught_before(db, settings: Settings) -> None:
-    await teach(db, settings, photos(1, 2))
+async def test_adding_later_skips_photos_taught_before(db, store: FileStore, settings: Settings) -> None:
+    first = await teach(db, settings, photos(1, 2))
+    first_sheet = Image.open(first.contact_sheet).size
     report = await teach(db, settings, photos(2, 3, 4, 5))
     assert not report.created
     assert report.files[0].status == "skipped"
     assert report.files[0].reason == "duplicate of IMG_2.jpg, taught before"
     assert report.accepted == 3 and report.total_photos == 5
     assert not any("only" in warning for warning in report.warnings)  # 5 photos: no more nagging
+
+    # The contact sheet was drawn again with all 5 crops, replacing the old one.
+    assert Image.open(report.contact_sheet).size != first_sheet
+    [sheet_key] = await stored_keys(store, keys.contact_sheets(report.pet.id))
+    assert await store.get_bytes(sheet_key) == report.contact_sheet.read_bytes()
+    # Nothing new accepted: the same sheet is handed back, not drawn again.
+    again = await teach(db, settings, photos(3))
+    assert again.accepted == 0 and again.contact_sheet.read_bytes() == report.contact_sheet.read_bytes()
+    assert await stored_keys(store, keys.contact_sheets(report.pet.id)) == {sheet_key}
 
 
 async def test_someone_elses_pet_cannot_be_changed_except_by_a_moderator(db, settings: Settings) -> None:
@@ -94,18 +121,71 @@ async def test_owners_are_limited_in_pets_and_pets_in_photos(db, settings: Setti
     assert report.files[2].reason == "the pet already has 3 photos, the most allowed"
 
 
-async def test_a_batch_with_nothing_usable_creates_no_pet(db, settings: Settings) -> None:
+async def test_a_batch_with_nothing_usable_creates_no_pet(db, store: FileStore, settings: Settings) -> None:
     report = await teach(db, settings, [("a.jpg", samples.text_file()), ("b.jpg", samples.truncated_jpeg(1))])
     assert report.pet is None and report.accepted == 0 and report.contact_sheet is None
     assert await find_pet(db, "guild-1", "Thor") is None
-    assert not (settings.data_dir / "pets").exists()
+    assert await store.list("pets") == []
 
 
 async def test_names_and_classes_are_checked(db, settings: Settings) -> None:
     with pytest.raises(TeachError, match="name needs 1 to 32"):
         await teach(db, settings, photos(1), name="x" * 33)
     with pytest.raises(TeachError, match="plain word"):
-        await teach_photos(db, DataDir(settings.data_dir), settings, "g", "u", "Thor", "../cat", photos(1), "u")
+        await teach_photos(db, file_store(settings), settings, "g", "u", "Thor", "../cat", photos(1), "u")
+
+
+async def test_teaching_into_a_bucket_and_forgetting(settings: Settings, request: pytest.FixtureRequest) -> None:
+    """Distributed: photos and the contact sheet go to the S3 bucket (not the data folder); every
+    host reads them from there; forgetting the pet leaves none of its objects in the bucket
+    (photos, sheet, checkpoints, validation images, generated pictures)."""
+    shared = distributed(settings, request)
+    db = await open_database(shared.database_url)
+    store = file_store(shared)
+    try:
+        thor = await teach(db, shared, photos(1, 2, 3))
+        loki = await teach(db, shared, photos(4, 5), name="Loki")
+        assert thor.pet is not None and loki.pet is not None
+        rows = await list_photos(db, thor.pet.id)
+        [sheet_key] = await stored_keys(store, keys.contact_sheets(thor.pet.id))
+        expected = {row.original_path for row in rows} | {row.prepared_path for row in rows} | {sheet_key}
+        assert len(expected) == 7 and await stored_keys(store, keys.pet_prefix(thor.pet.id)) == expected
+        assert not (shared.data_dir / "pets").exists()  # the data folder holds only cached copies
+
+        # Another host, with its own data folder (and cache), finds the same files in the bucket.
+        elsewhere = file_store(dataclasses.replace(shared, data_dir=shared.data_dir.parent / "other-host"))
+        assert await elsewhere.get_bytes(sheet_key) == thor.contact_sheet.read_bytes()
+        for row, (_, content) in zip(rows, photos(1, 2, 3)):
+            assert await elsewhere.get_bytes(row.original_path) == content
+            assert Image.open(io.BytesIO(await elsewhere.get_bytes(row.prepared_path))).size == (128, 128)
+
+        # Thor is trained and painted too: a checkpoint, a validation image and a generation's pictures.
+        run_id = await runs.insert_run(db, thor.pet.id, {}, 1)
+        checkpoint = keys.checkpoint(run_id, 1, keys.new_tag())
+        await store.put_bytes(f"{checkpoint}/pytorch_lora_weights.safetensors", b"lora")
+        checkpoint_id = await runs.add_checkpoint(
+            db, run_id, 1, checkpoint, f"{checkpoint}/pytorch_lora_weights.safetensors", f"{checkpoint}/k.safetensors"
+        )
+        validation = keys.validation_image(run_id, 1, 0, keys.new_tag())
+        await store.put_bytes(validation, b"png")
+        await runs.add_validation_image(db, run_id, 1, checkpoint_id, "a photo", 1, validation)
+        await runs.finish_run(db, run_id, "succeeded", 1)
+        pictures = [f"{keys.generation_folder(keys.new_tag())}/1-seed-1.png"]
+        await store.put_bytes(pictures[0], b"png")
+        await record_generation(
+            db, pictures, guild_id="guild-1", pet_id=thor.pet.id, checkpoint_id=checkpoint_id, prompt="TOK",
+            negative_prompt="", seed=1, steps=1, guidance=5.0, width=64, height=64, lora_scale=1.0, requested_by="alice",
+        )
+
+        loki_keys = await stored_keys(store, keys.pet_prefix(loki.pet.id))
+        footprint = await forget_pet(db, store, thor.pet)
+        assert (footprint.photos, footprint.runs, footprint.generations) == (3, 1, 1)
+        assert await stored_keys(store, keys.pet_prefix(thor.pet.id)) == set()
+        assert await stored_keys(store, "") == loki_keys  # only Loki's photos and sheet stay
+        assert not thor.contact_sheet.exists()  # nor a cached copy on this host
+        assert await find_pet(db, "guild-1", "Thor") is None
+    finally:
+        await db.close()
 
 
 # ---- the CLI, as a separate process -------------------------------------------------------------
@@ -166,7 +246,7 @@ def test_cli_teach_pets_forget(env: dict[str, str], settings: Settings, tmp_path
     assert "no pets yet" in pawtrait(env, "pets").stdout
 
 
-def test_cli_forget_asks_on_a_terminal(env: dict[str, str], settings: Settings, tmp_path: Path) -> None:
+async def test_cli_forget_asks_on_a_terminal(env: dict[str, str], db, tmp_path: Path) -> None:
     files = write_photos(tmp_path / "photos")
     assert pawtrait(env, "teach", "Thor", "--class", "cat", str(files["IMG_1.jpg"])).returncode == 0
     for answer, code in (("n\n", 1), ("y\n", 0)):
@@ -178,9 +258,7 @@ def test_cli_forget_asks_on_a_terminal(env: dict[str, str], settings: Settings, 
         os.close(controller)
         assert result.returncode == code, result.stderr
         assert "Delete Thor and its 1 photos, 0 runs, 0 generations? [y/N]" in result.stdout + prompt
-    conn = sqlite3.connect(settings.db_path)
-    assert conn.execute("SELECT count(*) FROM pets").fetchone()[0] == 0
-    conn.close()
+    assert await db.scalar(select(func.count()).select_from(pets)) == 0
 
 
 def test_cli_exit_codes(env: dict[str, str], tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from diffusers import EulerDiscreteScheduler
 
 from engine.models import load_base_model
-from engine.settings import Settings
+from config.settings import Settings
 
 ROOT = Path(__file__).parents[1]
 

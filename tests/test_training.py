@@ -7,16 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from engine.generation.loras import has_tuner_layers
 from engine.models import BaseModel, load_base_model
-from engine.settings import Settings
+from config.settings import Settings
 from engine.training import TrainingHooks, TrainingInputError, TrainingParams, create_run, execute_run
-from engine.training.checkpoints import STATE_FILE
-from storage import runs
-from storage.files import DataDir
+from engine.training.checkpoints import STATE_FILE, state_key
+from storage import keys, runs
+from storage.files import DataDir, FileStore
 from storage.pets import LOCAL_GUILD, create_pet
+from storage.photos import list_photos
 from training_helpers import pet_with_photos
 
 # Small and quick: 64 px photos (8x8 latents), 2 images per optimizer step, 2-step validation renders.
@@ -32,7 +34,12 @@ def base(tiny_model_dir: Path) -> BaseModel:
 
 @pytest.fixture
 def data(settings: Settings) -> DataDir:
+    """This host's local folder: where checkpoints and pictures are staged before the store has them."""
     return DataDir(settings.data_dir)
+
+
+async def stored(store: FileStore, prefix: str) -> set[str]:
+    return {item.key for item in await store.list(prefix)}
 
 
 def unet_output(base: BaseModel) -> torch.Tensor:
@@ -47,11 +54,13 @@ def unet_output(base: BaseModel) -> torch.Tensor:
         return unet(sample, 500, text, added_cond_kwargs={"text_embeds": pooled, "time_ids": time_ids}).sample
 
 
-async def test_run_trains_and_records_checkpoints_and_validation(db, data: DataDir, base: BaseModel) -> None:
-    pet = await pet_with_photos(db, data)
+async def test_run_trains_and_records_checkpoints_and_validation(
+    db, store: FileStore, data: DataDir, base: BaseModel
+) -> None:
+    pet = await pet_with_photos(db, store)
     before = unet_output(base)
     params = TrainingParams(steps=4, checkpoint_every=2, validate_every=2, **QUICK)
-    run_id = await create_run(db, data, pet, params)
+    run_id = await create_run(db, store, pet, params)
     progress, checkpoints, validations = [], [], []
     hooks = TrainingHooks(
         on_progress=progress.append,
@@ -59,7 +68,7 @@ async def test_run_trains_and_records_checkpoints_and_validation(db, data: DataD
         on_validation=lambda step, images: validations.append((step, images)),
     )
 
-    outcome = await execute_run(db, data, base, run_id, hooks)
+    outcome = await execute_run(db, store, data, base, run_id, hooks)
 
     assert (outcome.status, outcome.step, outcome.error) == ("succeeded", 4, None)
     run = await runs.get_run(db, run_id)
@@ -71,15 +80,22 @@ async def test_run_trains_and_records_checkpoints_and_validation(db, data: DataD
     rows = await runs.list_checkpoints(db, run_id)
     assert [(row.step, row.id) for row in rows] == checkpoints == [(2, rows[0].id), (4, rows[1].id)]
     for row in rows:
-        assert data.abs(row.diffusers_file).is_file() and data.abs(row.kohya_file).is_file()
+        assert row.path.startswith(f"runs/{run_id}/checkpoints/step-{row.step}-")
+        assert await store.exists(row.diffusers_file) and await store.exists(row.kohya_file)
     # Only the newest checkpoint carries the resume state.
-    assert not (data.abs(rows[0].path) / STATE_FILE).exists()
-    assert (data.abs(rows[1].path) / STATE_FILE).is_file()
+    assert not await store.exists(state_key(rows[0].path))
+    assert await store.exists(state_key(rows[1].path)) and STATE_FILE in state_key(rows[1].path)
 
     images = await runs.list_validation_images(db, run_id)
     assert sorted({image.step for image in images}) == [0, 2, 4]
     assert [step for step, _ in validations] == [0, 2, 4]
-    assert all(data.abs(image.path).is_file() for image in images)
+    for image in images:
+        assert Image.open(await store.local_path(image.path)).size == (64, 64)
+    # Everything the run wrote is in the store under the run; nothing is left in local staging.
+    checkpoint_files = set().union(*[await stored(store, row.path) for row in rows])
+    assert {key.rpartition("/")[2] for key in checkpoint_files} >= {STATE_FILE, "pytorch_lora_weights.safetensors"}
+    assert await stored(store, keys.run_prefix(run_id)) == checkpoint_files | {image.path for image in images}
+    assert list(data.tmp_dir().iterdir()) == []
     step4 = [image for image in images if image.step == 4]
     assert len(step4) == 3 and step4[0].prompt == pet.instance_prompt
     assert all(image.checkpoint_id == rows[1].id for image in step4)
@@ -88,7 +104,7 @@ async def test_run_trains_and_records_checkpoints_and_validation(db, data: DataD
     assert {(i.prompt, i.seed) for i in images if i.step == 0} == {(i.prompt, i.seed) for i in step4}
 
     # The LoRA learned something (lora_up starts at zero) and the shared UNet is left clean.
-    kohya = load_file(data.abs(rows[1].kohya_file))
+    kohya = load_file(await store.local_path(rows[1].kohya_file))
     assert any(value.abs().sum() > 0 for key, value in kohya.items() if key.endswith("lora_up.weight"))
     assert f"train-{run_id}" not in getattr(base.pipe.unet, "peft_config", {})
     # No idle LoRA wrapper layers either: they would slow every later generation.
@@ -97,7 +113,8 @@ async def test_run_trains_and_records_checkpoints_and_validation(db, data: DataD
     assert torch.equal(unet_output(base), before)
 
     # The diffusers file loads with the standard API and changes what the model predicts.
-    base.pipe.load_lora_weights(str(data.abs(rows[1].path)), adapter_name="check")
+    folder = (await store.local_path(rows[1].diffusers_file)).parent
+    base.pipe.load_lora_weights(str(folder), adapter_name="check")
     try:
         assert not torch.allclose(unet_output(base), before)
     finally:
@@ -105,12 +122,14 @@ async def test_run_trains_and_records_checkpoints_and_validation(db, data: DataD
     assert torch.equal(unet_output(base), before)
 
 
-async def test_kohya_file_uses_sdxl_kohya_names_that_map_onto_the_unet(db, data: DataDir, base: BaseModel) -> None:
-    pet = await pet_with_photos(db, data)
-    run_id = await create_run(db, data, pet, TrainingParams(steps=1, rank=2, alpha=1.0, validate_every=0, **QUICK))
-    assert (await execute_run(db, data, base, run_id)).status == "succeeded"
+async def test_kohya_file_uses_sdxl_kohya_names_that_map_onto_the_unet(
+    db, store: FileStore, data: DataDir, base: BaseModel
+) -> None:
+    pet = await pet_with_photos(db, store)
+    run_id = await create_run(db, store, pet, TrainingParams(steps=1, rank=2, alpha=1.0, validate_every=0, **QUICK))
+    assert (await execute_run(db, store, data, base, run_id)).status == "succeeded"
     [checkpoint] = await runs.list_checkpoints(db, run_id)
-    kohya = load_file(data.abs(checkpoint.kohya_file))
+    kohya = load_file(await store.local_path(checkpoint.kohya_file))
 
     # kohya's scheme: lora_unet_ + the diffusers module path with '.' -> '_'; A1111/ComfyUI map it back.
     # (Earlier runs on the shared UNet leave peft wrappers around the Linear layers: look through them.)
@@ -138,45 +157,49 @@ async def test_kohya_file_uses_sdxl_kohya_names_that_map_onto_the_unet(db, data:
     assert len(kohya) == 3 * len(expected)
 
 
-async def test_cancel_then_resume_equals_an_uninterrupted_run(db, data: DataDir, base: BaseModel) -> None:
-    pet = await pet_with_photos(db, data)
+async def test_cancel_then_resume_equals_an_uninterrupted_run(
+    db, store: FileStore, data: DataDir, base: BaseModel
+) -> None:
+    pet = await pet_with_photos(db, store)
     params = TrainingParams(steps=5, checkpoint_every=2, validate_every=0, flip=True, **QUICK)
-    straight = await create_run(db, data, pet, params)
-    assert (await execute_run(db, data, base, straight)).status == "succeeded"
+    straight = await create_run(db, store, pet, params)
+    assert (await execute_run(db, store, data, base, straight)).status == "succeeded"
 
-    interrupted = await create_run(db, data, pet, params)
+    interrupted = await create_run(db, store, pet, params)
     boundaries = []
 
     def cancel_at_step_3() -> bool:
         boundaries.append(len(boundaries))
         return len(boundaries) > 4  # the step-0 validation check, then before steps 1..3; cancel before step 4
 
-    outcome = await execute_run(db, data, base, interrupted, TrainingHooks(should_cancel=cancel_at_step_3))
+    outcome = await execute_run(db, store, data, base, interrupted, TrainingHooks(should_cancel=cancel_at_step_3))
     assert (outcome.status, outcome.step) == ("cancelled", 3)
     run = await runs.get_run(db, interrupted)
     assert (run.status, run.step) == ("cancelled", 3)
     assert [c.step for c in await runs.list_checkpoints(db, interrupted)] == [2]
     assert f"train-{interrupted}" not in getattr(base.pipe.unet, "peft_config", {})
 
-    resumed = await execute_run(db, data, base, interrupted)  # continues from the step-2 checkpoint
+    resumed = await execute_run(db, store, data, base, interrupted)  # continues from the step-2 checkpoint
     assert (resumed.status, resumed.step) == ("succeeded", 5)
     assert [c.step for c in await runs.list_checkpoints(db, interrupted)] == [2, 4, 5]
     # Step-0 validation from the first attempt is kept, the final one rendered once.
     assert [i.step for i in await runs.list_validation_images(db, interrupted)] == [0, 0, 0, 5, 5, 5]
 
-    final_a = load_file(data.abs((await runs.list_checkpoints(db, straight))[-1].diffusers_file))
-    final_b = load_file(data.abs((await runs.list_checkpoints(db, interrupted))[-1].diffusers_file))
+    final_a = load_file(await store.local_path((await runs.list_checkpoints(db, straight))[-1].diffusers_file))
+    final_b = load_file(await store.local_path((await runs.list_checkpoints(db, interrupted))[-1].diffusers_file))
     assert final_a.keys() == final_b.keys()
     for key in final_a:
         assert torch.allclose(final_a[key], final_b[key], atol=1e-6, rtol=0), key
 
 
-async def test_a_generation_between_steps_does_not_change_the_training(db, data: DataDir, base: BaseModel) -> None:
+async def test_a_generation_between_steps_does_not_change_the_training(
+    db, store: FileStore, data: DataDir, base: BaseModel
+) -> None:
     """The worker may use the same UNet between two steps; the trainer must pick up exactly where it was."""
-    pet = await pet_with_photos(db, data)
+    pet = await pet_with_photos(db, store)
     params = TrainingParams(steps=3, checkpoint_every=3, validate_every=0, **QUICK)
-    straight = await create_run(db, data, pet, params)
-    assert (await execute_run(db, data, base, straight)).status == "succeeded"
+    straight = await create_run(db, store, pet, params)
+    assert (await execute_run(db, store, data, base, straight)).status == "succeeded"
 
     unet = base.pipe.unet
     calls = []
@@ -189,49 +212,58 @@ async def test_a_generation_between_steps_does_not_change_the_training(db, data:
         unet.eval()
         unet.requires_grad_(False)
 
-    shared = await create_run(db, data, pet, params)
-    outcome = await execute_run(db, data, base, shared, TrainingHooks(between_steps=generate_in_between))
+    shared = await create_run(db, store, pet, params)
+    outcome = await execute_run(db, store, data, base, shared, TrainingHooks(between_steps=generate_in_between))
     assert outcome.status == "succeeded" and len(calls) == 3
-    final_a = load_file(data.abs((await runs.list_checkpoints(db, straight))[-1].diffusers_file))
-    final_b = load_file(data.abs((await runs.list_checkpoints(db, shared))[-1].diffusers_file))
+    final_a = load_file(await store.local_path((await runs.list_checkpoints(db, straight))[-1].diffusers_file))
+    final_b = load_file(await store.local_path((await runs.list_checkpoints(db, shared))[-1].diffusers_file))
     for key in final_a:
         assert torch.allclose(final_a[key], final_b[key], atol=1e-6, rtol=0), key
 
 
-async def test_keep_checkpoints_prunes_older_ones(db, data: DataDir, base: BaseModel) -> None:
-    pet = await pet_with_photos(db, data)
+async def test_keep_checkpoints_prunes_older_ones(db, store: FileStore, data: DataDir, base: BaseModel) -> None:
+    pet = await pet_with_photos(db, store)
     params = TrainingParams(steps=3, checkpoint_every=1, validate_every=1, keep_checkpoints=2, **QUICK)
-    run_id = await create_run(db, data, pet, params)
-    assert (await execute_run(db, data, base, run_id)).status == "succeeded"
+    run_id = await create_run(db, store, pet, params)
+    assert (await execute_run(db, store, data, base, run_id)).status == "succeeded"
     kept = await runs.list_checkpoints(db, run_id)
     assert [c.step for c in kept] == [2, 3]
-    assert not data.checkpoint_dir(run_id, 1).exists()
+    checkpoint_files = await stored(store, f"{keys.run_prefix(run_id)}/checkpoints")
+    assert checkpoint_files and {key.rpartition("/")[0] for key in checkpoint_files} == {c.path for c in kept}
     images = await runs.list_validation_images(db, run_id)
     assert sorted({i.step for i in images}) == [0, 2, 3]
-    on_disk = {p.name for p in data.validation_dir(run_id).iterdir()}
-    assert on_disk == {Path(i.path).name for i in images}
+    assert await stored(store, f"{keys.run_prefix(run_id)}/validation") == {i.path for i in images}
 
 
-async def test_prior_preservation_generates_class_images_once_per_class(db, data: DataDir, base: BaseModel) -> None:
+async def test_prior_preservation_generates_class_images_once_per_class(
+    db, store: FileStore, data: DataDir, base: BaseModel
+) -> None:
     params = TrainingParams(
         steps=1, prior_preservation=True, class_images=2, class_image_steps=1, validate_every=0, **QUICK
     )
-    first = await pet_with_photos(db, data, name="Thor")
-    assert (await execute_run(db, data, base, await create_run(db, data, first, params))).status == "succeeded"
-    folder = data.class_images_dir("cat")
-    made = {path.name: path.stat().st_mtime_ns for path in folder.iterdir()}
-    assert sorted(made) == ["0000.png", "0001.png"]
 
-    second = await pet_with_photos(db, data, name="Loki")
-    assert (await execute_run(db, data, base, await create_run(db, data, second, params))).status == "succeeded"
-    assert {path.name: path.stat().st_mtime_ns for path in folder.iterdir()} == made
+    async def class_images() -> dict[str, float]:
+        return {item.key: item.modified for item in await store.list(keys.class_images("cat"))}
+
+    first = await pet_with_photos(db, store, name="Thor")
+    run = await create_run(db, store, first, params)
+    assert (await execute_run(db, store, data, base, run)).status == "succeeded"
+    made = await class_images()
+    assert sorted(made) == ["class-images/cat/0000.png", "class-images/cat/0001.png"]
+    for key in made:
+        assert Image.open(await store.local_path(key)).size == (64, 64)
+
+    second = await pet_with_photos(db, store, name="Loki")
+    run = await create_run(db, store, second, params)
+    assert (await execute_run(db, store, data, base, run)).status == "succeeded"
+    assert await class_images() == made  # drawn once, reused by the second cat
 
 
-async def test_bad_inputs_are_refused_in_plain_words(db, data: DataDir, base: BaseModel) -> None:
+async def test_bad_inputs_are_refused_in_plain_words(db, store: FileStore, data: DataDir, base: BaseModel) -> None:
     empty = await create_pet(db, LOCAL_GUILD, "owner", "Ghost", "dog")
     with pytest.raises(TrainingInputError, match="no photos yet"):
-        await create_run(db, data, empty, TrainingParams(**QUICK))
-    pet = await pet_with_photos(db, data)
+        await create_run(db, store, empty, TrainingParams(**QUICK))
+    pet = await pet_with_photos(db, store)
     for bad, message in [
         (dict(steps=0), "steps must be at least 1"),
         (dict(steps=-5), "steps must be at least 1"),
@@ -240,9 +272,15 @@ async def test_bad_inputs_are_refused_in_plain_words(db, data: DataDir, base: Ba
         (dict(mode="turbo"), "mode must be one of"),
     ]:
         with pytest.raises(TrainingInputError, match=message):
-            await create_run(db, data, pet, TrainingParams(**{**QUICK, **bad}))
+            await create_run(db, store, pet, TrainingParams(**{**QUICK, **bad}))
     with pytest.raises(TrainingInputError, match="no training run 999"):
-        await execute_run(db, data, base, 999)
+        await execute_run(db, store, data, base, 999)
+    assert await runs.list_runs(db, pet.id) == []
+    # A photo whose file went missing from the store: refused before queueing, naming the problem.
+    [photo] = (await list_photos(db, pet.id))[:1]
+    await store.delete([photo.prepared_path])
+    with pytest.raises(TrainingInputError, match="1 of Thor's prepared photos are missing from the file store"):
+        await create_run(db, store, pet, TrainingParams(**QUICK))
     assert await runs.list_runs(db, pet.id) == []
 
 
@@ -256,8 +294,8 @@ def test_params_round_trip_through_json() -> None:
     assert TrainingParams.from_dict({"steps": 3, "from_the_future": 1}).extra == {"from_the_future": 1}
 
 
-async def test_vote_tally_counts_votes_per_checkpoint_step(db, data: DataDir) -> None:
-    pet = await pet_with_photos(db, data, count=1)
+async def test_vote_tally_counts_votes_per_checkpoint_step(db, store: FileStore) -> None:
+    pet = await pet_with_photos(db, store, count=1)
     run_id = await runs.insert_run(db, pet.id, TrainingParams().to_dict(), 200)
     c100 = await runs.add_checkpoint(db, run_id, 100, "a", "a/x", "a/y")
     c200 = await runs.add_checkpoint(db, run_id, 200, "b", "b/x", "b/y")

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
-from engine.settings import Settings
+from config.settings import Settings
 from storage import runs
-from storage.files import DataDir
+from storage.files import FileStore
 from storage.pets import LOCAL_GUILD, create_pet
 from training_helpers import pet_with_photos
 
@@ -31,20 +31,24 @@ def pawtrait(env: dict[str, str], *args: str) -> subprocess.Popen:
 @pytest.fixture
 def cli_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """The test settings both for subprocesses and for in-process `main()` calls."""
-    for key in ("PAWTRAIT_DATA_DIR", "PAWTRAIT_MODEL", "PAWTRAIT_VAE", "PAWTRAIT_DEVICE", "PAWTRAIT_RESOLUTION"):
-        monkeypatch.setenv(key, env[key])
+    for key, value in env.items():
+        if key.startswith(("PAWTRAIT_", "AWS_")):
+            monkeypatch.setenv(key, value)
     return env
 
 
 async def test_ctrl_c_cancels_cleanly_and_resume_finishes(
-    db, settings: Settings, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    db, store: FileStore, settings: Settings, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = DataDir(settings.data_dir)
-    pet = await pet_with_photos(db, data)
+    pet = await pet_with_photos(db, store)
     process = pawtrait(cli_env, "Thor", "--steps", "8", *QUICK_ARGS)
-    first_checkpoint = data.root / "runs" / "1" / "checkpoints" / "step-1"
+
+    async def first_checkpoint_written() -> bool:
+        started = await runs.list_runs(db, pet.id)
+        return bool(started) and bool(await runs.list_checkpoints(db, started[0].id))
+
     deadline = time.monotonic() + 120
-    while not first_checkpoint.exists() and process.poll() is None and time.monotonic() < deadline:
+    while not await first_checkpoint_written() and process.poll() is None and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     process.send_signal(signal.SIGINT)
     out, err = process.communicate(timeout=120)
@@ -61,16 +65,16 @@ async def test_ctrl_c_cancels_cleanly_and_resume_finishes(
     run = await runs.get_run(db, run.id)
     assert (run.status, run.step) == ("succeeded", 8)
     final = (await runs.list_checkpoints(db, run.id))[-1]
-    assert str(data.abs(final.diffusers_file)) in out and str(data.abs(final.kohya_file)) in out
-    assert data.abs(final.kohya_file).is_file()
+    diffusers, kohya = await store.local_path(final.diffusers_file), await store.local_path(final.kohya_file)
+    assert f"diffusers LoRA: {diffusers}" in out and f"A1111/ComfyUI LoRA: {kohya}" in out
+    assert kohya.is_file() and kohya.is_relative_to(settings.data_dir)
 
 
 async def test_bad_requests_exit_2_with_a_plain_message(
-    db, settings: Settings, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
+    db, store: FileStore, cli_env: dict[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    data = DataDir(settings.data_dir)
     await create_pet(db, LOCAL_GUILD, "owner", "Ghost", "dog")
-    pet = await pet_with_photos(db, data)
+    pet = await pet_with_photos(db, store)
     cases = [
         (["Nobody"], "no pet called 'Nobody'"),
         (["Ghost"], "Ghost has no photos yet"),

@@ -6,26 +6,36 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
-import socket
 import subprocess
 import sys
 import time
 
+import pytest
 import torch
+from sqlalchemy import select, update
 
+import photo_samples as samples
+from config.settings import Settings
+from conftest import distributed
 from engine.generation.generator import Generator
 from engine.models import load_base_model
-from engine.settings import Settings
+from engine.teach import teach_photos
 from engine.worker import chores
 from engine.worker.executor import Executor
 from engine.worker.failures import describe_failure
 from engine.worker.process import Worker
 from engine.worker.recovery import make_worker_id, recover_orphans, why_gone
 from engine.worker.supervisor import plan_workers
-from storage import jobs
-from storage.db import connect
-from storage.files import DataDir
+from storage import jobs, keys, runs
+from storage.connect import file_store, open_storage
+from storage.db import Database
+from storage.files import DataDir, FileStore
+from storage.generations import record_generation
+from storage.pet_deletion import sweep_orphans
 from storage.pets import LOCAL_GUILD
+from storage.photos import list_photos
+from storage.schema import generations
+from storage.wakeup import open_wakeup
 
 
 async def test_worker_count_follows_the_setting(settings: Settings) -> None:
@@ -40,23 +50,36 @@ def _dead_pid() -> int:
     return process.pid
 
 
-async def test_only_jobs_of_dead_or_silent_workers_are_requeued(db, settings: Settings) -> None:
-    host = socket.gethostname()
-    mine = make_worker_id(None)
-    dead = f"{host}:{_dead_pid()}:cpu"
-    alive_elsewhere = f"{host}:{os.getppid()}:gpu1"
-    assert why_gone(mine, 0.0, mine) is None
-    assert why_gone(alive_elsewhere, 5.0, mine) is None
-    assert "stopped" in why_gone(dead, 1.0, mine)
-    assert "silent" in why_gone("other-host:1:gpu0", 10_000.0, mine)
+async def test_only_jobs_of_dead_or_silent_workers_are_requeued(db: Database, settings: Settings) -> None:
+    host, timeout = settings.host_id, 3.0
+    mine = make_worker_id(host, None)
+    assert mine.startswith(f"{host}:{os.getpid()}:cpu:") and mine != make_worker_id(host, None)  # a boot id each
+    assert make_worker_id(host, 1).startswith(f"{host}:{os.getpid()}:gpu1:")
+    dead = f"{host}:{_dead_pid()}:cpu:0a0b0c"
+    alive_here = f"{host}:{os.getppid()}:gpu1:0a0b0c"
+    elsewhere = f"other-host:{_dead_pid()}:gpu0:0a0b0c"  # that pid means nothing on this host
+    assert why_gone(mine, 0.0, mine, host, timeout) is None
+    assert why_gone(mine, 10_000.0, mine, host, timeout) is None  # never itself
+    assert why_gone(alive_here, 1.0, mine, host, timeout) is None
+    assert why_gone(elsewhere, 1.0, mine, host, timeout) is None  # beat recently: still working
+    stopped = why_gone(dead, 1.0, mine, host, timeout)
+    assert stopped is not None and "stopped" in stopped.reason and not stopped.silent
+    silent = why_gone(elsewhere, 10_000.0, mine, host, timeout)
+    assert silent is not None and "silent for more than 3 s" in silent.reason and silent.silent
 
-    settings = dataclasses.replace(settings, max_queued_generations_per_user=5)
-    for worker in (dead, alive_elsewhere):
+    settings = dataclasses.replace(settings, max_queued_generations_per_user=5, worker_timeout_s=timeout)
+    for worker in (dead, alive_here, elsewhere):
         await jobs.submit_job(db, settings, "generate", LOCAL_GUILD, "u", {"request": {"prompt": "x"}})
-        await jobs.claim_next_job(db, worker)
+        assert (await jobs.claim_next_job(db, worker)).worker_id == worker
     recovered = await recover_orphans(db, settings, mine)
+    # The dead process's job at once; the other host's only once it has been silent too long.
     assert [(j.status, j.error) for j in recovered] == [("queued", "requeued: its worker process stopped while running it")]
-    assert [j.worker_id for j in await jobs.running_jobs(db)] == [alive_elsewhere]
+    assert [r.job.worker_id for r in await jobs.running_jobs(db)] == [alive_here, elsewhere]
+    await asyncio.sleep(timeout + 0.5)
+    await jobs.heartbeat(db, alive_here, [running.job.id for running in await jobs.running_jobs(db)])
+    recovered = await recover_orphans(db, settings, mine)
+    assert [(j.status, j.error) for j in recovered] == [("queued", "requeued: its worker went silent for more than 3 s")]
+    assert [r.job.worker_id for r in await jobs.running_jobs(db)] == [alive_here]
 
 
 def test_failures_are_explained_in_plain_words() -> None:
@@ -67,39 +90,112 @@ def test_failures_are_explained_in_plain_words() -> None:
     assert describe_failure("generate", KeyError("request")) == "painting failed: KeyError: 'request'"
 
 
-async def test_chores_expire_temporary_files_and_old_generations(db, settings: Settings) -> None:
+async def add_generation(db: Database, store: FileStore, created_at: str | None = None) -> list[str]:
+    """A generation as the service writes it: pictures in the store, then the row (created `created_at`)."""
+    folder = keys.generation_folder(keys.new_tag())
+    files = [f"{folder}/1-seed-1.png"]
+    await store.put_bytes(files[0], samples.encode(samples.varied_photo(1), "PNG"))
+    generation = await record_generation(
+        db, files, guild_id="g", pet_id=None, checkpoint_id=None, prompt="p", negative_prompt="", seed=1, steps=30,
+        guidance=5.0, width=64, height=64, lora_scale=1.0, requested_by="u",
+    )
+    if created_at is not None:
+        await db.execute(update(generations).where(generations.c.id == generation.id).values(created_at=created_at))
+    return files
+
+
+async def test_chores_expire_temporary_files_and_old_generations(db: Database, store: FileStore, settings: Settings) -> None:
     data = DataDir(settings.data_dir)
-    old, new = data.tmp_dir() / "preview-job1-step3.png", data.tmp_dir() / "preview-job2-step3.png"
+    (data.tmp_dir() / "staging").mkdir()
+    old, new = data.tmp_dir() / "staging" / "checkpoint-left-by-a-crash.pt", data.tmp_dir() / "generation-now.png"
     old.write_bytes(b"x")
     new.write_bytes(b"x")
     an_hour_ago = time.time() - chores.TMP_MAX_AGE_S - 60
     os.utime(old, (an_hour_ago, an_hour_ago))
-    assert chores.clean_tmp(data) == 1
+    assert chores.clean_local_tmp(data) == 1
     assert not old.exists() and new.exists()
 
-    for created in ("2020-01-01T00:00:00.000Z", None):
-        cursor = await db.execute(
-            "INSERT INTO generations (guild_id, prompt, seed, steps, guidance, width, height, requested_by, created_at) "
-            "VALUES ('g', 'p', 1, 30, 5, 64, 64, 'u', coalesce(?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
-            (created,),
-        )
-        folder = data.generation_dir(cursor.lastrowid)
-        folder.mkdir(parents=True)
-        (folder / "1-seed-1.png").write_bytes(b"png")
-    assert await chores.prune_generations(db, data, days=0) == 0  # 0 = keep forever
-    assert await chores.prune_generations(db, data, days=30) == 1
-    async with db.execute("SELECT id FROM generations") as cursor:
-        [(kept,)] = await cursor.fetchall()
-    assert data.generation_dir(kept).is_dir() and not data.generation_dir(kept - 1).exists()
+    old_files = await add_generation(db, store, created_at="2020-01-01T00:00:00.000Z")
+    new_files = await add_generation(db, store)
+    assert await chores.prune_generations(db, store, days=0) == 0  # 0 = keep forever
+    assert await chores.prune_generations(db, store, days=30) == 1
+    assert [row["files"] for row in await db.all(select(generations.c.files))] == [f'["{new_files[0]}"]']
+    assert await store.exists(new_files[0]) and not await store.exists(old_files[0])
+
+
+async def test_expired_previews_leave_the_bucket(settings: Settings, request: pytest.FixtureRequest) -> None:
+    """Distributed: previews live in the bucket's tmp/ and expire there; nothing else is touched."""
+    store = file_store(distributed(settings, request))
+    preview, photo = keys.preview(7, 3), keys.photo(1, "a.png")
+    for key in (preview, photo):
+        await store.put_bytes(key, b"png")
+    assert await chores.clean_store_tmp(store) == 0  # younger than an hour: a front end may still show it
+    assert await chores.clean_store_tmp(store, max_age_s=0) == 1
+    assert [item.key for item in await store.list("")] == [photo]
+    assert await chores.clean_store_tmp(file_store(settings), max_age_s=0) == 0  # a folder: clean_local_tmp's work
+
+
+async def test_the_sweep_removes_files_no_row_points_at_and_keeps_the_rest(
+    db: Database, store: FileStore, settings: Settings
+) -> None:
+    """What a crash between writing files and committing their rows leaves behind is swept;
+    every file a row points at stays."""
+    report = await teach_photos(
+        db, store, settings, LOCAL_GUILD, "owner", "Thor", "cat",
+        [(f"IMG_{seed}.jpg", samples.jpeg(seed)) for seed in (1, 2)], added_by="owner",
+    )
+    pet = report.pet
+    assert pet is not None
+    run_id = await runs.insert_run(db, pet.id, {}, 2)
+    checkpoint = keys.checkpoint(run_id, 2, keys.new_tag())
+    for name in ("pytorch_lora_weights.safetensors", "pawtrait-thor.safetensors", "training_state.pt"):
+        await store.put_bytes(f"{checkpoint}/{name}", b"weights")
+    checkpoint_id = await runs.add_checkpoint(
+        db, run_id, 2, checkpoint, f"{checkpoint}/pytorch_lora_weights.safetensors", f"{checkpoint}/pawtrait-thor.safetensors"
+    )
+    validation = keys.validation_image(run_id, 2, 0, keys.new_tag())
+    await store.put_bytes(validation, b"png")
+    await runs.add_validation_image(db, run_id, 2, checkpoint_id, "a photo of Thor", 42, validation)
+    pictures = await add_generation(db, store)
+    # Outside the swept folders: never touched.
+    class_image, preview = keys.class_image("cat", 0), keys.preview(1, 2)
+    for key in (class_image, preview):
+        await store.put_bytes(key, b"png")
+    kept = {item.key for item in await store.list("")}
+
+    orphans = {
+        keys.photo(pet.id, "written-before-a-crash.jpg"),
+        f"{keys.checkpoint(run_id, 4, keys.new_tag())}/pytorch_lora_weights.safetensors",  # its row never came
+        keys.validation_image(run_id, 4, 0, keys.new_tag()),
+        f"{keys.generation_folder(keys.new_tag())}/1-seed-9.png",
+        f"{keys.contact_sheets(pet.id + 1)}/0123456789abcdef.png",  # the sheet of a pet that is gone
+        f"{keys.run_prefix(run_id + 1)}/validation/step-00000-0-abcd.png",  # a run that is gone
+    }
+    for key in orphans:
+        await store.put_bytes(key, b"left behind")
+
+    assert await sweep_orphans(db, store) == []  # too young: maybe a write whose row is on its way
+    assert await chores.sweep(db, store) == 0
+    assert set(await sweep_orphans(db, store, min_age_s=0)) == orphans
+    assert {item.key for item in await store.list("")} == kept
+    photo_files = {path for photo in await list_photos(db, pet.id) for path in (photo.original_path, photo.prepared_path)}
+    assert len(photo_files) == 4 and photo_files <= kept
+    checkpoint_files = {item.key for item in await store.list(checkpoint)}
+    assert len(checkpoint_files) == 3 and checkpoint_files <= kept
+    assert {validation, *pictures, class_image, preview} <= kept
+    sheet_keys = {item.key for item in await store.list(keys.contact_sheets(pet.id))}
+    assert len(sheet_keys) == 1 and sheet_keys <= kept
+    assert await sweep_orphans(db, store, min_age_s=0) == []
 
 
 async def test_an_idle_worker_compiles_ahead_and_a_picture_asked_for_meanwhile_goes_first(db, settings: Settings) -> None:
     """With nothing queued the worker compiles the generator's wanted shapes one small step at a
     time, looking at the queue between steps: a picture requested meanwhile is painted at once."""
     worker = Worker(settings)
-    worker.db, worker.side_db = await connect(settings.db_path), await connect(settings.db_path)
+    worker.db, worker.store = await open_storage(settings)
+    worker.wakeup = open_wakeup(worker.db)
     base = load_base_model(settings)
-    worker.executor = Executor(settings, worker.data, base, worker.worker_id, worker.db, worker.side_db)
+    worker.executor = Executor(settings, worker.db, worker.store, worker.data, base, worker.worker_id)
     # The CPU compiles nothing with inductor; dynamo with a backend that runs the traced graph as is.
     generator = Generator(base, memory="full", size_scale=settings.resolution / 1024, compile=True,
                           compile_backend=lambda graph, example_inputs: graph.forward)
@@ -114,6 +210,8 @@ async def test_an_idle_worker_compiles_ahead_and_a_picture_asked_for_meanwhile_g
         if len(steps) == 2:  # somebody asks for a picture while the worker compiles
             payload = {"request": {"prompt": "a photo of a cat", "steps": 1, "seed": 7}}
             asyncio.run_coroutine_threadsafe(jobs.submit_job(db, settings, "generate", LOCAL_GUILD, "carol", payload), loop).result()
+        if not steps[-1]:
+            worker._stopping = True  # all compiled: the test's worker stops instead of sleeping until woken
         return steps[-1]
 
     def paint(*args, **kwargs):
@@ -122,7 +220,7 @@ async def test_an_idle_worker_compiles_ahead_and_a_picture_asked_for_meanwhile_g
 
     generator.compile_ahead, generator.generate = compile_step, paint
     try:
-        await worker._work()
+        await asyncio.wait_for(worker._work(), timeout=120)
     finally:
         await worker.close()
     assert painted_after == [2]  # right after the step during which it was asked for
@@ -131,3 +229,5 @@ async def test_an_idle_worker_compiles_ahead_and_a_picture_asked_for_meanwhile_g
     assert (1, settings.resolution, settings.resolution) in generator.ahead.ready
     job = (await jobs.list_jobs(db, active_only=False))[0]
     assert job.status == "succeeded"
+    [picture] = job.result["files"]
+    assert await file_store(settings).exists(picture)

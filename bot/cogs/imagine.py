@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-import aiosqlite
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -13,6 +12,7 @@ from discord.ext import commands
 from bot.checks import UserError, guild_key, pet_choices, pet_named
 from bot.imagine_jobs import queue_generation, require_may_imagine
 from engine.generation.request import MAX_COUNT, MAX_STEPS, SIZE_PRESETS, GenerationRequest
+from storage.db import Queries
 from storage.pets import Pet, list_pets
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 TOK = re.compile(r"\bTOK\b")
 
 
-async def default_pet(db: aiosqlite.Connection, interaction: discord.Interaction) -> Pet:
+async def default_pet(db: Queries, interaction: discord.Interaction) -> Pet:
     """The member's own most recent pet, else the server's only pet, else ask."""
     guild_id = guild_key(interaction)
     mine = await list_pets(db, guild_id, str(interaction.user.id))
@@ -64,13 +64,13 @@ class Imagine(commands.Cog):
         steps: app_commands.Range[int, 1, MAX_STEPS] = 30,
     ) -> None:
         chosen: Pet | None = None
-        async with self.bot.database() as db:
-            if pet is not None:
-                chosen = await pet_named(db, interaction, pet)
-            elif TOK.search(prompt):
-                chosen = await default_pet(db, interaction)
-            if chosen is not None:
-                await require_may_imagine(db, interaction, chosen)
+        db = self.bot.db
+        if pet is not None:
+            chosen = await pet_named(db, interaction, pet)
+        elif TOK.search(prompt):
+            chosen = await default_pet(db, interaction)
+        if chosen is not None:
+            await require_may_imagine(db, interaction, chosen)
         request = GenerationRequest(
             prompt=prompt, negative_prompt=negative, seed=seed, steps=steps, size=size, count=count
         )
@@ -78,8 +78,8 @@ class Imagine(commands.Cog):
 
     @imagine.autocomplete("pet")
     async def _pet_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        async with self.bot.database() as db:
-            return await pet_choices(db, interaction, current)
+        db = self.bot.db
+        return await pet_choices(db, interaction, current)
 
 
 async def setup(bot: "PawtraitBot") -> None:

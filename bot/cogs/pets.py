@@ -29,21 +29,21 @@ class Pets(commands.Cog):
     @app_commands.guild_only()
     async def pets(self, interaction: discord.Interaction) -> None:
         embeds, files = [], []
-        async with self.bot.database() as db:
-            summaries = await pet_summaries(db, guild_key(interaction))
-            for summary in summaries[:MAX_LISTED]:
-                embed = discord.Embed(
-                    title=summary.name,
-                    description=f"{summary.class_noun} of <@{summary.owner_id}> · {summary.photos} photos · {summary.status}",
-                )
-                if not await others_may_imagine(db, summary.id):
-                    embed.set_footer(text="only its owner imagines with it")
-                photos = await list_photos(db, summary.id)
-                if photos and self.bot.data.abs(photos[0].prepared_path).is_file():
-                    name = f"pet-{summary.id}.png"
-                    files.append(discord.File(self.bot.data.abs(photos[0].prepared_path), name))
-                    embed.set_thumbnail(url=f"attachment://{name}")
-                embeds.append(embed)
+        db = self.bot.db
+        summaries = await pet_summaries(db, guild_key(interaction))
+        for summary in summaries[:MAX_LISTED]:
+            embed = discord.Embed(
+                title=summary.name,
+                description=f"{summary.class_noun} of <@{summary.owner_id}> · {summary.photos} photos · {summary.status}",
+            )
+            if not await others_may_imagine(db, summary.id):
+                embed.set_footer(text="only its owner imagines with it")
+            photos = await list_photos(db, summary.id)
+            for path in await self.bot.local_copies([photo.prepared_path for photo in photos[:1]]):
+                name = f"pet-{summary.id}.png"
+                files.append(discord.File(path, name))
+                embed.set_thumbnail(url=f"attachment://{name}")
+            embeds.append(embed)
         if not embeds:
             await interaction.response.send_message("No pets here yet: `/teach name class photo1…` adds the first.", ephemeral=True)
             return
@@ -54,10 +54,10 @@ class Pets(commands.Cog):
     @app_commands.guild_only()
     @app_commands.describe(pet="Which pet to forget (asks you to confirm)")
     async def forget(self, interaction: discord.Interaction, pet: str) -> None:
-        async with self.bot.database() as db:
-            found = await pet_named(db, interaction, pet)
-            require_owner(interaction, found, "forget")
-            footprint = await pet_footprint(db, found.id)
+        db = self.bot.db
+        found = await pet_named(db, interaction, pet)
+        require_owner(interaction, found, "forget")
+        footprint = await pet_footprint(db, found.id)
         view = discord.ui.View(timeout=None)
         view.add_item(ForgetButton(found.id, interaction.user.id))
         await interaction.response.send_message(
@@ -71,18 +71,18 @@ class Pets(commands.Cog):
     @app_commands.guild_only()
     @app_commands.describe(pet="Which pet", others_may_imagine="Whether other members may use it in /imagine")
     async def sharing(self, interaction: discord.Interaction, pet: str, others_may_imagine: bool) -> None:
-        async with self.bot.database() as db:
-            found = await pet_named(db, interaction, pet)
-            require_owner(interaction, found, "change sharing of")
-            await set_others_may_imagine(db, found.id, others_may_imagine)
+        db = self.bot.db
+        found = await pet_named(db, interaction, pet)
+        require_owner(interaction, found, "change sharing of")
+        await set_others_may_imagine(db, found.id, others_may_imagine)
         who = "everyone in this server" if others_may_imagine else "only its owner"
         await interaction.response.send_message(f"**{found.name}** can now be imagined by {who}.", ephemeral=True)
 
     @forget.autocomplete("pet")
     @sharing.autocomplete("pet")
     async def _pet_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        async with self.bot.database() as db:
-            return await pet_choices(db, interaction, current)
+        db = self.bot.db
+        return await pet_choices(db, interaction, current)
 
 
 async def setup(bot: "PawtraitBot") -> None:

@@ -29,19 +29,19 @@ class Pick(commands.Cog):
     @app_commands.guild_only()
     @app_commands.describe(pet="Which pet", step="The step of a saved checkpoint (see the training thread)")
     async def pick(self, interaction: discord.Interaction, pet: str, step: app_commands.Range[int, 1]) -> None:
-        async with self.bot.database() as db:
-            found = await pet_named(db, interaction, pet)
-            require_owner(interaction, found, "choose a checkpoint for")
-            for run in await list_runs(db, found.id):  # newest first
-                checkpoints = {c.step: c for c in await list_checkpoints(db, run.id)}
-                if step in checkpoints:
-                    await set_active_checkpoint(db, found.id, checkpoints[step].id)
-                    await set_chosen_checkpoint(db, run.id, checkpoints[step].id)
-                    break
-            else:
-                steps = sorted({c.step for run in await list_runs(db, found.id) for c in await list_checkpoints(db, run.id)})
-                have = ", ".join(map(str, steps)) if steps else "none yet"
-                raise UserError(f"**{found.name}** has no checkpoint at step {step}. Saved steps: {have}.")
+        db = self.bot.db
+        found = await pet_named(db, interaction, pet)
+        require_owner(interaction, found, "choose a checkpoint for")
+        for run in await list_runs(db, found.id):  # newest first
+            checkpoints = {c.step: c for c in await list_checkpoints(db, run.id)}
+            if step in checkpoints:
+                await set_active_checkpoint(db, found.id, checkpoints[step].id)
+                await set_chosen_checkpoint(db, run.id, checkpoints[step].id)
+                break
+        else:
+            steps = sorted({c.step for run in await list_runs(db, found.id) for c in await list_checkpoints(db, run.id)})
+            have = ", ".join(map(str, steps)) if steps else "none yet"
+            raise UserError(f"**{found.name}** has no checkpoint at step {step}. Saved steps: {have}.")
         await interaction.response.send_message(
             f"📍 **{found.name}** now uses the checkpoint from step {step} (training #{run.id}), as <@{interaction.user.id}> chose.",
             allowed_mentions=discord.AllowedMentions.none(),
@@ -49,8 +49,8 @@ class Pick(commands.Cog):
 
     @pick.autocomplete("pet")
     async def _pet_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        async with self.bot.database() as db:
-            return await pet_choices(db, interaction, current)
+        db = self.bot.db
+        return await pet_choices(db, interaction, current)
 
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
@@ -63,18 +63,18 @@ class Pick(commands.Cog):
     async def _vote(self, payload: discord.RawReactionActionEvent, add: bool) -> None:
         if payload.guild_id is None or (self.bot.user and payload.user_id == self.bot.user.id):
             return
-        async with self.bot.database() as db:
-            images = await validation_image_by_message(db, str(payload.message_id))
-            if not images:
-                return
-            emoji = (await get_guild_settings(db, str(payload.guild_id))).vote_emoji
-            if str(payload.emoji) != emoji:
-                return
-            for image in images:
-                if image.step == 0:
-                    continue  # the "before training" images are not a candidate
-                change = add_vote if add else remove_vote
-                await change(db, str(payload.user_id), emoji, validation_image_id=image.id)
+        db = self.bot.db
+        images = await validation_image_by_message(db, str(payload.message_id))
+        if not images:
+            return
+        emoji = (await get_guild_settings(db, str(payload.guild_id))).vote_emoji
+        if str(payload.emoji) != emoji:
+            return
+        for image in images:
+            if image.step == 0:
+                continue  # the "before training" images are not a candidate
+            change = add_vote if add else remove_vote
+            await change(db, str(payload.user_id), emoji, validation_image_id=image.id)
 
 
 async def setup(bot: "PawtraitBot") -> None:

@@ -32,16 +32,16 @@ class Queue(commands.Cog):
     @app_commands.guild_only()
     async def queue(self, interaction: discord.Interaction) -> None:
         lines = []
-        async with self.bot.database() as db:
-            jobs = await list_jobs(db, guild_key(interaction))
-            for job in jobs[:20]:
-                position = await queue_position(db, job.id)
-                if position == 0:
-                    where = f"running · {job.progress_text or f'{job.progress:.0%}'}"
-                else:
-                    where = f"#{position} · starts in about {duration(await estimate_wait_s(db, job.id))}"
-                mine = " ← yours" if job.user_id == str(interaction.user.id) else ""
-                lines.append(f"`job {job.id}` {describe(job)} by <@{job.user_id}> · {where}{mine}")
+        db = self.bot.db
+        jobs = await list_jobs(db, guild_key(interaction))
+        for job in jobs[:20]:
+            position = await queue_position(db, job.id)
+            if position == 0:
+                where = f"running · {job.progress_text or f'{job.progress:.0%}'}"
+            else:
+                where = f"#{position} · starts in about {duration(await estimate_wait_s(db, job.id))}"
+            mine = " ← yours" if job.user_id == str(interaction.user.id) else ""
+            lines.append(f"`job {job.id}` {describe(job)} by <@{job.user_id}> · {where}{mine}")
         text = "\n".join(lines) if lines else "Nothing queued or running: the GPU is free."
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
 
@@ -51,21 +51,21 @@ class Queue(commands.Cog):
     async def cancel(self, interaction: discord.Interaction, job: int | None = None) -> None:
         guild_id = guild_key(interaction)
         user_id = str(interaction.user.id)
-        async with self.bot.database() as db:
-            if job is None:
-                mine = [j for j in await list_jobs(db, guild_id) if j.user_id == user_id]
-                if not mine:
-                    raise UserError("You have nothing queued or running.")
-                target = max(mine, key=lambda j: j.id)
-            else:
-                target = await get_job(db, job)
-                if target is None or target.guild_id != guild_id:
-                    raise UserError(f"There is no job {job} in this server; `/queue` lists them.")
-            if target.user_id != user_id and not is_manager(interaction):
-                raise UserError("That job is someone else's: only they (or someone with Manage Server) can cancel it.")
-            if target.ended:
-                raise UserError(f"Job {target.id} already ended ({target.status}).")
-            updated = await request_cancel(db, target.id)
+        db = self.bot.db
+        if job is None:
+            mine = [j for j in await list_jobs(db, guild_id) if j.user_id == user_id]
+            if not mine:
+                raise UserError("You have nothing queued or running.")
+            target = max(mine, key=lambda j: j.id)
+        else:
+            target = await get_job(db, job)
+            if target is None or target.guild_id != guild_id:
+                raise UserError(f"There is no job {job} in this server; `/queue` lists them.")
+        if target.user_id != user_id and not is_manager(interaction):
+            raise UserError("That job is someone else's: only they (or someone with Manage Server) can cancel it.")
+        if target.ended:
+            raise UserError(f"Job {target.id} already ended ({target.status}).")
+        updated = await request_cancel(db, target.id)
         state = "cancelled" if updated.ended else "will stop at the next step; its checkpoints are kept"
         await interaction.response.send_message(f"⏹️ Job {target.id} ({describe(target)}) {state}.",
                                                 allowed_mentions=discord.AllowedMentions.none())

@@ -44,12 +44,12 @@ class Settings(commands.Cog):
             raise UserError("Only members with Manage Server can change Pawtrait's settings.")
         if vote_emoji is not None and (vote_emoji.isascii() or " " in vote_emoji):
             raise UserError("The vote emoji must be one emoji, such as ⭐ or 👍.")
-        async with self.bot.database() as db:
-            current = await update_guild_settings(
-                db, guild_key(interaction),
-                gallery_channel_id=str(gallery.id) if gallery else None,
-                who_may_train=who_may_train, max_steps=max_steps, vote_emoji=vote_emoji,
-            )
+        db = self.bot.db
+        current = await update_guild_settings(
+            db, guild_key(interaction),
+            gallery_channel_id=str(gallery.id) if gallery else None,
+            who_may_train=who_may_train, max_steps=max_steps, vote_emoji=vote_emoji,
+        )
         gallery_text = f"<#{current.gallery_channel_id}>" if current.gallery_channel_id else "not set"
         await interaction.response.send_message(
             f"⚙️ Gallery: {gallery_text} · who may train: {current.who_may_train} · "

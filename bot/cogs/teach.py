@@ -119,8 +119,8 @@ class Teach(commands.Cog):
         """Message command: ask for the pet (prefilled with the member's latest) in a form."""
         if not message.attachments:
             raise UserError("That message has no files. Use this on a message that carries your pet's photos.")
-        async with self.bot.database() as db:
-            mine = await list_pets(db, guild_key(interaction), str(interaction.user.id))
+        db = self.bot.db
+        mine = await list_pets(db, guild_key(interaction), str(interaction.user.id))
         latest = mine[0] if mine else None
         await interaction.response.send_modal(
             TeachModal(self, message, latest.name if latest else "", latest.class_noun if latest else "")
@@ -137,18 +137,18 @@ class Teach(commands.Cog):
             name, noun = clean_pet_name(name), clean_class_noun(noun)
         except TeachError as error:
             raise UserError(f"{str(error)[:1].upper()}{str(error)[1:]}.") from None
-        async with self.bot.database() as db:
-            existing = await find_pet(db, guild_id, name)
+        db = self.bot.db
+        existing = await find_pet(db, guild_id, name)
         if existing is not None and existing.owner_id != str(interaction.user.id):
             raise UserError(f"**{existing.name}** is <@{existing.owner_id}>'s pet; choose another name for yours.")
         await interaction.response.defer(thinking=True)
         files, refused = await download(attachments)
         try:
-            async with self.bot.database() as db:
-                report = await teach_photos(
-                    db, self.bot.data, self.bot.settings, guild_id, str(interaction.user.id), name, noun, files,
-                    str(interaction.user.id),
-                )
+            db = self.bot.db
+            report = await teach_photos(
+                db, self.bot.store, self.bot.settings, guild_id, str(interaction.user.id), name, noun, files,
+                str(interaction.user.id),
+            )
         except (TeachError, PetNameTaken) as error:
             raise UserError(f"{str(error)[:1].upper()}{str(error)[1:]}.") from None
         text = report_text(report, name)

@@ -72,29 +72,29 @@ class Train(commands.Cog):
     ) -> None:
         guild_id = guild_key(interaction)
         user_id = str(interaction.user.id)
-        async with self.bot.database() as db:
-            found = await pet_named(db, interaction, pet)
-            require_owner(interaction, found, "train")
-            await require_may_train(db, interaction)
-            limit = (await get_guild_settings(db, guild_id)).max_steps
-            if steps > limit:
-                raise UserError(f"This server allows at most {limit} steps per training (see `/settings`).")
-            if any(run.status in ("queued", "running") for run in await list_runs(db, found.id)):
-                raise UserError(f"**{found.name}** is already training or waiting to train; `/queue` shows where.")
-            params = training_params(self.bot, steps, prior_preservation)
-            try:
-                run_id = await create_run(db, self.bot.data, found, params)
-            except TrainingInputError as error:
-                raise UserError(f"{str(error)[:1].upper()}{str(error)[1:]} (with `/teach`).") from None
-            try:
-                job = await submit_job(db, self.bot.settings, "train", guild_id, user_id,
-                                       {"run_id": run_id, "pet_id": found.id}, run_id=run_id)
-            except QueueLimitReached as error:
-                await finish_run(db, run_id, "cancelled", 0, "not queued: " + str(error))
-                raise UserError(f"You {str(error).removeprefix('you ')}.") from None
-            await add_discord_job(db, job.id, guild_id, str(interaction.channel_id), user_id)
-            position = await queue_position(db, job.id)
-            wait = await estimate_wait_s(db, job.id)
+        db = self.bot.db
+        found = await pet_named(db, interaction, pet)
+        require_owner(interaction, found, "train")
+        await require_may_train(db, interaction)
+        limit = (await get_guild_settings(db, guild_id)).max_steps
+        if steps > limit:
+            raise UserError(f"This server allows at most {limit} steps per training (see `/settings`).")
+        if any(run.status in ("queued", "running") for run in await list_runs(db, found.id)):
+            raise UserError(f"**{found.name}** is already training or waiting to train; `/queue` shows where.")
+        params = training_params(self.bot, steps, prior_preservation)
+        try:
+            run_id = await create_run(db, self.bot.store, found, params)
+        except TrainingInputError as error:
+            raise UserError(f"{str(error)[:1].upper()}{str(error)[1:]} (with `/teach`).") from None
+        try:
+            job = await submit_job(db, self.bot.settings, "train", guild_id, user_id,
+                                   {"run_id": run_id, "pet_id": found.id}, run_id=run_id)
+        except QueueLimitReached as error:
+            await finish_run(db, run_id, "cancelled", 0, "not queued: " + str(error))
+            raise UserError(f"You {str(error).removeprefix('you ')}.") from None
+        await add_discord_job(db, job.id, guild_id, str(interaction.channel_id), user_id)
+        position = await queue_position(db, job.id)
+        wait = await estimate_wait_s(db, job.id)
         await interaction.response.send_message(
             f"🏋️ **{found.name}** will train for {steps} steps"
             + (" with prior preservation" if prior_preservation else "")
@@ -111,14 +111,14 @@ class Train(commands.Cog):
         except discord.HTTPException:
             status = await interaction.followup.send(status_text, wait=True)
             thread_id = None
-        async with self.bot.database() as db:
-            await add_discord_job(db, job.id, guild_id, str(interaction.channel_id), user_id,
-                                  thread_id=thread_id, status_message_id=str(status.id))
+        db = self.bot.db
+        await add_discord_job(db, job.id, guild_id, str(interaction.channel_id), user_id,
+                              thread_id=thread_id, status_message_id=str(status.id))
 
     @train.autocomplete("pet")
     async def _pet_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        async with self.bot.database() as db:
-            return await pet_choices(db, interaction, current)
+        db = self.bot.db
+        return await pet_choices(db, interaction, current)
 
 
 async def setup(bot: "PawtraitBot") -> None:

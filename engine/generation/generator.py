@@ -35,7 +35,7 @@ from engine.generation.request import MAX_SEED, GenerationRequest
 from engine.generation.text_graphs import TextEncoderGraphs
 from engine.generation.unet_graphs import UNetGraphs
 from engine.models import BaseModel
-from engine.settings import Settings
+from config.settings import Settings
 from storage.pets import Pet
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from engine.forward_wrapping import wrapped_forward
-from engine.settings import DEFAULT_GUIDANCE_INTERVAL
+from config.settings import DEFAULT_GUIDANCE_INTERVAL
 
 
 @dataclass(frozen=True)

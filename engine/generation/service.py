@@ -2,7 +2,9 @@
 
 This is what the GPU worker and `pawtrait imagine` call. Everything a user can get wrong
 is checked before the GPU is touched; the painting runs in a thread so the event loop
-(job heartbeats, progress events) keeps going.
+(job heartbeats, progress events) keeps going. The LoRA and a variation's source picture
+come from the file store (fetched once per host and kept in its cache); the finished PNGs
+go to it under a new folder before the row that lists them is written.
 """
 
 from __future__ import annotations
@@ -12,19 +14,20 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiosqlite
 from PIL import Image, UnidentifiedImageError
 
 from engine.generation.generator import GenerationResult, Generator, PetLora, StepCallback
 from engine.generation.metadata import Parameters, png_info
 from engine.generation.prompts import substitute_token
 from engine.generation.request import GenerationError, GenerationRequest
-from storage.files import DataDir, atomic_path, remove_tree
+from storage import keys
+from storage.db import Queries
+from storage.files import DataDir, FileMissing, FileStore, remove_tree
 from storage.generations import (
     CheckpointRef,
     VariationSource,
     default_checkpoint,
-    generation_image_file,
+    generation_image_key,
     pet_checkpoint,
     record_generation,
 )
@@ -34,7 +37,7 @@ from storage.pets import Pet, get_pet
 @dataclass
 class GenerationOutcome:
     generation_id: int
-    files: list[str]  # relative to the data folder, one PNG per image
+    files: list[str]  # file-store keys, one PNG per image
     seeds: list[int]
     warnings: list[str] = field(default_factory=list)
 
@@ -44,7 +47,7 @@ class GenerationOutcome:
 
 
 async def resolve_pet(
-    db: aiosqlite.Connection, data: DataDir, request: GenerationRequest, guild_id: str
+    db: Queries, request: GenerationRequest, guild_id: str
 ) -> tuple[Pet | None, CheckpointRef | None]:
     """The request's pet (it must be in this guild) and the checkpoint to paint it with."""
     if request.pet_id is None:
@@ -54,37 +57,43 @@ async def resolve_pet(
     if pet is None or pet.guild_id != guild_id:
         raise GenerationError(f"there is no pet #{request.pet_id} in this server; check the pet's name")
     if request.checkpoint_id is not None:
-        checkpoint = await pet_checkpoint(db, data, pet.id, request.checkpoint_id)
+        checkpoint = await pet_checkpoint(db, pet.id, request.checkpoint_id)
         if checkpoint is None:
             raise GenerationError(f"checkpoint #{request.checkpoint_id} is not one of {pet.name}'s trainings")
     else:
-        checkpoint = await default_checkpoint(db, data, pet.id, pet.active_checkpoint_id)
+        checkpoint = await default_checkpoint(db, pet.id, pet.active_checkpoint_id)
         if checkpoint is None:
             raise GenerationError(
                 f"{pet.name} has no finished training yet: train {pet.name} first, then imagine again"
             )
-    if not checkpoint.file.is_file():
-        raise GenerationError(
-            f"the LoRA file of {pet.name}'s checkpoint #{checkpoint.id} is missing; choose another checkpoint or train again"
-        )
     return pet, checkpoint
 
 
+async def fetch_lora(store: FileStore, pet: Pet, checkpoint: CheckpointRef) -> PetLora:
+    """A local copy of the checkpoint's LoRA file (cached on this host after its first use)."""
+    try:
+        return PetLora(checkpoint.id, await store.local_path(checkpoint.key))
+    except FileMissing:
+        raise GenerationError(
+            f"the LoRA file of {pet.name}'s checkpoint #{checkpoint.id} is missing; choose another checkpoint or train again"
+        ) from None
+
+
 async def load_source(
-    db: aiosqlite.Connection, data: DataDir, request: GenerationRequest, guild_id: str
+    db: Queries, store: FileStore, request: GenerationRequest, guild_id: str
 ) -> Image.Image | None:
     """The picture a variation starts from (an earlier generation of this guild), or None."""
     if not request.is_variation:
         return None
     generation_id, number = request.source_generation_id, request.source_image
-    path = await generation_image_file(db, data, generation_id, number, guild_id)
-    if path is None:
+    key = await generation_image_key(db, generation_id, number, guild_id)
+    if key is None:
         raise GenerationError(
             f"there is no image {number} of generation #{generation_id} in this server; "
             "make a variation of an image that is still here"
         )
     try:
-        return await asyncio.to_thread(_open_rgb, path)
+        return await asyncio.to_thread(_open_rgb, await store.local_path(key))
     except (OSError, UnidentifiedImageError):
         raise GenerationError(
             f"image {number} of generation #{generation_id} was deleted or damaged, so it cannot be varied"
@@ -126,7 +135,8 @@ def image_parameters(
 
 
 async def generate_and_record(
-    db: aiosqlite.Connection,
+    db: Queries,
+    store: FileStore,
     data: DataDir,
     generator: Generator,
     request: GenerationRequest,
@@ -134,16 +144,16 @@ async def generate_and_record(
     requested_by: str,
     on_step: StepCallback | None = None,
 ) -> GenerationOutcome:
-    """Paint `request` for `guild_id`, save the PNGs under generations/<id>/ and record the row.
+    """Paint `request` for `guild_id`, put the PNGs in the file store and record the row.
 
     Raises `GenerationError` (plain words for the user) before any GPU work when the request
     is invalid or its pet cannot be painted. `on_step(step, total, preview)` runs in the
     generation thread.
     """
     request.validate()
-    pet, checkpoint = await resolve_pet(db, data, request, guild_id)
-    source = await load_source(db, data, request, guild_id)
-    lora = PetLora(checkpoint.id, checkpoint.file) if checkpoint is not None else None
+    pet, checkpoint = await resolve_pet(db, request, guild_id)
+    source = await load_source(db, store, request, guild_id)
+    lora = await fetch_lora(store, pet, checkpoint) if pet is not None and checkpoint is not None else None
     result = await asyncio.to_thread(generator.generate, request, pet, lora, on_step, source)
     variation = (
         VariationSource(request.source_generation_id, request.source_image, request.variation_strength)
@@ -153,15 +163,20 @@ async def generate_and_record(
     staged = data.tmp_dir() / f"generation-{uuid.uuid4().hex}"
     try:
         await asyncio.to_thread(_write_pngs, staged, result, request, generator, pet, checkpoint)
+        files = await store.put_tree(keys.generation_folder(keys.new_tag()), staged, move=True)
+    finally:
+        remove_tree(staged)
+    try:
         generation = await record_generation(
-            db, data, staged, guild_id=guild_id, pet_id=pet.id if pet else None,
+            db, files, guild_id=guild_id, pet_id=pet.id if pet else None,
             checkpoint_id=checkpoint.id if checkpoint else None, prompt=request.prompt,
             negative_prompt=request.negative_prompt, seed=result.seeds[0], steps=request.steps,
             guidance=request.guidance, width=result.width, height=result.height,
             lora_scale=request.lora_scale, requested_by=requested_by, variation=variation,
         )
-    finally:
-        remove_tree(staged)
+    except BaseException:
+        await store.delete(files)  # no row lists them: they would only be orphans
+        raise
     return GenerationOutcome(generation.id, generation.files, result.seeds, result.warnings)
 
 
@@ -172,5 +187,4 @@ def _write_pngs(
     folder.mkdir(parents=True)
     for index, (image, seed) in enumerate(zip(result.images, result.seeds)):
         info = png_info(image_parameters(result, index, request, generator, pet, checkpoint))
-        with atomic_path(folder / f"{index + 1}-seed-{seed}.png") as tmp:
-            image.save(tmp, format="PNG", pnginfo=info)
+        image.save(folder / f"{index + 1}-seed-{seed}.png", format="PNG", pnginfo=info)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw
-
-from storage.files import atomic_path
 
 THUMBNAIL = 256
 GAP = 8
@@ -34,9 +33,8 @@ def contact_sheet(crops: Sequence[Path]) -> Image.Image:
     return sheet
 
 
-def write_contact_sheet(crops: Sequence[Path], target: Path) -> Path:
-    """Render the sheet and write it atomically (a reader never sees half a PNG)."""
-    sheet = contact_sheet(crops)
-    with atomic_path(target) as tmp:
-        sheet.save(tmp, format="PNG")
-    return target
+def contact_sheet_png(crops: Sequence[Path]) -> bytes:
+    """The sheet as PNG bytes, ready for the file store."""
+    buffer = io.BytesIO()
+    contact_sheet(crops).save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import aiosqlite
-
 from engine.training.params import TrainingParams
 from storage import runs
-from storage.files import DataDir
+from storage.db import Queries
+from storage.files import FileMissing, FileStore
 from storage.pets import Pet, get_pet
 from storage.photos import list_photos
 
@@ -20,29 +19,43 @@ class TrainingInputError(ValueError):
     """The run cannot start as asked; the message says what to do."""
 
 
-async def training_photos(db: aiosqlite.Connection, data: DataDir, pet: Pet) -> list[Path]:
-    photos = await list_photos(db, pet.id)
-    if not photos:
-        raise TrainingInputError(
-            f"{pet.name} has no photos yet; add 10-15 photos of {pet.name} before training"
-        )
-    paths = [data.abs(photo.prepared_path) for photo in photos]
-    missing = [path.name for path in paths if not path.is_file()]
-    if missing:
-        raise TrainingInputError(
-            f"{len(missing)} of {pet.name}'s prepared photos are missing from the data folder "
-            f"(e.g. {missing[0]}); remove and add those photos again"
-        )
+async def training_photos(db: Queries, store: FileStore, pet: Pet) -> list[Path]:
+    """Local copies of the pet's prepared photos (fetched from the file store when it is remote)."""
+    paths, missing = [], []
+    for key in await _prepared_keys(db, pet):
+        try:
+            paths.append(await store.local_path(key))
+        except FileMissing:
+            missing.append(key)
+    _refuse_missing(pet, missing)
     return paths
 
 
-async def create_run(db: aiosqlite.Connection, data: DataDir, pet: Pet, params: TrainingParams) -> int:
-    """Check the pet, its photos and the parameters, then queue a run; returns its id."""
+async def create_run(db: Queries, store: FileStore, pet: Pet, params: TrainingParams) -> int:
+    """Check the pet, its photos and the parameters, then queue a run; returns its id.
+
+    The photos are only looked up, not fetched: the worker that runs the training fetches them.
+    """
     if await get_pet(db, pet.id) is None:
         raise TrainingInputError(f"the pet {pet.name!r} no longer exists")
     try:
         params.validate()
     except ValueError as error:
         raise TrainingInputError(str(error)) from None
-    await training_photos(db, data, pet)
+    _refuse_missing(pet, [key for key in await _prepared_keys(db, pet) if not await store.exists(key)])
     return await runs.insert_run(db, pet.id, params.to_dict(), params.steps)
+
+
+async def _prepared_keys(db: Queries, pet: Pet) -> list[str]:
+    photos = await list_photos(db, pet.id)
+    if not photos:
+        raise TrainingInputError(f"{pet.name} has no photos yet; add 10-15 photos of {pet.name} before training")
+    return [photo.prepared_path for photo in photos]
+
+
+def _refuse_missing(pet: Pet, missing: list[str]) -> None:
+    if missing:
+        raise TrainingInputError(
+            f"{len(missing)} of {pet.name}'s prepared photos are missing from the file store "
+            f"(e.g. {missing[0].rpartition('/')[2]}); remove and add those photos again"
+        )

@@ -1,36 +1,44 @@
 """Training runs as the rest of Pawtrait sees them: create a run row, execute it, record what it wrote.
 
 `execute_run` does the torch work in a thread (asyncio.to_thread) so the worker's event
-loop keeps serving; rows and the caller's progress/checkpoint/validation hooks are run
-back on the event loop, while `should_cancel` and `between_steps` are called directly in
-the training thread at every optimizer-step boundary.
+loop keeps serving; rows, files and the caller's progress/checkpoint/validation hooks are
+run back on the event loop, while `should_cancel` and `between_steps` are called directly
+in the training thread at every optimizer-step boundary.
+
+Files come from and go to the file store (the data folder, or a bucket shared by many
+hosts): photos and the checkpoint to resume from are fetched into local copies first;
+checkpoints and validation images are written into a local folder, published under keys
+of their own, and only then recorded, so a row never points at a missing file and a
+retried run on another host finds everything it needs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
-from collections.abc import Callable
+import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
 import torch
 
 from engine.device import free_memory_bytes
 from engine.models import BaseModel
 from engine.training.cache import build_cache, offload_encoders, restore_encoders
-from engine.training.checkpoints import drop_training_state, prune_checkpoints, read_training_state, write_checkpoint
-from engine.training.class_images import ensure_class_images
+from engine.training.checkpoints import prune_checkpoints, read_training_state, state_key, write_checkpoint
+from engine.training.class_images import ClassImagesCancelled, ensure_class_images
 from engine.training.create import TrainingInputError, training_photos
 from engine.training.hooks import ProgressInfo, RunOutcome, TrainingHooks
 from engine.training.loop import Cancelled, LoopCallbacks, LoraTrainer, plan_memory, run_loop
 from engine.training.params import TrainingParams
 from engine.training.prompts import class_prompt, validation_prompts
 from engine.training.validation import render
-from storage import runs
-from storage.files import DataDir, atomic_path
+from storage import keys, runs
+from storage.db import Queries
+from storage.files import DataDir, FileMissing, FileStore, remove_tree
 from storage.pets import Pet, get_pet
 
 log = logging.getLogger(__name__)
@@ -41,9 +49,10 @@ def adapter_name(run_id: int) -> str:
 
 
 async def execute_run(
-    db: aiosqlite.Connection, data: DataDir, base: BaseModel, run_id: int, hooks: TrainingHooks | None = None
+    db: Queries, store: FileStore, data: DataDir, base: BaseModel, run_id: int, hooks: TrainingHooks | None = None
 ) -> RunOutcome:
     """Run (or resume from its newest checkpoint) the training of run `run_id` and record the result."""
+    hooks = hooks or TrainingHooks()
     run = await runs.get_run(db, run_id)
     if run is None:
         raise TrainingInputError(f"there is no training run {run_id}")
@@ -57,27 +66,31 @@ async def execute_run(
         params.validate()
     except ValueError as error:
         raise TrainingInputError(str(error)) from None
-    photos = await training_photos(db, data, pet)
+    photos = await training_photos(db, store, pet)
 
-    resume_from = await _resume_point(db, data, run_id)
+    resume_from = await _resume_point(db, store, run_id)
     start_step = 0 if resume_from is None else resume_from[0]
-    for image in await runs.delete_validation_after(db, run_id, start_step):
-        data.abs(image.path).unlink(missing_ok=True)
+    await store.delete([image.path for image in await runs.delete_validation_after(db, run_id, start_step)])
     await runs.mark_running(db, run_id, start_step)
 
-    session = _Session(db, data, base, run_id, pet, params, photos, hooks or TrainingHooks(), asyncio.get_running_loop())
+    session = _Session(db, store, data, base, run_id, pet, params, photos, hooks, asyncio.get_running_loop())
     session.step = start_step
-    task = asyncio.ensure_future(asyncio.to_thread(session.run, resume_from))
     status, error = "succeeded", None
     try:
-        await asyncio.shield(task)
+        # should_cancel may block on the event loop (the worker asks the database): off the loop.
+        class_paths = await _class_images(db, store, base, pet, params, lambda: asyncio.to_thread(session.should_cancel))
+        task = asyncio.ensure_future(asyncio.to_thread(session.run, resume_from, class_paths))
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # The worker is shutting down: stop at the next step boundary, record it, then go.
+            session.stop = True
+            await _settle(task)
+            raise
     except asyncio.CancelledError:
-        # The worker is shutting down: stop at the next step boundary, record it, then go.
-        session.stop = True
-        await _settle(task)
         await runs.finish_run(db, run_id, "cancelled", session.step, "stopped because the worker shut down")
         raise
-    except Cancelled:
+    except (Cancelled, ClassImagesCancelled):
         status = "cancelled"
     except torch.OutOfMemoryError:
         status = "failed"
@@ -86,6 +99,8 @@ async def execute_run(
             "gradient checkpointing or a lower rank"
         )
     except Exception as failure:  # noqa: BLE001 - any failure must end as a recorded, explained run
+        if type(failure).__name__ == "LeaseLost":
+            raise  # the job moved to another worker: this one records nothing
         log.exception("training run %d failed", run_id)
         status = "failed"
         error = f"training failed after {session.step} of {params.steps} steps: {failure}"
@@ -100,13 +115,26 @@ async def _settle(task: asyncio.Future) -> None:
         pass
 
 
-async def _resume_point(db: aiosqlite.Connection, data: DataDir, run_id: int) -> tuple[int, dict, Path] | None:
-    """(step, training state, folder) of the newest checkpoint that can be resumed from."""
+async def _class_images(
+    db: Queries, store: FileStore, base: BaseModel, pet: Pet, params: TrainingParams,
+    should_stop: Callable[[], Awaitable[bool]],
+) -> list[Path]:
+    if not params.prior_preservation:
+        return []
+    return await ensure_class_images(
+        db, store, base, pet.class_noun, params.class_images, params.resolution,
+        steps=params.class_image_steps, should_stop=should_stop,
+    )
+
+
+async def _resume_point(db: Queries, store: FileStore, run_id: int) -> tuple[int, dict, str] | None:
+    """(step, training state, checkpoint key) of the newest checkpoint that can be resumed from."""
     for checkpoint in reversed(await runs.list_checkpoints(db, run_id)):
-        folder = data.abs(checkpoint.path)
-        state = read_training_state(folder) if folder.is_dir() else None
-        if state is not None:
-            return checkpoint.step, state, folder
+        try:
+            path = await store.local_path(state_key(checkpoint.path))
+        except FileMissing:
+            continue  # an older checkpoint: kept for choosing, not for resuming
+        return checkpoint.step, await asyncio.to_thread(read_training_state, path), checkpoint.path
     return None
 
 
@@ -115,7 +143,8 @@ class _Session:
 
     def __init__(
         self,
-        db: aiosqlite.Connection,
+        db: Queries,
+        store: FileStore,
         data: DataDir,
         base: BaseModel,
         run_id: int,
@@ -125,37 +154,29 @@ class _Session:
         hooks: TrainingHooks,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        self.db, self.data, self.base, self.run_id, self.pet = db, data, base, run_id, pet
+        self.db, self.store, self.data, self.base, self.run_id, self.pet = db, store, data, base, run_id, pet
         self.params, self.photos, self.hooks, self.loop = params, photos, hooks, loop
         self._step = 0
         self.trainer: LoraTrainer | None = None
         self.stop = False
         self.prompts = validation_prompts(pet, params.validation_prompts)
         self.checkpoint_ids: dict[int, int] = {}
-        self.latest_folder: Path | None = None
+        self.latest_key: str | None = None
+        # Keys written by this execution carry this tag: a retry elsewhere never overwrites them.
+        self.tag = keys.new_tag()
 
-    def on_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run fn(*args) on the event loop (awaiting it if it is a coroutine) and wait for the result."""
+    def on_loop(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run fn(*args, **kwargs) on the event loop (awaiting it if it is a coroutine) and wait for the result."""
 
         async def call() -> Any:
-            result = fn(*args)
+            result = fn(*args, **kwargs)
             return await result if inspect.isawaitable(result) else result
 
         return asyncio.run_coroutine_threadsafe(call(), self.loop).result()
 
-    def run(self, resume_from: tuple[int, dict, Path] | None) -> int:
+    def run(self, resume_from: tuple[int, dict, str] | None, class_paths: list[Path]) -> int:
         params, base = self.params, self.base
         restore_encoders(base)
-        class_paths: list[Path] = []
-        if params.prior_preservation:
-            class_paths = ensure_class_images(
-                base,
-                self.data,
-                self.pet.class_noun,
-                params.class_images,
-                params.resolution,
-                steps=params.class_image_steps,
-            )
         plan = plan_memory(params, base, free_memory_bytes(base.device))
         log.info(
             "run %d: %s mode (%s), gradient checkpointing %s, %d images per micro-batch",
@@ -184,7 +205,7 @@ class _Session:
             start = 0
             if resume_from is not None:
                 start = trainer.load_state_dict(resume_from[1])
-                self.latest_folder = resume_from[2]
+                self.latest_key = resume_from[2]
                 log.info("run %d: resuming from step %d", self.run_id, start)
             callbacks = LoopCallbacks(
                 save_checkpoint=self.save_checkpoint,
@@ -228,31 +249,38 @@ class _Session:
         if self.hooks.on_progress:
             self.on_loop(self.hooks.on_progress, info)
 
+    def _staging(self, what: str) -> Path:
+        return self.data.tmp_dir() / f"{what}-{uuid.uuid4().hex}"
+
     def save_checkpoint(self, step: int) -> None:
         params, trainer = self.params, self.trainer
         lora = trainer.lora_state_dict()
-        folder = self.data.checkpoint_dir(self.run_id, step)
-        files = write_checkpoint(
-            folder,
-            lora,
-            trainer.lora_config.to_dict(),
-            rank=params.rank,
-            alpha=params.lora_alpha,
-            kohya_name=f"pawtrait-{self.pet.token}-run{self.run_id}-step{step}",
-            state=trainer.state_dict(step, lora),
-        )
-        rel = self.data.rel
+        folder = self._staging(f"run{self.run_id}-step{step}")
+        try:
+            files = write_checkpoint(
+                folder,
+                lora,
+                trainer.lora_config.to_dict(),
+                rank=params.rank,
+                alpha=params.lora_alpha,
+                kohya_name=f"pawtrait-{self.pet.token}-run{self.run_id}-step{step}",
+                state=trainer.state_dict(step, lora),
+            )
+            key = keys.checkpoint(self.run_id, step, self.tag)
+            self.on_loop(self.store.put_tree, key, folder, move=True)
+        finally:
+            remove_tree(folder)
         checkpoint_id = self.on_loop(
-            runs.add_checkpoint, self.db, self.run_id, step, rel(files.folder), rel(files.diffusers_file),
-            rel(files.kohya_file),
+            runs.add_checkpoint, self.db, self.run_id, step, key, f"{key}/{files.diffusers_file.name}",
+            f"{key}/{files.kohya_file.name}",
         )
-        if self.latest_folder is not None and self.latest_folder != folder:
-            drop_training_state(self.latest_folder)
-        self.latest_folder = folder
+        if self.latest_key is not None and self.latest_key != key:
+            self.on_loop(self.store.delete, [state_key(self.latest_key)])  # only the newest resumes
+        self.latest_key = key
         self.checkpoint_ids[step] = checkpoint_id
         self.on_loop(runs.set_step, self.db, self.run_id, step)
         if params.keep_checkpoints:
-            self.on_loop(prune_checkpoints, self.db, self.data, self.run_id, params.keep_checkpoints)
+            self.on_loop(prune_checkpoints, self.db, self.store, self.run_id, params.keep_checkpoints)
         if self.hooks.on_checkpoint:
             self.on_loop(self.hooks.on_checkpoint, step, checkpoint_id)
 
@@ -272,14 +300,14 @@ class _Session:
         )
         if fp32:
             log.warning("run %d: validation at step %d needed the fp32 VAE", self.run_id, step)
-        folder = self.data.validation_dir(self.run_id)
         for index, (picture, prompt, seed) in enumerate(zip(pictures, self.prompts, seeds)):
-            path = folder / f"step-{step:05d}-{index}.png"
-            with atomic_path(path) as tmp:
-                picture.save(tmp, format="PNG")
+            path = self._staging(f"run{self.run_id}-validation").with_suffix(".png")
+            picture.save(path, format="PNG")
+            key = keys.validation_image(self.run_id, step, index, self.tag)
+            self.on_loop(functools.partial(self.store.put_file, key, path, move=True))
+            path.unlink(missing_ok=True)
             self.on_loop(
-                runs.add_validation_image, self.db, self.run_id, step, self.checkpoint_ids.get(step), prompt, seed,
-                self.data.rel(path),
+                runs.add_validation_image, self.db, self.run_id, step, self.checkpoint_ids.get(step), prompt, seed, key
             )
         rows = self.on_loop(runs.list_validation_images, self.db, self.run_id, step)
         if self.hooks.on_validation:

@@ -4,36 +4,47 @@ A training serves waiting generations between two optimizer steps (`between_step
 training thread pauses at a step boundary, the generations run on the same resident
 pipeline with their pets' LoRA adapters (the Generator restores the training adapter's
 state afterwards), and the training carries on. So a `/imagine` waits at most one
-optimizer step plus its own painting, never a whole training.
+optimizer step plus its own painting, never a whole training. When another worker is
+idle, the training leaves the generation to it instead of pausing.
 
-Any exception fails only its job, with a plain-words reason; the worker frees what the
-job left on the GPU and goes on with the next job.
+Every write about a job goes through its lease (storage.fencing): if the job was taken
+over by another worker while this one was frozen, nothing more is written and the job is
+dropped here. Any exception fails only its job, with a plain-words reason; the worker
+frees what the job left on the GPU and goes on with the next job.
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
-from itertools import groupby
 from collections.abc import Callable, Coroutine
+from itertools import groupby
 from typing import Any
 
-import aiosqlite
-
+from config.settings import Settings
 from engine.generation.generator import Generator, Preview
 from engine.generation.request import GenerationRequest
 from engine.generation.service import generate_and_record
 from engine.models import BaseModel
-from engine.settings import Settings
 from engine.training.hooks import TrainingHooks
 from engine.training.service import execute_run
 from engine.worker.events import PREVIEW_INTERVAL_S, PROGRESS_INTERVAL_S, LoopBridge, Throttle
 from engine.worker.failures import describe_failure, is_out_of_memory, release_memory
-from storage import jobs, runs
-from storage.files import DataDir, atomic_path
+from storage import jobs, keys, runs, workers
+from storage.db import Database
+from storage.fencing import FencedDatabase
+from storage.files import DataDir, FileStore
+from storage.job_kinds import KINDS
 from storage.runs import ValidationImage
 
 log = logging.getLogger(__name__)
+
+# The function that runs each job kind (storage.job_kinds is the registry of kinds).
+RUNNERS = {"generate": "_generate", "train": "_train"}
+SERVED_BETWEEN_STEPS = tuple(kind.name for kind in KINDS.values() if kind.served_between_steps)
+# An idle worker this recently seen takes a waiting generation itself (a few heartbeats).
+IDLE_FRESH_S = 6.0
 
 
 class JobCancelled(Exception):
@@ -48,15 +59,16 @@ def _format_eta(seconds: float | None) -> str:
 
 
 class JobReporter:
-    """One job's progress, previews and milestones as job-row updates and events, from any thread."""
+    """One job's progress, previews and milestones as fenced job-row updates and events, from any thread."""
 
-    def __init__(self, db: aiosqlite.Connection, data: DataDir, job: jobs.Job, bridge: LoopBridge) -> None:
-        self.db, self.data, self.job, self.bridge = db, data, job, bridge
+    def __init__(self, db: Database, store: FileStore, job: jobs.Job, bridge: LoopBridge) -> None:
+        self.db, self.store, self.job, self.bridge = db, store, job, bridge
+        self.lease = job.lease
         self._progress = Throttle(PROGRESS_INTERVAL_S)
         self._preview = Throttle(PREVIEW_INTERVAL_S)
 
     def event(self, kind: str, data: dict[str, Any]) -> None:
-        self.bridge.submit(jobs.record_event(self.db, self.job.id, kind, data))
+        self.bridge.submit(jobs.record_job_event(self.db, self.lease, kind, data))
 
     def training_progress(self, info: Any) -> None:
         step, total = int(info.step), int(info.total)
@@ -66,7 +78,7 @@ class JobReporter:
         eta = getattr(info, "eta_s", None)
         text = f"step {step}/{total}" + (f", loss {loss:.4f}" if loss is not None else "") + _format_eta(eta)
         event = {"step": step, "total": total, "loss": loss, "eta_s": eta}
-        self.bridge.submit(jobs.set_progress(self.db, self.job.id, step / max(total, 1), text, event))
+        self.bridge.submit(jobs.set_progress(self.db, self.lease, step / max(total, 1), text, event))
 
     def checkpoint(self, step: int, checkpoint_id: int) -> None:
         self.event("checkpoint", {"step": int(step), "checkpoint_id": int(checkpoint_id)})
@@ -75,57 +87,82 @@ class JobReporter:
         rows = [{"id": image.id, "path": image.path, "prompt": image.prompt, "seed": image.seed} for image in images]
         self.event("validation", {"step": int(step), "images": rows})
 
-    def generation_step(self, step: int, total: int, preview: Preview) -> None:
+    def generation_step(self, step: int, total: int, preview: Preview, stop: Callable[[], bool]) -> None:
         """Progress and a preview at most once a second; raises JobCancelled once the job is cancelled."""
         if step < total and self._preview.ready():
-            if self.bridge.call(jobs.cancel_requested(self.db, self.job.id)):
+            if stop():
                 raise JobCancelled()
-            path = self.data.tmp_dir() / f"preview-job{self.job.id}-step{step}.png"
-            with atomic_path(path) as tmp:
-                preview().save(tmp, format="PNG")
-            self.event("preview", {"path": self.data.rel(path), "step": step, "total": total})
+            buffer = io.BytesIO()
+            preview().save(buffer, format="PNG")
+            self.bridge.submit(self._publish_preview(buffer.getvalue(), step, total))
         if self._progress.ready(force=step >= total):
             text = f"step {step}/{total}"
-            self.bridge.submit(jobs.set_progress(self.db, self.job.id, step / total, text, {"step": step, "total": total}))
+            self.bridge.submit(
+                jobs.set_progress(self.db, self.lease, step / total, text, {"step": step, "total": total})
+            )
+
+    async def _publish_preview(self, png: bytes, step: int, total: int) -> None:
+        key = keys.preview(self.job.id, step)
+        await self.store.put_bytes(key, png)
+        await jobs.record_job_event(self.db, self.lease, "preview", {"path": key, "step": step, "total": total})
 
 
 class Executor:
     """Runs jobs on one worker's resident base model."""
 
     def __init__(
-        self,
-        settings: Settings,
-        data: DataDir,
-        base: BaseModel,
-        worker_id: str,
-        db: aiosqlite.Connection,
-        side_db: aiosqlite.Connection,
+        self, settings: Settings, db: Database, store: FileStore, data: DataDir, base: BaseModel, worker_id: str
     ) -> None:
-        self.settings, self.data, self.base, self.worker_id = settings, data, base, worker_id
-        self.db, self.side_db = db, side_db
+        missing = set(KINDS) - set(RUNNERS)
+        if missing:
+            raise RuntimeError(f"no runner for job kinds {sorted(missing)}")
+        self.settings, self.db, self.store, self.data, self.base = settings, db, store, data, base
+        self.worker_id = worker_id
         self.loop = asyncio.get_running_loop()
         self.generator = Generator.from_settings(base, settings)
+        self.running: set[int] = set()
+        self.lost: set[int] = set()  # jobs whose lease another worker holds now
 
-    async def run(self, db: aiosqlite.Connection, job: jobs.Job) -> jobs.Job:
-        """Run a claimed job to its end and record the outcome; never raises for a job's own failure."""
+    def still_held(self, beat: set[int], held: set[int]) -> None:
+        """What the heartbeat renewed (`held` of the jobs `beat` for): a job missing from it was
+        taken over elsewhere (unless it ended meanwhile)."""
+        for job_id in (beat - held) & self.running:
+            if job_id not in self.lost:
+                log.warning("job #%s was given to another worker (this one was silent too long); stopping it", job_id)
+            self.lost.add(job_id)
+
+    async def run(self, job: jobs.Job) -> jobs.Job | None:
+        """Run a claimed job to its end and record the outcome (None: it moved to another worker).
+
+        Never raises for a job's own failure."""
         bridge = LoopBridge(self.loop)
-        reporter = JobReporter(db, self.data, job, bridge)
+        reporter = JobReporter(self.db, self.store, job, bridge)
+        fenced = FencedDatabase(self.db, job.lease)
+        self.running.add(job.id)
         log.info("job #%s (%s) started, attempt %s", job.id, job.kind, job.attempts)
         try:
-            if job.kind == "generate":
-                status, result, error = await self._generate(db, job, reporter)
-            elif job.kind == "train":
-                status, result, error = await self._train(db, job, reporter)
-            else:
-                raise ValueError(f"this worker does not run {job.kind!r} jobs")
+            runner = getattr(self, RUNNERS[job.kind])
+            status, result, error = await runner(fenced, job, reporter)
         except JobCancelled:
             status, result, error = "cancelled", None, None
+        except jobs.LeaseLost:
+            self.lost.add(job.id)
         except Exception as exc:
             log.exception("job #%s (%s) failed", job.id, job.kind)
             status, result, error = "failed", None, describe_failure(job.kind, exc)
             self._free_after_failure(job, exc)
+        finally:
+            self.running.discard(job.id)
         await bridge.flush()
-        finished = await jobs.finish_job(db, job.id, status, result, error)
+        if job.id in self.lost:
+            log.warning("job #%s (%s) dropped: another worker runs it now; nothing more was recorded here", job.id, job.kind)
+            return None
+        try:
+            finished = await jobs.finish_job(self.db, job.lease, status, result, error)
+        except jobs.LeaseLost:
+            log.warning("job #%s (%s) finished here after another worker took it over; its result is dropped",
+                        job.id, job.kind)
+            return None
         log.info("job #%s (%s) %s%s", job.id, job.kind, status, f": {error}" if error else "")
         return finished
 
@@ -137,17 +174,25 @@ class Executor:
                 self.generator.loras.evict(checkpoint_id)
         release_memory(self.base, adapters)
 
-    async def _generate(self, db: aiosqlite.Connection, job: jobs.Job, reporter: JobReporter):
+    def _stopped(self, job_id: int) -> bool:
+        """From an engine thread: was the job cancelled, or did it move to another worker?"""
+        return job_id in self.lost or bool(self._call(jobs.cancel_requested(self.db, job_id)))
+
+    async def _generate(self, db: FencedDatabase, job: jobs.Job, reporter: JobReporter):
         request = GenerationRequest.from_dict(job.payload["request"])
+
+        def on_step(step: int, total: int, preview: Preview) -> None:
+            reporter.generation_step(step, total, preview, lambda: self._stopped(job.id))
+
         outcome = await generate_and_record(
-            db, self.data, self.generator, request, job.guild_id, job.user_id, on_step=reporter.generation_step
+            db, self.store, self.data, self.generator, request, job.guild_id, job.user_id, on_step=on_step
         )
-        await jobs.set_links(db, job.id, generation_id=outcome.generation_id)
+        await jobs.set_links(self.db, job.lease, generation_id=outcome.generation_id)
         return "succeeded", outcome.to_result(), None
 
-    async def _train(self, db: aiosqlite.Connection, job: jobs.Job, reporter: JobReporter):
+    async def _train(self, db: FencedDatabase, job: jobs.Job, reporter: JobReporter):
         run_id = int(job.payload["run_id"])
-        await jobs.set_links(db, job.id, run_id=run_id)
+        await jobs.set_links(self.db, job.lease, run_id=run_id)
         run = await runs.get_run(db, run_id)
         if run is not None and run.status == "succeeded":
             # The worker died after the run ended but before the job did: nothing left to do.
@@ -160,12 +205,12 @@ class Executor:
             on_progress=reporter.training_progress,
             on_checkpoint=reporter.checkpoint,
             on_validation=reporter.validation,
-            should_cancel=lambda: self._cancel_requested(job.id),
+            should_cancel=lambda: self._stopped(job.id),
             between_steps=self._between_steps,
         )
         self.generator.release_graphs()  # the training plans its mode from the free memory
         try:
-            outcome = await execute_run(db, self.data, self.base, run_id, hooks)
+            outcome = await execute_run(db, self.store, self.data, self.base, run_id, hooks)
         finally:
             release_memory(self.base, (f"train-{run_id}",))
         result = {"run_id": run_id, "status": outcome.status, "step": outcome.step}
@@ -176,15 +221,17 @@ class Executor:
     def _call(self, coro: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
-    def _cancel_requested(self, job_id: int) -> bool:
-        return bool(self._call(jobs.cancel_requested(self.side_db, job_id)))
-
     def _between_steps(self, make_room: Callable[[], None]) -> None:
         """Serve every waiting generation now, on the same resident pipeline, then let training go on."""
-        if self._call(jobs.has_queued(self.side_db, "generate")):
+        if self._call(self._should_serve()):
             make_room()
             self._call(self._serve_generations())
 
+    async def _should_serve(self) -> bool:
+        if not await jobs.has_queued(self.db, SERVED_BETWEEN_STEPS):
+            return False
+        return await workers.idle_others(self.db, self.worker_id, IDLE_FRESH_S) == 0
+
     async def _serve_generations(self) -> None:
-        while (job := await jobs.claim_next_job(self.side_db, self.worker_id, kinds=("generate",))) is not None:
-            await self.run(self.side_db, job)
+        while (job := await jobs.claim_next_job(self.db, self.worker_id, kinds=SERVED_BETWEEN_STEPS)) is not None:
+            await self.run(job)

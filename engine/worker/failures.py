@@ -8,15 +8,9 @@ import logging
 import torch
 
 from engine.models import BaseModel
+from storage.job_kinds import job_kind
 
 log = logging.getLogger(__name__)
-
-_SUGGESTIONS = {
-    "train": "try again when the GPU is less busy, or with PAWTRAIT_TRAIN_MODE=lean (gradient checkpointing) or a lower rank",
-    "generate": "try fewer images per request, a smaller size, or again once the training on this GPU has finished",
-    "class_images": "try again when the GPU is less busy, or with fewer class images",
-}
-_WHAT = {"train": "training", "generate": "painting", "class_images": "making class images"}
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -28,12 +22,12 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 def describe_failure(kind: str, error: BaseException) -> str:
     """One or two sentences for the user: what went wrong and what to do about it."""
-    what = _WHAT.get(kind, kind)
+    spec = job_kind(kind)
     if is_out_of_memory(error):
-        return f"ran out of GPU memory while {what}; {_SUGGESTIONS.get(kind, 'try smaller settings')}"
+        return f"ran out of GPU memory while {spec.doing}; {spec.out_of_memory_advice}"
     if isinstance(error, ValueError) and str(error):
         return str(error)  # the engines' input errors are written for users already
-    return f"{what} failed: {type(error).__name__}: {error}"
+    return f"{spec.doing} failed: {type(error).__name__}: {error}"
 
 
 def release_memory(base: BaseModel, adapters: tuple[str, ...] = ()) -> None:

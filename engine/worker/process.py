@@ -1,9 +1,14 @@
-"""The worker process: `python -m engine.worker [--gpu N]`.
+"""The worker process: `python -m engine.worker [--gpu N]`, one per GPU, on any number of hosts.
 
-It loads the base model once, gives back the jobs of workers that died, then lets its
-scheduler claim and run jobs one at a time until it is told to stop. SIGTERM / SIGINT
-hand a running job back to the queue (a training resumes from its latest checkpoint) and
-exit at once, instead of waiting minutes for the training to end.
+It loads the base model once, gives back the jobs of workers that died, then claims and
+runs jobs one at a time until it is told to stop. An idle worker sleeps until a job is
+queued (PostgreSQL LISTEN/NOTIFY, or a short poll on SQLite; storage.wakeup) and compiles
+the generator ahead meanwhile. SIGTERM / SIGINT hand a running job back to the queue (a
+training resumes from its latest checkpoint) and exit at once, instead of waiting minutes
+for the training to end.
+
+Every host points at the same database and file store; the worker's own data folder is
+a cache (downloaded photos and LoRAs, compiled code) and a place for temporary files.
 """
 
 from __future__ import annotations
@@ -16,18 +21,23 @@ import signal
 import sys
 from collections.abc import Sequence
 
-import aiosqlite
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-from engine.settings import Settings, SettingsError
+from config.settings import Settings, SettingsError
 from engine.worker import chores
 from engine.worker.recovery import make_worker_id, recover_orphans
 from engine.worker.scheduler import build_scheduler
-from storage import jobs
-from storage.db import connect
-from storage.files import DataDir
+from storage import jobs, workers
+from storage.connect import open_storage
+from storage.db import Database
+from storage.files import DataDir, FileStore
+from storage.wakeup import Wakeup, open_wakeup
 
 log = logging.getLogger(__name__)
+
+# An idle worker looks at the queue at least this often even without a wake-up: a
+# notification sent while its listening connection was down is lost.
+CATCH_UP_S = 2.0
 
 
 class Worker:
@@ -37,61 +47,78 @@ class Worker:
         self.settings = settings
         self.gpu = gpu
         self.data = DataDir(settings.data_dir)
-        self.worker_id = make_worker_id(gpu)
+        self.worker_id = make_worker_id(settings.host_id, gpu)
         self.stopped = asyncio.Event()
         self._stopping = False
-        # Separate connections, so a chore or a generation served between training steps
-        # never opens a transaction inside one the main job has open.
-        self.db: aiosqlite.Connection | None = None
-        self.side_db: aiosqlite.Connection | None = None
-        self.chore_db: aiosqlite.Connection | None = None
+        self.db: Database | None = None
+        self.store: FileStore | None = None
+        self.wakeup: Wakeup | None = None
         self.scheduler: AsyncIOScheduler | None = None
+        self._loop_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         from engine.models import load_base_model
         from engine.worker.executor import Executor
 
-        self.db = await connect(self.settings.db_path)
-        self.side_db = await connect(self.settings.db_path)
-        self.chore_db = await connect(self.settings.db_path)
-        await recover_orphans(self.chore_db, self.settings, self.worker_id)
+        self.db, self.store = await open_storage(self.settings)
+        device = f"gpu{self.gpu}" if self.gpu is not None else self.settings.device
+        await workers.register(self.db, self.worker_id, self.settings.host_id, device)
+        await recover_orphans(self.db, self.settings, self.worker_id)
         log.info("worker %s: loading %s", self.worker_id, self.settings.model)
         base = await asyncio.to_thread(load_base_model, self.settings, self.gpu)
         if self._stopping:
             return  # told to stop while loading: nothing was claimed yet
-        self.executor = Executor(self.settings, self.data, base, self.worker_id, self.db, self.side_db)
+        self.executor = Executor(self.settings, self.db, self.store, self.data, base, self.worker_id)
+        self.wakeup = open_wakeup(self.db)
         retention = self._retention if self.settings.keep_generations_days > 0 else None
-        self.scheduler = build_scheduler(self._work, self._heartbeat, self._recover, self._clean_tmp, retention)
+        self.scheduler = build_scheduler(self._heartbeat, self._recover, self._clean_tmp, self._sweep, retention)
         self.scheduler.start()
+        self._loop_task = asyncio.create_task(self._work(), name="pawtrait-gpu-loop")
         log.info("worker %s ready on %s", self.worker_id, base.device)
 
     async def _work(self) -> None:
-        """Drain the queue: claim the next job by the queue policy and run it, until none is left.
-
-        With the queue empty, compile the generator's next block variant (a few seconds at most)
-        and look again: pictures get faster in idle time, and no job waits for the compiler."""
+        """Claim the next job by the queue policy and run it; with the queue empty, compile the
+        generator's next block variant (a few seconds at most) or sleep until woken."""
+        assert self.db is not None and self.wakeup is not None
         while not self._stopping:
-            job = await jobs.claim_next_job(self.db, self.worker_id)
-            if job is None:
+            try:
+                self.wakeup.clear()
+                job = await jobs.claim_next_job(self.db, self.worker_id)
+                if job is not None:
+                    await workers.set_state(self.db, self.worker_id, "busy", job.id)
+                    await self.executor.run(job)
+                    continue
                 if await asyncio.to_thread(self.executor.generator.compile_ahead):
                     continue
-                return
-            await self.executor.run(self.db, job)
+                await workers.set_state(self.db, self.worker_id, "idle")
+                await self.wakeup.wait(CATCH_UP_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - e.g. the database restarting: wait and look again
+                log.exception("worker %s: the job loop failed; trying again", self.worker_id)
+                await asyncio.sleep(1.0)
 
     async def _heartbeat(self) -> None:
-        await jobs.heartbeat(self.chore_db, self.worker_id)
+        running = set(self.executor.running)
+        self.executor.still_held(running, await jobs.heartbeat(self.db, self.worker_id, running))
+        await workers.beat(self.db, self.worker_id)
 
     async def _recover(self) -> None:
-        await recover_orphans(self.chore_db, self.settings, self.worker_id)
+        await recover_orphans(self.db, self.settings, self.worker_id)
+        await workers.prune(self.db, silent_s=3600.0)
 
     async def _clean_tmp(self) -> None:
-        removed = await asyncio.to_thread(chores.clean_tmp, self.data)
+        removed = await asyncio.to_thread(chores.clean_local_tmp, self.data)
+        removed += await chores.clean_store_tmp(self.store)
         if removed:
             log.info("removed %d expired temporary files", removed)
 
+    async def _sweep(self) -> None:
+        await chores.sweep(self.db, self.store)
+
     async def _retention(self) -> None:
-        await chores.prune_generations(self.chore_db, self.data, self.settings.keep_generations_days)
-        await chores.prune_events(self.chore_db)
+        await chores.prune_generations(self.db, self.store, self.settings.keep_generations_days)
+        await chores.prune_events(self.db)
 
     async def stop(self) -> None:
         """Hand running jobs back to the queue and end the process without waiting for them.
@@ -104,21 +131,25 @@ class Worker:
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
         released = False
-        if self.chore_db is not None:
-            for job in await jobs.running_jobs(self.chore_db):
-                if job.worker_id == self.worker_id:
-                    await jobs.release_job(self.chore_db, job.id, self.worker_id)
+        if self.db is not None:
+            for running in await jobs.running_jobs(self.db):
+                if running.job.worker_id == self.worker_id:
+                    await jobs.release_job(self.db, running.job.lease)
                     released = True
+            await workers.forget(self.db, self.worker_id)
         if released:
             # The job's torch thread cannot be interrupted; the queue already has the job back.
             logging.shutdown()
             os._exit(0)
+        if self._loop_task is not None:
+            self._loop_task.cancel()
         self.stopped.set()
 
     async def close(self) -> None:
-        for connection in (self.db, self.side_db, self.chore_db):
-            if connection is not None:
-                await connection.close()
+        if self.wakeup is not None:
+            await self.wakeup.close()
+        if self.db is not None:
+            await self.db.close()
 
 
 async def run_worker(settings: Settings, gpu: int | None = None) -> int:

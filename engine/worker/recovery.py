@@ -1,36 +1,34 @@
 """Giving back the jobs of workers that died, so a crash loses at most the work since the last checkpoint.
 
-A worker's id names its host and process id. A running job whose worker process is gone
-(same host, pid no longer alive) is requeued at once; one whose worker is on another host
-or otherwise silent is requeued once its heartbeat is older than `STALE_AFTER_S`. The
-training run then resumes from its latest checkpoint when the job runs again. Each claim
-counts as an attempt, so a job that keeps killing its worker fails after
-`settings.max_job_attempts` with the reason kept.
+A worker's id names its host, process and a random boot id ('host:pid:gpu0:3fa9c1'): the
+boot id tells a restarted container (same host name, same pid) from the worker it replaces.
+A running job whose worker process is gone (same host, pid no longer alive) is requeued at
+once; one whose worker is on another host, or silent, is requeued once its heartbeat is
+older than `settings.worker_timeout_s` on the database's clock. The training then resumes
+from its latest checkpoint wherever it runs next, and the silent worker, should it wake
+up, finds its writes fenced off (storage.jobs.LeaseLost). Each claim counts as an attempt,
+so a job that keeps killing its worker fails after `settings.max_job_attempts` tries.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import socket
+import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
-import aiosqlite
-
-from engine.settings import Settings
+from config.settings import Settings
 from storage import jobs
+from storage.db import Queries
 
 log = logging.getLogger(__name__)
 
-# Workers beat every few seconds even while a training step runs (the step runs in a
-# thread); two minutes of silence means the process is hung or its machine is gone.
-STALE_AFTER_S = 120.0
 
-
-def make_worker_id(gpu: int | None) -> str:
-    """'host:pid:gpuN' (or ':cpu'): unique among live workers, and enough to tell whether one died."""
+def make_worker_id(host_id: str, gpu: int | None) -> str:
+    """'host:pid:gpuN:boot' (or ':cpu:'): unique among all workers ever started."""
     where = f"gpu{gpu}" if gpu is not None else "cpu"
-    return f"{socket.gethostname()}:{os.getpid()}:{where}"
+    return f"{host_id}:{os.getpid()}:{where}:{secrets.token_hex(3)}"
 
 
 def process_alive(pid: int) -> bool:
@@ -49,29 +47,40 @@ def process_alive(pid: int) -> bool:
         return True
 
 
-def why_gone(worker_id: str | None, heartbeat_age_s: float | None, own_id: str) -> str | None:
-    """The reason a running job's worker is gone, or None while it may still be working."""
-    if worker_id is None:
-        return "it was running without a worker"
+@dataclass(frozen=True)
+class Gone:
+    reason: str
+    silent: bool  # judged by its silence alone (it may still beat before we act)
+
+
+def why_gone(worker_id: str, silent_s: float | None, own_id: str, host_id: str, timeout_s: float) -> Gone | None:
+    """Why a running job's worker is gone, or None while it may still be working."""
     if worker_id == own_id:
         return None
     host, _, rest = worker_id.partition(":")
     pid_text = rest.partition(":")[0]
-    if host == socket.gethostname() and pid_text.isdigit() and not process_alive(int(pid_text)):
-        return "its worker process stopped while running it"
-    if heartbeat_age_s is None or heartbeat_age_s > STALE_AFTER_S:
-        return f"its worker went silent for more than {STALE_AFTER_S:.0f} s"
+    if host == host_id and pid_text.isdigit() and not process_alive(int(pid_text)):
+        return Gone("its worker process stopped while running it", silent=False)
+    if silent_s is None or silent_s > timeout_s:
+        return Gone(f"its worker went silent for more than {timeout_s:.0f} s", silent=True)
     return None
 
 
-async def recover_orphans(db: aiosqlite.Connection, settings: Settings, own_id: str) -> list[jobs.Job]:
+async def recover_orphans(db: Queries, settings: Settings, own_id: str) -> list[jobs.Job]:
     """Requeue (or fail, after too many tries) every running job whose worker is gone; returns them."""
     recovered = []
-    for job in await jobs.running_jobs(db):
-        reason = why_gone(job.worker_id, await jobs.heartbeat_age_s(db, job.id), own_id)
-        if reason is None:
+    for running in await jobs.running_jobs(db):
+        job = running.job
+        gone = why_gone(job.lease.worker_id, running.silent_s, own_id, settings.host_id, settings.worker_timeout_s)
+        if gone is None:
             continue
-        after = await jobs.requeue_or_fail(db, job.id, job.worker_id, settings.max_job_attempts, reason)
-        log.warning("job #%s (%s): %s; now %s", job.id, job.kind, reason, after.status)
-        recovered.append(after)
+        # A worker judged by its silence keeps the job if it beat meanwhile: checked again, on
+        # the database's clock, in the transaction that would requeue it.
+        after = await jobs.requeue_or_fail(
+            db, job.lease, settings.max_job_attempts, gone.reason,
+            silent_for_s=settings.worker_timeout_s if gone.silent else None,
+        )
+        if after.status != "running" or after.attempts != job.attempts:
+            log.warning("job #%s (%s): %s; now %s", job.id, job.kind, gone.reason, after.status)
+            recovered.append(after)
     return recovered

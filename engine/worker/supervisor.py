@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from engine.settings import Settings
+from config.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -8,6 +8,8 @@ deployment should fail loudly at once, not half way through a training run.
 from __future__ import annotations
 
 import os
+import re
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,15 +44,25 @@ def read(
     default: T,
     parse: Callable[[str], T],
     allowed: str,
+    *,
+    shown: Callable[[str], str] = repr,
 ) -> T:
-    """One variable: missing or empty gives `default`, otherwise `parse` must accept it."""
+    """One variable: missing or empty gives `default`, otherwise `parse` must accept it.
+
+    `shown` writes the bad value into the error (URLs: without their password).
+    """
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
     try:
         return parse(raw.strip())
     except (ValueError, TypeError):
-        raise SettingsError(f"{name}={raw!r} is not valid: expected {allowed}") from None
+        raise SettingsError(f"{name}={shown(raw)} is not valid: expected {allowed}") from None
+
+
+def without_password(raw: str) -> str:
+    """repr() of a URL with the password of any user:password@ part replaced by ***."""
+    return repr(re.sub(r"(://[^/@:]*:).*@", r"\1***@", raw))  # to the last '@': passwords may hold '@' or '/'
 
 
 def positive_int(raw: str) -> int:
@@ -107,11 +119,16 @@ class Settings:
     workers: str = "auto"
     max_job_attempts: int = 3
     keep_generations_days: int = 0
+    database: str | None = field(default=None, repr=False)  # None: the SQLite file in the data folder; has a password
+    files: str | None = None  # None: the data folder itself
+    host_id: str = field(default_factory=socket.gethostname)
+    worker_timeout_s: float = 20.0
     extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
-    def db_path(self) -> Path:
-        return self.data_dir / "pawtrait.db"
+    def database_url(self) -> str:
+        """PAWTRAIT_DATABASE_URL, or the SQLite file `pawtrait.db` in the data folder."""
+        return self.database or f"sqlite:///{(self.data_dir / 'pawtrait.db').resolve()}"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -147,6 +164,21 @@ class Settings:
             keep_generations_days=read(
                 env, "PAWTRAIT_KEEP_GENERATIONS_DAYS", 0, non_negative_int, "a whole number of days (0 = forever)"
             ),
+            database=read(
+                env, "PAWTRAIT_DATABASE_URL", None, _database_url,
+                "empty (the SQLite file in the data folder), sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DATABASE",
+                shown=without_password,
+            ),
+            files=read(
+                env, "PAWTRAIT_FILES_URL", None, _files_url,
+                "empty (the data folder) or s3://BUCKET/PREFIX (with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY "
+                "and, for other providers than AWS, AWS_ENDPOINT_URL)",
+                shown=without_password,
+            ),
+            host_id=read(env, "PAWTRAIT_HOST_ID", socket.gethostname(), _host_id, "a name without spaces or ':'"),
+            worker_timeout_s=read(
+                env, "PAWTRAIT_WORKER_TIMEOUT_S", 20.0, _timeout, "seconds from 3 to 3600 (e.g. 20)"
+            ),
             extra=dict(env),
         )
 
@@ -165,6 +197,33 @@ def _guidance_interval(raw: str) -> tuple[float, float] | None:
     if not 0 <= low < high:
         raise ValueError(raw)
     return low, high
+
+
+def _database_url(raw: str) -> str:
+    scheme = raw.partition(":")[0].lower()
+    if scheme.split("+")[0] not in ("sqlite", "postgresql", "postgres") or "://" not in raw:
+        raise ValueError(raw)
+    return raw
+
+
+def _files_url(raw: str) -> str:
+    bucket = raw.removeprefix("s3://").partition("/")[0]
+    if not raw.startswith("s3://") or not bucket or "@" in bucket:  # keys belong in AWS_* variables
+        raise ValueError(raw)
+    return raw
+
+
+def _host_id(raw: str) -> str:
+    if any(c.isspace() or c == ":" for c in raw):
+        raise ValueError(raw)
+    return raw
+
+
+def _timeout(raw: str) -> float:
+    value = float(raw)
+    if not 3 <= value <= 3600:
+        raise ValueError(raw)
+    return value
 
 
 def _resolution(raw: str) -> int:

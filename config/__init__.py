@@ -1,0 +1,1 @@
+"""Configuration shared by every layer (bot, engine, storage, CLI): it imports none of them."""
