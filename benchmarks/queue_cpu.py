@@ -60,6 +60,7 @@ class Installation:
 
     def __init__(self, mode: str, work: Path, model: Path, servers: dict) -> None:
         self.mode, self.work, self.model = mode, work, model
+        work.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "PAWTRAIT_MODEL": str(model), "PAWTRAIT_VAE": "", "PAWTRAIT_DEVICE": "cpu",
                     "PAWTRAIT_RESOLUTION": "64", "OMP_NUM_THREADS": "1", "PAWTRAIT_DATA_DIR": str(work / "data"),
                     "PAWTRAIT_MAX_QUEUED_GENERATIONS": "100000", "PAWTRAIT_MAX_QUEUED_TRAININGS": "1000"}
@@ -195,20 +196,23 @@ from storage.db import open_database
 async def main():
     db = await open_database(sys.argv[1])
     worker, done = f"drain:{os.getpid()}", 0
+    while not os.path.exists(sys.argv[2]):  # all processes start draining together
+        time.sleep(0.001)
+    started = time.time()
     while True:
         job = await jobs.claim_next_job(db, worker)
         if job is None:
             break
         await jobs.finish_job(db, job.lease, "succeeded", {"files": []})
         done += 1
-    print(done)
+    print(done, started, time.time())
     await db.close()
 
 asyncio.run(main())
 """
 
 
-async def throughput(url: str, settings: Settings, jobs_count: int, processes: int) -> dict:
+async def throughput(url: str, work: Path, jobs_count: int, processes: int) -> dict:
     from sqlalchemy import insert
 
     from storage.db import open_database
@@ -217,14 +221,18 @@ async def throughput(url: str, settings: Settings, jobs_count: int, processes: i
 
     db = await open_database(url)
     rows = [dict(kind="generate", status="queued", guild_id="local", user_id=f"u{i}", payload='{"request":{}}',
-                 progress=0, attempts=0, cancel_requested=0, created_at=utc_now()) for i in range(jobs_count)]
-    await db.execute(insert(jobs_table), rows)
+                 progress=0, attempts=0, cancel_requested=0) for i in range(jobs_count)]
+    await db.execute(insert(jobs_table).values(created_at=utc_now()), rows)
     await db.close()
-    started = time.perf_counter()
-    drains = [subprocess.Popen([sys.executable, "-c", DRAIN, url], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-                               stdout=subprocess.PIPE, text=True) for _ in range(processes)]
-    done = sum(int(process.communicate()[0].strip().splitlines()[-1]) for process in drains)
-    seconds = time.perf_counter() - started  # includes each process's start (imports, connecting): a lower bound
+    go = work / "go"
+    drains = [subprocess.Popen([sys.executable, "-c", DRAIN, url, str(go)], cwd=REPO,
+                               env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True)
+              for _ in range(processes)]
+    await asyncio.sleep(8.0)  # every process has imported and connected
+    go.touch()
+    reports = [process.communicate()[0].strip().splitlines()[-1].split() for process in drains]
+    done = sum(int(report[0]) for report in reports)
+    seconds = max(float(report[2]) for report in reports) - min(float(report[1]) for report in reports)
     assert done == jobs_count, (done, jobs_count)
     return {"jobs": done, "processes": processes, "seconds": seconds, "per_s": done / seconds}
 
@@ -261,11 +269,12 @@ async def failover(installation: Installation, trials: int) -> list[dict]:
         if spare not in hosts or hosts[spare].poll() is not None:
             hosts[spare] = installation.worker(spare)
             await ready(db, 1)
-        progress = [e.data["step"] for e in await jobs.events_after(db, jobs.START, [job.id]) if e.kind == "progress"]
         hosts[owner].send_signal(signal.SIGKILL)
         killed = time.monotonic()
-        last_step = progress[-1] if progress else 0
+        # The step reached: the newer of the last reported progress (reported once a second) and checkpoint.
+        progress = [e.data["step"] for e in await jobs.events_after(db, jobs.START, [job.id]) if e.kind == "progress"]
         resumed_from = (await runs.list_checkpoints(db, run_id))[-1].step
+        last_step = max(progress[-1] if progress else 0, resumed_from)
 
         async def restarted(job_id: int = job.id):
             starts = [e for e in await jobs.events_after(db, jobs.START, [job_id]) if e.kind == "started"]
@@ -448,7 +457,7 @@ def main() -> int:
                 for processes in (1, 2, 4):
                     installation = Installation(mode, work / f"throughput-{mode}-{processes}", model, servers)
                     url = installation.settings.database_url
-                    rows.append({"mode": mode, **asyncio.run(throughput(url, installation.settings, args.jobs, processes))})
+                    rows.append({"mode": mode, **asyncio.run(throughput(url, installation.work, args.jobs, processes))})
                     print("throughput", rows[-1], flush=True)
             results["phases"]["throughput"] = rows
             save()

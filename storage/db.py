@@ -43,6 +43,7 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 # How long a statement keeps retrying while the database is unreachable (a PostgreSQL
 # restart or failover takes seconds; a worker should ride it out, not fail its training).
 RECONNECT_WITHIN_S = 90.0
+IDLE_IN_TRANSACTION_MS = 5000
 _MIGRATED: set[str] = set()
 
 
@@ -260,7 +261,16 @@ def create_engine(url: str) -> AsyncEngine:
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     # pre-ping: a pooled connection that died with a PostgreSQL restart is replaced before use.
-    return create_async_engine(target, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    return create_async_engine(target, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args={
+        "server_settings": {
+            "application_name": "pawtrait",
+            # Pawtrait's transactions take milliseconds. One left open by a process that froze
+            # (SIGSTOP, a suspended VM) would hold its row locks, and the committed-events horizon,
+            # until it woke up; the server ends such a session instead, and the process, once
+            # awake, finds its connection gone and its job taken over.
+            "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS),
+        },
+    })
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:

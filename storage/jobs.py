@@ -51,6 +51,10 @@ class JobNotFound(LookupError):
 class LeaseLost(RuntimeError):
     """The job is no longer this worker's (requeued after it went silent, then claimed again)."""
 
+    @classmethod
+    def of(cls, lease: "JobLease") -> "LeaseLost":
+        return cls(f"job #{lease.job_id} attempt {lease.attempt} is no longer {lease.worker_id}'s")
+
 
 @dataclass(frozen=True)
 class JobLease:
@@ -422,7 +426,19 @@ async def check_lease(db: Queries, lease: JobLease) -> None:
     row stays locked until it ends, so nobody can requeue the job between this check and the write."""
     held = await db.scalar(select(jobs.c.id).where(_held(lease)).with_for_update())
     if held is None:
-        raise LeaseLost(f"job #{lease.job_id} attempt {lease.attempt} is no longer {lease.worker_id}'s")
+        raise LeaseLost.of(lease)
+
+
+async def _update_held(db: Queries, lease: JobLease, **values: Any) -> Job:
+    """UPDATE the job only while the lease holds (LeaseLost otherwise); returns the row as written.
+
+    One statement checks and writes: on PostgreSQL the row stays locked until the transaction
+    ends, so nobody can requeue the job between this write and the rest of the transaction.
+    """
+    row = await db.one(update(jobs).where(_held(lease)).values(**values).returning(*jobs.c))
+    if row is None:
+        raise LeaseLost.of(lease)
+    return _job(row)  # type: ignore[return-value]
 
 
 @retry_on_disconnect
@@ -431,11 +447,7 @@ async def set_progress(
 ) -> None:
     """Update the job row (what a late subscriber reads) and, if given, append a progress event."""
     async with db.transaction() as tx:
-        await check_lease(tx, lease)
-        await tx.execute(
-            update(jobs).where(jobs.c.id == lease.job_id)
-            .values(progress=min(1.0, max(0.0, progress)), progress_text=text)
-        )
+        await _update_held(tx, lease, progress=min(1.0, max(0.0, progress)), progress_text=text)
         if event is not None:
             await record_event(tx, lease.job_id, "progress", event)
 
@@ -451,14 +463,10 @@ async def record_job_event(db: Queries, lease: JobLease, kind: str, data: Mappin
 @retry_on_disconnect
 async def set_links(db: Queries, lease: JobLease, run_id: int | None = None, generation_id: int | None = None) -> None:
     """Point the job at the training run or generation it produced."""
-    async with db.transaction() as tx:
-        await check_lease(tx, lease)
-        await tx.execute(
-            update(jobs).where(jobs.c.id == lease.job_id).values(
-                run_id=func.coalesce(run_id, jobs.c.run_id),
-                generation_id=func.coalesce(generation_id, jobs.c.generation_id),
-            )
-        )
+    await _update_held(
+        db, lease, run_id=func.coalesce(run_id, jobs.c.run_id),
+        generation_id=func.coalesce(generation_id, jobs.c.generation_id),
+    )
 
 
 @retry_on_disconnect
@@ -476,20 +484,19 @@ async def finish_job(
     if status not in ENDED:
         raise ValueError(f"a job ends as one of {', '.join(ENDED)}, not {status!r}")
     event = {"succeeded": "finished", "failed": "failed", "cancelled": "cancelled"}[status]
+    values: dict[str, Any] = {
+        "status": status, "result": _dumps(result) if result is not None else None, "error": error,
+        "finished_at": utc_now(),
+    }
+    if status == "succeeded":
+        values["progress"] = 1.0
     async with db.transaction() as tx:
-        await check_lease(tx, lease)
-        values: dict[str, Any] = {
-            "status": status, "result": _dumps(result) if result is not None else None, "error": error,
-            "finished_at": utc_now(),
-        }
-        if status == "succeeded":
-            values["progress"] = 1.0
-        await tx.execute(update(jobs).where(jobs.c.id == lease.job_id).values(**values))
+        finished = await _update_held(tx, lease, **values)
         data: dict[str, Any] = dict(result or {})
         if error:
             data["error"] = error
         await record_event(tx, lease.job_id, event, data)
-    return await _one_job(db, lease.job_id)
+    return finished
 
 
 @dataclass(frozen=True)

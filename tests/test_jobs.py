@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -399,6 +400,32 @@ async def test_a_job_whose_worker_beats_is_left_alone_a_silent_one_is_requeued(d
     assert await jobs.heartbeat(db, "w2", [job.id]) == {job.id}
     assert (await jobs.requeue_or_fail(db, unknown, 3, "silent", silent_for_s=60)).status == "queued"
     assert (await jobs.get_job(db, job.id)).status == "running"
+
+
+async def test_a_worker_frozen_inside_a_transaction_does_not_block_the_takeover(
+    pools, db, settings: Settings, mode: str
+) -> None:
+    """A worker frozen (SIGSTOP, a suspended VM) in the middle of a write holds the job row's lock;
+    PostgreSQL ends that session after a few seconds, so the sweep still requeues the job and
+    other writers (and event readers) go on. SQLite runs on one host, where this cannot happen
+    to one process alone."""
+    if mode == "embedded":
+        pytest.skip("one SQLite writer at a time on one host: a frozen process freezes the host's queue too")
+    job = await _submit(db, settings)
+    frozen, sweeper = pools[0], pools[1]
+    lease = (await jobs.claim_next_job(frozen, "w1")).lease
+    stuck = frozen.transaction()
+    tx = await stuck.__aenter__()
+    await jobs.check_lease(tx, lease)  # holds the row lock, then goes quiet inside the transaction
+    await sweeper.execute(update(jobs_table).where(jobs_table.c.id == job.id).values(heartbeat_at=utc_now_minus(600)))
+    started = time.monotonic()
+    requeued = await asyncio.wait_for(jobs.requeue_or_fail(sweeper, lease, 3, "silent", silent_for_s=60), 30)
+    assert requeued.status == "queued" and time.monotonic() - started < 15
+    with pytest.raises(Exception):
+        await tx.execute(select(jobs_table.c.id))  # woken up: its session was ended by the server
+    with pytest.raises(Exception):
+        await stuck.__aexit__(None, None, None)
+    assert [e.kind for e in await all_events(sweeper, job.id)][-1] == "queued"
 
 
 async def test_a_stopped_worker_hands_its_job_back_without_using_an_attempt(db, settings: Settings) -> None:

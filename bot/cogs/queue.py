@@ -10,18 +10,10 @@ from discord.ext import commands
 
 from bot.checks import UserError, guild_key, is_manager
 from bot.formatting import duration
-from storage.jobs import Job, estimate_wait_s, get_job, list_jobs, queue_position, request_cancel
+from storage.jobs import estimate_wait_s, get_job, list_jobs, queue_position, request_cancel
 
 if TYPE_CHECKING:
     from bot.app import PawtraitBot
-
-
-def describe(job: Job) -> str:
-    if job.kind == "generate":
-        return f"🎨 `{str((job.payload.get('request') or {}).get('prompt', ''))[:60]}`"
-    if job.kind == "train":
-        return f"🏋️ training (run #{job.run_id})"
-    return "🖼️ class images"
 
 
 class Queue(commands.Cog):
@@ -41,7 +33,7 @@ class Queue(commands.Cog):
             else:
                 where = f"#{position} · starts in about {duration(await estimate_wait_s(db, job.id))}"
             mine = " ← yours" if job.user_id == str(interaction.user.id) else ""
-            lines.append(f"`job {job.id}` {describe(job)} by <@{job.user_id}> · {where}{mine}")
+            lines.append(f"`job {job.id}` {job.describe()} by <@{job.user_id}> · {where}{mine}")
         text = "\n".join(lines) if lines else "Nothing queued or running: the GPU is free."
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
 
@@ -67,7 +59,7 @@ class Queue(commands.Cog):
             raise UserError(f"Job {target.id} already ended ({target.status}).")
         updated = await request_cancel(db, target.id)
         state = "cancelled" if updated.ended else "will stop at the next step; its checkpoints are kept"
-        await interaction.response.send_message(f"⏹️ Job {target.id} ({describe(target)}) {state}.",
+        await interaction.response.send_message(f"⏹️ Job {target.id} ({target.describe()}) {state}.",
                                                 allowed_mentions=discord.AllowedMentions.none())
 
 

@@ -39,6 +39,7 @@ from engine.training.validation import render
 from storage import keys, runs
 from storage.db import Queries
 from storage.files import DataDir, FileMissing, FileStore, remove_tree
+from storage.jobs import LeaseLost
 from storage.pets import Pet, get_pet
 
 log = logging.getLogger(__name__)
@@ -98,9 +99,9 @@ async def execute_run(
             f"out of GPU memory after {session.step} of {params.steps} steps; try lean mode (--mode lean), "
             "gradient checkpointing or a lower rank"
         )
+    except LeaseLost:
+        raise  # the job moved to another worker: this one records nothing
     except Exception as failure:  # noqa: BLE001 - any failure must end as a recorded, explained run
-        if type(failure).__name__ == "LeaseLost":
-            raise  # the job moved to another worker: this one records nothing
         log.exception("training run %d failed", run_id)
         status = "failed"
         error = f"training failed after {session.step} of {params.steps} steps: {failure}"

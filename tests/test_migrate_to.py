@@ -1,0 +1,97 @@
+"""`pawtrait migrate-to`: a one-host installation moves to PostgreSQL and a bucket and keeps
+every pet, run, checkpoint and picture, which a host with an empty folder then paints from."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+import photo_samples as samples
+from cli.main import main as pawtrait
+from conftest import distributed, settings_env
+from config.settings import Settings
+from engine.generation.generator import Generator
+from engine.generation.request import GenerationRequest
+from engine.generation.service import generate_and_record
+from engine.models import load_base_model
+from engine.teach import teach_photos
+from engine.training import TrainingParams, create_run
+from engine.training.service import execute_run
+from storage import runs, transfer, workers
+from storage.connect import open_storage
+from storage.files import DataDir
+from storage.generations import get_generation
+from storage.pets import LOCAL_GUILD, find_pet, list_pets
+
+
+async def run_cli(monkeypatch: pytest.MonkeyPatch, settings: Settings, *args: str) -> int:
+    for name, value in settings_env(settings).items():
+        if name.startswith(("PAWTRAIT_", "AWS_")):
+            monkeypatch.setenv(name, value)
+    return await asyncio.to_thread(pawtrait, list(args))
+
+
+async def test_a_one_host_installation_moves_to_postgresql_and_a_bucket_and_paints_there(
+    settings: Settings, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    # A one-host installation with a taught and trained pet and a picture of it.
+    settings = dataclasses.replace(settings, resolution=64)
+    db, store = await open_storage(settings)
+    photos = [(f"IMG_{seed}.jpg", samples.jpeg(seed)) for seed in range(3)]
+    report = await teach_photos(db, store, settings, LOCAL_GUILD, "alice", "Thor", "cat", photos, "alice")
+    run_id = await create_run(db, store, report.pet, TrainingParams(
+        steps=2, checkpoint_every=2, validate_every=2, validation_steps=1, resolution=64, gradient_accumulation=1))
+    base = load_base_model(settings)
+    outcome = await execute_run(db, store, DataDir(settings.data_dir), base, run_id)
+    assert outcome.status == "succeeded", outcome.error
+    painted = await generate_and_record(
+        db, store, DataDir(settings.data_dir), Generator.from_settings(base, settings),
+        GenerationRequest(prompt="a photo of TOK cat", pet_id=report.pet.id, steps=1, seed=3), LOCAL_GUILD, "alice",
+    )
+    await db.close()
+
+    target = distributed(dataclasses.replace(settings, data_dir=tmp_path / "new-host"), request)
+    for name, value in target.extra.items():
+        monkeypatch.setenv(name, value)
+    code = await run_cli(monkeypatch, settings, "migrate-to", "--database", target.database, "--files", target.files)
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "every file a record names is there" in out.out
+    assert target.database.split("@")[0].split(":")[-1] not in out.out + out.err  # no password printed
+
+    # A host with an empty folder, on the new storage, finds everything and paints with the pet.
+    db, store = await open_storage(target)
+    assert await transfer.missing_files(db, store) == []
+    pet = await find_pet(db, LOCAL_GUILD, "Thor")
+    assert pet is not None and pet.id == report.pet.id and pet.token == report.pet.token
+    checkpoints = await runs.list_checkpoints(db, run_id)
+    assert [c.step for c in checkpoints] == [2] and await store.exists(checkpoints[0].diffusers_key)
+    assert (await get_generation(db, painted.generation_id)).files == painted.files
+    again = await generate_and_record(
+        db, store, DataDir(target.data_dir), Generator.from_settings(load_base_model(target), target),
+        GenerationRequest(prompt="a photo of TOK cat", pet_id=pet.id, steps=1, seed=3), LOCAL_GUILD, "alice",
+    )
+    assert again.generation_id > painted.generation_id  # ids go on after the copied ones
+    assert await store.get_bytes(again.files[0]) == await store.get_bytes(painted.files[0])  # same LoRA, same pixels
+
+    # Copying into a database that already has records is refused, and nothing is changed.
+    code = await run_cli(monkeypatch, settings, "migrate-to", "--database", target.database)
+    assert code == 1 and "already has pets" in capsys.readouterr().err
+    assert len(await list_pets(db, LOCAL_GUILD)) == 1
+    await db.close()
+
+
+async def test_it_refuses_while_a_worker_runs(
+    settings: Settings, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    db, _ = await open_storage(settings)
+    await workers.register(db, "vm:1:gpu0:abc", "vm", "gpu0")
+    await db.close()
+    target = distributed(dataclasses.replace(settings, data_dir=tmp_path / "new-host"), request)
+    code = await run_cli(monkeypatch, settings, "migrate-to", "--database", target.database)
+    assert code == 1 and "Stop the bot and every worker" in capsys.readouterr().err
+    code = await run_cli(monkeypatch, settings, "migrate-to")
+    assert code == 2 and "say where to" in capsys.readouterr().err
