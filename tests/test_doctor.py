@@ -2,29 +2,20 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import asyncio
 from pathlib import Path
 
 import pytest
 
+from cli_helpers import Completed, pawtrait
 from config.settings import Settings
 from conftest import distributed, settings_env
 from services import free_port
 from storage.connect import file_store
 
-ROOT = Path(__file__).parents[1]
 
-
-def doctor(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cli.main", "doctor", *args],
-        cwd=cwd,
-        env={**env, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+def doctor(env: dict[str, str], cwd: Path, *args: str) -> Completed:
+    return pawtrait("doctor", *args, env=env, cwd=cwd)
 
 
 def line(output: str, start: str) -> str:
@@ -74,7 +65,7 @@ async def test_postgresql_and_a_bucket_are_written_and_read_back_without_printin
     settings: Settings, request: pytest.FixtureRequest, postgres_server, s3_server, tmp_path: Path
 ) -> None:
     shared = distributed(settings, request)
-    result = doctor({**settings_env(shared), "DISCORD_TOKEN": "MTIz.token"}, tmp_path)
+    result = await asyncio.to_thread(doctor, {**settings_env(shared), "DISCORD_TOKEN": "MTIz.token"}, tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
     database = line(result.stdout, "database: ")
@@ -100,7 +91,7 @@ async def test_an_unreachable_database_and_bucket_are_reported_in_plain_words(
         "PAWTRAIT_DATABASE_URL": f"postgresql://pawtrait:{password}@127.0.0.1:{db_port}/pawtrait",
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3_port}",
     }
-    result = doctor(env, tmp_path, "--for", "worker")
+    result = await asyncio.to_thread(doctor, env, tmp_path, "--for", "worker")
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert "Traceback" not in output
@@ -126,7 +117,7 @@ async def test_a_refused_login_and_a_missing_bucket_are_reported_in_plain_words(
         "PAWTRAIT_DATABASE_URL": shared.database.replace(postgres_server.password, "wrong-password"),
         "PAWTRAIT_FILES_URL": "s3://no-such-bucket/pawtrait",
     }
-    result = doctor(env, tmp_path, "--for", "worker")
+    result = await asyncio.to_thread(doctor, env, tmp_path, "--for", "worker")
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert "Traceback" not in output

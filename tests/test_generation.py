@@ -7,9 +7,8 @@ so they change the picture without any training.
 
 from __future__ import annotations
 
+import asyncio
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 from sqlalchemy import func, select
 
+from cli_helpers import pawtrait
 from engine.generation.generator import Generator, PetLora
 from engine.generation.guidance import GuidanceInterval
 from engine.generation.metadata import CHUNK, Parameters, format_parameters, parse_parameters
@@ -469,13 +469,12 @@ def test_request_round_trips_through_a_job_payload() -> None:
 
 
 async def test_cli_imagine_prints_paths_and_seeds(db, store: FileStore, settings, env, lora_files, tmp_path) -> None:
-    """A real `pawtrait imagine` process with a pet, copying to --out, at the configured resolution."""
+    """`pawtrait imagine` with a pet, copying to --out, at the configured resolution."""
     pet = await add_trained_pet(db, store, "Thor", lora_files[0])
     out = tmp_path / "out"
-    completed = subprocess.run(
-        [sys.executable, "-m", "cli.main", "imagine", "a photo of TOK cat", "--pet", "thor", "--steps", "2",
-         "--seed", "5", "--negative", "dark", "--out", str(out)],
-        env=env, capture_output=True, text=True, timeout=240, cwd=Path(__file__).resolve().parents[1],
+    completed = await asyncio.to_thread(
+        pawtrait, "imagine", "a photo of TOK cat", "--pet", "thor", "--steps", "2", "--seed", "5",
+        "--negative", "dark", "--out", str(out), env=env, cwd=tmp_path,
     )
     assert completed.returncode == 0, completed.stderr
     path_text, seed_text = completed.stdout.strip().split("\t")
@@ -491,10 +490,9 @@ async def test_cli_imagine_prints_paths_and_seeds(db, store: FileStore, settings
     assert await store.get_bytes(generation.files[0]) == copied.read_bytes()
     assert "100%" in completed.stderr  # the progress bar ran to the end
 
-    varied = subprocess.run(
-        [sys.executable, "-m", "cli.main", "imagine", "a photo of TOK cat", "--pet", "thor", "--steps", "4",
-         "--seed", "9", "--vary", f"{generation_id}:1", "--variation-strength", "0.5"],
-        env=env, capture_output=True, text=True, timeout=240, cwd=Path(__file__).resolve().parents[1],
+    varied = await asyncio.to_thread(
+        pawtrait, "imagine", "a photo of TOK cat", "--pet", "thor", "--steps", "4", "--seed", "9",
+        "--vary", f"{generation_id}:1", "--variation-strength", "0.5", env=env, cwd=tmp_path,
     )
     assert varied.returncode == 0, varied.stderr
     varied_path, varied_seed = varied.stdout.strip().split("\t")
@@ -504,9 +502,7 @@ async def test_cli_imagine_prints_paths_and_seeds(db, store: FileStore, settings
         assert image.size == (settings.resolution, settings.resolution)  # the source's size
         assert parse_parameters(image.info[CHUNK]).settings["Denoising strength"] == "0.5"
 
-    refused = subprocess.run([sys.executable, "-m", "cli.main", "imagine", "TOK", "--pet", "nobody", "--count", "2"],
-                             env=env, capture_output=True, text=True, timeout=240,
-                             cwd=Path(__file__).resolve().parents[1])
+    refused = await asyncio.to_thread(pawtrait, "imagine", "TOK", "--pet", "nobody", "--count", "2", env=env, cwd=tmp_path)
     assert refused.returncode == 1
     assert "no local pet called 'nobody' (local pets: Thor)" in refused.stderr
 

@@ -250,13 +250,13 @@ async def test_killing_workers_at_any_moment_leaves_no_row_without_its_file_and_
     # Checkpoints every 2 steps and validation images every 4: files written all the time.
     params = tiny_training(24, 2, validate_every=4)
     pet, run_id, training = await submit_training(db, store, settings, params, "alice", "Thor")
-    for kill in range(3):
-        host = hosts(f"host-{kill}", PAWTRAIT_MAX_JOB_ATTEMPTS="10").start()
+    for kill in range(3):  # a worker that crashes and is started again on the same host
+        host = hosts(f"host-a-{kill}", PAWTRAIT_HOST_ID="host-a", PAWTRAIT_MAX_JOB_ATTEMPTS="10").start()
         await eventually(lambda: checkpointed(db, training.id), "a checkpoint", host.log)
         await asyncio.sleep(0.3 * kill)  # a different moment of the write cycle each time
         host.signal(signal.SIGKILL)
         host.process.wait()
-    last = hosts("host-last", PAWTRAIT_MAX_JOB_ATTEMPTS="10").start()
+    last = hosts("host-a-last", PAWTRAIT_HOST_ID="host-a", PAWTRAIT_MAX_JOB_ATTEMPTS="10").start()
     done = await eventually(lambda: ended(db, training.id), "the training", last.log)
     assert done.status == "succeeded", done.error
     generation = await jobs.submit_job(db, settings, "generate", LOCAL_GUILD, "owner",

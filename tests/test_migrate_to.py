@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import photo_samples as samples
-from cli.main import main as pawtrait
+from cli_helpers import Completed, pawtrait
 from conftest import distributed, settings_env
 from config.settings import Settings
 from engine.generation.generator import Generator
@@ -27,15 +27,14 @@ from storage.generations import get_generation
 from storage.pets import LOCAL_GUILD, find_pet, list_pets
 
 
-async def run_cli(monkeypatch: pytest.MonkeyPatch, settings: Settings, *args: str) -> int:
-    for name, value in settings_env(settings).items():
-        if name.startswith(("PAWTRAIT_", "AWS_")):
-            monkeypatch.setenv(name, value)
-    return await asyncio.to_thread(pawtrait, list(args))
+async def migrate_to(source: Settings, target: Settings, *args: str) -> Completed:
+    """`pawtrait migrate-to ARGS` on the installation `source`, with the target bucket's AWS variables."""
+    env = {**settings_env(source), **{name: value for name, value in target.extra.items() if name.startswith("AWS_")}}
+    return await asyncio.to_thread(pawtrait, "migrate-to", *args, env=env, cwd=source.data_dir.parent)
 
 
 async def test_a_one_host_installation_moves_to_postgresql_and_a_bucket_and_paints_there(
-    settings: Settings, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, capsys
+    settings: Settings, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     # A one-host installation with a taught and trained pet and a picture of it.
     settings = dataclasses.replace(settings, resolution=64)
@@ -54,13 +53,10 @@ async def test_a_one_host_installation_moves_to_postgresql_and_a_bucket_and_pain
     await db.close()
 
     target = distributed(dataclasses.replace(settings, data_dir=tmp_path / "new-host"), request)
-    for name, value in target.extra.items():
-        monkeypatch.setenv(name, value)
-    code = await run_cli(monkeypatch, settings, "migrate-to", "--database", target.database, "--files", target.files)
-    out = capsys.readouterr()
-    assert code == 0, out.err
-    assert "every file a record names is there" in out.out
-    assert target.database.split("@")[0].split(":")[-1] not in out.out + out.err  # no password printed
+    moved = await migrate_to(settings, target, "--database", target.database, "--files", target.files)
+    assert moved.returncode == 0, moved.stderr
+    assert "every file a record names is there" in moved.stdout
+    assert target.database.split("@")[0].split(":")[-1] not in moved.stdout + moved.stderr  # no password printed
 
     # A host with an empty folder, on the new storage, finds everything and paints with the pet.
     db, store = await open_storage(target)
@@ -78,20 +74,18 @@ async def test_a_one_host_installation_moves_to_postgresql_and_a_bucket_and_pain
     assert await store.get_bytes(again.files[0]) == await store.get_bytes(painted.files[0])  # same LoRA, same pixels
 
     # Copying into a database that already has records is refused, and nothing is changed.
-    code = await run_cli(monkeypatch, settings, "migrate-to", "--database", target.database)
-    assert code == 1 and "already has pets" in capsys.readouterr().err
+    again = await migrate_to(settings, target, "--database", target.database)
+    assert again.returncode == 1 and "already has pets" in again.stderr
     assert len(await list_pets(db, LOCAL_GUILD)) == 1
     await db.close()
 
 
-async def test_it_refuses_while_a_worker_runs(
-    settings: Settings, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, capsys
-) -> None:
+async def test_it_refuses_while_a_worker_runs(settings: Settings, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     db, _ = await open_storage(settings)
     await workers.register(db, "vm:1:gpu0:abc", "vm", "gpu0")
     await db.close()
     target = distributed(dataclasses.replace(settings, data_dir=tmp_path / "new-host"), request)
-    code = await run_cli(monkeypatch, settings, "migrate-to", "--database", target.database)
-    assert code == 1 and "Stop the bot and every worker" in capsys.readouterr().err
-    code = await run_cli(monkeypatch, settings, "migrate-to")
-    assert code == 2 and "say where to" in capsys.readouterr().err
+    refused = await migrate_to(settings, target, "--database", target.database)
+    assert refused.returncode == 1 and "Stop the bot and every worker" in refused.stderr
+    nowhere = await migrate_to(settings, target)
+    assert nowhere.returncode == 2 and "say where to" in nowhere.stderr

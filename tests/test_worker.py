@@ -94,7 +94,7 @@ async def test_generation_is_served_between_training_steps_and_cancel_and_failur
 async def test_killed_worker_is_restarted_and_the_training_resumes_from_its_checkpoint(
     db, store: FileStore, settings: Settings, worker_env: dict[str, str], tmp_path: Path, mode: str
 ) -> None:
-    _, run_id, training = await submit_training(db, store, settings, tiny_training(120, 20), "alice", "Thor")
+    _, run_id, training = await submit_training(db, store, settings, tiny_training(60, 20), "alice", "Thor")
     supervisor = WorkerSupervisor(
         dataclasses.replace(settings, workers="auto"), own_folder(worker_env, mode, tmp_path / "worker-host")
     )
@@ -111,7 +111,7 @@ async def test_killed_worker_is_restarted_and_the_training_resumes_from_its_chec
         finished = await eventually(lambda: ended(db, training.id), "the resumed training")
         assert supervisor.restarts == 1 and supervisor.pids != [first_pid]
         assert finished.status == "succeeded", finished.error
-        assert finished.attempts == 2 and finished.result["step"] == 120
+        assert finished.attempts == 2 and finished.result["step"] == 60
 
         after = await jobs.events_after(db, last_seen, [training.id])
         assert [e.kind for e in after][:2] == ["queued", "started"]  # requeued by the new worker's recovery

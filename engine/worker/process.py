@@ -26,7 +26,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from config.settings import Settings, SettingsError
 from engine.worker import chores
 from engine.worker.recovery import make_worker_id, recover_orphans
-from engine.worker.scheduler import build_scheduler
+from engine.worker.scheduler import build_scheduler, recover_interval_s
 from storage import jobs, workers
 from storage.connect import open_storage
 from storage.db import Database
@@ -71,7 +71,10 @@ class Worker:
         self.executor = Executor(self.settings, self.db, self.store, self.data, base, self.worker_id)
         self.wakeup = open_wakeup(self.db)
         retention = self._retention if self.settings.keep_generations_days > 0 else None
-        self.scheduler = build_scheduler(self._heartbeat, self._recover, self._clean_tmp, self._sweep, retention)
+        self.scheduler = build_scheduler(
+            recover_interval_s(self.settings.worker_timeout_s), self._heartbeat, self._recover, self._clean_tmp,
+            self._sweep, retention,
+        )
         self.scheduler.start()
         self._loop_task = asyncio.create_task(self._work(), name="pawtrait-gpu-loop")
         log.info("worker %s ready on %s", self.worker_id, base.device)

@@ -13,16 +13,22 @@ from datetime import datetime, timezone
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
-# Leases: a heartbeat every 2 s and a sweep every 5 s requeue a dead host's job within
-# worker_timeout_s + 5 s (20 + 5 by default), inside the 45 s an operator is promised.
+# Leases: a heartbeat every 2 s and a sweep every few seconds requeue a dead host's job within
+# worker_timeout_s plus one sweep (20 + 5 s by default), inside the 45 s an operator is promised.
 HEARTBEAT_S = 2.0
-RECOVER_S = 5.0
+MAX_RECOVER_S = 5.0
 CLEAN_TMP_S = 600.0
 SWEEP_S = 3600.0
 RETENTION_S = 6 * 3600.0
 
 
+def recover_interval_s(worker_timeout_s: float) -> float:
+    """How often to look for jobs of dead workers: a quarter of the timeout, at most 5 s."""
+    return min(MAX_RECOVER_S, worker_timeout_s / 4)
+
+
 def build_scheduler(
+    recover_s: float,
     heartbeat: Callable[[], Awaitable[None]],
     recover: Callable[[], Awaitable[None]],
     clean_tmp: Callable[[], Awaitable[None]],
@@ -36,7 +42,7 @@ def build_scheduler(
     now = datetime.now(timezone.utc)
     scheduler.add_job(heartbeat, "interval", seconds=HEARTBEAT_S, id="heartbeat", next_run_time=now,
                       misfire_grace_time=None)
-    scheduler.add_job(recover, "interval", seconds=RECOVER_S, id="recover", misfire_grace_time=None)
+    scheduler.add_job(recover, "interval", seconds=recover_s, id="recover", misfire_grace_time=None)
     scheduler.add_job(clean_tmp, "interval", seconds=CLEAN_TMP_S, id="clean-tmp", next_run_time=now)
     scheduler.add_job(sweep, "interval", seconds=SWEEP_S, id="sweep", next_run_time=now)
     if retention is not None:
