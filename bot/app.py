@@ -17,9 +17,9 @@ from discord.ext import commands
 
 from bot.checks import UserError
 from bot.command_sync import sync_if_changed
+from bot.job_messages import JobMessages
 from bot.job_relay import JobRelay
 from bot.settings import BotSettings
-from bot.views import ForgetButton, GenerationButton, VariationButton
 from config.settings import Settings
 from storage.db import Database, open_database
 from storage.connect import file_store
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 COGS = (
     "bot.cogs.teach",
     "bot.cogs.train",
-    "bot.cogs.pick",
     "bot.cogs.imagine",
     "bot.cogs.pets",
     "bot.cogs.queue",
@@ -57,6 +56,7 @@ class PawtraitBot(commands.Bot):
         # of connections: concurrent interactions never share a transaction.
         self.store: FileStore = file_store(settings)
         self.db: Database
+        self.job_messages = JobMessages(self)
         self.relay = JobRelay(self, interval_s=relay_interval_s)
         self.tree.on_error = self.on_app_command_error
 
@@ -64,7 +64,6 @@ class PawtraitBot(commands.Bot):
         self.db = await open_database(self.settings.database_url)
         for cog in COGS:
             await self.load_extension(cog)
-        self.add_dynamic_items(GenerationButton, VariationButton, ForgetButton)
         await sync_if_changed(self.tree, self.data.root / COMMANDS_HASH_FILE, self.bot_settings.dev_guild)
         await self.relay.start()
 

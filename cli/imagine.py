@@ -70,15 +70,15 @@ async def _imagine(args: argparse.Namespace, settings: Settings) -> int:
 
     db, store = await open_storage(settings)
     try:
-        pet_id = None
+        pet = None
         if args.pet:
             pet = await find_pet(db, LOCAL_GUILD, args.pet)
             if pet is None:
                 names = ", ".join(p.name for p in await list_pets(db, LOCAL_GUILD)) or "none yet"
-                raise GenerationError(f"there is no local pet called {args.pet!r} (local pets: {names})")
-            pet_id = pet.id
+                raise GenerationError(f"There is no local pet called {args.pet!r} (local pets: {names}).")
         request = GenerationRequest(
-            prompt=args.prompt, pet_id=pet_id, negative_prompt=args.negative, seed=args.seed, steps=args.steps,
+            prompt=args.prompt, pet_id=pet.id if pet else None, negative_prompt=args.negative, seed=args.seed,
+            steps=args.steps,
             guidance=args.guidance, size=args.size, count=args.count, lora_scale=args.strength,
             checkpoint_id=args.checkpoint,
             source_generation_id=args.vary[0] if args.vary else None,
@@ -87,9 +87,7 @@ async def _imagine(args: argparse.Namespace, settings: Settings) -> int:
         )
         request.validate()
         if args.detach:
-            from cli.jobs import submit_detached
-
-            return await submit_detached(db, settings, "generate", LOCAL_GUILD, {"request": request.to_dict()})
+            return await _detach(db, settings, request, pet)
         print("loading the model...", file=sys.stderr)
         generator = Generator.from_settings(load_base_model(settings), settings)
         with tqdm(total=request.denoising_steps, unit="step", file=sys.stderr) as bar:
@@ -109,3 +107,20 @@ async def _imagine(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         await db.close()
     return 0
+
+
+async def _detach(db, settings: Settings, request: GenerationRequest, pet) -> int:
+    """Queue the request for a worker (`--detach`)."""
+    import getpass
+
+    from cli.jobs import print_detached
+    from engine.queueing import queue_generation
+    from storage import jobs
+    from storage.pets import LOCAL_GUILD
+
+    try:
+        job = await queue_generation(db, settings, request, pet, LOCAL_GUILD, getpass.getuser())
+    except jobs.QueueLimitReached as error:
+        print(f"pawtrait imagine: {error}", file=sys.stderr)
+        return 2
+    return print_detached(job, await jobs.queue_position(db, job.id))

@@ -151,27 +151,10 @@ async def _print_outcome(db, store, job) -> int:
     return 0
 
 
-async def submit_detached(
-    db, settings: Settings, kind: str, guild_id: str, payload: dict, run_id: int | None = None
-) -> int:
-    """`--detach` of `pawtrait train` / `pawtrait imagine`: queue the job for a worker and print its id.
-
-    The id alone goes to stdout (JOB=$(pawtrait imagine ... --detach)); how to follow it goes to stderr.
-    """
-    import getpass
-
-    from storage import jobs, runs
-
-    try:
-        job = await jobs.submit_job(db, settings, kind, guild_id, getpass.getuser(), payload, run_id)
-    except jobs.QueueLimitReached as error:
-        run = await runs.get_run(db, run_id) if run_id is not None else None
-        if run is not None and run.status == "queued":
-            await runs.finish_run(db, run.id, "cancelled", run.step, str(error))  # never left waiting forever
-        print(f"pawtrait: {error}", file=sys.stderr)
-        return 2
+def print_detached(job, position: int | None) -> int:
+    """`--detach` of `pawtrait train` / `pawtrait imagine`: the queued job's id, alone on stdout
+    (JOB=$(pawtrait imagine ... --detach)); how to follow it goes to stderr."""
     print(job.id)
-    position = await jobs.queue_position(db, job.id)
     print(
         f"queued as job #{job.id} (position {position}); a worker runs it (`pawtrait worker`, or the bot's). "
         f"Follow it with `pawtrait wait {job.id}`, stop it with `pawtrait cancel {job.id}`.",

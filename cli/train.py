@@ -93,8 +93,12 @@ def _fail(message: str) -> int:
 
 
 async def _train(args: argparse.Namespace, settings: Settings) -> int:
+    import getpass
+
+    from cli.jobs import print_detached
+    from engine.queueing import queue_training
     from engine.training.create import TrainingInputError, create_run
-    from storage import runs
+    from storage import jobs, runs
     from storage.connect import open_storage
     from storage.pets import LOCAL_GUILD, find_pet, list_pets
 
@@ -106,21 +110,21 @@ async def _train(args: argparse.Namespace, settings: Settings) -> int:
             names = ", ".join(p.name for p in await list_pets(db, guild)) or "none yet"
             return _fail(f"there is no pet called {args.name!r} here (pets: {names}); "
                          "teach one first with `pawtrait teach`")
+        resume_run_id = None
         if args.resume:
             unfinished = await runs.latest_unfinished_run(db, pet.id)
             if unfinished is None:
                 return _fail(f"{pet.name} has no unfinished training run to resume; start one without --resume")
-            run_id = unfinished.id
-            print(f"resuming run {run_id} of {pet.name} from step {unfinished.step}", file=sys.stderr)
-        else:
-            try:
-                run_id = await create_run(db, store, pet, params_from_args(args, settings))
-            except TrainingInputError as error:
-                return _fail(str(error))
-        if args.detach:
-            from cli.jobs import submit_detached
-
-            return await submit_detached(db, settings, "train", guild, {"run_id": run_id, "pet_id": pet.id}, run_id)
+            resume_run_id = unfinished.id
+            print(f"resuming run {resume_run_id} of {pet.name} from step {unfinished.step}", file=sys.stderr)
+        try:
+            if args.detach:
+                job = await queue_training(db, store, settings, pet, params_from_args(args, settings),
+                                           getpass.getuser(), resume_run_id=resume_run_id)
+                return print_detached(job, await jobs.queue_position(db, job.id))
+            run_id = resume_run_id or await create_run(db, store, pet, params_from_args(args, settings))
+        except (TrainingInputError, jobs.QueueLimitReached) as error:
+            return _fail(str(error))
         return await _execute(db, store, settings, run_id, pet.name)
     finally:
         await db.close()

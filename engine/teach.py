@@ -59,7 +59,7 @@ class TeachReport:
 def clean_pet_name(name: str) -> str:
     cleaned = " ".join(name.split())
     if not 1 <= len(cleaned) <= MAX_NAME_LENGTH or not cleaned.isprintable():
-        raise TeachError(f"a pet's name needs 1 to {MAX_NAME_LENGTH} printable characters")
+        raise TeachError(f"A pet's name needs 1 to {MAX_NAME_LENGTH} printable characters.")
     return cleaned
 
 
@@ -67,7 +67,7 @@ def clean_class_noun(noun: str) -> str:
     """The class noun goes into every prompt ('a photo of TOK cat'), so it must be plain words."""
     cleaned = " ".join(noun.lower().split())
     if not 1 <= len(cleaned) <= MAX_NAME_LENGTH or not all(c.isalpha() or c in " -'" for c in cleaned):
-        raise TeachError(f"the class must be a plain word such as cat or dog (letters only, at most {MAX_NAME_LENGTH})")
+        raise TeachError(f"The class must be a plain word such as cat or dog (letters only, at most {MAX_NAME_LENGTH}).")
     return cleaned
 
 
@@ -103,7 +103,7 @@ async def teach_photos(
     known: list[KnownPhoto] = []
     if pet is not None:
         if pet.owner_id != owner_id and not allow_other_owner:
-            raise TeachError(f"{pet.name} belongs to another member")
+            raise TeachError(f"{pet.name} belongs to another member.")
         if pet.class_noun != noun:
             warnings.append(f"{pet.name} was taught as a {pet.class_noun}; kept {pet.class_noun!r}")
         known = [
@@ -114,7 +114,7 @@ async def teach_photos(
         owned = await count_pets(db, guild_id, owner_id)
         if owned >= settings.max_pets_per_user:
             raise TeachError(
-                f"you already have {owned} pets, the most allowed here; forget one before teaching {name}"
+                f"You already have {owned} pets, the most allowed here; forget one before teaching {name}."
             )
     verdicts = await asyncio.to_thread(
         screen_files,
@@ -174,7 +174,7 @@ async def _store(
         stored = [await _put_photo(store, pet, verdict, written) for verdict in added]
         async with db.transaction() as tx:
             if await count_photos(tx, pet.id) + len(added) > settings.max_photos_per_pet:
-                raise TeachError(f"photos were added to {pet.name} at the same time; send these again")
+                raise TeachError(f"Photos were added to {pet.name} at the same time; send these again.")
             for verdict, (original, prepared) in zip(added, stored):
                 await _record_photo(tx, pet, verdict, original, prepared, added_by)
     except BaseException as error:
@@ -183,7 +183,7 @@ async def _store(
         if created:
             await delete_pet_row(db, pet.id)
         if isinstance(error, IntegrityError):
-            raise TeachError(f"the same photo was added to {name} at the same time; send these again") from error
+            raise TeachError(f"The same photo was added to {name} at the same time; send these again.") from error
         raise
     return pet, created
 

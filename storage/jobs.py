@@ -192,8 +192,8 @@ async def submit_job(
         )
         if waiting >= cap:
             raise QueueLimitReached(
-                f"you already have {waiting} {spec.plural(waiting)} waiting (the limit is {cap}); "
-                f"wait for {'one of them' if waiting != 1 else 'it'} to start, or cancel one, then try again"
+                f"You already have {waiting} {spec.plural(waiting)} waiting (the limit is {cap}); "
+                f"wait for {'one of them' if waiting != 1 else 'it'} to start, or cancel one, then try again."
             )
         job_id = await tx.scalar(
             insert(jobs)

@@ -65,7 +65,7 @@ async def forget_pet(db: Queries, store: FileStore, pet: Pet) -> PetFootprint:
             tx, select(training_runs.c.id).where(training_runs.c.pet_id == pet.id, training_runs.c.status == "running")
         )
         if running:
-            raise PetBusy(f"{pet.name} is training right now; cancel the training first, then delete it")
+            raise PetBusy(f"{pet.name} is training right now; cancel the training first, then delete it.")
         footprint = await pet_footprint(tx, pet.id)
         run_ids = await _ids(tx, select(training_runs.c.id).where(training_runs.c.pet_id == pet.id))
         picture_lists = (await tx.execute(select(generations.c.files).where(generations.c.pet_id == pet.id))).all()

@@ -65,7 +65,7 @@ async def create_pet(db: Queries, guild_id: str, owner_id: str, name: str, class
         except IntegrityError as error:
             if "token" in str(error.orig):
                 continue  # token collision: draw another
-            raise PetNameTaken(f"a pet called {name!r} already exists in this server") from error
+            raise PetNameTaken(f"A pet called {name!r} already exists in this server.") from error
         pet = await get_pet(db, pet_id)
         assert pet is not None
         return pet

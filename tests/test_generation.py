@@ -366,15 +366,15 @@ async def test_generate_and_record_writes_pngs_with_parameters_and_a_row(
     ("change", "message"),
     [
         (dict(prompt="   "), "prompt is empty"),
-        (dict(count=0), "count must be 1 to 4"),
-        (dict(count=9), "count must be 1 to 4"),
-        (dict(size="5:4"), "unknown size '5:4': choose one of 1:1, 4:3"),
-        (dict(steps=0), "steps must be 1 to 100"),
-        (dict(guidance=50.0), "guidance must be 1 to 20"),
+        (dict(count=0), "Count must be 1 to 4"),
+        (dict(count=9), "Count must be 1 to 4"),
+        (dict(size="5:4"), "Unknown size '5:4': choose one of 1:1, 4:3"),
+        (dict(steps=0), "Steps must be 1 to 100"),
+        (dict(guidance=50.0), "Guidance must be 1 to 20"),
         (dict(pet_id=999), "no pet #999 in this server"),
         (dict(pet_id="other-guild"), "no pet #"),
         (dict(pet_id="untrained"), "Rex has no finished training yet"),
-        (dict(pet_id="trained", checkpoint_id=999), "checkpoint #999 is not one of Thor's"),
+        (dict(pet_id="trained", checkpoint_id=999), "Checkpoint #999 is not one of Thor's"),
         (dict(prompt="TOK at the beach", pet_id=None), "TOK but names no pet"),
         (dict(source_generation_id=1, variation_strength=0.01), "variation strength must be 0.05 to 1 (got 0.01"),
         (dict(source_generation_id=1, variation_strength=1.5), "variation strength must be 0.05 to 1 (got 1.5"),
@@ -457,7 +457,7 @@ async def test_a_variation_is_recorded_with_its_source_and_stays_in_its_server(
     # A source picture deleted from the store cannot be varied; it says so in plain words.
     await store.delete([source.files[0]])
     gone = GenerationRequest(prompt="TOK", pet_id=pet.id, steps=3, source_generation_id=source.id, source_image=1)
-    with pytest.raises(GenerationError, match=f"image 1 of generation #{source.id} was deleted or damaged"):
+    with pytest.raises(GenerationError, match=f"Image 1 of generation #{source.id} was deleted or damaged"):
         await generate_and_record(db, store, data, generator, gone, LOCAL_GUILD, "user-3")
     assert await generation_count(db) == 2
 

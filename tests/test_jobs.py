@@ -88,7 +88,7 @@ async def test_a_worker_takes_only_the_kinds_it_serves(db, settings: Settings) -
 async def test_per_member_caps_per_kind_refuse_with_a_plain_message(db, settings: Settings) -> None:
     settings = dataclasses.replace(settings, max_queued_trainings_per_user=1, max_queued_generations_per_user=2)
     await _submit(db, settings, "train", user="alice")
-    with pytest.raises(jobs.QueueLimitReached, match=r"you already have 1 training waiting \(the limit is 1\)"):
+    with pytest.raises(jobs.QueueLimitReached, match=r"You already have 1 training waiting \(the limit is 1\)"):
         await _submit(db, settings, "train", user="alice")
     with pytest.raises(ValueError, match="unknown job kind 'class_images'"):
         await _submit(db, settings, "class_images", user="bob")

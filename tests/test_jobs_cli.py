@@ -27,10 +27,11 @@ def pawtrait(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, 
     return code, captured.out, captured.err
 
 
-async def _make_pet(settings: Settings) -> None:
+async def _make_pets(settings: Settings) -> None:
     db, store = await open_storage(settings)
     try:
         await pet_with_photos(db, store, name="Thor")
+        await pet_with_photos(db, store, name="Loki")
     finally:
         await db.close()
 
@@ -42,7 +43,7 @@ def test_detach_then_worker_then_wait(
     for key, value in env.items():
         if os.environ.get(key) != value:
             monkeypatch.setenv(key, value)
-    asyncio.run(_make_pet(settings))
+    asyncio.run(_make_pets(settings))
 
     code, out, err = pawtrait(capsys, "imagine", "a photo of a cat", "--steps", "1", "--seed", "3", "--detach")
     assert code == 0, err
@@ -54,9 +55,11 @@ def test_detach_then_worker_then_wait(
     training = int(out.strip())
     assert f"pawtrait wait {training}" in err
 
-    # One waiting training per user: the second is refused with a plain message.
+    # A pet trains once at a time, and one training per user waits: refused in plain words.
     code, out, err = pawtrait(capsys, *train_args)
-    assert code == 2 and "limit is 1" in err and out == ""
+    assert code == 2 and "Thor is already training or waiting to train." in err and out == ""
+    code, out, err = pawtrait(capsys, "train", "Loki", *train_args[2:])
+    assert code == 2 and "You already have 1 training waiting (the limit is 1)" in err and out == ""
 
     code, out, _ = pawtrait(capsys, "imagine", "a photo of a dog", "--steps", "1", "--detach")
     dropped = int(out.strip())

@@ -223,7 +223,7 @@ async def test_two_processes_submitting_for_one_member_at_once_keep_the_limit(
         await asyncio.sleep(2.0)  # both have opened the database and wait at the line
         go.touch()
         outputs = sorted(process.communicate(timeout=60)[0].strip().splitlines()[-1] for process in processes)
-        assert outputs[0] == "queued" and outputs[1].startswith("refused: you already have 1 generation waiting"), outputs
+        assert outputs[0] == "queued" and outputs[1].startswith("refused: You already have 1 generation waiting"), outputs
         (waiting,) = [job for job in await jobs.list_jobs(db) if job.status == "queued"]
         await jobs.request_cancel(db, waiting.id)
 

@@ -104,7 +104,7 @@ async def test_adding_later_skips_photos_taught_before(db, store: FileStore, set
 
 async def test_someone_elses_pet_cannot_be_changed_except_by_a_moderator(db, settings: Settings) -> None:
     await teach(db, settings, photos(1))
-    with pytest.raises(TeachError, match="^Thor belongs to another member$"):
+    with pytest.raises(TeachError, match=r"^Thor belongs to another member\.$"):
         await teach(db, settings, photos(2), name="thor", owner="mallory")
     report = await teach(db, settings, photos(2), name="thor", owner="moderator", allow_other_owner=True)
     assert report.pet is not None and report.pet.owner_id == "alice" and report.total_photos == 2
@@ -114,7 +114,7 @@ async def test_owners_are_limited_in_pets_and_pets_in_photos(db, settings: Setti
     settings = Settings(data_dir=settings.data_dir, resolution=128, max_pets_per_user=2, max_photos_per_pet=3)
     await teach(db, settings, photos(1), name="Thor")
     await teach(db, settings, photos(2), name="Loki")
-    with pytest.raises(TeachError, match="you already have 2 pets"):
+    with pytest.raises(TeachError, match="You already have 2 pets"):
         await teach(db, settings, photos(3), name="Odin")
     report = await teach(db, settings, photos(4, 5, 6), name="Thor")
     assert [f.status for f in report.files] == ["warning", "warning", "skipped"]

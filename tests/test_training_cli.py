@@ -78,9 +78,9 @@ async def test_bad_requests_exit_2_with_a_plain_message(
     cases = [
         (["Nobody"], "no pet called 'Nobody'"),
         (["Ghost"], "Ghost has no photos yet"),
-        (["Thor", "--steps", "0"], "steps must be at least 1"),
-        (["Thor", "--steps", "-3"], "steps must be at least 1"),
-        (["Thor", "--rank", "0"], "rank must be at least 1"),
+        (["Thor", "--steps", "0"], "Steps must be at least 1."),
+        (["Thor", "--steps", "-3"], "Steps must be at least 1."),
+        (["Thor", "--rank", "0"], "Rank must be at least 1"),
         (["Thor", "--resume"], "no unfinished training run"),
     ]
     for args, message in cases:

@@ -1,17 +1,22 @@
-"""`/pets` (the server's pets), `/forget` (delete one, after a confirm button) and `/sharing`."""
+"""`/pets` (the server's pets), `/forget` (delete one, after a confirm button) and `/sharing`.
+
+The confirm button's custom_id carries the pet and the member (`pawtrait:forget:<pet>:<member>`),
+so it still works after a restart (a discord.py dynamic item).
+"""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.checks import guild_key, pet_choices, pet_named, require_owner
-from bot.views import ForgetButton
+from bot.checks import guild_key, is_manager, pet_choices, pet_named, require_owner
 from storage.guild_settings import others_may_imagine, set_others_may_imagine
-from storage.pet_deletion import pet_footprint
+from storage.pet_deletion import PetBusy, PetFootprint, forget_pet, pet_footprint
+from storage.pets import get_pet
 from storage.pet_status import pet_summaries
 from storage.photos import list_photos
 
@@ -24,6 +29,9 @@ MAX_LISTED = 10  # one embed each; Discord allows ten per message
 class Pets(commands.Cog):
     def __init__(self, bot: "PawtraitBot") -> None:
         self.bot = bot
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(ForgetButton)
 
     @app_commands.command(name="pets", description="The pets of this server, with their status")
     @app_commands.guild_only()
@@ -83,6 +91,54 @@ class Pets(commands.Cog):
     async def _pet_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         db = self.bot.db
         return await pet_choices(db, interaction, current)
+
+
+class ForgetButton(discord.ui.DynamicItem[discord.ui.Button], template=r"pawtrait:forget:(?P<pet>\d+):(?P<user>\d+)"):
+    """The confirm button of `/forget`: only the member who asked can press it."""
+
+    def __init__(self, pet_id: int, user_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Yes, forget everything", emoji="🗑️", style=discord.ButtonStyle.danger,
+                custom_id=f"pawtrait:forget:{pet_id}:{user_id}",
+            )
+        )
+        self.pet_id = pet_id
+        self.user_id = user_id
+
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]):
+        return cls(int(match["pet"]), int(match["user"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+        bot: PawtraitBot = interaction.client  # type: ignore[assignment]
+        if interaction.user.id != self.user_id:
+            await interaction.response.send_message("Only the member who asked to forget this pet can confirm.", ephemeral=True)
+            return
+        db = bot.db
+        pet = await get_pet(db, self.pet_id)
+        if pet is None or pet.guild_id != str(interaction.guild_id):
+            await interaction.response.edit_message(content="That pet is already gone.", view=None)
+            return
+        if pet.owner_id != str(interaction.user.id) and not is_manager(interaction):
+            await interaction.response.send_message("Only the owner or someone with Manage Server can do that.", ephemeral=True)
+            return
+        await interaction.response.defer()
+        try:
+            footprint = await forget_pet(db, bot.store, pet)
+        except PetBusy as error:
+            await interaction.edit_original_response(content=f"❌ {error}", view=None)
+            return
+        await interaction.edit_original_response(
+            content=f"🗑️ Forgot **{pet.name}**: {_footprint(footprint)} deleted.", view=None
+        )
+
+
+def _footprint(footprint: PetFootprint) -> str:
+    return (
+        f"{footprint.photos} photo{'s' * (footprint.photos != 1)}, {footprint.runs} training{'s' * (footprint.runs != 1)} "
+        f"and {footprint.generations} generation{'s' * (footprint.generations != 1)}"
+    )
 
 
 async def setup(bot: "PawtraitBot") -> None:

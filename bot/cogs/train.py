@@ -1,7 +1,11 @@
-"""`/train`: queue a training; its thread becomes the dashboard (status, validation images).
+"""Training a pet: `/train`, its thread (status, validation images, the finish message),
+⭐ votes on the validation images, and `/pick` for the owner.
 
-The run row is written here (engine.training.create, free of torch) with the
-installation's training defaults; the GPU worker does the rest.
+`/train` queues the run (engine.queueing, free of torch) with the installation's training
+defaults and opens a thread; the GPU worker does the rest, and its events reach this cog
+as `on_pawtrait_train_<event>` (bot.job_relay). Votes come from raw reaction events, which
+carry only ids: the validation image is found by its message id in the database, so votes
+on images posted before a restart still count.
 """
 
 from __future__ import annotations
@@ -13,13 +17,26 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.checks import UserError, guild_key, pet_choices, pet_named, require_may_train, require_owner
-from bot.formatting import queue_line
-from engine.training.create import TrainingInputError, create_run
+from bot.formatting import duration, progress_bar, queue_line
+from bot.job_relay import JobUpdate
+from bot.voting import choose_checkpoint
+from engine.queueing import queue_training
+from engine.training.create import TrainingInputError
 from engine.training.params import TrainingParams
 from storage.discord_posts import add_discord_job
 from storage.guild_settings import get_guild_settings
-from storage.jobs import QueueLimitReached, estimate_wait_s, queue_position, submit_job
-from storage.runs import finish_run, list_runs
+from storage.jobs import QueueLimitReached, estimate_wait_s, queue_position
+from storage.pets import get_pet, set_active_checkpoint
+from storage.runs import (
+    add_vote,
+    list_checkpoints,
+    list_runs,
+    remove_vote,
+    set_chosen_checkpoint,
+    set_validation_message,
+    validation_image_by_message,
+    validation_is_posted,
+)
 
 if TYPE_CHECKING:
     from bot.app import PawtraitBot
@@ -48,13 +65,15 @@ def training_params(bot: "PawtraitBot", steps: int, prior_preservation: bool) ->
     try:
         params.validate()
     except ValueError as error:
-        raise UserError(f"{str(error)[:1].upper()}{str(error)[1:]}.") from None
+        raise UserError(str(error)) from None
     return params
 
 
 class Train(commands.Cog):
     def __init__(self, bot: "PawtraitBot") -> None:
         self.bot = bot
+
+    # ---- /train ----------------------------------------------------------------------------
 
     @app_commands.command(name="train", description="Teach Pawtrait your pet from its photos (takes a few minutes)")
     @app_commands.guild_only()
@@ -79,19 +98,11 @@ class Train(commands.Cog):
         limit = (await get_guild_settings(db, guild_id)).max_steps
         if steps > limit:
             raise UserError(f"This server allows at most {limit} steps per training (see `/settings`).")
-        if any(run.status in ("queued", "running") for run in await list_runs(db, found.id)):
-            raise UserError(f"**{found.name}** is already training or waiting to train; `/queue` shows where.")
         params = training_params(self.bot, steps, prior_preservation)
         try:
-            run_id = await create_run(db, self.bot.store, found, params)
-        except TrainingInputError as error:
-            raise UserError(f"{str(error)[:1].upper()}{str(error)[1:]} (with `/teach`).") from None
-        try:
-            job = await submit_job(db, self.bot.settings, "train", guild_id, user_id,
-                                   {"run_id": run_id, "pet_id": found.id}, run_id=run_id)
-        except QueueLimitReached as error:
-            await finish_run(db, run_id, "cancelled", 0, "not queued: " + str(error))
-            raise UserError(f"You {str(error).removeprefix('you ')}.") from None
+            job = await queue_training(db, self.bot.store, self.bot.settings, found, params, user_id)
+        except (TrainingInputError, QueueLimitReached) as error:
+            raise UserError(str(error)) from None
         await add_discord_job(db, job.id, guild_id, str(interaction.channel_id), user_id)
         position = await queue_position(db, job.id)
         wait = await estimate_wait_s(db, job.id)
@@ -105,20 +116,160 @@ class Train(commands.Cog):
         reply = await interaction.original_response()
         status_text = f"⏳ Waiting for the GPU: {queue_line(position, wait)}."
         try:
-            thread = await reply.create_thread(name=f"Training {found.name} (#{run_id})"[:100], auto_archive_duration=1440)
+            thread = await reply.create_thread(name=f"Training {found.name} (#{job.run_id})"[:100], auto_archive_duration=1440)
             status = await thread.send(status_text)
             thread_id: str | None = str(thread.id)
         except discord.HTTPException:
             status = await interaction.followup.send(status_text, wait=True)
             thread_id = None
-        db = self.bot.db
         await add_discord_job(db, job.id, guild_id, str(interaction.channel_id), user_id,
                               thread_id=thread_id, status_message_id=str(status.id))
 
-    @train.autocomplete("pet")
-    async def _pet_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    # ---- /pick -----------------------------------------------------------------------------
+
+    @app_commands.command(name="pick", description="Choose which training step your pet uses from now on")
+    @app_commands.guild_only()
+    @app_commands.describe(pet="Which pet", step="The step of a saved checkpoint (see the training thread)")
+    async def pick(self, interaction: discord.Interaction, pet: str, step: app_commands.Range[int, 1]) -> None:
         db = self.bot.db
-        return await pet_choices(db, interaction, current)
+        found = await pet_named(db, interaction, pet)
+        require_owner(interaction, found, "choose a checkpoint for")
+        for run in await list_runs(db, found.id):  # newest first
+            checkpoints = {c.step: c for c in await list_checkpoints(db, run.id)}
+            if step in checkpoints:
+                await set_active_checkpoint(db, found.id, checkpoints[step].id)
+                await set_chosen_checkpoint(db, run.id, checkpoints[step].id)
+                break
+        else:
+            steps = sorted({c.step for run in await list_runs(db, found.id) for c in await list_checkpoints(db, run.id)})
+            have = ", ".join(map(str, steps)) if steps else "none yet"
+            raise UserError(f"**{found.name}** has no checkpoint at step {step}. Saved steps: {have}.")
+        await interaction.response.send_message(
+            f"📍 **{found.name}** now uses the checkpoint from step {step} (training #{run.id}), as <@{interaction.user.id}> chose.",
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+
+    @train.autocomplete("pet")
+    @pick.autocomplete("pet")
+    async def _pet_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return await pet_choices(self.bot.db, interaction, current)
+
+    # ---- votes -----------------------------------------------------------------------------
+
+    @commands.Cog.listener()
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        await self._vote(payload, add=True)
+
+    @commands.Cog.listener()
+    async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
+        await self._vote(payload, add=False)
+
+    async def _vote(self, payload: discord.RawReactionActionEvent, add: bool) -> None:
+        if payload.guild_id is None or (self.bot.user and payload.user_id == self.bot.user.id):
+            return
+        db = self.bot.db
+        images = await validation_image_by_message(db, str(payload.message_id))
+        if not images:
+            return
+        emoji = (await get_guild_settings(db, str(payload.guild_id))).vote_emoji
+        if str(payload.emoji) != emoji:
+            return
+        for image in images:
+            if image.step == 0:
+                continue  # the "before training" images are not a candidate
+            change = add_vote if add else remove_vote
+            await change(db, str(payload.user_id), emoji, validation_image_id=image.id)
+
+    # ---- the training thread ---------------------------------------------------------------
+
+    @commands.Cog.listener()
+    async def on_pawtrait_train_started(self, update: JobUpdate) -> None:
+        await self.bot.job_messages.status(update.target, "🏋️ Training started: getting the photos ready…", force=True)
+
+    @commands.Cog.listener()
+    async def on_pawtrait_train_progress(self, update: JobUpdate) -> None:
+        data = update.event.data
+        step, total = int(data.get("step", 0)), int(data.get("total", 0)) or 1
+        loss = data.get("loss")
+        lines = [
+            f"🏋️ Training `{progress_bar(step, total)}` {100 * step // total}%",
+            f"Step **{step}/{total}** · about {duration(data.get('eta_s'))} left"
+            + (f" · loss {loss:.4f}" if isinstance(loss, (int, float)) else ""),
+        ]
+        messages = self.bot.job_messages
+        await messages.status(update.target, "\n".join(lines), force=messages.first_progress(update.job.id))
+
+    @commands.Cog.listener()
+    async def on_pawtrait_train_validation(self, update: JobUpdate) -> None:
+        db, target, data = self.bot.db, update.target, update.event.data
+        step = int(data.get("step", 0))
+        emoji = (await get_guild_settings(db, target.guild_id)).vote_emoji
+        for image in data.get("images", []):
+            if await validation_is_posted(db, int(image["id"])):
+                continue  # announced again by a resumed worker after we posted it
+            found = await self.bot.local_copies([image["path"]])
+            if not found:
+                continue  # deleted meanwhile (a pruned checkpoint)
+            label = "before training" if step == 0 else f"step {step}"
+            vote = "" if step == 0 else f" · react {emoji} if this looks like your pet"
+            message = await self.bot.job_messages.send(
+                target.post_channel_id,
+                f"🖼️ **{label}** · `{image.get('prompt', '')}` · seed {image.get('seed', '?')}{vote}",
+                files=found,
+            )
+            if message is None:
+                continue
+            await set_validation_message(db, int(image["id"]), str(message.id))
+            if step > 0:
+                try:
+                    await message.add_reaction(emoji)
+                except discord.HTTPException:
+                    pass
+
+    @commands.Cog.listener()
+    async def on_pawtrait_train_finished(self, update: JobUpdate) -> None:
+        db, target, job = self.bot.db, update.target, update.job
+        run_id = job.run_id or (job.result or {}).get("run_id") or job.payload.get("run_id")
+        pet = await get_pet(db, int(job.payload.get("pet_id", 0)))
+        total = int((job.result or {}).get("step") or update.event.data.get("step") or 0)
+        await self.bot.job_messages.status(
+            target, f"✅ Training finished `{progress_bar(1, 1)}` 100% · {total} steps", force=True
+        )
+        if pet is None or run_id is None:
+            return
+        emoji = (await get_guild_settings(db, target.guild_id)).vote_emoji
+        choice = await choose_checkpoint(db, int(run_id), pet, emoji)
+        if choice is None:
+            text = f"<@{pet.owner_id}> **{pet.name}** finished training, but no checkpoint was saved."
+        else:
+            text = (
+                f"<@{pet.owner_id}> **{pet.name}** is trained! Using the checkpoint from **step {choice.checkpoint.step}**: "
+                f"{choice.reason}.\nTry `/imagine prompt: a photo of TOK {pet.class_noun} as an astronaut`; "
+                f"`/pick` chooses another step."
+            )
+        await self.bot.job_messages.send(target.post_channel_id, text, allowed=True)
+
+    @commands.Cog.listener()
+    async def on_pawtrait_train_failed(self, update: JobUpdate) -> None:
+        why = update.event.data.get("error") or update.job.error or "no reason was given"
+        owner = await self._owner(update)
+        await self.bot.job_messages.status(update.target, f"❌ Training failed: {why}", force=True)
+        await self.bot.job_messages.send(
+            update.target.post_channel_id,
+            f"<@{owner}> the training failed: {why}\nYour photos are kept; `/train` tries again.", allowed=True,
+        )
+
+    @commands.Cog.listener()
+    async def on_pawtrait_train_cancelled(self, update: JobUpdate) -> None:
+        owner = await self._owner(update)
+        await self.bot.job_messages.status(update.target, "⏹️ Training cancelled; its checkpoints are kept.", force=True)
+        await self.bot.job_messages.send(
+            update.target.post_channel_id, f"<@{owner}> the training was cancelled.", allowed=True
+        )
+
+    async def _owner(self, update: JobUpdate) -> str:
+        pet = await get_pet(self.bot.db, int(update.job.payload.get("pet_id", 0)))
+        return pet.owner_id if pet is not None else update.target.requested_by
 
 
 async def setup(bot: "PawtraitBot") -> None:

@@ -32,7 +32,7 @@ def substitute_token(prompt: str, pet: Pet | None) -> str:
     if _TOK_WORD.search(prompt) is None:
         return prompt
     if pet is None:
-        raise GenerationError("the prompt uses TOK but names no pet: choose a pet, or leave TOK out for a plain picture")
+        raise GenerationError("The prompt uses TOK but names no pet: choose a pet, or leave TOK out for a plain picture.")
 
     def replace(match: re.Match[str]) -> str:
         following = match.group(2)

@@ -36,6 +36,10 @@ class GenerationError(ValueError):
     """A request that cannot be served; the message is meant for the user as is."""
 
 
+def untrained(pet_name: str) -> GenerationError:
+    return GenerationError(f"{pet_name} has no finished training yet: train {pet_name} first, then imagine again.")
+
+
 @dataclass
 class GenerationRequest:
     prompt: str
@@ -56,22 +60,22 @@ class GenerationRequest:
     def validate(self) -> None:
         """Raise `GenerationError` naming the first thing wrong and what is allowed."""
         if not self.prompt or not self.prompt.strip():
-            raise GenerationError("the prompt is empty: describe the picture you want, e.g. 'a photo of TOK cat on the moon'")
+            raise GenerationError("The prompt is empty: describe the picture you want, e.g. 'a photo of TOK cat on the moon'.")
         if not isinstance(self.count, int) or not 1 <= self.count <= MAX_COUNT:
-            raise GenerationError(f"count must be 1 to {MAX_COUNT} (got {self.count})")
+            raise GenerationError(f"Count must be 1 to {MAX_COUNT} (got {self.count}).")
         if self.size not in SIZE_PRESETS:
             allowed = ", ".join(SIZE_PRESETS)
-            raise GenerationError(f"unknown size {self.size!r}: choose one of {allowed}")
+            raise GenerationError(f"Unknown size {self.size!r}: choose one of {allowed}.")
         if not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
-            raise GenerationError(f"steps must be 1 to {MAX_STEPS} (got {self.steps}); 30 is a good default")
+            raise GenerationError(f"Steps must be 1 to {MAX_STEPS} (got {self.steps}); 30 is a good default.")
         if not 1.0 <= self.guidance <= MAX_GUIDANCE:
-            raise GenerationError(f"guidance must be 1 to {MAX_GUIDANCE:g} (got {self.guidance:g}); 5 is a good default")
+            raise GenerationError(f"Guidance must be 1 to {MAX_GUIDANCE:g} (got {self.guidance:g}); 5 is a good default.")
         if not 0.0 <= self.lora_scale <= MAX_LORA_SCALE:
-            raise GenerationError(f"strength must be 0 to {MAX_LORA_SCALE:g} (got {self.lora_scale:g}); 1 is the trained look")
+            raise GenerationError(f"Strength must be 0 to {MAX_LORA_SCALE:g} (got {self.lora_scale:g}); 1 is the trained look.")
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:
-            raise GenerationError(f"seed must be 0 to {MAX_SEED} (got {self.seed})")
+            raise GenerationError(f"Seed must be 0 to {MAX_SEED} (got {self.seed}).")
         if self.seed is not None and self.seed + self.count - 1 > MAX_SEED:
-            raise GenerationError(f"seed must be at most {MAX_SEED - self.count + 1} for {self.count} images")
+            raise GenerationError(f"Seed must be at most {MAX_SEED - self.count + 1} for {self.count} images.")
         if self.source_generation_id is not None:
             self._validate_variation()
 
@@ -79,15 +83,15 @@ class GenerationRequest:
         low, high = MIN_VARIATION_STRENGTH, MAX_VARIATION_STRENGTH
         if not low <= self.variation_strength <= high:
             raise GenerationError(
-                f"variation strength must be {low:g} to {high:g} (got {self.variation_strength:g}): "
-                f"low keeps the picture close to the original, high changes more; {DEFAULT_VARIATION_STRENGTH:g} is a good default"
+                f"The variation strength must be {low:g} to {high:g} (got {self.variation_strength:g}): "
+                f"low keeps the picture close to the original, high changes more; {DEFAULT_VARIATION_STRENGTH:g} is a good default."
             )
         if not isinstance(self.source_image, int) or not 1 <= self.source_image <= MAX_COUNT:
-            raise GenerationError(f"the source image must be 1 to {MAX_COUNT} (got {self.source_image})")
+            raise GenerationError(f"The source image must be 1 to {MAX_COUNT} (got {self.source_image}).")
         if self.denoising_steps < 1:
             raise GenerationError(
-                f"at variation strength {self.variation_strength:g} none of the {self.steps} steps would run "
-                f"(strength x steps must be at least 1): raise the steps or the strength"
+                f"At variation strength {self.variation_strength:g} none of the {self.steps} steps would run "
+                f"(strength x steps must be at least 1): raise the steps or the strength."
             )
 
     @property

@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from engine.generation.generator import GenerationResult, Generator, PetLora, StepCallback
 from engine.generation.metadata import Parameters, png_info
 from engine.generation.prompts import substitute_token
-from engine.generation.request import GenerationError, GenerationRequest
+from engine.generation.request import GenerationError, GenerationRequest, untrained
 from storage import keys
 from storage.db import Queries
 from storage.files import DataDir, FileMissing, FileStore, remove_tree
@@ -55,17 +55,15 @@ async def resolve_pet(
         return None, None
     pet = await get_pet(db, request.pet_id)
     if pet is None or pet.guild_id != guild_id:
-        raise GenerationError(f"there is no pet #{request.pet_id} in this server; check the pet's name")
+        raise GenerationError(f"There is no pet #{request.pet_id} in this server; check the pet's name.")
     if request.checkpoint_id is not None:
         checkpoint = await pet_checkpoint(db, pet.id, request.checkpoint_id)
         if checkpoint is None:
-            raise GenerationError(f"checkpoint #{request.checkpoint_id} is not one of {pet.name}'s trainings")
+            raise GenerationError(f"Checkpoint #{request.checkpoint_id} is not one of {pet.name}'s trainings.")
     else:
         checkpoint = await default_checkpoint(db, pet.id, pet.active_checkpoint_id)
         if checkpoint is None:
-            raise GenerationError(
-                f"{pet.name} has no finished training yet: train {pet.name} first, then imagine again"
-            )
+            raise untrained(pet.name)
     return pet, checkpoint
 
 
@@ -75,7 +73,7 @@ async def fetch_lora(store: FileStore, pet: Pet, checkpoint: CheckpointRef) -> P
         return PetLora(checkpoint.id, await store.local_path(checkpoint.key))
     except FileMissing:
         raise GenerationError(
-            f"the LoRA file of {pet.name}'s checkpoint #{checkpoint.id} is missing; choose another checkpoint or train again"
+            f"The LoRA file of {pet.name}'s checkpoint #{checkpoint.id} is missing; choose another checkpoint or train again."
         ) from None
 
 
@@ -89,14 +87,14 @@ async def load_source(
     key = await generation_image_key(db, generation_id, number, guild_id)
     if key is None:
         raise GenerationError(
-            f"there is no image {number} of generation #{generation_id} in this server; "
-            "make a variation of an image that is still here"
+            f"There is no image {number} of generation #{generation_id} in this server; "
+            "make a variation of an image that is still here."
         )
     try:
         return await asyncio.to_thread(_open_rgb, await store.local_path(key))
     except (OSError, UnidentifiedImageError):
         raise GenerationError(
-            f"image {number} of generation #{generation_id} was deleted or damaged, so it cannot be varied"
+            f"Image {number} of generation #{generation_id} was deleted or damaged, so it cannot be varied."
         ) from None
 
 

@@ -37,7 +37,7 @@ async def create_run(db: Queries, store: FileStore, pet: Pet, params: TrainingPa
     The photos are only looked up, not fetched: the worker that runs the training fetches them.
     """
     if await get_pet(db, pet.id) is None:
-        raise TrainingInputError(f"the pet {pet.name!r} no longer exists")
+        raise TrainingInputError(f"The pet {pet.name!r} no longer exists.")
     try:
         params.validate()
     except ValueError as error:
@@ -49,7 +49,7 @@ async def create_run(db: Queries, store: FileStore, pet: Pet, params: TrainingPa
 async def _prepared_keys(db: Queries, pet: Pet) -> list[str]:
     photos = await list_photos(db, pet.id)
     if not photos:
-        raise TrainingInputError(f"{pet.name} has no photos yet; add 10-15 photos of {pet.name} before training")
+        raise TrainingInputError(f"{pet.name} has no photos yet: teach it 10-15 photos of {pet.name} before training.")
     return [photo.prepared_path for photo in photos]
 
 
@@ -57,5 +57,5 @@ def _refuse_missing(pet: Pet, missing: list[str]) -> None:
     if missing:
         raise TrainingInputError(
             f"{len(missing)} of {pet.name}'s prepared photos are missing from the file store "
-            f"(e.g. {missing[0].rpartition('/')[2]}); remove and add those photos again"
+            f"(e.g. {missing[0].rpartition('/')[2]}); remove and add those photos again."
         )

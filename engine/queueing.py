@@ -1,0 +1,74 @@
+"""Queueing work for the GPU workers: what every front end (the bot, the CLI) calls.
+
+Each function checks what a member can get wrong and raises an error whose text a member
+can read as it is (a full sentence), then queues the job. Torch-free: the bot imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from config.settings import Settings
+from engine.generation.request import GenerationRequest, untrained
+from engine.training.create import TrainingInputError, create_run
+from engine.training.params import TrainingParams
+from storage import jobs, runs
+from storage.db import Queries
+from storage.files import FileStore
+from storage.generations import default_checkpoint
+from storage.pets import Pet
+
+
+async def queue_training(
+    db: Queries,
+    store: FileStore,
+    settings: Settings,
+    pet: Pet,
+    params: TrainingParams,
+    user_id: str,
+    *,
+    resume_run_id: int | None = None,
+) -> jobs.Job:
+    """Create the pet's run (or continue `resume_run_id`) and queue it.
+
+    Raises TrainingInputError (the pet, its photos or the parameters) or QueueLimitReached;
+    a run refused by the queue is cancelled, never left waiting.
+    """
+    if resume_run_id is None:
+        if any(run.status in ("queued", "running") for run in await runs.list_runs(db, pet.id)):
+            raise TrainingInputError(f"{pet.name} is already training or waiting to train.")
+        run_id = await create_run(db, store, pet, params)
+    else:
+        run_id = resume_run_id
+    try:
+        return await jobs.submit_job(
+            db, settings, "train", pet.guild_id, user_id, {"run_id": run_id, "pet_id": pet.id}, run_id=run_id
+        )
+    except jobs.QueueLimitReached as error:
+        run = await runs.get_run(db, run_id)
+        if run is not None and run.status == "queued":
+            await runs.finish_run(db, run_id, "cancelled", run.step, f"not queued: {error}")
+        raise
+
+
+async def queue_generation(
+    db: Queries,
+    settings: Settings,
+    request: GenerationRequest,
+    pet: Pet | None,
+    guild_id: str,
+    user_id: str,
+    extra: Mapping[str, Any] | None = None,
+) -> jobs.Job:
+    """Check the request (and that its pet has a finished training) and queue it.
+
+    `extra` travels with the job for the front end (e.g. the Discord channel). Raises
+    GenerationError or QueueLimitReached.
+    """
+    if pet is not None:
+        request.pet_id = pet.id
+    request.validate()
+    if pet is not None and await default_checkpoint(db, pet.id, pet.active_checkpoint_id) is None:
+        raise untrained(pet.name)
+    return await jobs.submit_job(db, settings, "generate", guild_id, user_id, {"request": request.to_dict(), **(extra or {})})
