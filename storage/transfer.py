@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Table, func, insert, select, update
 
 from storage.db import Database, Queries
 from storage.dialects import ResetSequence
@@ -19,8 +19,19 @@ from storage.files import FileStore
 from storage.pet_deletion import named_files
 from storage.runs import file_key
 from storage.schema import (
-    checkpoints, discord_jobs, discord_relay, generations, guild_settings, job_events, jobs, pet_sharing, pets,
-    photos, training_runs, validation_images, votes,
+    checkpoints,
+    discord_jobs,
+    discord_relay,
+    generations,
+    guild_settings,
+    job_events,
+    jobs,
+    pet_sharing,
+    pets,
+    photos,
+    training_runs,
+    validation_images,
+    votes,
 )
 
 # Parents before children; the two links back to checkpoints are filled in afterwards.
@@ -48,6 +59,7 @@ async def copy_records(source: Queries, target: Database) -> dict[str, int]:
                 f"the target database {target.describe()} already has {table.name}; migrate into an empty database"
             )
     counts: dict[str, int] = {}
+    links: list[tuple[Table, int, str, int]] = []  # (table, row id, column, checkpoint id), set once checkpoints exist
     async with target.transaction() as tx:
         for table in TABLES:
             rows = [dict(row) for row in await source.all(select(table).order_by(*table.primary_key.columns))]
@@ -56,10 +68,10 @@ async def copy_records(source: Queries, target: Database) -> dict[str, int]:
                 batch = [{**row, link: None} if link else row for row in rows[start:start + BATCH]]
                 await tx.execute(insert(table), batch)
             if link:
-                for row in rows:
-                    if row[link] is not None:
-                        await tx.execute(update(table).where(table.c.id == row["id"]).values({link: row[link]}))
+                links += [(table, row["id"], link, row[link]) for row in rows if row[link] is not None]
             counts[table.name] = len(rows)
+        for table, row_id, column, checkpoint_id in links:
+            await tx.execute(update(table).where(table.c.id == row_id).values({column: checkpoint_id}))
         for table in WITH_SERIAL_IDS:
             await tx.execute(ResetSequence(table))
     return counts

@@ -9,9 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import photo_samples as samples
-from cli_helpers import Completed, pawtrait
-from conftest import distributed, settings_env
 from config.settings import Settings
 from engine.generation.generator import Generator
 from engine.generation.request import GenerationRequest
@@ -25,6 +22,10 @@ from storage.connect import open_storage
 from storage.files import DataDir
 from storage.generations import get_generation
 from storage.pets import LOCAL_GUILD, find_pet, list_pets
+
+import photo_samples as samples
+from cli_helpers import Completed, pawtrait
+from conftest import distributed, settings_env
 
 
 async def migrate_to(source: Settings, target: Settings, *args: str) -> Completed:
@@ -65,6 +66,7 @@ async def test_a_one_host_installation_moves_to_postgresql_and_a_bucket_and_pain
     assert pet is not None and pet.id == report.pet.id and pet.token == report.pet.token
     checkpoints = await runs.list_checkpoints(db, run_id)
     assert [c.step for c in checkpoints] == [2] and await store.exists(checkpoints[0].diffusers_key)
+    assert pet.active_checkpoint_id == checkpoints[0].id  # the links back to checkpoints, set after them
     assert (await get_generation(db, painted.generation_id)).files == painted.files
     again = await generate_and_record(
         db, store, DataDir(target.data_dir), Generator.from_settings(load_base_model(target), target),
