@@ -21,8 +21,8 @@ from bot.job_messages import JobMessages
 from bot.job_relay import JobRelay
 from bot.settings import BotSettings
 from config.settings import Settings
-from storage.db import Database, open_database
 from storage.connect import file_store
+from storage.db import Database, open_database
 from storage.files import DataDir, FileMissing, FileStore
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 COGS = (
     "bot.cogs.teach",
     "bot.cogs.train",
+    "bot.cogs.lora",
     "bot.cogs.imagine",
     "bot.cogs.pets",
     "bot.cogs.queue",

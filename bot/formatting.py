@@ -1,4 +1,4 @@
-"""How numbers look in Discord messages: progress bars, durations, queue positions."""
+"""How numbers look in Discord messages: progress bars, durations, queue positions, scores."""
 
 from __future__ import annotations
 
@@ -29,3 +29,10 @@ def queue_line(position: int | None, wait_s: float | None) -> str:
         return "finished"
     ahead = "next in line" if position == 1 else f"number {position} in the queue"
     return f"{ahead}, starts in about {duration(wait_s)}"
+
+
+def scores_text(likeness: float | None, adherence: float | None) -> str:
+    """'likeness 0.71 · prompts 0.30' (DINO and CLIP-T, engine/scoring), or '' without scores."""
+    if likeness is None or adherence is None:
+        return ""
+    return f"likeness {likeness:.2f} · prompts {adherence:.2f}"

@@ -35,7 +35,7 @@ class PendingEdit:
 
 
 class JobMessages:
-    def __init__(self, bot: "PawtraitBot") -> None:
+    def __init__(self, bot: PawtraitBot) -> None:
         self.bot = bot
         self._last_edit: dict[int, float] = {}
         self._pending: dict[int, PendingEdit] = {}
@@ -56,13 +56,12 @@ class JobMessages:
         return channel  # type: ignore[return-value]
 
     async def send(
-        self, channel_id: str, content: str, files: list[Path] | None = None, allowed: bool = False
+        self, channel_id: str, content: str, files: list[Path | discord.File] | None = None, allowed: bool = False
     ) -> discord.Message | None:
         channel = await self.channel(channel_id)
         mentions = discord.AllowedMentions(users=True) if allowed else discord.AllowedMentions.none()
-        return await channel.send(
-            content, files=[discord.File(path) for path in files or []], allowed_mentions=mentions
-        )
+        attached = [item if isinstance(item, discord.File) else discord.File(item) for item in files or []]
+        return await channel.send(content, files=attached, allowed_mentions=mentions)
 
     async def status(
         self,

@@ -52,7 +52,7 @@ def _bitsandbytes_line() -> str:
         param.grad = torch.ones_like(param)
         optimizer.step()
         return f"{bnb.__version__}, 8-bit AdamW works"
-    except Exception as error:  # any failure means "not usable"; say why
+    except Exception as error:  # noqa: BLE001 - any failure means "not usable"; say why
         return f"not usable ({type(error).__name__}: {error}); training falls back to plain AdamW"
 
 
@@ -166,6 +166,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(line)
         if not ok:
             worker_needs.append(f"{what} ({variable} is neither a model folder nor a hub id)")
+    # Scores help choose a checkpoint; a worker without their models trains on without them.
+    if settings.scores:
+        for source, what in ((settings.score_dino, "scores, DINO"), (settings.score_clip, "scores, CLIP")):
+            line, ok = _source_line(source, what)
+            print(line + ("" if ok else " (trainings go on without scores)"))
+    else:
+        print("checkpoint scores: off (PAWTRAIT_SCORES)")
     shared_needs: list[str] = []
     line, ok = _data_dir_line(settings.data_dir)
     print(line)

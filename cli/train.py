@@ -134,6 +134,7 @@ async def _execute(db, store, settings: Settings, run_id: int, pet_name: str) ->
     from tqdm import tqdm
 
     from engine.models import ModelNotFound, load_base_model
+    from engine.scoring.scorer import Scorer
     from engine.training.create import TrainingInputError
     from engine.training.hooks import TrainingHooks
     from engine.training.service import execute_run
@@ -172,18 +173,23 @@ async def _execute(db, store, settings: Settings, run_id: int, pet_name: str) ->
             should_cancel=cancel.is_set,
         )
         try:
-            outcome = await execute_run(db, store, DataDir(settings.data_dir), base, run_id, hooks)
+            scorer = Scorer.from_settings(settings)
+            outcome = await execute_run(db, store, DataDir(settings.data_dir), base, run_id, hooks, scorer=scorer)
         except TrainingInputError as error:
             return _fail(str(error))
         finally:
             if handling_ctrl_c:
                 loop.remove_signal_handler(signal.SIGINT)
-    if outcome.status == "succeeded":
-        final = (await runs.list_checkpoints(db, run_id))[-1]
-        print(f"{pet_name} is trained (run {run_id}, {outcome.step} steps).")
-        print(f"diffusers LoRA: {await store.local_path(final.diffusers_key)}")
-        print(f"A1111/ComfyUI LoRA: {await store.local_path(final.kohya_key)}")
+    if outcome.status == "succeeded" and outcome.kept is not None:
+        kept = outcome.kept.checkpoint
+        print(f"{pet_name} is trained (run {run_id}, {outcome.step} steps) and uses step {kept.step}: "
+              f"{outcome.kept.reason}. `pawtrait eval {run_id}` shows every checkpoint's scores.")
+        print(f"diffusers LoRA: {await store.local_path(kept.diffusers_key)}")
+        print(f"A1111/ComfyUI LoRA: {await store.local_path(kept.kohya_key)}")
         return EXIT_OK
+    if outcome.status == "succeeded":  # every checkpoint was deleted meanwhile
+        print(f"pawtrait train: {pet_name} trained, but none of its checkpoints is left", file=sys.stderr)
+        return EXIT_FAILED
     if outcome.status == "cancelled":
         print(f"cancelled after step {outcome.step}; checkpoints are kept. "
               f"Continue with: pawtrait train {pet_name!r} --resume", file=sys.stderr)

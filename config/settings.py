@@ -23,6 +23,9 @@ DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_VAE = "madebyollin/sdxl-vae-fp16-fix"
 # Guide only at SDXL noise levels in (0.28, 5.42]: Kynkäänniemi et al. 2024 (engine/generation/guidance.py).
 DEFAULT_GUIDANCE_INTERVAL = (0.28, 5.42)
+# Checkpoint scores: the models the DreamBooth paper measured subject fidelity and prompt fidelity with.
+DEFAULT_SCORE_DINO = "facebook/dino-vits16"
+DEFAULT_SCORE_CLIP = "openai/clip-vit-base-patch32"
 
 
 class SettingsError(ValueError):
@@ -123,6 +126,9 @@ class Settings:
     files: str | None = None  # None: the data folder itself
     host_id: str = field(default_factory=socket.gethostname)
     worker_timeout_s: float = 20.0
+    scores: bool = True  # DINO / CLIP-I / CLIP-T of every validation round (engine/scoring)
+    score_dino: str = DEFAULT_SCORE_DINO
+    score_clip: str = DEFAULT_SCORE_CLIP
     extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -131,7 +137,7 @@ class Settings:
         return self.database or f"sqlite:///{(self.data_dir / 'pawtrait.db').resolve()}"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = environment() if env is None else env
         workers = read(env, "PAWTRAIT_WORKERS", "auto", _workers, "'auto' or a number of workers >= 0")
         return cls(
@@ -179,6 +185,9 @@ class Settings:
             worker_timeout_s=read(
                 env, "PAWTRAIT_WORKER_TIMEOUT_S", 20.0, _timeout, "seconds from 3 to 3600 (e.g. 20)"
             ),
+            scores=read(env, "PAWTRAIT_SCORES", True, boolean, "on or off"),
+            score_dino=read(env, "PAWTRAIT_SCORE_DINO", DEFAULT_SCORE_DINO, _model_source, MODEL_SOURCE),
+            score_clip=read(env, "PAWTRAIT_SCORE_CLIP", DEFAULT_SCORE_CLIP, _model_source, MODEL_SOURCE),
             extra=dict(env),
         )
 
@@ -188,6 +197,17 @@ def _vae(env: Mapping[str, str]) -> str | None:
     if "PAWTRAIT_VAE" not in env:
         return DEFAULT_VAE
     return env["PAWTRAIT_VAE"].strip() or None
+
+
+MODEL_SOURCE = "a hub id like owner/name or a local folder (/path, ./path or ~/path)"
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def _model_source(raw: str) -> str:
+    """A hub id or something that is plainly a path; whether it loads is found out when it is used."""
+    if _HUB_ID.match(raw) or raw.startswith(("/", "./", "../", "~")) or Path(raw).is_dir():
+        return raw
+    raise ValueError(raw)
 
 
 def _guidance_interval(raw: str) -> tuple[float, float] | None:

@@ -13,10 +13,10 @@ from typing import Any
 from sqlalchemy import delete, exists, func, insert, or_, select, union_all, update
 from sqlalchemy.engine import RowMapping
 
-
 from storage.db import Queries
 from storage.dialects import insert_for, utc_now
 from storage.schema import checkpoints, pets, training_runs, validation_images, votes
+from storage.scores import ImageScores
 
 UNFINISHED = ("queued", "running", "failed", "cancelled")
 
@@ -71,6 +71,16 @@ class ValidationImage:
     path: str
     message_id: str | None
     created_at: str
+    # Likeness to the pet's photos and adherence to the prompt (storage.scores); None when not scored.
+    dino: float | None = None
+    clip_i: float | None = None
+    clip_t: float | None = None
+
+    @property
+    def scores(self) -> ImageScores | None:
+        if self.dino is None or self.clip_i is None or self.clip_t is None:
+            return None
+        return ImageScores(self.dino, self.clip_i, self.clip_t)
 
 
 def _run(row: RowMapping | None) -> Run | None:
@@ -190,12 +200,14 @@ async def checkpoint_in_use(db: Queries, checkpoint_id: int) -> bool:
 
 
 async def add_validation_image(
-    db: Queries, run_id: int, step: int, checkpoint_id: int | None, prompt: str, seed: int, path: str
+    db: Queries, run_id: int, step: int, checkpoint_id: int | None, prompt: str, seed: int, path: str,
+    scores: ImageScores | None = None,
 ) -> int:
+    measured = {} if scores is None else {"dino": scores.dino, "clip_i": scores.clip_i, "clip_t": scores.clip_t}
     return int(await db.scalar(
         insert(validation_images)
         .values(run_id=run_id, step=step, checkpoint_id=checkpoint_id, prompt=prompt, seed=seed, path=path,
-                created_at=utc_now())
+                created_at=utc_now(), **measured)
         .returning(validation_images.c.id)
     ))
 

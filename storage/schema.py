@@ -91,6 +91,10 @@ validation_images = Table(
     Column("path", Text, nullable=False),
     Column("message_id", Text),
     _created(),
+    # Scores of the picture (engine/scoring); empty when it was rendered without scoring.
+    Column("dino", Float),
+    Column("clip_i", Float),
+    Column("clip_t", Float),
 )
 
 votes = Table(

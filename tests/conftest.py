@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,7 +24,7 @@ from storage.files import FileStore
 from storage.schema import metadata
 
 # Real PostgreSQL and S3 (moto) servers, session-scoped (tests/services.py).
-from services import postgres_server, s3_server  # noqa: F401, E402
+from services import postgres_server, s3_server  # noqa: F401
 
 # Two cores: keep each test process to one intra-op thread so parallel work does not thrash.
 torch.set_num_threads(int(os.environ.get("PAWTRAIT_TEST_THREADS", "2")))
@@ -52,6 +52,19 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from engine.tiny_model import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def scoring_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """Tiny random DINO and CLIP folders (engine/scoring/tiny.py), configured for every process the
+    tests start, so no test downloads the real scoring models; yields (dino folder, clip folder)."""
+    from engine.scoring.tiny import make_scoring_models
+
+    dino, clip = make_scoring_models(tmp_path_factory.mktemp("scoring"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PAWTRAIT_SCORE_DINO", str(dino))
+        patch.setenv("PAWTRAIT_SCORE_CLIP", str(clip))
+        yield dino, clip
 
 
 # One PostgreSQL database per test module, emptied before each test: creating and migrating a

@@ -1,6 +1,7 @@
 """End to end: `pawtrait bot` (the unmodified discord.py client and real worker processes on
-the tiny model) against the fake Discord. Members teach, train, vote, pick, imagine, share
-and forget, in one story; the bot is restarted in the middle of a training.
+the tiny model and tiny scoring models) against the fake Discord. Members teach, train,
+vote, pick, imagine, share, download LoRAs and forget, in one story; the bot is restarted
+in the middle of a training.
 
 The tests run in order and share one server, one bot process and one installation. The
 story runs twice: embedded (SQLite and a data folder; the bot starts its worker) and
@@ -20,16 +21,19 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from bot_harness import BotProcess, query, wait_for_rows
-from conftest import MODES, settings_env
 from config.settings import Settings
-from fake_discord import FakeDiscord, StoredMessage
-from fake_discord.payloads import Channel, Guild, Member
-from photo_samples import encode, jpeg, varied_photo
+from engine.scoring.suggest import suggest
 from storage import keys
 from storage.connect import file_store
 from storage.db import Database, open_database
 from storage.files import FileStore
+from storage.scores import run_scores
+
+from bot_harness import BotProcess, query, wait_for_rows
+from conftest import MODES, settings_env
+from fake_discord import FakeDiscord, StoredMessage
+from fake_discord.payloads import Channel, Guild, Member
+from photo_samples import encode, jpeg, varied_photo
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -103,7 +107,8 @@ async def test_commands_are_synced_once(world: World) -> None:
     fake = world.fake
     assert len(fake.command_syncs) == 1 and fake.command_syncs[0][0] is None  # one global upload
     names = {command["name"] for command in fake.global_commands}
-    assert {"teach", "train", "pick", "imagine", "pets", "queue", "cancel", "forget", "settings", "Teach Pawtrait"} <= names
+    assert {"teach", "train", "pick", "lora", "imagine", "pets", "queue", "cancel", "forget", "settings",
+            "Teach Pawtrait"} <= names
 
 
 async def test_teach_through_attachment_options(world: World) -> None:
@@ -211,9 +216,11 @@ async def test_training_thread_survives_a_bot_restart_and_votes_pick_the_checkpo
     )
     assert f"<@{world.alice.id}>" in done[0].content
     assert "step 2" in done[0].content and "most votes (2 votes)" in done[0].content
+    assert done[0].files["scores.png"].startswith(PNG)  # the chart of scores by step
     final = fake.messages[status.id]
     assert len(final.history) > edits_before and "Training finished" in final.content
     assert any("Step **" in version["content"] for version in final.history), "no progress edit was shown"
+    assert re.search(r"📊 Step \d+: likeness -?\d\.\d\d · prompts -?\d\.\d\d \(untrained: likeness", final.content)
     assert validation_messages(world, thread, TRAIN_STEPS)
     started = (await query(world.db, "SELECT count(*) AS n FROM job_events WHERE kind = 'started'"))[0]["n"]
     assert started >= 2, "the training did not resume after the restart"
@@ -379,6 +386,55 @@ async def test_a_failed_training_says_why_and_mentions_the_owner(world: World) -
         "the failure message",
     )
     assert failed[0].content.startswith(f"<@{world.carol.id}>") and "missing" in failed[0].content
+
+
+async def test_with_no_votes_the_suggested_checkpoint_is_kept_and_the_owner_downloads_the_lora(world: World) -> None:
+    fake = world.fake
+    photos = {f"photo{i}": (f"bella-{i}.jpg", jpeg(60 + i)) for i in range(1, 4)}
+    await answer(world, await fake.slash(world.dogs, world.carol, "teach", name="Bella", **{"class": "dog"}, **photos))
+    await answer(world, await fake.slash(world.dogs, world.carol, "train", pet="Bella", steps=4))
+    thread = await fake.wait_until(
+        lambda: next((t for t in fake.threads(world.dogs) if "Bella" in t.name), None), 20, "Bella's training thread"
+    )
+    done = await fake.wait_until(
+        lambda: [m for m in fake.channel_messages(thread) if "is trained" in m.content], 180, "the finish message"
+    )
+    pet_id = (await query(world.db, "SELECT id FROM pets WHERE name = 'Bella'"))[0]["id"]
+    run_id = (await query(world.db, "SELECT id FROM training_runs WHERE pet_id = :pet", pet=pet_id))[0]["id"]
+    scores = await run_scores(world.db, run_id)
+    suggested = suggest(scores.steps, scores.reference, "Bella")
+    assert f"nobody voted, so I kept the suggested checkpoint: step {suggested.step} " in done[0].content
+    assert done[0].files["scores.png"].startswith(PNG)
+    active = await query(world.db, "SELECT c.step FROM pets p JOIN checkpoints c ON c.id = p.active_checkpoint_id "
+                                   "WHERE p.id = :pet", pet=pet_id)
+    assert active[0]["step"] == suggested.step
+
+    dave = fake.add_member(world.dogs, "dave")
+    listing = await answer(world, await fake.slash(world.dogs, dave, "pick", pet="Bella"))  # anyone may look
+    assert listing.ephemeral and "`step 2` · likeness" in listing.text() and "`step 4` · likeness" in listing.text()
+    assert "✅ in use" in listing.text() and "💡 suggested" in listing.text() and "⭐ 0" in listing.text()
+    assert "`untrained` · likeness" in listing.text() and "still follows prompts" in listing.text()
+
+    refused = await answer(world, await fake.slash(world.dogs, dave, "lora", pet="Bella"))
+    assert refused.ephemeral and "only they" in refused.text()
+    download = await answer(world, await fake.slash(world.dogs, world.carol, "lora", pet="Bella"))
+    [(filename, data)] = download.files.items()
+    assert download.ephemeral and filename.endswith(f"-step{suggested.step}.safetensors")
+    assert "AUTOMATIC1111" in download.text() and "models/Lora" in download.text()
+    checkpoint = (await query(world.db, "SELECT path FROM checkpoints WHERE run_id = :run AND step = :step",
+                              run=run_id, step=suggested.step))[0]["path"]
+    # The file engine/export makes (test_export loads it in diffusers to the checkpoint's weights).
+    assert data == (await world.store.local_path(f"{checkpoint}/download-fp16.safetensors")).read_bytes()
+    missing = await answer(world, await fake.slash(world.dogs, world.carol, "lora", pet="Bella", step=3))
+    assert missing.ephemeral and "no checkpoint at step 3" in missing.text()
+
+    fake.attachment_size_limit = len(data) - 1  # a server whose upload limit is smaller than the file
+    try:
+        too_big = await answer(world, await fake.slash(world.dogs, world.carol, "lora", pet="Bella", step=2))
+    finally:
+        fake.attachment_size_limit = 25 * 1024 * 1024
+    assert too_big.ephemeral and not too_big.files
+    assert "more than the" in too_big.text() and "pawtrait export Bella --step 2 --guild" in too_big.text()
 
 
 async def test_pawtrait_bot_explains_a_missing_or_refused_token(world: World, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The bot's rules that need no Discord: the voting rule, command-sync hashing, settings."""
+"""The bot's rules that need no Discord: the voting rule (without scores), command-sync hashing, settings."""
 
 from __future__ import annotations
 
@@ -8,23 +8,26 @@ from discord import app_commands
 
 from bot.command_sync import command_payload, payload_hash
 from bot.settings import BotSettings
-from bot.voting import pick_step
 from config.settings import SettingsError
+from engine.scoring.choice import pick_step
+from storage.scores import RunScores
+
+UNSCORED = RunScores(reference=None, steps=[])
 
 
-def test_no_votes_keeps_the_last_checkpoint() -> None:
-    step, reason = pick_step({2: 0, 4: 0, 6: 0}, owner_steps=set())
-    assert step == 6 and "nobody voted" in reason
+def test_without_votes_or_scores_the_last_checkpoint_is_kept() -> None:
+    step, reason = pick_step({2: 0, 4: 0, 6: 0}, set(), UNSCORED, None)
+    assert step == 6 and "nobody voted and there are no scores" in reason
 
 
 def test_most_votes_win() -> None:
-    step, reason = pick_step({2: 3, 4: 1, 6: 0}, owner_steps={4})
+    step, reason = pick_step({2: 3, 4: 1, 6: 0}, {4}, UNSCORED, None)
     assert step == 2 and "most votes (3 votes)" in reason
 
 
-def test_ties_go_to_the_owners_vote_first_then_the_later_step() -> None:
-    assert pick_step({2: 2, 4: 2, 6: 1}, owner_steps={2})[0] == 2
-    step, reason = pick_step({2: 2, 4: 2, 6: 1}, owner_steps={6})
+def test_unscored_ties_go_to_the_owners_vote_first_then_the_later_step() -> None:
+    assert pick_step({2: 2, 4: 2, 6: 1}, {2}, UNSCORED, None)[0] == 2
+    step, reason = pick_step({2: 2, 4: 2, 6: 1}, {6}, UNSCORED, None)
     assert step == 4 and "later step" in reason  # the owner's vote went to a step that did not tie
 
 
@@ -58,7 +61,7 @@ def test_endpoints_and_dev_guild_are_checked() -> None:
 
 
 async def test_votes_in_the_database_choose_and_activate_a_checkpoint(db) -> None:
-    from bot.voting import choose_checkpoint
+    from engine.scoring.choice import choose_checkpoint
     from storage.pets import create_pet, get_pet
     from storage.runs import add_checkpoint, add_validation_image, add_vote, insert_run
 
@@ -74,15 +77,20 @@ async def test_votes_in_the_database_choose_and_activate_a_checkpoint(db) -> Non
     await add_vote(db, "e", "👍", validation_image_id=image_id[6])
     await add_vote(db, "f", "⭐", validation_image_id=image_id[0])  # "before" images are no candidate
 
-    choice = await choose_checkpoint(db, run_id, pet, "⭐")
+    choice = await choose_checkpoint(db, run_id, pet)  # without scores, ties go to the owner's vote
     assert choice is not None and choice.checkpoint.step == 2 and "owner's vote" in choice.reason
     assert (await get_pet(db, pet.id)).active_checkpoint_id == choice.checkpoint.id
 
 
 async def test_guild_settings_and_relay_position_persist(db) -> None:
     from storage.discord_posts import relay_position, set_relay_position
+    from storage.guild_settings import (
+        get_guild_settings,
+        others_may_imagine,
+        set_others_may_imagine,
+        update_guild_settings,
+    )
     from storage.jobs import START, EventPosition
-    from storage.guild_settings import get_guild_settings, others_may_imagine, set_others_may_imagine, update_guild_settings
     from storage.pets import create_pet
 
     assert (await get_guild_settings(db, "g1")).vote_emoji == "⭐"
@@ -108,6 +116,7 @@ async def test_the_bot_attaches_local_copies_of_stored_files_and_skips_deleted_o
     """Distributed: pictures live in the bucket; the bot fetches copies into this host's cache to
     attach them, and leaves out a picture deleted meanwhile (retention, /forget) instead of failing."""
     from bot.app import PawtraitBot
+
     from conftest import distributed
 
     shared = distributed(settings, request)

@@ -22,8 +22,6 @@ from peft.tuners.lora import LoraLayer
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from cli_helpers import Completed, pawtrait
-from conftest import settings_env
 from config.settings import Settings
 from engine.export.choice import ExportError
 from engine.export.download import download_caption, export_command, prepare_download, too_big_message
@@ -35,6 +33,9 @@ from storage import runs
 from storage.connect import open_storage
 from storage.files import DataDir
 from storage.pets import LOCAL_GUILD, Pet, find_pet
+
+from cli_helpers import Completed, pawtrait
+from conftest import settings_env
 from training_helpers import pet_with_photos
 
 REPO = Path(__file__).parent.parent

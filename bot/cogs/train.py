@@ -1,5 +1,5 @@
-"""Training a pet: `/train`, its thread (status, validation images, the finish message),
-⭐ votes on the validation images, and `/pick` for the owner.
+"""Training a pet: `/train`, its thread (status with the latest scores, validation images, the
+finish message with the scores chart), ⭐ votes on the validation images, and `/pick`.
 
 `/train` queues the run (engine.queueing, free of torch) with the installation's training
 defaults and opens a thread; the GPU worker does the rest, and its events reach this cog
@@ -10,6 +10,8 @@ on images posted before a restart still count.
 
 from __future__ import annotations
 
+import asyncio
+import io
 from typing import TYPE_CHECKING
 
 import discord
@@ -17,16 +19,19 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.checks import UserError, guild_key, pet_choices, pet_named, require_may_train, require_owner
-from bot.formatting import duration, progress_bar, queue_line
+from bot.formatting import duration, progress_bar, queue_line, scores_text
 from bot.job_relay import JobUpdate
-from bot.voting import choose_checkpoint
+from engine.export.choice import ExportError, find_checkpoint
 from engine.queueing import queue_training
+from engine.scoring.chart import score_chart
+from engine.scoring.choice import choose_checkpoint, run_standing, vote_emoji
+from engine.scoring.suggest import RULE
 from engine.training.create import TrainingInputError
 from engine.training.params import TrainingParams
 from storage.discord_posts import add_discord_job
 from storage.guild_settings import get_guild_settings
-from storage.jobs import QueueLimitReached, estimate_wait_s, queue_position
-from storage.pets import get_pet, set_active_checkpoint
+from storage.jobs import Job, QueueLimitReached, estimate_wait_s, queue_position
+from storage.pets import Pet, get_pet, set_active_checkpoint
 from storage.runs import (
     add_vote,
     list_checkpoints,
@@ -37,11 +42,13 @@ from storage.runs import (
     validation_image_by_message,
     validation_is_posted,
 )
+from storage.scores import RunScores, run_scores
 
 if TYPE_CHECKING:
     from bot.app import PawtraitBot
 
 DEFAULT_STEPS = 500
+MAX_LISTED = 20  # checkpoints /pick lists: the newest, within Discord's 2000 characters
 
 
 def checkpoint_interval(steps: int) -> int:
@@ -50,7 +57,7 @@ def checkpoint_interval(steps: int) -> int:
     return min(steps, max(2, steps // 5))
 
 
-def training_params(bot: "PawtraitBot", steps: int, prior_preservation: bool) -> TrainingParams:
+def training_params(bot: PawtraitBot, steps: int, prior_preservation: bool) -> TrainingParams:
     every = checkpoint_interval(steps)
     params = TrainingParams(
         steps=steps,
@@ -69,9 +76,27 @@ def training_params(bot: "PawtraitBot", steps: int, prior_preservation: bool) ->
     return params
 
 
+def latest_scores_line(scores: RunScores) -> str:
+    """The thread status's score line: the newest scored checkpoint beside the untrained model."""
+    scored = [step for step in scores.steps if step.has_scores]
+    if not scored:
+        return ""
+    latest, reference = scored[-1], scores.reference
+    line = f"📊 Step {latest.step}: {scores_text(latest.dino, latest.clip_t)}"
+    if reference is not None and reference.has_scores:
+        line += f" (untrained: {scores_text(reference.dino, reference.clip_t)})"
+    return line
+
+
+def run_id_of(job: Job) -> int | None:
+    run_id = job.run_id or (job.result or {}).get("run_id") or job.payload.get("run_id")
+    return None if run_id is None else int(run_id)
+
+
 class Train(commands.Cog):
-    def __init__(self, bot: "PawtraitBot") -> None:
+    def __init__(self, bot: PawtraitBot) -> None:
         self.bot = bot
+        self._score_lines: dict[int, str] = {}  # job id -> the status's score line
 
     # ---- /train ----------------------------------------------------------------------------
 
@@ -127,27 +152,59 @@ class Train(commands.Cog):
 
     # ---- /pick -----------------------------------------------------------------------------
 
-    @app_commands.command(name="pick", description="Choose which training step your pet uses from now on")
+    @app_commands.command(name="pick", description="List your pet's checkpoints with scores and votes, or choose one")
     @app_commands.guild_only()
-    @app_commands.describe(pet="Which pet", step="The step of a saved checkpoint (see the training thread)")
-    async def pick(self, interaction: discord.Interaction, pet: str, step: app_commands.Range[int, 1]) -> None:
+    @app_commands.describe(pet="Which pet", step="The step of a saved checkpoint to use from now on (leave out to list them)")
+    async def pick(self, interaction: discord.Interaction, pet: str, step: app_commands.Range[int, 1] | None = None) -> None:
         db = self.bot.db
         found = await pet_named(db, interaction, pet)
+        if step is None:
+            await interaction.response.send_message(await self._checkpoint_list(found), ephemeral=True)
+            return
         require_owner(interaction, found, "choose a checkpoint for")
-        for run in await list_runs(db, found.id):  # newest first
-            checkpoints = {c.step: c for c in await list_checkpoints(db, run.id)}
-            if step in checkpoints:
-                await set_active_checkpoint(db, found.id, checkpoints[step].id)
-                await set_chosen_checkpoint(db, run.id, checkpoints[step].id)
-                break
-        else:
-            steps = sorted({c.step for run in await list_runs(db, found.id) for c in await list_checkpoints(db, run.id)})
-            have = ", ".join(map(str, steps)) if steps else "none yet"
-            raise UserError(f"**{found.name}** has no checkpoint at step {step}. Saved steps: {have}.")
+        try:
+            chosen = await find_checkpoint(db, found, step)
+        except ExportError as error:
+            raise UserError(str(error)) from None
+        await set_active_checkpoint(db, found.id, chosen.checkpoint.id)
+        await set_chosen_checkpoint(db, chosen.run.id, chosen.checkpoint.id)
         await interaction.response.send_message(
-            f"📍 **{found.name}** now uses the checkpoint from step {step} (training #{run.id}), as <@{interaction.user.id}> chose.",
+            f"📍 **{found.name}** now uses the checkpoint from step {step} (training #{chosen.run.id}), "
+            f"as <@{interaction.user.id}> chose.",
             allowed_mentions=discord.AllowedMentions.none(),
         )
+
+    async def _checkpoint_list(self, pet: Pet) -> str:
+        """The newest training's checkpoints with their scores and votes, the one in use and the suggested one."""
+        db = self.bot.db
+        for run in await list_runs(db, pet.id):  # newest first
+            checkpoints = await list_checkpoints(db, run.id)
+            if checkpoints:
+                break
+        else:
+            return f"**{pet.name}** has no checkpoints yet: `/train` makes them."
+        emoji = await vote_emoji(db, pet)
+        votes, scores, suggestion = await run_standing(db, run.id, pet, emoji)
+        by_step = {step.step: step for step in scores.steps}
+        lines = [f"**{pet.name}**'s checkpoints (training #{run.id}):"]
+        for checkpoint in checkpoints[-MAX_LISTED:]:
+            scored = by_step.get(checkpoint.step)
+            marks = [scores_text(scored.dino, scored.clip_t)] if scored is not None and scored.has_scores else []
+            marks.append(f"{emoji} {votes.get(checkpoint.step, 0)}")
+            if checkpoint.id == pet.active_checkpoint_id:
+                marks.append("✅ in use")
+            if suggestion is not None and suggestion.step == checkpoint.step:
+                marks.append("💡 suggested")
+            lines.append(f"`step {checkpoint.step}` · " + " · ".join(marks))
+        reference = scores.reference
+        if reference is not None and reference.has_scores:
+            lines.append(f"`untrained` · {scores_text(reference.dino, reference.clip_t)}")
+        if suggestion is not None:
+            lines.append(f"💡 {suggestion.reason}. ({RULE})")
+        else:
+            lines.append("No scores for this training, so there is no suggestion.")
+        lines.append(f"`/pick pet:{pet.name} step:N` switches (owner or Manage Server).")
+        return "\n".join(lines)[:2000]
 
     @train.autocomplete("pet")
     @pick.autocomplete("pet")
@@ -196,13 +253,24 @@ class Train(commands.Cog):
             f"Step **{step}/{total}** · about {duration(data.get('eta_s'))} left"
             + (f" · loss {loss:.4f}" if isinstance(loss, (int, float)) else ""),
         ]
+        if score_line := await self._score_line(update.job):
+            lines.append(score_line)
         messages = self.bot.job_messages
         await messages.status(update.target, "\n".join(lines), force=messages.first_progress(update.job.id))
+
+    async def _score_line(self, job: Job) -> str:
+        """The latest scores, read once per job (e.g. after a restart) and renewed by each validation."""
+        if job.id not in self._score_lines:
+            run_id = run_id_of(job)
+            self._score_lines[job.id] = "" if run_id is None else latest_scores_line(await run_scores(self.bot.db, run_id))
+        return self._score_lines[job.id]
 
     @commands.Cog.listener()
     async def on_pawtrait_train_validation(self, update: JobUpdate) -> None:
         db, target, data = self.bot.db, update.target, update.event.data
         step = int(data.get("step", 0))
+        if (run_id := run_id_of(update.job)) is not None:
+            self._score_lines[update.job.id] = latest_scores_line(await run_scores(db, run_id))
         emoji = (await get_guild_settings(db, target.guild_id)).vote_emoji
         for image in data.get("images", []):
             if await validation_is_posted(db, int(image["id"])):
@@ -229,28 +297,36 @@ class Train(commands.Cog):
     @commands.Cog.listener()
     async def on_pawtrait_train_finished(self, update: JobUpdate) -> None:
         db, target, job = self.bot.db, update.target, update.job
-        run_id = job.run_id or (job.result or {}).get("run_id") or job.payload.get("run_id")
+        run_id = run_id_of(job)
         pet = await get_pet(db, int(job.payload.get("pet_id", 0)))
         total = int((job.result or {}).get("step") or update.event.data.get("step") or 0)
-        await self.bot.job_messages.status(
-            target, f"✅ Training finished `{progress_bar(1, 1)}` 100% · {total} steps", force=True
-        )
+        status = [f"✅ Training finished `{progress_bar(1, 1)}` 100% · {total} steps"]
+        if score_line := self._score_lines.pop(job.id, ""):
+            status.append(score_line)
+        await self.bot.job_messages.status(target, "\n".join(status), force=True)
         if pet is None or run_id is None:
             return
-        emoji = (await get_guild_settings(db, target.guild_id)).vote_emoji
-        choice = await choose_checkpoint(db, int(run_id), pet, emoji)
+        choice = await choose_checkpoint(db, run_id, pet)
         if choice is None:
             text = f"<@{pet.owner_id}> **{pet.name}** finished training, but no checkpoint was saved."
-        else:
-            text = (
-                f"<@{pet.owner_id}> **{pet.name}** is trained! Using the checkpoint from **step {choice.checkpoint.step}**: "
-                f"{choice.reason}.\nTry `/imagine prompt: a photo of TOK {pet.class_noun} as an astronaut`; "
-                f"`/pick` chooses another step."
-            )
-        await self.bot.job_messages.send(target.post_channel_id, text, allowed=True)
+            await self.bot.job_messages.send(target.post_channel_id, text, allowed=True)
+            return
+        suggested = choice.suggestion.step if choice.suggestion is not None else None
+        # About 0.2 s of drawing: beside the event loop, so interactions are not kept waiting.
+        chart = await asyncio.to_thread(score_chart, choice.scores, suggested, choice.voted_step)
+        text = (
+            f"<@{pet.owner_id}> **{pet.name}** is trained! Using the checkpoint from **step {choice.checkpoint.step}**: "
+            f"{choice.reason}.\n"
+            + (f"📈 Likeness to the photos and prompt adherence by step; {RULE}.\n" if chart else "")
+            + f"Try `/imagine prompt: a photo of TOK {pet.class_noun} as an astronaut`; "
+            f"`/pick` lists every checkpoint with its scores and votes, `/lora` downloads the LoRA."
+        )
+        files = [discord.File(io.BytesIO(chart), filename="scores.png")] if chart else []
+        await self.bot.job_messages.send(target.post_channel_id, text, files=files, allowed=True)
 
     @commands.Cog.listener()
     async def on_pawtrait_train_failed(self, update: JobUpdate) -> None:
+        self._score_lines.pop(update.job.id, None)
         why = update.event.data.get("error") or update.job.error or "no reason was given"
         owner = await self._owner(update)
         await self.bot.job_messages.status(update.target, f"❌ Training failed: {why}", force=True)
@@ -261,6 +337,7 @@ class Train(commands.Cog):
 
     @commands.Cog.listener()
     async def on_pawtrait_train_cancelled(self, update: JobUpdate) -> None:
+        self._score_lines.pop(update.job.id, None)
         owner = await self._owner(update)
         await self.bot.job_messages.status(update.target, "⏹️ Training cancelled; its checkpoints are kept.", force=True)
         await self.bot.job_messages.send(
@@ -272,5 +349,5 @@ class Train(commands.Cog):
         return pet.owner_id if pet is not None else update.target.requested_by
 
 
-async def setup(bot: "PawtraitBot") -> None:
+async def setup(bot: PawtraitBot) -> None:
     await bot.add_cog(Train(bot))

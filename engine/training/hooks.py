@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from engine.scoring.choice import Choice
 from storage.runs import ValidationImage
 
 
@@ -38,3 +39,4 @@ class RunOutcome:
     status: str  # succeeded, failed or cancelled
     error: str | None
     step: int
+    kept: Choice | None = None  # the checkpoint a succeeded run keeps, and why (engine.scoring.choice)

@@ -10,6 +10,10 @@ hosts): photos and the checkpoint to resume from are fetched into local copies f
 checkpoints and validation images are written into a local folder, published under keys
 of their own, and only then recorded, so a row never points at a missing file and a
 retried run on another host finds everything it needs.
+
+With a scorer, each validation round is scored (engine/scoring) right after it is rendered,
+in the training thread on the training's device, and the scores go into the pictures' rows;
+a resumed run renders and scores again what came after its checkpoint.
 """
 
 from __future__ import annotations
@@ -24,9 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from engine.device import free_memory_bytes
 from engine.models import BaseModel
+from engine.scoring.choice import choose_checkpoint
+from engine.scoring.prompts import without_token
+from engine.scoring.scorer import Scorer, Subject
 from engine.training.cache import build_cache, offload_encoders, restore_encoders
 from engine.training.checkpoints import prune_checkpoints, read_training_state, state_key, write_checkpoint
 from engine.training.class_images import ClassImagesCancelled, ensure_class_images
@@ -41,6 +49,7 @@ from storage.db import Queries
 from storage.files import DataDir, FileMissing, FileStore, remove_tree
 from storage.jobs import LeaseLost
 from storage.pets import Pet, get_pet
+from storage.scores import ImageScores
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +59,22 @@ def adapter_name(run_id: int) -> str:
 
 
 async def execute_run(
-    db: Queries, store: FileStore, data: DataDir, base: BaseModel, run_id: int, hooks: TrainingHooks | None = None
+    db: Queries, store: FileStore, data: DataDir, base: BaseModel, run_id: int, hooks: TrainingHooks | None = None,
+    scorer: Scorer | None = None,
 ) -> RunOutcome:
-    """Run (or resume from its newest checkpoint) the training of run `run_id` and record the result."""
+    """Run (or resume from its newest checkpoint) the training of run `run_id` and record the result.
+
+    With a `scorer`, every validation picture is stored with its scores (None: without).
+    """
     hooks = hooks or TrainingHooks()
     run = await runs.get_run(db, run_id)
     if run is None:
-        raise TrainingInputError(f"there is no training run {run_id}")
+        raise TrainingInputError(f"There is no training run {run_id}.")
     if run.status == "succeeded":
-        raise TrainingInputError(f"training run {run_id} already finished; start a new one")
+        raise TrainingInputError(f"Training run {run_id} already finished; start a new one.")
     pet = await get_pet(db, run.pet_id)
     if pet is None:
-        raise TrainingInputError(f"the pet of training run {run_id} no longer exists")
+        raise TrainingInputError(f"The pet of training run {run_id} no longer exists.")
     params = TrainingParams.from_dict(run.params)
     try:
         params.validate()
@@ -74,7 +87,7 @@ async def execute_run(
     await store.delete([image.path for image in await runs.delete_validation_after(db, run_id, start_step)])
     await runs.mark_running(db, run_id, start_step)
 
-    session = _Session(db, store, data, base, run_id, pet, params, photos, hooks, asyncio.get_running_loop())
+    session = _Session(db, store, data, base, run_id, pet, params, photos, hooks, scorer, asyncio.get_running_loop())
     session.step = start_step
     status, error = "succeeded", None
     try:
@@ -101,12 +114,14 @@ async def execute_run(
         )
     except LeaseLost:
         raise  # the job moved to another worker: this one records nothing
-    except Exception as failure:  # noqa: BLE001 - any failure must end as a recorded, explained run
+    except Exception as failure:
         log.exception("training run %d failed", run_id)
         status = "failed"
         error = f"training failed after {session.step} of {params.steps} steps: {failure}"
     await runs.finish_run(db, run_id, status, session.step, error)
-    return RunOutcome(run_id=run_id, status=status, error=error, step=session.step)
+    # Votes so far, else the suggestion: the same rule the bot applies when it announces the run.
+    kept = await choose_checkpoint(db, run_id, pet) if status == "succeeded" else None
+    return RunOutcome(run_id=run_id, status=status, error=error, step=session.step, kept=kept)
 
 
 async def _settle(task: asyncio.Future) -> None:
@@ -153,10 +168,12 @@ class _Session:
         params: TrainingParams,
         photos: list[Path],
         hooks: TrainingHooks,
+        scorer: Scorer | None,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.db, self.store, self.data, self.base, self.run_id, self.pet = db, store, data, base, run_id, pet
-        self.params, self.photos, self.hooks, self.loop = params, photos, hooks, loop
+        self.params, self.photos, self.hooks, self.scorer, self.loop = params, photos, hooks, scorer, loop
+        self.subject = Subject(photos)  # the pet's photos: their embeddings are computed once per run
         self._step = 0
         self.trainer: LoraTrainer | None = None
         self.stop = False
@@ -301,15 +318,31 @@ class _Session:
         )
         if fp32:
             log.warning("run %d: validation at step %d needed the fp32 VAE", self.run_id, step)
-        for index, (picture, prompt, seed) in enumerate(zip(pictures, self.prompts, seeds)):
+        scores = self.score(step, pictures)
+        for index, (picture, prompt, seed, measured) in enumerate(zip(pictures, self.prompts, seeds, scores)):
             path = self._staging(f"run{self.run_id}-validation").with_suffix(".png")
             picture.save(path, format="PNG")
             key = keys.validation_image(self.run_id, step, index, self.tag)
             self.on_loop(functools.partial(self.store.put_file, key, path, move=True))
             path.unlink(missing_ok=True)
             self.on_loop(
-                runs.add_validation_image, self.db, self.run_id, step, self.checkpoint_ids.get(step), prompt, seed, key
+                runs.add_validation_image, self.db, self.run_id, step, self.checkpoint_ids.get(step), prompt, seed, key,
+                measured,
             )
         rows = self.on_loop(runs.list_validation_images, self.db, self.run_id, step)
         if self.hooks.on_validation:
             self.on_loop(self.hooks.on_validation, step, rows)
+
+    def score(self, step: int, pictures: list[Image.Image]) -> list[ImageScores | None]:
+        """This round's scores on the training's device; None for each picture without a scorer or
+        models, or when scoring failed."""
+        unscored: list[ImageScores | None] = [None] * len(pictures)
+        if self.scorer is None:
+            return unscored
+        texts = [without_token(prompt, self.pet.token, self.pet.class_noun) for prompt in self.prompts]
+        try:
+            scores = self.scorer.score(self.subject, pictures, texts, self.base.device)
+        except Exception:
+            log.exception("run %d: scoring the validation pictures of step %d failed; they stay unscored", self.run_id, step)
+            return unscored
+        return unscored if scores is None else list(scores)

@@ -27,6 +27,7 @@ from engine.generation.generator import Generator, Preview
 from engine.generation.request import GenerationRequest
 from engine.generation.service import generate_and_record
 from engine.models import BaseModel
+from engine.scoring.scorer import Scorer
 from engine.training.hooks import TrainingHooks
 from engine.training.service import execute_run
 from engine.worker.events import PREVIEW_INTERVAL_S, PROGRESS_INTERVAL_S, LoopBridge, Throttle
@@ -84,7 +85,11 @@ class JobReporter:
         self.event("checkpoint", {"step": int(step), "checkpoint_id": int(checkpoint_id)})
 
     def validation(self, step: int, images: list[ValidationImage]) -> None:
-        rows = [{"id": image.id, "path": image.path, "prompt": image.prompt, "seed": image.seed} for image in images]
+        rows = [
+            {"id": image.id, "path": image.path, "prompt": image.prompt, "seed": image.seed,
+             "dino": image.dino, "clip_i": image.clip_i, "clip_t": image.clip_t}
+            for image in images
+        ]
         self.event("validation", {"step": int(step), "images": rows})
 
     def generation_step(self, step: int, total: int, preview: Preview, stop: Callable[[], bool]) -> None:
@@ -120,6 +125,7 @@ class Executor:
         self.worker_id = worker_id
         self.loop = asyncio.get_running_loop()
         self.generator = Generator.from_settings(base, settings)
+        self.scorer = Scorer.from_settings(settings)  # its models load at the first validation round
         self.running: set[int] = set()
         self.lost: set[int] = set()  # jobs whose lease another worker holds now
 
@@ -210,7 +216,7 @@ class Executor:
         )
         self.generator.release_graphs()  # the training plans its mode from the free memory
         try:
-            outcome = await execute_run(db, self.store, self.data, self.base, run_id, hooks)
+            outcome = await execute_run(db, self.store, self.data, self.base, run_id, hooks, scorer=self.scorer)
         finally:
             release_memory(self.base, (f"train-{run_id}",))
         result = {"run_id": run_id, "status": outcome.status, "step": outcome.step}

@@ -134,6 +134,8 @@ class FakeDiscord:
         self.guild_commands: dict[str, list[dict[str, Any]]] = {}
         self.command_syncs: list[tuple[str | None, list[dict[str, Any]]]] = []
         self.identifies = 0
+        # What interactions report as the upload limit (Discord: 10 MiB, more with server boosts).
+        self.attachment_size_limit = 25 * 1024 * 1024
         self._files: dict[str, bytes] = {}  # attachment id -> bytes, served at /attachments/
         self._sockets: list[web.WebSocketResponse] = []
         self._seq = 0
@@ -619,7 +621,7 @@ class FakeDiscord:
             "app_permissions": str(ALL_PERMISSIONS),
             "locale": "en-US",
             "guild_locale": "en-US",
-            "attachment_size_limit": 25 * 1024 * 1024,
+            "attachment_size_limit": self.attachment_size_limit,
             "entitlements": [],
             "authorizing_integration_owners": {"0": guild.id},
             "context": 0,
