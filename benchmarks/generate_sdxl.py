@@ -34,18 +34,19 @@ from pathlib import Path
 import numpy as np
 import torch
 from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
-from PIL import Image
 from peft import LoraConfig, get_peft_model_state_dict
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.compile import compiled_blocks  # noqa: E402
-from engine.generation.generator import Generator, PetLora  # noqa: E402
-from engine.generation.guidance import GuidanceInterval  # noqa: E402
-from engine.generation.request import GenerationRequest  # noqa: E402
-from engine.models import BaseModel  # noqa: E402
-from sdxl_random import build_sdxl  # noqa: E402
-from storage.pets import Pet  # noqa: E402
+from sdxl_random import build_sdxl
+
+from engine.compile import compiled_blocks
+from engine.generation.generator import Generator, PetLora
+from engine.generation.guidance import GuidanceInterval
+from engine.generation.request import GenerationRequest
+from engine.models import BaseModel
+from storage.pets import Pet
 
 GIB = 2**30
 PET = Pet(id=1, guild_id="local", owner_id="bench", name="Thor", token="zqxjv", class_noun="cat",
@@ -124,7 +125,7 @@ class Bench:
         started = time.perf_counter()
         try:
             fn()
-        except Exception as error:  # a failed lever is a result too; the others still run
+        except Exception as error:  # noqa: BLE001 - a failed lever is a result too; the others still run
             traceback.print_exc()
             self.results[f"{name}.error"] = f"{type(error).__name__}: {error}"
             self.rows.append((name, "failed", "", "", f"{type(error).__name__}: {str(error)[:80]}"))
@@ -146,8 +147,8 @@ class Bench:
 def cold_start(model_dir: str, compile: bool = False) -> None:
     """In a fresh process: load the saved model from disk as the worker does, then one request."""
     started = time.perf_counter()
-    from engine.models import load_base_model
     from config.settings import Settings
+    from engine.models import load_base_model
 
     base = load_base_model(Settings(model=model_dir, vae=None, device="cuda"))
     loaded = time.perf_counter()

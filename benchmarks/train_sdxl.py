@@ -30,19 +30,20 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.models import BaseModel  # noqa: E402
-from engine.training.cache import build_cache, offload_encoders, restore_encoders  # noqa: E402
-from engine.training.checkpoints import write_checkpoint  # noqa: E402
-from engine.training.class_images import ensure_class_images  # noqa: E402
-from engine.training.loop import LoopPlan, LoraTrainer  # noqa: E402
-from engine.training.params import TrainingParams  # noqa: E402
-from engine.training.validation import render  # noqa: E402
-from sdxl_random import build_sdxl  # noqa: E402
-from storage import keys  # noqa: E402
-from storage.db import Database, open_database, sqlite_url  # noqa: E402
-from storage.files import DataDir, FileStore, LocalFiles  # noqa: E402
-from storage.pets import LOCAL_GUILD, Pet, create_pet  # noqa: E402
-from storage.photos import insert_photo  # noqa: E402
+from sdxl_random import build_sdxl
+
+from engine.models import BaseModel
+from engine.training.cache import build_cache, offload_encoders, restore_encoders
+from engine.training.checkpoints import write_checkpoint
+from engine.training.class_images import ensure_class_images
+from engine.training.loop import LoopPlan, LoraTrainer
+from engine.training.params import TrainingParams
+from engine.training.validation import render
+from storage import keys
+from storage.db import Database, open_database, sqlite_url
+from storage.files import DataDir, FileStore, LocalFiles
+from storage.pets import LOCAL_GUILD, Pet, create_pet
+from storage.photos import insert_photo
 
 GIB = 2**30
 PROMPT = "a photo of zqxjv cat"
@@ -192,8 +193,8 @@ def bench_end_to_end(
     base: BaseModel, work: Path, photos: list[Path], steps: int, mode: str, res: int, compile_blocks: bool, every: int
 ) -> dict:
     """execute_run itself, from photos to the last checkpoint, on a real SQLite database."""
-    from engine.training.service import execute_run
     from engine.training.create import create_run
+    from engine.training.service import execute_run
 
     async def run() -> dict:
         db, store, data = await embedded_install(work / f"e2e-{mode}")
@@ -247,8 +248,8 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="pawtrait-bench-"))
     if args.tiny:
-        from engine.models import load_base_model
         from config.settings import Settings
+        from engine.models import load_base_model
 
         build_s, base = timed(lambda: load_base_model(Settings(model=str(args.tiny), vae=None, device="cpu")))
     else:

@@ -31,16 +31,16 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine.generation.generator import Generator  # noqa: E402
-from engine.models import BaseModel  # noqa: E402
-from config.settings import Settings  # noqa: E402
-from engine.training import TrainingParams, create_run  # noqa: E402
-from engine.worker.executor import Executor  # noqa: E402
-from storage import jobs, runs  # noqa: E402
-from storage.pets import LOCAL_GUILD  # noqa: E402
-from generate_sdxl import mean_pixel_diff  # noqa: E402
-from train_sdxl import build_base, embedded_install, peak_gib, pet_with, reset_peak, write_photos  # noqa: E402
+from generate_sdxl import mean_pixel_diff
+from train_sdxl import build_base, embedded_install, peak_gib, pet_with, reset_peak, write_photos
 
+from config.settings import Settings
+from engine.generation.generator import Generator
+from engine.models import BaseModel
+from engine.training import TrainingParams, create_run
+from engine.worker.executor import Executor
+from storage import jobs, runs
+from storage.pets import LOCAL_GUILD
 
 
 def seconds_between(start: str, end: str) -> float:

@@ -45,7 +45,7 @@ class JobUpdate:
 
 
 class JobRelay:
-    def __init__(self, bot: "PawtraitBot", interval_s: float = 1.0) -> None:
+    def __init__(self, bot: PawtraitBot, interval_s: float = 1.0) -> None:
         self.bot = bot
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
@@ -59,7 +59,7 @@ class JobRelay:
             self._task.cancel()
             try:
                 await self._task
-            except (asyncio.CancelledError, Exception):
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping: its errors were logged as they happened
                 pass
             self._task = None
 

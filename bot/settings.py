@@ -35,7 +35,7 @@ class BotSettings:
     dev_guild: int | None = None  # commands sync to this server instantly instead of globally
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "BotSettings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> BotSettings:
         env = environment() if env is None else env
         return cls(
             token=read(env, "DISCORD_TOKEN", None, str, "the bot token from the Discord developer portal"),

@@ -41,7 +41,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(serve(settings, bot_settings))
 
 
-async def serve(settings: Settings, bot_settings: "BotSettings") -> int:
+async def serve(settings: Settings, bot_settings: BotSettings) -> int:
     """Workers first (they take a while to load the model), then the bot until it is closed."""
     import discord
 

@@ -9,8 +9,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from engine.generation.request import DEFAULT_VARIATION_STRENGTH, SIZE_PRESETS, GenerationError, GenerationRequest
 from config.settings import Settings
+from engine.generation.request import DEFAULT_VARIATION_STRENGTH, SIZE_PRESETS, GenerationError, GenerationRequest
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -47,7 +47,9 @@ def _source(text: str) -> tuple[int, int]:
     try:
         return int(generation), int(image or 1)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a generation id, optionally with :image (e.g. 12 or 12:3), not {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a generation id, optionally with :image (e.g. 12 or 12:3), not {text!r}"
+        ) from None
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

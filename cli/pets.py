@@ -165,7 +165,7 @@ async def _forget(args: argparse.Namespace, settings: Settings) -> int:
             if not sys.stdin.isatty():
                 print(f"pawtrait forget: not deleting {what} without confirmation; pass --yes", file=sys.stderr)
                 return 1
-            answer = input(f"Delete {what}? [y/N] ")
+            answer = await asyncio.to_thread(input, f"Delete {what}? [y/N] ")
             if answer.strip().lower() not in ("y", "yes"):
                 print(f"kept {pet.name}")
                 return 1

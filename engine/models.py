@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 
+from config.settings import Settings
 from engine.compile import keep_compiled_code_in
 from engine.device import compute_dtype, resolve_device
-from config.settings import Settings
 from storage.files import DataDir
 
 

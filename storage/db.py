@@ -101,12 +101,12 @@ class Transaction(_Reads):
         return await self.connection.execute(statement, params)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator["Transaction"]:
+    async def transaction(self) -> AsyncIterator[Transaction]:
         """Joins the transaction already open: the outer block commits or rolls back everything."""
         yield self
 
     @asynccontextmanager
-    async def savepoint(self) -> AsyncIterator["Transaction"]:
+    async def savepoint(self) -> AsyncIterator[Transaction]:
         """A part that may fail on its own (e.g. a unique clash to retry) without failing the
         whole transaction: PostgreSQL aborts a transaction at its first error otherwise."""
         async with self.connection.begin_nested():
@@ -190,7 +190,7 @@ def retry_on_disconnect(function: Callable[..., Awaitable[T]]) -> Callable[..., 
         while True:
             try:
                 return await function(db, *args, **kwargs)
-            except Exception as error:  # noqa: BLE001 - anything but a lost connection is re-raised
+            except Exception as error:
                 if not db.top_level:
                     raise
                 await _wait_or_raise(error, deadline, "")
@@ -298,7 +298,7 @@ def _switch_to_wal(cursor: Any) -> None:
         try:
             cursor.execute("PRAGMA journal_mode = WAL")
             return
-        except Exception as error:  # noqa: BLE001 - the driver's OperationalError
+        except Exception as error:
             if "locked" not in str(error) or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)

@@ -12,7 +12,7 @@ the same text, so callers never see the difference.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import String, Table, types
@@ -30,7 +30,7 @@ SQLITE_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 
 def iso(value: datetime) -> str:
     """'2026-12-02T10:11:12.345Z': milliseconds, as SQLite's strftime('%f') writes them."""
-    return value.astimezone(timezone.utc).strftime(ISO_FORMAT)[:-4] + "Z"
+    return value.astimezone(UTC).strftime(ISO_FORMAT)[:-4] + "Z"
 
 
 class Timestamp(types.TypeDecorator):

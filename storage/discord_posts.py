@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from sqlalchemy import select, update
 
-
 from storage.db import Queries
 from storage.dialects import insert_for
 from storage.jobs import EventPosition

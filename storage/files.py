@@ -278,7 +278,7 @@ class FileStore(ABC):
     def _probe_error(self, exc: Exception) -> FileStoreError:
         return FileStoreError(f"Pawtrait cannot use {self.describe()} for its files: {exc}")
 
-    def _probe_cleanup(self) -> None:
+    def _probe_cleanup(self) -> None:  # noqa: B027 - optional: only stores that leave something behind override it
         pass
 
 
@@ -536,7 +536,7 @@ class S3Files(FileStore):
             self._store = S3Store(
                 bucket, prefix=self.prefix or None, config=config, client_options=client, retry_config=retry
             )
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - obstore's configuration errors have no common base
             raise FileStoreError(f"Cannot set up {self.describe()}: {self._scrub(str(exc))}") from None
 
     # -- errors in plain words ----------------------------------------------------------------

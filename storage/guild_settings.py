@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-
 from storage.db import Queries
 from storage.dialects import insert_for
 from storage.schema import guild_settings, pet_sharing

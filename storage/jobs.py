@@ -52,7 +52,7 @@ class LeaseLost(RuntimeError):
     """The job is no longer this worker's (requeued after it went silent, then claimed again)."""
 
     @classmethod
-    def of(cls, lease: "JobLease") -> "LeaseLost":
+    def of(cls, lease: JobLease) -> LeaseLost:
         return cls(f"job #{lease.job_id} attempt {lease.attempt} is no longer {lease.worker_id}'s")
 
 

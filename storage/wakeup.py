@@ -83,7 +83,7 @@ class ListenWakeup(Wakeup):
     async def wait(self, timeout: float) -> None:
         try:
             await self._listen()
-        except Exception as error:  # noqa: BLE001 - a database that is down: poll until it is back
+        except Exception as error:
             if not is_disconnect(error):
                 raise
             log.warning("cannot LISTEN for new jobs (%s); polling until the database is back", type(error).__name__)
@@ -91,7 +91,7 @@ class ListenWakeup(Wakeup):
             return
         try:
             await asyncio.wait_for(self._event.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     async def _drop(self) -> None:

@@ -12,8 +12,9 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import RowMapping
 
-from fake_discord import FakeDiscord
 from storage.db import Database
+
+from fake_discord import FakeDiscord
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -64,10 +65,10 @@ class BotProcess:
             process.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(process.wait(), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 os.killpg(process.pid, signal.SIGKILL)
                 await process.wait()
-                raise AssertionError(f"the {what} did not stop within a minute of SIGTERM:\n" + self.log_tail())
+                raise AssertionError(f"the {what} did not stop within a minute of SIGTERM:\n" + self.log_tail()) from None
         self.worker = None
 
     def log_tail(self, lines: int = 60) -> str:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from services import S3Server, free_port
 from storage.files import (
     FileMissing,
     FileStore,
@@ -22,6 +21,8 @@ from storage.files import (
     StoredObject,
     open_files,
 )
+
+from services import S3Server, free_port
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -20,19 +20,20 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from PIL import Image
 from sqlalchemy import func, select
 
-from cli_helpers import pawtrait
+from config.settings import Settings
 from engine.generation.generator import Generator, PetLora
 from engine.generation.guidance import GuidanceInterval
 from engine.generation.metadata import CHUNK, Parameters, format_parameters, parse_parameters
 from engine.generation.request import SIZE_PRESETS, GenerationError, GenerationRequest
 from engine.generation.service import generate_and_record
 from engine.models import load_base_model
-from config.settings import Settings
 from storage import keys, runs
 from storage.files import DataDir, FileStore
 from storage.generations import get_generation
 from storage.pets import LOCAL_GUILD, Pet, create_pet, get_pet, set_active_checkpoint
 from storage.schema import generations
+
+from cli_helpers import pawtrait
 
 SMALL = 1 / 8  # presets at 1/8 scale: 1:1 renders 128x128 on the tiny model
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import DBAPIError, PendingRollbackError
 
-from conftest import distributed
 from config.settings import Settings
 from storage import jobs
 from storage.db import Database, open_database
@@ -23,6 +23,8 @@ from storage.pets import create_pet, get_pet
 from storage.runs import get_run, insert_run
 from storage.schema import job_events, pets
 from storage.schema import jobs as jobs_table
+
+from conftest import distributed
 
 pytestmark = pytest.mark.both_modes
 
@@ -421,9 +423,9 @@ async def test_a_worker_frozen_inside_a_transaction_does_not_block_the_takeover(
     started = time.monotonic()
     requeued = await asyncio.wait_for(jobs.requeue_or_fail(sweeper, lease, 3, "silent", silent_for_s=60), 30)
     assert requeued.status == "queued" and time.monotonic() - started < 15
-    with pytest.raises(Exception):
+    with pytest.raises(DBAPIError):
         await tx.execute(select(jobs_table.c.id))  # woken up: its session was ended by the server
-    with pytest.raises(Exception):
+    with pytest.raises(PendingRollbackError):  # and its transaction with it
         await stuck.__aexit__(None, None, None)
     assert [e.kind for e in await all_events(sweeper, job.id)][-1] == "queued"
 

@@ -14,6 +14,7 @@ import pytest
 from cli.main import main
 from config.settings import Settings
 from storage.connect import open_storage
+
 from training_helpers import pet_with_photos
 
 REPO = Path(__file__).resolve().parent.parent

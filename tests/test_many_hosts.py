@@ -26,6 +26,7 @@ from storage.files import FileStore
 from storage.pet_deletion import forget_pet, sweep_orphans
 from storage.pets import LOCAL_GUILD, get_pet
 from storage.photos import list_photos
+
 from worker_helpers import REPO, ended, eventually, painting, start_worker, stop_worker, submit_training, tiny_training
 
 # A host silent this long loses its job to another (PAWTRAIT_WORKER_TIMEOUT_S; 20 s by default).
@@ -50,7 +51,7 @@ class Host:
         }
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "Host":
+    def start(self) -> Host:
         self.process = start_worker(self.env, self.log)
         return self
 
@@ -290,7 +291,7 @@ async def test_two_hosts_training_cats_at_once_draw_the_class_images_once(
                  for owner, name in (("alice", "Thor"), ("bob", "Tiger"))]
     a, b = hosts("host-a").start(), hosts("host-b").start()
     for _, _, training in submitted:
-        done = await eventually(lambda: ended(db, training.id), "both trainings", a.log)
+        done = await eventually(lambda training=training: ended(db, training.id), "both trainings", a.log)
         assert done.status == "succeeded", done.error
     assert {a.runs(job.worker_id) for job in [await jobs.get_job(db, t.id) for _, _, t in submitted]} == {True, False}
     drew = [host.name for host in (a, b) if "drawing 4 class images" in host.log.read_text(errors="replace")]

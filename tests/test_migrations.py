@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect
 
-from conftest import distributed
 from config.settings import Settings
 from storage import jobs
 from storage.db import Database, current_revision, open_database, sqlite_url
@@ -32,6 +31,8 @@ from storage.pets import create_pet, find_pet, list_pets
 from storage.photos import list_photos
 from storage.runs import get_run, list_checkpoints, list_validation_images, vote_tally
 from storage.schema import metadata
+
+from conftest import distributed
 
 REPO = Path(__file__).resolve().parent.parent
 RELEASE_DB = Path(__file__).resolve().parent / "data" / "release-0.1.db"

@@ -8,11 +8,12 @@ from collections.abc import Callable
 import pytest
 from PIL import Image, ImageStat
 
-import photo_samples as samples
 from engine.intake.contact_sheet import GAP, THUMBNAIL, contact_sheet_png
 from engine.intake.decode import decode_photo
 from engine.intake.hashing import NEAR_DUPLICATE_BITS, difference_hash, hash_distance
 from engine.intake.screening import KnownPhoto, Verdict, screen_files
+
+import photo_samples as samples
 
 RESOLUTION = 128
 

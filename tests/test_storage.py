@@ -14,8 +14,6 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
 import engine.teach
-import photo_samples as samples
-from conftest import distributed
 from config.settings import Settings
 from engine.teach import TeachError, teach_photos
 from storage import jobs, keys, leases, retention, workers
@@ -30,14 +28,32 @@ from storage.pet_status import pet_summaries
 from storage.pets import PetNameTaken, create_pet, find_pet, list_pets, set_active_checkpoint
 from storage.photos import insert_photo, list_photos
 from storage.runs import (
-    add_checkpoint, add_validation_image, add_vote, finish_run, get_run, insert_run, list_checkpoints, mark_running,
-    remove_vote, set_step, vote_tally,
+    add_checkpoint,
+    add_validation_image,
+    add_vote,
+    finish_run,
+    get_run,
+    insert_run,
+    list_checkpoints,
+    mark_running,
+    remove_vote,
+    set_step,
+    vote_tally,
 )
 from storage.schema import (
-    checkpoints, generations, job_events, pets, photos, training_runs, validation_images,
+    checkpoints,
+    generations,
+    job_events,
+    pets,
+    photos,
+    training_runs,
+    validation_images,
 )
 from storage.schema import leases as leases_table
 from storage.schema import workers as workers_table
+
+import photo_samples as samples
+from conftest import distributed
 
 pytestmark = pytest.mark.both_modes
 
@@ -94,7 +110,7 @@ async def test_a_failed_transaction_leaves_nothing_and_the_database_keeps_workin
     assert await list_pets(db, "guild-1") == []
     async with db.transaction() as tx:  # a savepoint lets a transaction carry on after a refused insert
         thor = await create_pet(tx, "guild-1", "alice", "Thor", "cat")
-        with pytest.raises(PetNameTaken, match="a pet called 'thor' already exists"):
+        with pytest.raises(PetNameTaken, match="A pet called 'thor' already exists"):
             await create_pet(tx, "guild-1", "bob", "thor", "dog")
         loki = await create_pet(tx, "guild-1", "bob", "Loki", "dog")
     assert {pet.id for pet in await list_pets(db, "guild-1")} == {thor.id, loki.id}

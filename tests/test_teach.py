@@ -14,9 +14,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-import photo_samples as samples
 from config.settings import Settings
-from conftest import distributed
 from engine.teach import TeachError, teach_photos
 from storage import keys, runs
 from storage.connect import file_store
@@ -27,6 +25,9 @@ from storage.pet_deletion import forget_pet
 from storage.pets import LOCAL_GUILD, find_pet
 from storage.photos import list_photos
 from storage.schema import pets
+
+import photo_samples as samples
+from conftest import distributed
 
 ROOT = Path(__file__).parents[1]
 

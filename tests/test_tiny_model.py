@@ -8,8 +8,8 @@ from pathlib import Path
 
 from diffusers import EulerDiscreteScheduler
 
-from engine.models import load_base_model
 from config.settings import Settings
+from engine.models import load_base_model
 
 ROOT = Path(__file__).parents[1]
 

@@ -10,15 +10,16 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from config.settings import Settings
 from engine.generation.loras import has_tuner_layers
 from engine.models import BaseModel, load_base_model
-from config.settings import Settings
 from engine.training import TrainingHooks, TrainingInputError, TrainingParams, create_run, execute_run
 from engine.training.checkpoints import STATE_FILE, state_key
 from storage import keys, runs
 from storage.files import DataDir, FileStore
 from storage.pets import LOCAL_GUILD, create_pet
 from storage.photos import list_photos
+
 from training_helpers import pet_with_photos
 
 # Small and quick: 64 px photos (8x8 latents), 2 images per optimizer step, 2-step validation renders.
@@ -265,15 +266,15 @@ async def test_bad_inputs_are_refused_in_plain_words(db, store: FileStore, data:
         await create_run(db, store, empty, TrainingParams(**QUICK))
     pet = await pet_with_photos(db, store)
     for bad, message in [
-        (dict(steps=0), "steps must be at least 1"),
-        (dict(steps=-5), "steps must be at least 1"),
-        (dict(rank=0), "rank must be at least 1"),
+        (dict(steps=0), "Steps must be at least 1"),
+        (dict(steps=-5), "Steps must be at least 1"),
+        (dict(rank=0), "Rank must be at least 1"),
         (dict(resolution=100), "multiple of 64"),
-        (dict(mode="turbo"), "mode must be one of"),
+        (dict(mode="turbo"), "The mode must be one of"),
     ]:
         with pytest.raises(TrainingInputError, match=message):
             await create_run(db, store, pet, TrainingParams(**{**QUICK, **bad}))
-    with pytest.raises(TrainingInputError, match="no training run 999"):
+    with pytest.raises(TrainingInputError, match="There is no training run 999"):
         await execute_run(db, store, data, base, 999)
     assert await runs.list_runs(db, pet.id) == []
     # A photo whose file went missing from the store: refused before queueing, naming the problem.

@@ -16,6 +16,7 @@ from config.settings import Settings
 from storage import runs
 from storage.files import FileStore
 from storage.pets import LOCAL_GUILD, create_pet
+
 from training_helpers import pet_with_photos
 
 QUICK_ARGS = ["--resolution", "64", "--validate-every", "0", "--validation-steps", "1", "--checkpoint-every", "1"]

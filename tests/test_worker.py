@@ -19,8 +19,17 @@ from engine.worker.supervisor import WorkerSupervisor
 from storage import jobs, runs
 from storage.files import FileStore
 from storage.pets import LOCAL_GUILD
+
 from worker_helpers import (
-    ended, eventually, own_folder, painting, start_worker, started_events, stop_worker, submit_training, tiny_training,
+    ended,
+    eventually,
+    own_folder,
+    painting,
+    start_worker,
+    started_events,
+    stop_worker,
+    submit_training,
+    tiny_training,
 )
 
 pytestmark = pytest.mark.both_modes
@@ -138,7 +147,7 @@ async def test_two_workers_share_the_queue_and_run_each_job_once(
     ]
     try:
         for job in submitted:
-            done = await eventually(lambda: ended(db, job.id), f"job {job.id}", tmp_path / "worker-0.log")
+            done = await eventually(lambda job=job: ended(db, job.id), f"job {job.id}", tmp_path / "worker-0.log")
             assert done.status == "succeeded", done.error
         for job in submitted:
             assert len(await started_events(db, job.id)) == 1

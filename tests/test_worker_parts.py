@@ -14,9 +14,7 @@ import pytest
 import torch
 from sqlalchemy import select, update
 
-import photo_samples as samples
 from config.settings import Settings
-from conftest import distributed
 from engine.generation.generator import Generator
 from engine.models import load_base_model
 from engine.teach import teach_photos
@@ -36,6 +34,9 @@ from storage.pets import LOCAL_GUILD
 from storage.photos import list_photos
 from storage.schema import generations
 from storage.wakeup import open_wakeup
+
+import photo_samples as samples
+from conftest import distributed
 
 
 async def test_worker_count_follows_the_setting(settings: Settings) -> None:

@@ -15,6 +15,7 @@ from engine.training import TrainingParams, create_run
 from storage import jobs
 from storage.files import FileStore
 from storage.pets import LOCAL_GUILD
+
 from training_helpers import pet_with_photos
 
 REPO = Path(__file__).resolve().parent.parent

@@ -65,7 +65,7 @@ async def require_may_imagine(db: Queries, interaction: discord.Interaction, pet
 
 
 async def queue_generation(
-    bot: "PawtraitBot", interaction: discord.Interaction, request: GenerationRequest, pet: Pet | None
+    bot: PawtraitBot, interaction: discord.Interaction, request: GenerationRequest, pet: Pet | None
 ) -> None:
     """Queue the request (the engine checks it) and answer with its place in the queue."""
     guild_id = guild_key(interaction)
@@ -91,7 +91,7 @@ async def queue_generation(
 
 
 class Imagine(commands.Cog):
-    def __init__(self, bot: "PawtraitBot") -> None:
+    def __init__(self, bot: PawtraitBot) -> None:
         self.bot = bot
 
     async def cog_load(self) -> None:
@@ -271,7 +271,7 @@ class VariationButton(discord.ui.DynamicItem[discord.ui.Button], template=r"pawt
             await bot.on_app_command_error(interaction, error)
 
 
-async def _share(bot: "PawtraitBot", interaction: discord.Interaction, generation: Generation) -> None:
+async def _share(bot: PawtraitBot, interaction: discord.Interaction, generation: Generation) -> None:
     settings = await get_guild_settings(bot.db, str(interaction.guild_id))
     if settings.gallery_channel_id is None:
         raise UserError("This server has no gallery channel yet; someone with Manage Server can set one with `/settings gallery:`.")
@@ -296,7 +296,7 @@ async def _delete(interaction: discord.Interaction, generation: Generation) -> N
         await interaction.message.delete()
 
 
-async def _generation_here(bot: "PawtraitBot", interaction: discord.Interaction, generation_id: int) -> Generation:
+async def _generation_here(bot: PawtraitBot, interaction: discord.Interaction, generation_id: int) -> Generation:
     """The generation a button acts on, if it still exists in this server."""
     generation = await get_generation(bot.db, generation_id)
     if generation is None or generation.guild_id != str(interaction.guild_id):
@@ -305,7 +305,7 @@ async def _generation_here(bot: "PawtraitBot", interaction: discord.Interaction,
 
 
 async def _request_again(
-    bot: "PawtraitBot", interaction: discord.Interaction, generation: Generation, what: str
+    bot: PawtraitBot, interaction: discord.Interaction, generation: Generation, what: str
 ) -> tuple[GenerationRequest, Pet | None]:
     """The request that made `generation` (new random seed) and its pet, if the presser may use that pet."""
     db = bot.db
@@ -321,5 +321,5 @@ async def _request_again(
     return request, pet
 
 
-async def setup(bot: "PawtraitBot") -> None:
+async def setup(bot: PawtraitBot) -> None:
     await bot.add_cog(Imagine(bot))

@@ -16,8 +16,8 @@ from discord.ext import commands
 from bot.checks import guild_key, is_manager, pet_choices, pet_named, require_owner
 from storage.guild_settings import others_may_imagine, set_others_may_imagine
 from storage.pet_deletion import PetBusy, PetFootprint, forget_pet, pet_footprint
-from storage.pets import get_pet
 from storage.pet_status import pet_summaries
+from storage.pets import get_pet
 from storage.photos import list_photos
 
 if TYPE_CHECKING:
@@ -27,7 +27,7 @@ MAX_LISTED = 10  # one embed each; Discord allows ten per message
 
 
 class Pets(commands.Cog):
-    def __init__(self, bot: "PawtraitBot") -> None:
+    def __init__(self, bot: PawtraitBot) -> None:
         self.bot = bot
 
     async def cog_load(self) -> None:
@@ -141,5 +141,5 @@ def _footprint(footprint: PetFootprint) -> str:
     )
 
 
-async def setup(bot: "PawtraitBot") -> None:
+async def setup(bot: PawtraitBot) -> None:
     await bot.add_cog(Pets(bot))

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 class Queue(commands.Cog):
-    def __init__(self, bot: "PawtraitBot") -> None:
+    def __init__(self, bot: PawtraitBot) -> None:
         self.bot = bot
 
     @app_commands.command(name="queue", description="What the GPU is doing, what waits, and your place")
@@ -63,5 +63,5 @@ class Queue(commands.Cog):
                                                 allowed_mentions=discord.AllowedMentions.none())
 
 
-async def setup(bot: "PawtraitBot") -> None:
+async def setup(bot: PawtraitBot) -> None:
     await bot.add_cog(Queue(bot))

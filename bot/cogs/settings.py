@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 class Settings(commands.Cog):
-    def __init__(self, bot: "PawtraitBot") -> None:
+    def __init__(self, bot: PawtraitBot) -> None:
         self.bot = bot
 
     @app_commands.command(name="settings", description="Show or change Pawtrait's settings for this server")
@@ -58,5 +58,5 @@ class Settings(commands.Cog):
         )
 
 
-async def setup(bot: "PawtraitBot") -> None:
+async def setup(bot: PawtraitBot) -> None:
     await bot.add_cog(Settings(bot))

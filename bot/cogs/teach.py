@@ -65,7 +65,7 @@ class TeachModal(discord.ui.Modal, title="Teach Pawtrait these photos"):
     pet_name = discord.ui.TextInput(label="Pet name", max_length=32)
     class_noun = discord.ui.TextInput(label="What is it? (cat, dog, rabbit…)", max_length=32)
 
-    def __init__(self, cog: "Teach", message: discord.Message, name: str = "", noun: str = "") -> None:
+    def __init__(self, cog: Teach, message: discord.Message, name: str = "", noun: str = "") -> None:
         super().__init__()
         self.cog = cog
         self.message = message
@@ -80,7 +80,7 @@ class TeachModal(discord.ui.Modal, title="Teach Pawtrait these photos"):
 
 
 class Teach(commands.Cog):
-    def __init__(self, bot: "PawtraitBot") -> None:
+    def __init__(self, bot: PawtraitBot) -> None:
         self.bot = bot
         self.menu = app_commands.ContextMenu(name="Teach Pawtrait", callback=self.teach_message)
         bot.tree.add_command(self.menu)
@@ -160,5 +160,5 @@ class Teach(commands.Cog):
         )
 
 
-async def setup(bot: "PawtraitBot") -> None:
+async def setup(bot: PawtraitBot) -> None:
     await bot.add_cog(Teach(bot))

@@ -24,6 +24,7 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
+from config.settings import Settings
 from engine.cuda_graphs import graphs_supported
 from engine.device import free_memory_bytes
 from engine.generation.compile_ahead import CompileAhead
@@ -35,7 +36,6 @@ from engine.generation.request import MAX_SEED, GenerationRequest
 from engine.generation.text_graphs import TextEncoderGraphs
 from engine.generation.unet_graphs import UNetGraphs
 from engine.models import BaseModel
-from config.settings import Settings
 from storage.pets import Pet
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,8 @@ def karras_dpm_scheduler(pipe: StableDiffusionXLPipeline) -> DPMSolverMultistepS
     )
 
 
+DEFAULT_GUIDANCE = GuidanceInterval()  # Kynkäänniemi et al.'s interval (engine/generation/guidance.py)
+
 def choose_memory_mode(setting: str, device: torch.device) -> str:
     """'full' or 'low': the setting when forced, else from the free memory left beside the weights."""
     if setting in ("full", "low"):
@@ -118,7 +120,7 @@ class Generator:
         lora_capacity: int = DEFAULT_CAPACITY,
         size_scale: float = 1.0,
         cuda_graphs: bool = True,
-        guidance_interval: GuidanceInterval | None = GuidanceInterval(),
+        guidance_interval: GuidanceInterval | None = DEFAULT_GUIDANCE,
     ) -> None:
         self.base = base
         self.guidance_interval = guidance_interval
@@ -156,7 +158,7 @@ class Generator:
         self.text_graphs = TextEncoderGraphs(encoders) if usable else None
 
     @classmethod
-    def from_settings(cls, base: BaseModel, settings: Settings) -> "Generator":
+    def from_settings(cls, base: BaseModel, settings: Settings) -> Generator:
         """The presets are SDXL's ~1 MP at its native 1024; a model configured at another native
         side (PAWTRAIT_RESOLUTION, e.g. a small test model) paints them scaled to match."""
         return cls(

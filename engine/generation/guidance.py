@@ -26,8 +26,8 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from engine.forward_wrapping import wrapped_forward
 from config.settings import DEFAULT_GUIDANCE_INTERVAL
+from engine.forward_wrapping import wrapped_forward
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,7 @@ class GenerationRequest:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "GenerationRequest":
+    def from_dict(cls, data: dict[str, Any]) -> GenerationRequest:
         """Build from a job payload, ignoring keys this version does not know."""
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in known})

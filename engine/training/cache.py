@@ -78,7 +78,7 @@ def _encode(vae, pixels: torch.Tensor, batch: int, dtype: torch.dtype, device: t
     for start in range(0, len(pixels), batch):
         chunk = pixels[start : start + batch].to(device=device, dtype=dtype)
         mean = vae.encode(chunk).latent_dist.mode()
-        out.append(((mean.float() - shift) * vae.config.scaling_factor))
+        out.append((mean.float() - shift) * vae.config.scaling_factor)
     return torch.cat(out)
 
 

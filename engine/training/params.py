@@ -61,7 +61,7 @@ class TrainingParams:
     def images_per_step(self) -> int:
         return self.batch_size * self.gradient_accumulation
 
-    def validate(self) -> "TrainingParams":
+    def validate(self) -> TrainingParams:
         """Raise ValueError with a plain-words message for the first bad value; return self."""
         checks = [
             (self.steps >= 1, "Steps must be at least 1."),
@@ -102,7 +102,7 @@ class TrainingParams:
         return {**extra, **data}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainingParams":
+    def from_dict(cls, data: dict[str, Any]) -> TrainingParams:
         known = {f.name for f in fields(cls)} - {"extra"}
         values = {key: value for key, value in data.items() if key in known}
         for key in ("target_modules", "validation_prompts"):

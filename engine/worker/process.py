@@ -97,7 +97,7 @@ class Worker:
                 await self.wakeup.wait(CATCH_UP_S)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - e.g. the database restarting: wait and look again
+            except Exception:
                 log.exception("worker %s: the job loop failed; trying again", self.worker_id)
                 await asyncio.sleep(1.0)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -38,8 +38,8 @@ def build_scheduler(
     """A scheduler (not started) with the chores; `retention` None = keep everything."""
     # "Running job ... executed successfully" every two seconds says nothing the job log does not.
     logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
-    scheduler = AsyncIOScheduler(timezone=timezone.utc, job_defaults={"max_instances": 1, "coalesce": True})
-    now = datetime.now(timezone.utc)
+    scheduler = AsyncIOScheduler(timezone=UTC, job_defaults={"max_instances": 1, "coalesce": True})
+    now = datetime.now(UTC)
     scheduler.add_job(heartbeat, "interval", seconds=HEARTBEAT_S, id="heartbeat", next_run_time=now,
                       misfire_grace_time=None)
     scheduler.add_job(recover, "interval", seconds=recover_s, id="recover", misfire_grace_time=None)

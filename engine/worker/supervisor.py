@@ -123,7 +123,7 @@ class WorkerSupervisor:
                 continue
             try:
                 await asyncio.wait_for(slot.process.wait(), STOP_GRACE_S)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("worker pid %s did not stop in %.0f s; killing it", slot.process.pid, STOP_GRACE_S)
                 slot.process.kill()
                 await slot.process.wait()

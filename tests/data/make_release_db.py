@@ -41,8 +41,15 @@ async def write(path: Path) -> None:
     from storage.guild_settings import update_guild_settings
     from storage.pets import create_pet, set_active_checkpoint
     from storage.photos import insert_photo
-    from storage.runs import add_checkpoint, add_validation_image, add_vote, finish_run, insert_run, mark_running, \
-        set_chosen_checkpoint
+    from storage.runs import (
+        add_checkpoint,
+        add_validation_image,
+        add_vote,
+        finish_run,
+        insert_run,
+        mark_running,
+        set_chosen_checkpoint,
+    )
 
     data = DataDir(Path(tempfile.mkdtemp(prefix="release-data-")))
     settings = Settings(data_dir=data.root, max_queued_generations_per_user=5, max_queued_trainings_per_user=2)
