@@ -1,8 +1,10 @@
 """The GPU worker with real worker processes on the tiny model: interleaving, cancel, crashes, sharing.
 
 Each test starts `python -m engine.worker` processes (or the supervisor the bot uses) on a
-fresh installation and drives them only through the job queue, as the bot and CLI do; in
-both modes (SQLite + data folder, PostgreSQL + S3 with a local folder of its own per worker).
+fresh installation and drives them only through the job queue, as the bot and CLI do.
+Interleaving, cancel and failures run in both modes (SQLite + data folder, PostgreSQL + S3 with
+a local folder of its own per worker); crashes and sharing run embedded here, and distributed
+in test_many_hosts.py (a killed host's training finished elsewhere, several hosts on one queue).
 """
 
 from __future__ import annotations
@@ -32,8 +34,6 @@ from worker_helpers import (
     tiny_training,
 )
 
-pytestmark = pytest.mark.both_modes
-
 
 @pytest.fixture
 def worker_env(env: dict[str, str]) -> dict[str, str]:
@@ -42,6 +42,7 @@ def worker_env(env: dict[str, str]) -> dict[str, str]:
     return {**env, "OMP_NUM_THREADS": "1"}
 
 
+@pytest.mark.both_modes
 async def test_generation_is_served_between_training_steps_and_cancel_and_failures_stay_local(
     db, store: FileStore, settings: Settings, worker_env: dict[str, str], tmp_path: Path, mode: str
 ) -> None:
