@@ -1,8 +1,8 @@
 """Training speed and memory on a GPU: full-size SDXL (random weights) through Pawtrait's trainer.
 
 No weights can be downloaded where this runs, so it builds the SDXL-base-1.0 architecture
-with random weights directly on the GPU in bf16 (speed and memory do not depend on weight
-values), writes 15 random 1024² photos, and drives the product's own code: `build_cache`,
+with random weights directly on the GPU in bf16, or as PAWTRAIT_DTYPE says, under
+PAWTRAIT_GPU_MEMORY_GIB's cap when set (speed and memory do not depend on weight values), writes 15 random 1024² photos, and drives the product's own code: `build_cache`,
 `LoraTrainer.train_step` (the loop `execute_run` runs) and, for the end-to-end figure,
 `execute_run` itself with checkpoints and validation renders.
 
@@ -32,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sdxl_random import build_sdxl
 
+from config.settings import Settings
+from engine.device import compute_dtype, limit_gpu_memory, reduce_fragmentation
 from engine.models import BaseModel
 from engine.training.cache import build_cache, offload_encoders, restore_encoders
 from engine.training.checkpoints import write_checkpoint
@@ -70,9 +72,15 @@ CONFIGS = {
 
 
 def build_base(device: torch.device, tokenizer_dir: Path) -> BaseModel:
-    """Random SDXL-base-1.0 in bf16 on the GPU, as the resident base model the worker would hold."""
-    pipe = build_sdxl(device, torch.bfloat16, tokenizer_dir)
-    return BaseModel(pipe=pipe, device=device, dtype=torch.bfloat16, model_id="random SDXL-base-1.0", vae_id=None)
+    """Random SDXL-base-1.0 on the GPU, as the resident base model the worker would hold: in the
+    precision PAWTRAIT_DTYPE picks (bf16 where the card has it) and under PAWTRAIT_GPU_MEMORY_GIB's
+    cap, as `load_base_model` applies them."""
+    settings = Settings.from_env()
+    reduce_fragmentation(device, settings.gpu_memory_gib)
+    limit_gpu_memory(device, settings.gpu_memory_gib)
+    dtype = compute_dtype(device, settings.dtype)
+    pipe = build_sdxl(device, dtype, tokenizer_dir)
+    return BaseModel(pipe=pipe, device=device, dtype=dtype, model_id="random SDXL-base-1.0", vae_id=None)
 
 
 def write_photos(folder: Path, count: int, size: int) -> list[Path]:
@@ -248,13 +256,12 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="pawtrait-bench-"))
     if args.tiny:
-        from config.settings import Settings
         from engine.models import load_base_model
 
         build_s, base = timed(lambda: load_base_model(Settings(model=str(args.tiny), vae=None, device="cpu")))
     else:
         build_s, base = timed(lambda: build_base(device, work / "tokenizer"))
-    results["build_s"] = build_s
+    results.update(build_s=build_s, dtype=str(base.dtype), gpu_memory_gib=Settings.from_env().gpu_memory_gib)
     photos = write_photos(work / "photos", 15, res)
     reset_peak()
     cache_s, cache = timed(lambda: build_cache(base, photos, PROMPT, res, flip=False, validation_prompts=VALIDATION))

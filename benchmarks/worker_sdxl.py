@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
+import os
 import random
 import sys
 import tempfile
@@ -61,6 +63,25 @@ async def until_ended(db, job_id: int, training: asyncio.Task) -> jobs.Job | Non
         await asyncio.sleep(0.02)
 
 
+class PlanLog(logging.Handler):
+    """The memory plan the training service logs ("run N: lean mode (why), ..."): the mode it chose."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+        logging.getLogger("engine.training.service").addHandler(self)
+        logging.getLogger("engine.training.service").setLevel(logging.INFO)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if " mode (" in (message := record.getMessage()):
+            self.lines.append(message)
+
+    def close(self) -> str | None:
+        logging.getLogger("engine.training.service").removeHandler(self)
+        super().close()
+        return self.lines[-1] if self.lines else None
+
+
 async def scenario(
     name: str, base: BaseModel, gen_base: BaseModel, settings: Settings, photos: list[Path], args: argparse.Namespace
 ) -> dict:
@@ -95,13 +116,14 @@ async def scenario(
 
     params = TrainingParams(
         steps=args.steps, checkpoint_every=args.steps, validate_every=0, validation_steps=1, resolution=args.resolution,
-        mode=args.train_mode,
+        mode=args.train_mode, prior_preservation=args.prior > 0, class_images=max(args.prior, 1),
     )
     run_id = await create_run(db, store, pet, params)
     train_job = await jobs.submit_job(
         front, settings, "train", LOCAL_GUILD, "bench", {"run_id": run_id, "pet_id": pet.id}, run_id
     )
     reset_peak()
+    plans = PlanLog()
     training = asyncio.create_task(executor.run(await jobs.claim_next_job(db, "bench:0")))
     rng = random.Random(0)
     served = []
@@ -136,7 +158,9 @@ async def scenario(
     return {
         "scenario": name,
         "training": {"status": finished.status, "error": finished.error, "steps": run.step, "wall_s": train_wall,
-                     "wall_s_without_generations": train_wall - gen_time},
+                     "wall_s_without_generations": train_wall - gen_time, "plan": plans.close(),
+                     "prior_preservation_class_images": args.prior},
+        "generator_memory_mode": executor.generator.memory,
         "generation_alone_s": idle[-1],
         "generation_first_s": idle[0],
         "idle_jobs_s": idle,
@@ -158,6 +182,8 @@ def main() -> int:
     parser.add_argument("--scenarios", default="shared,two_copies")
     parser.add_argument("--train-mode", default="auto", choices=["auto", "fast", "lean"],
                         help="training memory mode (lean parks the text encoders on the CPU between steps)")
+    parser.add_argument("--prior", type=int, default=0, metavar="N",
+                        help="train with prior preservation on N class images, drawn first (default 0: without)")
     parser.add_argument("--tiny", type=Path, help="use this tiny model folder on the CPU instead (a dry run)")
     args = parser.parse_args()
 
@@ -170,10 +196,12 @@ def main() -> int:
     else:
         build = lambda: build_base(device, work / "tokenizer")  # noqa: E731
     settings = Settings(data_dir=work, model="random SDXL-base-1.0", vae=None, device=device.type,
-                        resolution=args.resolution, max_queued_generations_per_user=10)
+                        resolution=args.resolution, max_queued_generations_per_user=10, scores=False)
     results: dict = {"card": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run)",
                      "torch": torch.__version__, "args": {k: str(v) for k, v in vars(args).items()}, "scenarios": []}
     base = build()
+    results.update(dtype=str(base.dtype), gpu_memory_gib=Settings.from_env().gpu_memory_gib,
+                   alloc_conf=os.environ.get("PYTORCH_CUDA_ALLOC_CONF"))  # unset: expandable segments (the product's)
     photos = write_photos(work / "photos", 15, args.resolution)
     second: BaseModel | None = None
     for name in args.scenarios.split(","):
@@ -190,6 +218,8 @@ def main() -> int:
         waits = ", ".join(f"{s['wait_s']:.2f} ({s['run_s']:.2f})" for s in row["served_mid_training"])
         print(f"{row['scenario']:<12} {row['peak_gib_training_plus_generation']:>9.2f} {row['generation_alone_s']:>12.2f} "
               f"{row['optimizer_step_s'] or 0:>7.2f}  {waits}")
+        print(f"  training {row['training']['status']} {row['training']['error'] or ''}; {row['training']['plan']}; "
+              f"generations in {row['generator_memory_mode']} memory mode")
     return 0
 
 

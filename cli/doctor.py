@@ -27,16 +27,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def _torch_line(device_setting: str) -> tuple[str, bool]:
+def _torch_lines(settings: Settings) -> tuple[list[str], bool]:
+    """torch and its device; the precision and memory the engine will use there."""
     import torch
 
-    from engine.device import describe, resolve_device
+    from engine.device import PrecisionUnavailable, compute_dtype, describe, limit_gpu_memory, resolve_device
 
     try:
-        device = resolve_device(device_setting)
+        device = resolve_device(settings.device)
     except RuntimeError as error:
-        return f"torch {torch.__version__}: {error}", False
-    return f"torch {torch.__version__} on {describe(device)}", True
+        return [f"torch {torch.__version__}: {error}"], False
+    limit_gpu_memory(device, settings.gpu_memory_gib)
+    lines = [f"torch {torch.__version__} on {describe(device)}"]
+    try:
+        dtype = str(compute_dtype(device, settings.dtype)).removeprefix("torch.")
+    except PrecisionUnavailable as error:
+        return [*lines, f"precision: {error}"], False
+    forced = "" if device.type == "cuda" or settings.dtype == "auto" else "; it applies on a GPU, a CPU computes in float32"
+    lines.append(f"precision: {dtype} (PAWTRAIT_DTYPE={settings.dtype}{forced})")
+    if settings.gpu_memory_gib is not None:
+        lines.append(
+            f"GPU memory: capped at {settings.gpu_memory_gib:g} GiB (PAWTRAIT_GPU_MEMORY_GIB)"
+            + ("" if device.type == "cuda" else "; no effect without a GPU")
+        )
+    return lines, True
 
 
 def _bitsandbytes_line() -> str:
@@ -156,10 +170,10 @@ def _database_problem(error: BaseException, settings: Settings) -> str:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     worker_needs: list[str] = []
     print(f"Python {platform.python_version()}")
-    line, ok = _torch_line(settings.device)
-    print(line)
+    lines, ok = _torch_lines(settings)
+    print("\n".join(lines))
     if not ok:
-        worker_needs.append("a usable torch device (PAWTRAIT_DEVICE)")
+        worker_needs.append("a usable torch device and precision (PAWTRAIT_DEVICE, PAWTRAIT_DTYPE)")
     print(f"bitsandbytes: {_bitsandbytes_line()}")
     for source, what, variable in ((settings.model, "base model", "PAWTRAIT_MODEL"), (settings.vae, "VAE", "PAWTRAIT_VAE")):
         line, ok = _source_line(source, what)

@@ -108,6 +108,8 @@ class Settings:
     model: str = DEFAULT_MODEL
     vae: str | None = DEFAULT_VAE
     device: str = "auto"
+    dtype: str = "auto"  # auto (bf16 where the GPU has it, else fp16), bf16 or fp16; CPUs compute in fp32
+    gpu_memory_gib: float | None = None  # cap this process's GPU memory, e.g. to see what a 12 GB card gets
     resolution: int = 1024
     max_photos_per_pet: int = 30
     max_pets_per_user: int = 5
@@ -145,6 +147,11 @@ class Settings:
             model=read(env, "PAWTRAIT_MODEL", DEFAULT_MODEL, str, "a hub id or a local folder"),
             vae=_vae(env),
             device=read(env, "PAWTRAIT_DEVICE", "auto", choice("auto", "cuda", "cpu"), "auto, cuda or cpu"),
+            dtype=read(env, "PAWTRAIT_DTYPE", "auto", choice("auto", "bf16", "fp16"), "auto, bf16 or fp16"),
+            gpu_memory_gib=read(
+                env, "PAWTRAIT_GPU_MEMORY_GIB", None, _memory_gib,
+                "empty (the whole GPU) or GiB from 4 to 1024, e.g. 12 to see what a 12 GB card gets",
+            ),
             resolution=read(env, "PAWTRAIT_RESOLUTION", 1024, _resolution, "a multiple of 64 from 64 to 2048"),
             max_photos_per_pet=read(env, "PAWTRAIT_MAX_PHOTOS", 30, positive_int, "a whole number >= 1"),
             max_pets_per_user=read(env, "PAWTRAIT_MAX_PETS_PER_USER", 5, positive_int, "a whole number >= 1"),
@@ -190,6 +197,13 @@ class Settings:
             score_clip=read(env, "PAWTRAIT_SCORE_CLIP", DEFAULT_SCORE_CLIP, _model_source, MODEL_SOURCE),
             extra=dict(env),
         )
+
+
+def _memory_gib(raw: str) -> float:
+    gib = float(raw)
+    if not 4 <= gib <= 1024:
+        raise ValueError(raw)
+    return gib
 
 
 def _vae(env: Mapping[str, str]) -> str | None:

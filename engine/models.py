@@ -14,12 +14,19 @@ from diffusers import AutoencoderKL, StableDiffusionXLPipeline
 
 from config.settings import Settings
 from engine.compile import keep_compiled_code_in
-from engine.device import compute_dtype, resolve_device
+from engine.device import (
+    PrecisionUnavailable,
+    compute_dtype,
+    limit_gpu_memory,
+    reduce_fragmentation,
+    resolve_device,
+)
 from storage.files import DataDir
 
 
 class ModelNotFound(RuntimeError):
-    """The configured base model or VAE cannot be loaded; the message says what to set."""
+    """The configured base model or VAE cannot be loaded (or not in the precision PAWTRAIT_DTYPE asks for);
+    the message says what to set."""
 
 
 @dataclass
@@ -55,7 +62,12 @@ def load_base_model(settings: Settings, gpu_index: int | None = None) -> BaseMod
     if settings.compile or settings.compile_training:
         keep_compiled_code_in(DataDir(settings.data_dir).compile_cache_dir())
     device = resolve_device(settings.device, gpu_index)
-    dtype = compute_dtype(device)
+    reduce_fragmentation(device, settings.gpu_memory_gib)
+    limit_gpu_memory(device, settings.gpu_memory_gib)  # before any weights: the context is measured first
+    try:
+        dtype = compute_dtype(device, settings.dtype)
+    except PrecisionUnavailable as error:
+        raise ModelNotFound(str(error)) from None
     try:
         extra = {}
         if settings.vae:

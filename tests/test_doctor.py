@@ -36,6 +36,7 @@ def test_without_a_token_it_says_so_and_fails(env: dict[str, str], settings: Set
     )
     assert line(result.stdout, "file store: ") == f"file store: folder {settings.data_dir} - written and read back"
     assert "torch " in result.stdout and "CPU" in result.stdout
+    assert line(result.stdout, "precision: ") == "precision: float32 (PAWTRAIT_DTYPE=auto)"
     # The probes leave nothing behind in the data folder.
     assert not (settings.data_dir / ".pawtrait-probe").exists()
 
@@ -54,6 +55,17 @@ def test_with_everything_set_it_passes_and_never_prints_the_token(env: dict[str,
     assert "Discord token: set" in result.stdout
     assert "ready: `pawtrait bot` has what it needs" in result.stdout
     assert secret not in result.stdout + result.stderr
+
+
+def test_forced_precision_and_memory_cap_are_reported(env: dict[str, str], tmp_path: Path) -> None:
+    result = doctor({**env, "PAWTRAIT_DTYPE": "fp16", "PAWTRAIT_GPU_MEMORY_GIB": "12"}, tmp_path, "--for", "worker")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert line(result.stdout, "precision: ") == (
+        "precision: float32 (PAWTRAIT_DTYPE=fp16; it applies on a GPU, a CPU computes in float32)"
+    )
+    assert line(result.stdout, "GPU memory: ") == (
+        "GPU memory: capped at 12 GiB (PAWTRAIT_GPU_MEMORY_GIB); no effect without a GPU"
+    )
 
 
 def test_a_missing_model_folder_is_reported(env: dict[str, str], tmp_path: Path) -> None:

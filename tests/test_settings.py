@@ -26,6 +26,13 @@ def test_defaults_match_the_documented_ones() -> None:
     assert settings.database_url == f"sqlite:///{(Path('data') / 'pawtrait.db').resolve()}"
     assert settings.host_id == socket.gethostname()
     assert settings.worker_timeout_s == 20.0
+    assert settings.dtype == "auto" and settings.gpu_memory_gib is None  # the GPU's own precision, all its memory
+
+
+def test_precision_and_a_memory_cap_can_be_forced() -> None:
+    settings = Settings.from_env({"PAWTRAIT_DTYPE": "fp16", "PAWTRAIT_GPU_MEMORY_GIB": "12"})
+    assert (settings.dtype, settings.gpu_memory_gib) == ("fp16", 12.0)
+    assert Settings.from_env({"PAWTRAIT_GPU_MEMORY_GIB": "7.5"}).gpu_memory_gib == 7.5
 
 
 def test_many_hosts_share_a_database_and_a_bucket() -> None:
@@ -72,6 +79,9 @@ def test_empty_vae_means_the_models_own() -> None:
         ("PAWTRAIT_WORKER_TIMEOUT_S", "soon", "seconds from 3 to 3600"),
         ("PAWTRAIT_WORKER_TIMEOUT_S", "1", "seconds from 3 to 3600"),
         ("PAWTRAIT_WORKER_TIMEOUT_S", "86400", "seconds from 3 to 3600"),
+        ("PAWTRAIT_DTYPE", "fp32", "auto, bf16 or fp16"),
+        ("PAWTRAIT_GPU_MEMORY_GIB", "12GB", "GiB from 4 to 1024"),
+        ("PAWTRAIT_GPU_MEMORY_GIB", "2", "GiB from 4 to 1024"),
     ],
 )
 def test_a_bad_value_names_variable_value_and_what_is_allowed(name: str, value: str, allowed: str) -> None:

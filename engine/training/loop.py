@@ -163,8 +163,10 @@ class LoraTrainer:
         self._conditioning(per_step)
         self.generator = torch.Generator(self.device)
         self.completed_steps = 0
-        # fp16 needs the GradScaler, whose inf checks sync with the host: such cards run eagerly.
-        self.graphed = params.cuda_graphs and graphs_supported(self.device) and self.scaler is None
+        # fp16 too: the graph scales the loss by the scaler's scale tensor, read at every replay, so
+        # the scale the scaler updates between steps applies; unscaling, the inf check (one host sync
+        # per step) and the optimizer step stay outside the graph, as they do for bf16.
+        self.graphed = params.cuda_graphs and graphs_supported(self.device)
         self._captured: CapturedCall | None = None
         self._eager_steps = 0
 
