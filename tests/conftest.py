@@ -18,9 +18,10 @@ import pytest
 import torch
 
 from config.settings import Settings
+from engine.models import BaseModel, load_base_model
 from storage.connect import file_store
 from storage.db import Database, open_database
-from storage.files import FileStore
+from storage.files import DataDir, FileStore
 from storage.schema import metadata
 
 # Real PostgreSQL and S3 (moto) servers, session-scoped (tests/services.py).
@@ -52,6 +53,18 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from engine.tiny_model import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="module")
+def base(tiny_model_dir: Path) -> BaseModel:
+    """One tiny SDXL per test module, shared like the worker shares its model between runs."""
+    return load_base_model(Settings(model=str(tiny_model_dir), vae=None, device="cpu", resolution=64))
+
+
+@pytest.fixture
+def data(settings: Settings) -> DataDir:
+    """This host's local folder: where checkpoints and pictures are staged before the store has them."""
+    return DataDir(settings.data_dir)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from config.settings import DEFAULT_SCORE_CLIP, DEFAULT_SCORE_DINO, Settings, SettingsError
-from engine.models import BaseModel, load_base_model
+from engine.models import BaseModel
 from engine.scoring.choice import choose_checkpoint
 from engine.scoring.prompts import without_token
 from engine.scoring.scorer import Scorer, Subject
@@ -42,16 +42,6 @@ def scorer(scoring_models: tuple[Path, Path]) -> Scorer:
     """One scorer for the module, as one worker keeps one."""
     dino, clip = scoring_models
     return Scorer(str(dino), str(clip))
-
-
-@pytest.fixture(scope="module")
-def base(tiny_model_dir: Path) -> BaseModel:
-    return load_base_model(Settings(model=str(tiny_model_dir), vae=None, device="cpu", resolution=64))
-
-
-@pytest.fixture
-def data(settings: Settings) -> DataDir:
-    return DataDir(settings.data_dir)
 
 
 # --- the scorer -------------------------------------------------------------------------------

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from config.settings import Settings
 from engine.generation.loras import has_tuner_layers
-from engine.models import BaseModel, load_base_model
+from engine.models import BaseModel
 from engine.training import TrainingHooks, TrainingInputError, TrainingParams, create_run, execute_run
 from engine.training.checkpoints import STATE_FILE, state_key
 from storage import keys, runs
@@ -25,18 +23,6 @@ from training_helpers import pet_with_photos
 # Small and quick: 64 px photos (8x8 latents), 2 images per optimizer step, 2-step validation renders.
 QUICK = dict(resolution=64, gradient_accumulation=2, validation_steps=2, learning_rate=1e-2)
 KOHYA_KEY = re.compile(r"^lora_unet_(\w+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
-
-
-@pytest.fixture(scope="module")
-def base(tiny_model_dir: Path) -> BaseModel:
-    """One tiny SDXL for the module, shared like the worker shares its model between runs."""
-    return load_base_model(Settings(model=str(tiny_model_dir), vae=None, device="cpu", resolution=64))
-
-
-@pytest.fixture
-def data(settings: Settings) -> DataDir:
-    """This host's local folder: where checkpoints and pictures are staged before the store has them."""
-    return DataDir(settings.data_dir)
 
 
 async def stored(store: FileStore, prefix: str) -> set[str]:
