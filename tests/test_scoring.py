@@ -404,3 +404,21 @@ async def test_eval_dreambench_paints_and_scores_each_subjects_prompts_with_its_
         pawtrait, "eval", "--dreambench", str(dataset), "--lora", f"cat9={lora}", env=env, cwd=tmp_path
     )
     assert unknown.returncode == 2 and "SUBJECT=PATH" in unknown.stderr
+
+
+# --- the finish message's chart ----------------------------------------------------------------
+
+
+def test_the_chart_is_a_picture_of_both_scores_by_step_and_nothing_without_scores() -> None:
+    from io import BytesIO
+
+    from engine.scoring.chart import score_chart
+    from storage.scores import RunScores
+
+    steps = table([0.45, 0.58, 0.64, 0.70], [0.31, 0.30, 0.29, 0.24])
+    png = score_chart(RunScores(UNTRAINED, steps), suggested=300, voted=400)
+    chart = Image.open(BytesIO(png))
+    assert chart.format == "PNG" and chart.size == (600, 340)  # small enough for a chat message
+    unscored = StepScores(step=100, checkpoint_id=1, dino=None, clip_i=None, clip_t=None, scored=0)
+    assert score_chart(RunScores(UNTRAINED, [unscored]), suggested=None, voted=None) is None
+    assert score_chart(RunScores(None, []), suggested=None, voted=None) is None
