@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
 
 import torch
 
@@ -26,6 +27,32 @@ _caps: dict[int, int] = {}
 
 class PrecisionUnavailable(RuntimeError):
     """PAWTRAIT_DTYPE asks for a precision this GPU cannot compute in; the message says what to set."""
+
+
+class GpuNotVisible(ValueError):
+    """A worker was told to use a GPU this machine does not show it; the message says which exist."""
+
+
+def pin_to_gpu(index: int, env: MutableMapping[str, str] = os.environ) -> str:
+    """Make the `index`-th visible GPU the only one this process sees (as cuda:0); returns its id.
+
+    torch's current device is per thread, and CUDA graph side streams, `synchronize()` and
+    every tensor made without a device use it: a worker told to use cuda:1 whose training and
+    generation threads still defaulted to cuda:0 would capture graphs and allocate on the
+    other worker's GPU. Narrowing CUDA_VISIBLE_DEVICES before CUDA starts makes cuda:0 this
+    worker's GPU in every thread. Raises ValueError (in plain words) for an index that is not
+    visible, RuntimeError if CUDA already started in this process.
+    """
+    if torch.cuda.is_initialized():
+        raise RuntimeError("pin_to_gpu must run before CUDA starts in this process")
+    listed = env.get("CUDA_VISIBLE_DEVICES")
+    visible = [part.strip() for part in listed.split(",") if part.strip()] if listed is not None else None
+    if index < 0 or (visible is not None and index >= len(visible)):
+        seen = "no GPU" if not visible else f"{len(visible)} GPU{'s' if len(visible) != 1 else ''} ({listed})"
+        raise GpuNotVisible(f"there is no GPU {index} here: CUDA_VISIBLE_DEVICES shows {seen}; count from 0")
+    chosen = visible[index] if visible is not None else str(index)
+    env["CUDA_VISIBLE_DEVICES"] = chosen
+    return chosen
 
 
 def compute_dtype(device: torch.device, setting: str = "auto") -> torch.dtype:

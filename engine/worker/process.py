@@ -7,6 +7,10 @@ the generator ahead meanwhile. SIGTERM / SIGINT hand a running job back to the q
 training resumes from its latest checkpoint) and exit at once, instead of waiting minutes
 for the training to end.
 
+With `--gpu N` the worker sees only the N-th visible GPU (CUDA_VISIBLE_DEVICES is narrowed
+before CUDA starts, engine.device.pin_to_gpu), so every thread's default device, its CUDA
+graphs and its allocations are on that GPU and never on another worker's.
+
 Every host points at the same database and file store; the worker's own data folder is
 a cache (downloaded photos and LoRAs, compiled code) and a place for temporary files.
 """
@@ -57,15 +61,23 @@ class Worker:
         self._loop_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        import torch
+
+        from engine.device import GpuNotVisible, pin_to_gpu
         from engine.models import load_base_model
         from engine.worker.executor import Executor
 
+        if self.gpu is not None:
+            physical = pin_to_gpu(self.gpu)  # before CUDA starts: from here on cuda:0 is this worker's GPU
+            if self.settings.device != "cpu" and not torch.cuda.is_available():
+                raise GpuNotVisible(f"there is no GPU {self.gpu} here (CUDA_VISIBLE_DEVICES={physical} shows none)")
+            log.info("worker %s: GPU %d of those visible (CUDA_VISIBLE_DEVICES=%s)", self.worker_id, self.gpu, physical)
         self.db, self.store = await open_storage(self.settings)
         device = f"gpu{self.gpu}" if self.gpu is not None else self.settings.device
         await workers.register(self.db, self.worker_id, self.settings.host_id, device)
         await recover_orphans(self.db, self.settings, self.worker_id)
         log.info("worker %s: loading %s", self.worker_id, self.settings.model)
-        base = await asyncio.to_thread(load_base_model, self.settings, self.gpu)
+        base = await asyncio.to_thread(load_base_model, self.settings)
         if self._stopping:
             return  # told to stop while loading: nothing was claimed yet
         self.executor = Executor(self.settings, self.db, self.store, self.data, base, self.worker_id)
@@ -160,12 +172,13 @@ async def run_worker(settings: Settings, gpu: int | None = None) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lambda: asyncio.ensure_future(worker.stop()))
+    from engine.device import GpuNotVisible
     from engine.models import ModelNotFound
 
     try:
         await worker.start()
         await worker.stopped.wait()
-    except ModelNotFound as error:
+    except (ModelNotFound, GpuNotVisible) as error:
         log.error("%s", error)
         return 1
     finally:
