@@ -190,7 +190,7 @@ def retry_on_disconnect(function: Callable[..., Awaitable[T]]) -> Callable[..., 
         while True:
             try:
                 return await function(db, *args, **kwargs)
-            except Exception as error:
+            except Exception as error:  # anything but a lost connection is re-raised
                 if not db.top_level:
                     raise
                 await _wait_or_raise(error, deadline, "")
@@ -298,7 +298,7 @@ def _switch_to_wal(cursor: Any) -> None:
         try:
             cursor.execute("PRAGMA journal_mode = WAL")
             return
-        except Exception as error:
+        except Exception as error:  # the driver's OperationalError
             if "locked" not in str(error) or time.monotonic() > deadline:
                 raise
             time.sleep(0.05)

@@ -83,7 +83,7 @@ class ListenWakeup(Wakeup):
     async def wait(self, timeout: float) -> None:
         try:
             await self._listen()
-        except Exception as error:
+        except Exception as error:  # a database that is down: poll until it is back
             if not is_disconnect(error):
                 raise
             log.warning("cannot LISTEN for new jobs (%s); polling until the database is back", type(error).__name__)

@@ -35,7 +35,7 @@ def _adamw8bit_class() -> type:
 
     class AdamW8bit(bnb.optim.AdamW8bit):
         @torch.no_grad()
-        def step(self, closure=None):
+        def step(self, closure=None):  # untyped: torch's Optimizer.step signature
             if self.is_paged:
                 return super().step(closure)
             loss = None

@@ -114,7 +114,7 @@ async def execute_run(
         )
     except LeaseLost:
         raise  # the job moved to another worker: this one records nothing
-    except Exception as failure:
+    except Exception as failure:  # any failure must end as a recorded, explained run
         log.exception("training run %d failed", run_id)
         status = "failed"
         error = f"training failed after {session.step} of {params.steps} steps: {failure}"

@@ -109,7 +109,7 @@ class Worker:
                 await self.wakeup.wait(CATCH_UP_S)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception:  # e.g. the database restarting: wait and look again
                 log.exception("worker %s: the job loop failed; trying again", self.worker_id)
                 await asyncio.sleep(1.0)
 
