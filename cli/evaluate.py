@@ -76,25 +76,23 @@ def _score(value: float | None, digits: int = 2) -> str:
 
 
 async def _run_table(run_id: int, settings: Settings) -> int:
-    from engine.scoring.suggest import RULE, suggest
+    from engine.scoring.choice import run_standing, vote_emoji
+    from engine.scoring.suggest import RULE
     from storage import runs
     from storage.db import open_database
     from storage.pets import get_pet
-    from storage.scores import run_scores
 
     db = await open_database(settings.database_url)
     try:
         run = await runs.get_run(db, run_id)
-        if run is None:
+        pet = None if run is None else await get_pet(db, run.pet_id)  # a run goes with its pet
+        if run is None or pet is None:
             return _fail(f"there is no training run {run_id}")
-        pet = await get_pet(db, run.pet_id)
-        scores = await run_scores(db, run_id)
-        votes = await runs.vote_tally(db, run_id)
+        # The votes and the suggestion exactly as the choosing rule counts them (the server's vote emoji).
+        votes, scores, suggestion = await run_standing(db, run_id, pet, await vote_emoji(db, pet))
         checkpoints = await runs.list_checkpoints(db, run_id)
     finally:
         await db.close()
-    name = pet.name if pet is not None else f"the pet of run {run_id}"
-    suggestion = suggest(scores.steps, scores.reference, name)
     chosen = next((c.step for c in checkpoints if c.id == run.chosen_checkpoint_id), None)
     by_step = {step.step: step for step in scores.steps}
     rows = [("STEP", "DINO", "CLIP-I", "CLIP-T", "VOTES", "")]
@@ -108,7 +106,7 @@ async def _run_table(run_id: int, settings: Settings) -> int:
             str(step), _score(row and row.dino), _score(row and row.clip_i), _score(row and row.clip_t),
             str(votes.get(step, 0)), ", ".join(notes),
         ))
-    print(f"run {run_id} of {name}: {run.status}, step {run.step} of {run.total_steps}")
+    print(f"run {run_id} of {pet.name}: {run.status}, step {run.step} of {run.total_steps}")
     print(_table(rows))
     if suggestion is not None:
         print(f"suggested: {suggestion.reason} ({RULE})")

@@ -51,8 +51,7 @@ async def run_standing(
     db: Queries, run_id: int, pet: Pet, emoji: str
 ) -> tuple[dict[int, int], RunScores, Suggestion | None]:
     """(votes per checkpoint step, scores, suggestion) of a run, as the rule and /pick see them."""
-    votes = {checkpoint.step: 0 for checkpoint in await list_checkpoints(db, run_id)}
-    votes.update({step: count for step, count in (await vote_tally(db, run_id, emoji)).items() if step in votes})
+    votes = await vote_tally(db, run_id, emoji)  # every checkpoint step, 0 where nobody voted
     scores = await run_scores(db, run_id)
     return votes, scores, suggest(scores.steps, scores.reference, pet.name)
 
