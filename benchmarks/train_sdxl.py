@@ -33,8 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sdxl_random import build_sdxl
 
 from config.settings import Settings
-from engine.device import compute_dtype, limit_gpu_memory, reduce_fragmentation
-from engine.models import BaseModel
+from engine.models import BaseModel, prepare_device
 from engine.training.cache import build_cache, offload_encoders, restore_encoders
 from engine.training.checkpoints import write_checkpoint
 from engine.training.class_images import ensure_class_images
@@ -71,14 +70,11 @@ CONFIGS = {
 }
 
 
-def build_base(device: torch.device, tokenizer_dir: Path) -> BaseModel:
-    """Random SDXL-base-1.0 on the GPU, as the resident base model the worker would hold: in the
-    precision PAWTRAIT_DTYPE picks (bf16 where the card has it) and under PAWTRAIT_GPU_MEMORY_GIB's
-    cap, as `load_base_model` applies them."""
-    settings = Settings.from_env()
-    reduce_fragmentation(device, settings.gpu_memory_gib)
-    limit_gpu_memory(device, settings.gpu_memory_gib)
-    dtype = compute_dtype(device, settings.dtype)
+def build_base(tokenizer_dir: Path) -> BaseModel:
+    """Random SDXL-base-1.0 on the GPU, as the resident base model the worker would hold: on the
+    device, in the precision (PAWTRAIT_DTYPE) and under the memory cap (PAWTRAIT_GPU_MEMORY_GIB)
+    `load_base_model` would use."""
+    device, dtype = prepare_device(Settings.from_env())
     pipe = build_sdxl(device, dtype, tokenizer_dir)
     return BaseModel(pipe=pipe, device=device, dtype=dtype, model_id="random SDXL-base-1.0", vae_id=None)
 
@@ -260,7 +256,7 @@ def main() -> int:
 
         build_s, base = timed(lambda: load_base_model(Settings(model=str(args.tiny), vae=None, device="cpu")))
     else:
-        build_s, base = timed(lambda: build_base(device, work / "tokenizer"))
+        build_s, base = timed(lambda: build_base(work / "tokenizer"))
     results.update(build_s=build_s, dtype=str(base.dtype), gpu_memory_gib=Settings.from_env().gpu_memory_gib)
     photos = write_photos(work / "photos", 15, res)
     reset_peak()

@@ -194,7 +194,7 @@ def main() -> int:
 
         build = lambda: load_base_model(Settings(model=str(args.tiny), vae=None, device="cpu"))  # noqa: E731
     else:
-        build = lambda: build_base(device, work / "tokenizer")  # noqa: E731
+        build = lambda: build_base(work / "tokenizer")  # noqa: E731
     settings = Settings(data_dir=work, model="random SDXL-base-1.0", vae=None, device=device.type,
                         resolution=args.resolution, max_queued_generations_per_user=10, scores=False)
     results: dict = {"card": torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (dry run)",

@@ -8,12 +8,15 @@ from collections.abc import MutableMapping
 import torch
 
 
-def resolve_device(setting: str = "auto", gpu_index: int | None = None) -> torch.device:
-    """'auto' takes CUDA when present; 'cuda' without a GPU is an error the operator must see."""
+def resolve_device(setting: str = "auto") -> torch.device:
+    """'auto' takes CUDA when present; 'cuda' without a GPU is an error the operator must see.
+
+    A worker started for one GPU sees only that one (pin_to_gpu), so the GPU is always cuda:0.
+    """
     if setting == "cpu":
         return torch.device("cpu")
     if torch.cuda.is_available():
-        return torch.device("cuda", gpu_index or 0)
+        return torch.device("cuda", 0)
     if setting == "cuda":
         raise RuntimeError("PAWTRAIT_DEVICE=cuda but no CUDA GPU is visible; set PAWTRAIT_DEVICE=auto or cpu")
     return torch.device("cpu")
@@ -40,8 +43,8 @@ def pin_to_gpu(index: int, env: MutableMapping[str, str] = os.environ) -> str:
     every tensor made without a device use it: a worker told to use cuda:1 whose training and
     generation threads still defaulted to cuda:0 would capture graphs and allocate on the
     other worker's GPU. Narrowing CUDA_VISIBLE_DEVICES before CUDA starts makes cuda:0 this
-    worker's GPU in every thread. Raises ValueError (in plain words) for an index that is not
-    visible, RuntimeError if CUDA already started in this process.
+    worker's GPU in every thread. Raises GpuNotVisible (in plain words) for an index that is
+    not visible, RuntimeError if CUDA already started in this process.
     """
     if torch.cuda.is_initialized():
         raise RuntimeError("pin_to_gpu must run before CUDA starts in this process")
@@ -106,7 +109,7 @@ def limit_gpu_memory(device: torch.device, gib: float | None) -> None:
     """
     if gib is None or device.type != "cuda":
         return
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _index(device)
     free, total = torch.cuda.mem_get_info(index)
     outside = total - free - torch.cuda.memory_reserved(index)  # context, cuBLAS, ...: not torch's to hand out
     cap = max(int(gib * GIB) - outside, 0)
@@ -114,12 +117,16 @@ def limit_gpu_memory(device: torch.device, gib: float | None) -> None:
     _caps[index] = cap
 
 
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def free_memory_bytes(device: torch.device) -> int | None:
     """Free memory on a CUDA device (what the driver says plus what torch has cached, and no more
     than the PAWTRAIT_GPU_MEMORY_GIB cap leaves), else None."""
     if device.type != "cuda":
         return None
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _index(device)
     free, _total = torch.cuda.mem_get_info(index)
     allocated = torch.cuda.memory_allocated(index)
     available = free + torch.cuda.memory_reserved(index) - allocated
@@ -136,6 +143,6 @@ def describe(device: torch.device) -> str:
         return "CPU"
     name = torch.cuda.get_device_name(device)
     free = free_memory_bytes(device) or 0
-    index = device.index if device.index is not None else torch.cuda.current_device()
+    index = _index(device)
     cap = f" (capped by PAWTRAIT_GPU_MEMORY_GIB: {_caps[index] / GIB:.1f} GiB for torch)" if index in _caps else ""
     return f"{name}, {free / GIB:.1f} GiB free{cap}"

@@ -57,17 +57,24 @@ def _load_vae(vae_id: str, dtype: torch.dtype) -> AutoencoderKL:
     return AutoencoderKL.from_pretrained(vae_id, subfolder=subfolder, dtype=dtype)
 
 
-def load_base_model(settings: Settings, gpu_index: int | None = None) -> BaseModel:
+def prepare_device(settings: Settings) -> tuple[torch.device, torch.dtype]:
+    """The device and precision to hold the base model in, with the allocator set up for it
+    (PAWTRAIT_GPU_MEMORY_GIB's cap, expandable segments on small cards): before any weights,
+    since the cap is measured against what the CUDA context alone takes."""
+    device = resolve_device(settings.device)
+    reduce_fragmentation(device, settings.gpu_memory_gib)
+    limit_gpu_memory(device, settings.gpu_memory_gib)
+    try:
+        return device, compute_dtype(device, settings.dtype)
+    except PrecisionUnavailable as error:
+        raise ModelNotFound(str(error)) from None
+
+
+def load_base_model(settings: Settings) -> BaseModel:
     """Load SDXL (and the fp16-safe VAE unless PAWTRAIT_VAE is empty) onto the device in half precision."""
     if settings.compile or settings.compile_training:
         keep_compiled_code_in(DataDir(settings.data_dir).compile_cache_dir())
-    device = resolve_device(settings.device, gpu_index)
-    reduce_fragmentation(device, settings.gpu_memory_gib)
-    limit_gpu_memory(device, settings.gpu_memory_gib)  # before any weights: the context is measured first
-    try:
-        dtype = compute_dtype(device, settings.dtype)
-    except PrecisionUnavailable as error:
-        raise ModelNotFound(str(error)) from None
+    device, dtype = prepare_device(settings)
     try:
         extra = {}
         if settings.vae:
