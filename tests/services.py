@@ -27,12 +27,14 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 STARTUP_TIMEOUT_S = 30.0
+Server = TypeVar("Server", "PostgresServer", "S3Server")
 
 
 def free_port() -> int:
@@ -216,25 +218,34 @@ class PostgresServer:
         return self.url(name)
 
 
-def start_postgres() -> PostgresServer:
-    server = PostgresServer()
+def started(server: Server, *steps: Callable[[], None]) -> Server:
+    """`server` after its start-up `steps`; a step that fails closes what the earlier ones started."""
     try:
-        server.init()
-        server.start()
+        for step in steps:
+            step()
     except BaseException:
         server.close()
         raise
     return server
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[PostgresServer]:
-    """A real PostgreSQL server for the whole session; `create_database()` per test."""
-    server = start_postgres()
+def serving(server: Server) -> Iterator[Server]:
+    """A session fixture's body: the started server, closed when the session ends."""
     try:
         yield server
     finally:
         server.close()
+
+
+def start_postgres() -> PostgresServer:
+    server = PostgresServer()
+    return started(server, server.init, server.start)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for the whole session; `create_database()` per test."""
+    yield from serving(start_postgres())
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,19 +347,10 @@ def _die_with_parent() -> None:
 
 def start_s3() -> S3Server:
     server = S3Server()
-    try:
-        server.start()
-    except BaseException:
-        server.close()
-        raise
-    return server
+    return started(server, server.start)
 
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     """A real S3 endpoint (moto server) for the whole session; `create_bucket()` per test."""
-    server = start_s3()
-    try:
-        yield server
-    finally:
-        server.close()
+    yield from serving(start_s3())
