@@ -312,7 +312,7 @@ class Train(commands.Cog):
             await self.bot.job_messages.send(target.post_channel_id, text, allowed=True)
             return
         suggested = choice.suggestion.step if choice.suggestion is not None else None
-        # About 0.2 s of drawing: beside the event loop, so interactions are not kept waiting.
+        # About 0.25 s of drawing: beside the event loop, so interactions are not kept waiting.
         chart = await asyncio.to_thread(score_chart, choice.scores, suggested, choice.voted_step)
         text = (
             f"<@{pet.owner_id}> **{pet.name}** is trained! Using the checkpoint from **step {choice.checkpoint.step}**: "
