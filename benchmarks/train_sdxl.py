@@ -3,8 +3,9 @@
 No weights can be downloaded where this runs, so it builds the SDXL-base-1.0 architecture
 with random weights directly on the GPU in bf16, or as PAWTRAIT_DTYPE says, under
 PAWTRAIT_GPU_MEMORY_GIB's cap when set (speed and memory do not depend on weight values), writes 15 random 1024² photos, and drives the product's own code: `build_cache`,
-`LoraTrainer.train_step` (the loop `execute_run` runs) and, for the end-to-end figure,
-`execute_run` itself with checkpoints and validation renders.
+`LoraTrainer.train_step` (the loop `execute_run` runs), validation rounds and class images
+through the `Generator` beside the diffusers pipeline called directly (how they were painted
+before), and, for the end-to-end figure, `execute_run` itself with checkpoints and validation.
 
     python benchmarks/train_sdxl.py --out results.json [--configs lean2,fast4,...] [--full-steps 60]
 
@@ -33,13 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sdxl_random import build_sdxl
 
 from config.settings import Settings
+from engine.generation.generator import Generator
+from engine.generation.renders import Render
 from engine.models import BaseModel, prepare_device
 from engine.training.cache import build_cache, offload_encoders, restore_encoders
 from engine.training.checkpoints import write_checkpoint
 from engine.training.class_images import ensure_class_images
 from engine.training.loop import LoopPlan, LoraTrainer
 from engine.training.params import TrainingParams
-from engine.training.validation import render
 from storage import keys
 from storage.db import Database, open_database, sqlite_url
 from storage.files import DataDir, FileStore, LocalFiles
@@ -65,6 +67,8 @@ CONFIGS = {
     "fast4-adamw": (False, 0, False, {"optimizer": "adamw"}, False),
     "fast4-cl": (False, 0, False, {}, True),
     "fast4-compile": (False, 0, False, {"compile": True}, False),
+    # The same again: a second run's adapter in a process whose blocks were compiled for the first.
+    "fast4-compile-again": (False, 0, False, {"compile": True}, False),
     "lean4-compile": (True, 4, True, {"compile": True}, False),
     "fast4-compile-eager": (False, 0, False, {"compile": True, **EAGER}, False),
 }
@@ -193,8 +197,81 @@ async def pet_with(db: Database, store: FileStore, photos: list[Path], res: int)
     return pet
 
 
+def level_difference(a: list[Image.Image], b: list[Image.Image]) -> float:
+    """Mean absolute difference of two picture lists in 0-255 levels."""
+    return float(np.mean([np.abs(np.asarray(x, np.int16) - np.asarray(y, np.int16)).mean() for x, y in zip(a, b)]))
+
+
+def diffusers_validation(base: BaseModel, cache, seeds: list[int], res: int, batch: int) -> list[Image.Image]:
+    """A validation round as it was painted before the Generator did it: the pipeline called directly."""
+    pictures = []
+    for start in range(0, len(seeds), batch):
+        part = slice(start, start + batch)
+        pictures += base.pipe(
+            prompt_embeds=cache.validation.embeds[part], pooled_prompt_embeds=cache.validation.pooled[part],
+            negative_prompt_embeds=cache.validation_negative.embeds[part],
+            negative_pooled_prompt_embeds=cache.validation_negative.pooled[part],
+            generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds[part]],
+            num_inference_steps=25, guidance_scale=5.0, height=res, width=res,
+        ).images
+    return pictures
+
+
+def bench_validation(base: BaseModel, generator: Generator, cache, res: int) -> dict:
+    """One round of 3 pictures with a training's LoRA live (after one fast-mode step), both ways."""
+    seeds = [42, 43, 44]
+    params = TrainingParams(resolution=res)
+    trainer = LoraTrainer(base, params, cache, "bench-validation", LoopPlan("fast", False, 4, False, "benchmark"))
+    rows = {}
+    try:
+        trainer.train_step(0)
+        trainer.make_room()
+        for batch in (3, 1):
+            reset_peak()
+            old_s, old = timed(lambda: diffusers_validation(base, cache, seeds, res, batch))
+            old_peak = peak_gib()
+            job = Render(cache.validation, cache.validation_negative, seeds, res, 25, 5.0, batch)
+            reset_peak()
+            first_s, _ = timed(lambda: generator.render(job, training_adapter=True))
+            new_s, new = timed(lambda: generator.render(job, training_adapter=True))
+            rows[f"batch{batch}"] = {"diffusers_s": old_s, "diffusers_peak_gib": old_peak, "generator_first_s": first_s,
+                                     "generator_s": new_s, "generator_peak_gib": peak_gib(),
+                                     "levels_apart": level_difference(old, new)}
+            print(f"validation batch {batch}: {rows[f'batch{batch}']}", flush=True)
+    finally:
+        trainer.close()
+    return rows
+
+
+def bench_class_images(base: BaseModel, generator: Generator, work: Path, count: int, res: int, before: int) -> dict:
+    """`before` class images as they were drawn (one eager pipeline call each), then `count` by
+    `ensure_class_images` through the Generator."""
+    old_s, old = timed(lambda: [
+        base.pipe(prompt=["a photo of cat"], generator=[torch.Generator("cpu").manual_seed(index)],
+                  num_inference_steps=25, guidance_scale=5.0, height=res, width=res).images[0]
+        for index in range(before)
+    ])
+
+    async def draw() -> list[Path]:
+        db, store, _ = await embedded_install(work / "data")
+
+        async def never() -> bool:
+            return False
+
+        try:
+            return await ensure_class_images(db, store, generator, "cat", count, res, steps=25, should_stop=never)
+        finally:
+            await db.close()
+
+    new_s, paths = timed(lambda: asyncio.run(draw()))
+    generator.release_graphs()
+    new = [Image.open(path).convert("RGB") for path in paths[:before]]
+    return {"diffusers_count": before, "diffusers_s_each": old_s / before, "count": count, "s": new_s,
+            "s_each": new_s / count, "levels_apart": level_difference(old, new), "paths": paths}
+
+
 def bench_end_to_end(
-    base: BaseModel, work: Path, photos: list[Path], steps: int, mode: str, res: int, compile_blocks: bool, every: int
+    generator: Generator, work: Path, photos: list[Path], steps: int, mode: str, res: int, compile_blocks: bool, every: int
 ) -> dict:
     """execute_run itself, from photos to the last checkpoint, on a real SQLite database."""
     from engine.training.create import create_run
@@ -215,7 +292,7 @@ def bench_end_to_end(
         )
         reset_peak()
         start = time.perf_counter()
-        outcome = await execute_run(db, store, data, base, run_id, hooks)
+        outcome = await execute_run(db, store, data, generator, run_id, hooks)
         wall = time.perf_counter() - start
         await db.close()
         return {"mode": mode + ("+compile" if compile_blocks else ""), "steps": steps, "status": outcome.status, "error": outcome.error, "wall_s": wall,
@@ -233,6 +310,7 @@ def main() -> int:
     parser.add_argument("--late-configs", default="", help="run after everything else (compiled ones: slow to start)")
     parser.add_argument("--steps", type=int, default=8, help="timed optimizer steps per configuration")
     parser.add_argument("--class-images", type=int, default=8, help="class images generated for prior preservation")
+    parser.add_argument("--class-images-before", type=int, default=4, help="of them, drawn the previous way too")
     parser.add_argument("--full-steps", type=int, default=60, help="steps of the end-to-end execute_run (0 = skip)")
     parser.add_argument("--full-modes", default="fast")
     parser.add_argument("--full-every", type=int, default=100, help="checkpoint and validation interval of that run")
@@ -284,14 +362,12 @@ def main() -> int:
 
     run_configs(args.configs)
 
-    # Validation render and checkpoint write, as execute_run does them.
+    # The worker's painter, as `Generator.from_settings` makes it (compile ahead is the worker's idle work:
+    # none here, so its blocks run eagerly, replayed from CUDA graphs).
+    generator = Generator(base)
+    results["validation"] = bench_validation(base, generator, cache, res)
+    save()
     params = TrainingParams(resolution=res)
-    for batch in (3, 1):
-        reset_peak()
-        seconds, _ = timed(lambda: render(base, cache.validation, cache.validation_negative, [42, 43, 44],
-                                          resolution=res, steps=25, guidance=5.0, batch=batch))
-        results[f"validation_batch{batch}"] = {"s": seconds, "peak_gib": peak_gib()}
-        print(f"validation (3 images, batch {batch}): {seconds:.2f} s", flush=True)
     trainer = LoraTrainer(base, params, cache, "bench-ckpt", LoopPlan("fast", False, 4, False, "benchmark"))
     trainer.train_step(0)
     lora = trainer.lora_state_dict()
@@ -302,17 +378,11 @@ def main() -> int:
     save()
 
     if args.prior_configs:
-        async def class_images() -> list[Path]:
-            db, store, _ = await embedded_install(work / "data")
-
-            async def never() -> bool:
-                return False
-
-            return await ensure_class_images(db, store, base, "cat", args.class_images, res, steps=25, should_stop=never)
-
-        class_s, class_paths = timed(lambda: asyncio.run(class_images()))
-        results["class_images"] = {"count": args.class_images, "s": class_s, "s_each": class_s / args.class_images}
-        print(f"{args.class_images} class images in {class_s:.1f} s", flush=True)
+        drawn = bench_class_images(base, generator, work, args.class_images, res, args.class_images_before)
+        class_paths = drawn.pop("paths")
+        results["class_images"] = drawn
+        print(f"class images: {drawn}", flush=True)
+        save()
         prior_cache = build_cache(base, photos, PROMPT, res, flip=False, class_paths=class_paths,
                                   class_prompt="a photo of cat")
         for name in args.prior_configs.split(","):
@@ -331,7 +401,7 @@ def main() -> int:
         results["end_to_end"] = []
         for mode in args.full_modes.split(","):
             try:
-                row = bench_end_to_end(base, work, photos, args.full_steps, mode, res, args.full_compile,
+                row = bench_end_to_end(generator, work, photos, args.full_steps, mode, res, args.full_compile,
                                        min(args.full_every, args.full_steps))
             except Exception as error:  # noqa: BLE001
                 traceback.print_exc()

@@ -133,6 +133,7 @@ async def _train(args: argparse.Namespace, settings: Settings) -> int:
 async def _execute(db, store, settings: Settings, run_id: int, pet_name: str) -> int:
     from tqdm import tqdm
 
+    from engine.generation.generator import Generator
     from engine.models import ModelNotFound, load_base_model
     from engine.scoring.scorer import Scorer
     from engine.training.create import TrainingInputError
@@ -174,7 +175,8 @@ async def _execute(db, store, settings: Settings, run_id: int, pet_name: str) ->
         )
         try:
             scorer = Scorer.from_settings(settings)
-            outcome = await execute_run(db, store, DataDir(settings.data_dir), base, run_id, hooks, scorer=scorer)
+            generator = Generator.from_settings(base, settings)  # paints the validation rounds and class images
+            outcome = await execute_run(db, store, DataDir(settings.data_dir), generator, run_id, hooks, scorer=scorer)
         except TrainingInputError as error:
             return _fail(str(error))
         finally:

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from config.settings import Settings
+from engine.generation.generator import Generator
 from engine.models import BaseModel, load_base_model
 from storage.connect import file_store
 from storage.db import Database, open_database
@@ -59,6 +60,12 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def base(tiny_model_dir: Path) -> BaseModel:
     """One tiny SDXL per test module, shared like the worker shares its model between runs."""
     return load_base_model(Settings(model=str(tiny_model_dir), vae=None, device="cpu", resolution=64))
+
+
+@pytest.fixture(scope="module")
+def generator(base: BaseModel) -> Generator:
+    """The worker's painter on that model: trainings paint their validation rounds and class images with it."""
+    return Generator(base, memory="full")
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from config.settings import Settings
 from engine.export.choice import ExportError
 from engine.export.download import download_caption, export_command, prepare_download, too_big_message
 from engine.export.folder import export_lora, validation_scores
+from engine.generation.generator import Generator
 from engine.models import load_base_model
 from engine.training import TrainingParams, create_run
 from engine.training.service import execute_run
@@ -66,7 +67,8 @@ def trained(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> T
             thor = await pet_with_photos(db, store, "Thor")
             await pet_with_photos(db, store, "Luna")
             run_id = await create_run(db, store, thor, PARAMS)
-            outcome = await execute_run(db, store, DataDir(settings.data_dir), load_base_model(settings), run_id)
+            generator = Generator(load_base_model(settings))
+            outcome = await execute_run(db, store, DataDir(settings.data_dir), generator, run_id)
             assert outcome.status == "succeeded", outcome.error
             return run_id
         finally:

@@ -44,11 +44,11 @@ async def test_a_one_host_installation_moves_to_postgresql_and_a_bucket_and_pain
     report = await teach_photos(db, store, settings, LOCAL_GUILD, "alice", "Thor", "cat", photos, "alice")
     run_id = await create_run(db, store, report.pet, TrainingParams(
         steps=2, checkpoint_every=2, validate_every=2, validation_steps=1, resolution=64, gradient_accumulation=1))
-    base = load_base_model(settings)
-    outcome = await execute_run(db, store, DataDir(settings.data_dir), base, run_id)
+    generator = Generator.from_settings(load_base_model(settings), settings)
+    outcome = await execute_run(db, store, DataDir(settings.data_dir), generator, run_id)
     assert outcome.status == "succeeded", outcome.error
     painted = await generate_and_record(
-        db, store, DataDir(settings.data_dir), Generator.from_settings(base, settings),
+        db, store, DataDir(settings.data_dir), generator,
         GenerationRequest(prompt="a photo of TOK cat", pet_id=report.pet.id, steps=1, seed=3), LOCAL_GUILD, "alice",
     )
     await db.close()

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from config.settings import DEFAULT_SCORE_CLIP, DEFAULT_SCORE_DINO, Settings, SettingsError
-from engine.models import BaseModel
+from engine.generation.generator import Generator
 from engine.scoring.choice import choose_checkpoint
 from engine.scoring.prompts import without_token
 from engine.scoring.scorer import Scorer, Subject
@@ -236,7 +236,7 @@ async def test_with_no_votes_the_suggestion_is_kept_a_vote_overrides_it_and_scor
 
 
 async def test_every_validation_round_is_scored_stored_announced_and_scored_again_after_a_resume(
-    db, store: FileStore, data: DataDir, base: BaseModel, scorer: Scorer, settings: Settings
+    db, store: FileStore, data: DataDir, generator: Generator, scorer: Scorer, settings: Settings
 ) -> None:
     pet = await pet_with_photos(db, store, name="Mochi")
     run_id = await create_run(db, store, pet, TrainingParams(steps=4, checkpoint_every=2, validate_every=2, **QUICK))
@@ -256,7 +256,7 @@ async def test_every_validation_round_is_scored_stored_announced_and_scored_agai
         return len(boundaries) > 4  # the step-0 validation check, then before steps 1..3
 
     hooks = TrainingHooks(on_validation=on_validation, should_cancel=cancel_before_step_4)
-    first = await execute_run(db, store, data, base, run_id, hooks, scorer=scorer)
+    first = await execute_run(db, store, data, generator, run_id, hooks, scorer=scorer)
     assert (first.status, first.step) == ("cancelled", 3)
     before = {image.id: image for image in await runs.list_validation_images(db, run_id)}
     assert sorted({image.step for image in before.values()}) == [0, 2]
@@ -266,7 +266,7 @@ async def test_every_validation_round_is_scored_stored_announced_and_scored_agai
     # A leftover from a round past the checkpoint (as a worker that died mid-round leaves one) goes.
     await runs.add_validation_image(db, run_id, 3, None, pet.instance_prompt, 1, keys.validation_image(run_id, 3, 0, "x"))
 
-    resumed = await execute_run(db, store, data, base, run_id, TrainingHooks(on_validation=on_validation), scorer=scorer)
+    resumed = await execute_run(db, store, data, generator, run_id, TrainingHooks(on_validation=on_validation), scorer=scorer)
     assert (resumed.status, resumed.step) == ("succeeded", 4)
     images = await runs.list_validation_images(db, run_id)
     assert [image.step for image in images] == [0, 0, 0, 2, 2, 2, 4, 4, 4]
@@ -292,13 +292,13 @@ async def test_every_validation_round_is_scored_stored_announced_and_scored_agai
 
 @pytest.mark.parametrize("scoring", ["off", "unloadable"])
 async def test_without_scores_a_training_still_succeeds(
-    db, store: FileStore, data: DataDir, base: BaseModel, tmp_path: Path, scoring: str,
+    db, store: FileStore, data: DataDir, generator: Generator, tmp_path: Path, scoring: str,
     scoring_models: tuple[Path, Path],
 ) -> None:
     pet = await pet_with_photos(db, store, count=1)
     run_id = await create_run(db, store, pet, TrainingParams(steps=1, validate_every=0, **QUICK))
     unloadable = Scorer(str(tmp_path / "no-dino-here"), str(scoring_models[1])) if scoring == "unloadable" else None
-    outcome = await execute_run(db, store, data, base, run_id, scorer=unloadable)
+    outcome = await execute_run(db, store, data, generator, run_id, scorer=unloadable)
     assert outcome.status == "succeeded"
     images = await runs.list_validation_images(db, run_id)
     assert [image.step for image in images] == [0, 0, 0, 1, 1, 1]
@@ -374,11 +374,11 @@ prompt_list = [
 
 
 async def test_eval_dreambench_paints_and_scores_each_subjects_prompts_with_its_lora(
-    db, store: FileStore, data: DataDir, base: BaseModel, env: dict[str, str], tmp_path: Path
+    db, store: FileStore, data: DataDir, generator: Generator, env: dict[str, str], tmp_path: Path
 ) -> None:
     pet = await pet_with_photos(db, store, count=1)
     run_id = await create_run(db, store, pet, TrainingParams(steps=1, validate_every=0, **QUICK))
-    assert (await execute_run(db, store, data, base, run_id)).status == "succeeded"
+    assert (await execute_run(db, store, data, generator, run_id)).status == "succeeded"
     [checkpoint] = await runs.list_checkpoints(db, run_id)
     lora = await store.local_path(checkpoint.diffusers_key)
     dataset = tmp_path / "dreambooth" / "dataset"  # as the repository has it

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from engine.generation.generator import Generator
 from engine.generation.loras import has_tuner_layers
+from engine.generation.renders import Render
 from engine.models import BaseModel
 from engine.training import TrainingHooks, TrainingInputError, TrainingParams, create_run, execute_run
 from engine.training.checkpoints import STATE_FILE, state_key
@@ -42,8 +45,7 @@ def unet_output(base: BaseModel) -> torch.Tensor:
 
 
 async def test_run_trains_and_records_checkpoints_and_validation(
-    db, store: FileStore, data: DataDir, base: BaseModel
-) -> None:
+    db, store: FileStore, data: DataDir, base: BaseModel, generator: Generator) -> None:
     pet = await pet_with_photos(db, store)
     before = unet_output(base)
     params = TrainingParams(steps=4, checkpoint_every=2, validate_every=2, **QUICK)
@@ -55,7 +57,7 @@ async def test_run_trains_and_records_checkpoints_and_validation(
         on_validation=lambda step, images: validations.append((step, images)),
     )
 
-    outcome = await execute_run(db, store, data, base, run_id, hooks)
+    outcome = await execute_run(db, store, data, generator, run_id, hooks)
 
     assert (outcome.status, outcome.step, outcome.error) == ("succeeded", 4, None)
     run = await runs.get_run(db, run_id)
@@ -110,11 +112,10 @@ async def test_run_trains_and_records_checkpoints_and_validation(
 
 
 async def test_kohya_file_uses_sdxl_kohya_names_that_map_onto_the_unet(
-    db, store: FileStore, data: DataDir, base: BaseModel
-) -> None:
+    db, store: FileStore, data: DataDir, base: BaseModel, generator: Generator) -> None:
     pet = await pet_with_photos(db, store)
     run_id = await create_run(db, store, pet, TrainingParams(steps=1, rank=2, alpha=1.0, validate_every=0, **QUICK))
-    assert (await execute_run(db, store, data, base, run_id)).status == "succeeded"
+    assert (await execute_run(db, store, data, generator, run_id)).status == "succeeded"
     [checkpoint] = await runs.list_checkpoints(db, run_id)
     kohya = load_file(await store.local_path(checkpoint.kohya_file))
 
@@ -145,12 +146,11 @@ async def test_kohya_file_uses_sdxl_kohya_names_that_map_onto_the_unet(
 
 
 async def test_cancel_then_resume_equals_an_uninterrupted_run(
-    db, store: FileStore, data: DataDir, base: BaseModel
-) -> None:
+    db, store: FileStore, data: DataDir, base: BaseModel, generator: Generator) -> None:
     pet = await pet_with_photos(db, store)
     params = TrainingParams(steps=5, checkpoint_every=2, validate_every=0, flip=True, **QUICK)
     straight = await create_run(db, store, pet, params)
-    assert (await execute_run(db, store, data, base, straight)).status == "succeeded"
+    assert (await execute_run(db, store, data, generator, straight)).status == "succeeded"
 
     interrupted = await create_run(db, store, pet, params)
     boundaries = []
@@ -159,14 +159,14 @@ async def test_cancel_then_resume_equals_an_uninterrupted_run(
         boundaries.append(len(boundaries))
         return len(boundaries) > 4  # the step-0 validation check, then before steps 1..3; cancel before step 4
 
-    outcome = await execute_run(db, store, data, base, interrupted, TrainingHooks(should_cancel=cancel_at_step_3))
+    outcome = await execute_run(db, store, data, generator, interrupted, TrainingHooks(should_cancel=cancel_at_step_3))
     assert (outcome.status, outcome.step) == ("cancelled", 3)
     run = await runs.get_run(db, interrupted)
     assert (run.status, run.step) == ("cancelled", 3)
     assert [c.step for c in await runs.list_checkpoints(db, interrupted)] == [2]
     assert f"train-{interrupted}" not in getattr(base.pipe.unet, "peft_config", {})
 
-    resumed = await execute_run(db, store, data, base, interrupted)  # continues from the step-2 checkpoint
+    resumed = await execute_run(db, store, data, generator, interrupted)  # continues from the step-2 checkpoint
     assert (resumed.status, resumed.step) == ("succeeded", 5)
     assert [c.step for c in await runs.list_checkpoints(db, interrupted)] == [2, 4, 5]
     # Step-0 validation from the first attempt is kept, the final one rendered once.
@@ -180,13 +180,12 @@ async def test_cancel_then_resume_equals_an_uninterrupted_run(
 
 
 async def test_a_generation_between_steps_does_not_change_the_training(
-    db, store: FileStore, data: DataDir, base: BaseModel
-) -> None:
+    db, store: FileStore, data: DataDir, base: BaseModel, generator: Generator) -> None:
     """The worker may use the same UNet between two steps; the trainer must pick up exactly where it was."""
     pet = await pet_with_photos(db, store)
     params = TrainingParams(steps=3, checkpoint_every=3, validate_every=0, **QUICK)
     straight = await create_run(db, store, pet, params)
-    assert (await execute_run(db, store, data, base, straight)).status == "succeeded"
+    assert (await execute_run(db, store, data, generator, straight)).status == "succeeded"
 
     unet = base.pipe.unet
     calls = []
@@ -200,7 +199,7 @@ async def test_a_generation_between_steps_does_not_change_the_training(
         unet.requires_grad_(False)
 
     shared = await create_run(db, store, pet, params)
-    outcome = await execute_run(db, store, data, base, shared, TrainingHooks(between_steps=generate_in_between))
+    outcome = await execute_run(db, store, data, generator, shared, TrainingHooks(between_steps=generate_in_between))
     assert outcome.status == "succeeded" and len(calls) == 3
     final_a = load_file(await store.local_path((await runs.list_checkpoints(db, straight))[-1].diffusers_file))
     final_b = load_file(await store.local_path((await runs.list_checkpoints(db, shared))[-1].diffusers_file))
@@ -208,11 +207,11 @@ async def test_a_generation_between_steps_does_not_change_the_training(
         assert torch.allclose(final_a[key], final_b[key], atol=1e-6, rtol=0), key
 
 
-async def test_keep_checkpoints_prunes_older_ones(db, store: FileStore, data: DataDir, base: BaseModel) -> None:
+async def test_keep_checkpoints_prunes_older_ones(db, store: FileStore, data: DataDir, generator: Generator) -> None:
     pet = await pet_with_photos(db, store)
     params = TrainingParams(steps=3, checkpoint_every=1, validate_every=1, keep_checkpoints=2, **QUICK)
     run_id = await create_run(db, store, pet, params)
-    assert (await execute_run(db, store, data, base, run_id)).status == "succeeded"
+    assert (await execute_run(db, store, data, generator, run_id)).status == "succeeded"
     kept = await runs.list_checkpoints(db, run_id)
     assert [c.step for c in kept] == [2, 3]
     checkpoint_files = await stored(store, f"{keys.run_prefix(run_id)}/checkpoints")
@@ -223,7 +222,7 @@ async def test_keep_checkpoints_prunes_older_ones(db, store: FileStore, data: Da
 
 
 async def test_prior_preservation_generates_class_images_once_per_class(
-    db, store: FileStore, data: DataDir, base: BaseModel
+    db, store: FileStore, data: DataDir, generator: Generator
 ) -> None:
     params = TrainingParams(
         steps=1, prior_preservation=True, class_images=2, class_image_steps=1, validate_every=0, **QUICK
@@ -234,7 +233,7 @@ async def test_prior_preservation_generates_class_images_once_per_class(
 
     first = await pet_with_photos(db, store, name="Thor")
     run = await create_run(db, store, first, params)
-    assert (await execute_run(db, store, data, base, run)).status == "succeeded"
+    assert (await execute_run(db, store, data, generator, run)).status == "succeeded"
     made = await class_images()
     assert sorted(made) == ["class-images/cat/0000.png", "class-images/cat/0001.png"]
     for key in made:
@@ -242,11 +241,64 @@ async def test_prior_preservation_generates_class_images_once_per_class(
 
     second = await pet_with_photos(db, store, name="Loki")
     run = await create_run(db, store, second, params)
-    assert (await execute_run(db, store, data, base, run)).status == "succeeded"
+    assert (await execute_run(db, store, data, generator, run)).status == "succeeded"
     assert await class_images() == made  # drawn once, reused by the second cat
 
 
-async def test_bad_inputs_are_refused_in_plain_words(db, store: FileStore, data: DataDir, base: BaseModel) -> None:
+def diffusers_paints(base: BaseModel, prompt: str, negative: str | None, seed: int, steps: int) -> np.ndarray:
+    """What SDXL's diffusers pipeline paints from `seed`: validation and class images looked like
+    this when they were that pipeline's own calls."""
+    picture = base.pipe(
+        prompt=prompt, negative_prompt=negative, generator=torch.Generator("cpu").manual_seed(seed),
+        num_inference_steps=steps, guidance_scale=5.0, height=64, width=64,
+    ).images[0]
+    return np.asarray(picture, dtype=np.int16)
+
+
+async def picture(store: FileStore, key: str) -> np.ndarray:
+    with Image.open(await store.local_path(key)) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+async def test_validation_and_class_images_are_painted_by_the_generator_as_diffusers_paints_them(
+    db, store: FileStore, data: DataDir, base: BaseModel, generator: Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    painted: list[tuple[int, bool]] = []
+    render = generator.render
+
+    def counted(job: Render, *, training_adapter: bool) -> list[Image.Image]:
+        painted.append((len(job.seeds), training_adapter))
+        return render(job, training_adapter=training_adapter)
+
+    monkeypatch.setattr(generator, "render", counted)
+    pet = await pet_with_photos(db, store)
+    params = TrainingParams(
+        steps=2, checkpoint_every=2, validate_every=2, prior_preservation=True, class_images=5, class_image_steps=2,
+        **QUICK,
+    )
+    run_id = await create_run(db, store, pet, params)
+    assert (await execute_run(db, store, data, generator, run_id)).status == "succeeded"
+
+    # Class images four to a batch with no adapter, then one call per validation round with the LoRA live.
+    assert painted == [(4, False), (1, False), (3, True), (3, True)]
+    for index in range(5):
+        drawn = await picture(store, keys.class_image("cat", index))
+        assert np.abs(drawn - diffusers_paints(base, "a photo of cat", None, index, 2)).max() <= 1
+    images = await runs.list_validation_images(db, run_id)
+    for image in (image for image in images if image.step == 0):  # the untrained LoRA adds nothing yet
+        reference = diffusers_paints(base, image.prompt, "", image.seed, params.validation_steps)
+        assert np.abs(await picture(store, image.path) - reference).max() <= 1
+    folder = (await store.local_path((await runs.list_checkpoints(db, run_id))[-1].diffusers_file)).parent
+    base.pipe.load_lora_weights(str(folder), adapter_name="check")
+    try:
+        for image in (image for image in images if image.step == 2):  # what the step-2 checkpoint paints
+            reference = diffusers_paints(base, image.prompt, "", image.seed, params.validation_steps)
+            assert np.abs(await picture(store, image.path) - reference).max() <= 1
+    finally:
+        base.pipe.unload_lora_weights()
+
+
+async def test_bad_inputs_are_refused_in_plain_words(db, store: FileStore, data: DataDir, generator: Generator) -> None:
     empty = await create_pet(db, LOCAL_GUILD, "owner", "Ghost", "dog")
     with pytest.raises(TrainingInputError, match="no photos yet"):
         await create_run(db, store, empty, TrainingParams(**QUICK))
@@ -261,7 +313,7 @@ async def test_bad_inputs_are_refused_in_plain_words(db, store: FileStore, data:
         with pytest.raises(TrainingInputError, match=message):
             await create_run(db, store, pet, TrainingParams(**{**QUICK, **bad}))
     with pytest.raises(TrainingInputError, match="There is no training run 999"):
-        await execute_run(db, store, data, base, 999)
+        await execute_run(db, store, data, generator, 999)
     assert await runs.list_runs(db, pet.id) == []
     # A photo whose file went missing from the store: refused before queueing, naming the problem.
     [photo] = (await list_photos(db, pet.id))[:1]

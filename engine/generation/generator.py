@@ -32,6 +32,7 @@ from engine.generation.guidance import GuidanceInterval
 from engine.generation.loras import DEFAULT_CAPACITY, LoraCache, has_adapters, preserved_adapter_state
 from engine.generation.previews import preview_image
 from engine.generation.prompts import PreparedPrompt, prepare_prompts
+from engine.generation.renders import Render
 from engine.generation.request import MAX_SEED, GenerationRequest
 from engine.generation.text_graphs import TextEncoderGraphs
 from engine.generation.unet_graphs import UNetGraphs
@@ -141,6 +142,8 @@ class Generator:
             add_watermarker=False,
         )
         self.variation_pipe.set_progress_bar_config(disable=True)
+        # Training's pictures (`render`): the model's own pipeline and scheduler, as they always were.
+        self.model_pipe = base.pipe
         self.memory = choose_memory_mode(memory, base.device)
         self.size_scale = size_scale
         self._lock = threading.Lock()
@@ -277,6 +280,45 @@ class Generator:
             denoising_strength=request.variation_strength if request.is_variation else None,
             guidance_interval=interval,
         )
+
+    def render(self, job: Render, *, training_adapter: bool) -> list[Image.Image]:
+        """Pictures from embeddings (renders.py): with the paused training's adapter live
+        (`training_adapter`: a validation round) or with the plain base model (class images).
+
+        Replayed from the UNet's graphs; compiled where the shape was compiled ahead and no
+        adapter is on the UNet. With an adapter on, the graphs go after the last picture: the
+        training wants their memory back.
+        """
+        pipe = self.model_pipe
+        pictures: list[Image.Image] = []
+        with self._lock, torch.no_grad():
+            adapters = has_adapters(pipe)
+            try:
+                with preserved_adapter_state(pipe) if adapters else nullcontext():
+                    if adapters and not training_adapter:
+                        pipe.disable_lora()
+                    if pipe.unet.training:
+                        pipe.unet.eval()
+                    for prompts, negative, seeds in job.parts():
+                        compiled = self._runs_compiled((len(seeds), job.size, job.size), adapters)
+                        with self._compiled_blocks(compiled), self._graphs_if_usable(False, compiled):
+                            latents = pipe(
+                                prompt_embeds=prompts.embeds,
+                                pooled_prompt_embeds=prompts.pooled,
+                                negative_prompt_embeds=negative.embeds,
+                                negative_pooled_prompt_embeds=negative.pooled,
+                                generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+                                num_inference_steps=job.steps,
+                                guidance_scale=job.guidance,
+                                height=job.size,
+                                width=job.size,
+                                output_type="latent",
+                            ).images
+                            pictures += self._decode(latents)
+            finally:
+                if adapters:
+                    self.release_graphs()
+        return pictures
 
     def _runs_compiled(self, shape: tuple[int, int, int], training_paused: bool) -> bool:
         """Whether this request runs the compiled blocks: only if its shape was compiled ahead (else

@@ -15,17 +15,10 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageOps
 
+from engine.generation.renders import PromptEmbeddings
 from engine.models import BaseModel
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class PromptEmbeddings:
-    """What the UNet needs from the text encoders for one or more prompts."""
-
-    embeds: torch.Tensor  # [n, 77, 2048]
-    pooled: torch.Tensor  # [n, 1280]
 
 
 @dataclass
@@ -88,6 +81,14 @@ def encode_prompts(base: BaseModel, prompts: Sequence[str]) -> PromptEmbeddings:
         prompt=list(prompts), device=base.device, num_images_per_prompt=1, do_classifier_free_guidance=False
     )
     return PromptEmbeddings(embeds=embeds.to(base.dtype), pooled=pooled.to(base.dtype))
+
+
+def no_negative(base: BaseModel, prompts: PromptEmbeddings) -> PromptEmbeddings:
+    """The negative side the pipeline uses when there is no negative prompt: zeros where the
+    model asks for them (SDXL does), else the empty prompt's embeddings."""
+    if base.pipe.config.force_zeros_for_empty_prompt:
+        return PromptEmbeddings(torch.zeros_like(prompts.embeds), torch.zeros_like(prompts.pooled))
+    return encode_prompts(base, [""] * len(prompts.embeds))
 
 
 def build_cache(

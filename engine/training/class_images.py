@@ -5,8 +5,12 @@ image i from seed i) and shared by every pet of that class, on every host, so th
 cat owner does not pay for them again; a run that wants more than exist draws only the rest.
 
 Two hosts training cats at the same moment must not both draw them: the drawing host holds
-the named lease 'class-images:<slug>' (renewed after every image, expiring on the database's
+the named lease 'class-images:<slug>' (renewed after every batch, expiring on the database's
 clock if that host dies) and the other waits for it, then finds the images there.
+
+They are painted by the worker's `Generator` (engine/generation/renders.py), several per
+pipeline call and compiled where its count-4 shape is: 3.3 s an image when each was its own
+eager pipeline call (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -19,23 +23,23 @@ import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-import torch
-from PIL import Image
-
-from engine.models import BaseModel
-from engine.training.cache import restore_encoders
+from engine.generation.generator import Generator
+from engine.generation.renders import Render
+from engine.training.cache import encode_prompts, no_negative, restore_encoders
 from engine.training.prompts import class_prompt
-from engine.training.validation import decode_latents
 from storage import keys, leases
 from storage.db import Queries
 from storage.files import FileStore
 
 log = logging.getLogger(__name__)
 
-# One image takes 0.6-3.3 s on a GPU (docs/BENCHMARKS.md): a lease of a minute, renewed after
-# every image, outlives any single image and frees the class within a minute of a crash.
+# A batch takes seconds on a GPU (docs/BENCHMARKS.md): a lease of a minute, renewed after every
+# batch, outlives any single batch and frees the class within a minute of a crash.
 LEASE_S = 60.0
 WAIT_S = 2.0
+# Images per pipeline call: the Generator's full batch, whose shape it compiles ahead. In its
+# low-memory mode (small cards) one at a time.
+BATCH = 4
 
 
 class ClassImagesCancelled(Exception):
@@ -45,7 +49,7 @@ class ClassImagesCancelled(Exception):
 async def ensure_class_images(
     db: Queries,
     store: FileStore,
-    base: BaseModel,
+    generator: Generator,
     class_noun: str,
     count: int,
     resolution: int,
@@ -74,7 +78,7 @@ async def ensure_class_images(
             await asyncio.sleep(WAIT_S)  # another worker is drawing this class: use its images
             continue
         try:
-            await _draw(db, store, base, class_noun, missing, resolution, steps, guidance, lease, holder,
+            await _draw(db, store, generator, class_noun, missing, resolution, steps, guidance, lease, holder,
                         should_stop, on_image)
         finally:
             await leases.release(db, lease, holder)
@@ -84,7 +88,7 @@ async def ensure_class_images(
 async def _draw(
     db: Queries,
     store: FileStore,
-    base: BaseModel,
+    generator: Generator,
     class_noun: str,
     missing: list[int],
     resolution: int,
@@ -96,44 +100,38 @@ async def _draw(
     on_image: Callable[[int, int], None] | None,
 ) -> None:
     log.info("drawing %d class images for %r", len(missing), class_noun)
-    for done, index in enumerate(missing, start=1):
+    batch = BATCH if generator.memory == "full" else 1
+    done = 0
+    for start in range(0, len(missing), batch):
         if await should_stop():
             raise ClassImagesCancelled()
-        png = await asyncio.to_thread(draw_class_image, base, class_noun, index, resolution, steps, guidance)
-        await store.put_bytes(keys.class_image(class_noun, index), png)
-        if on_image is not None:
-            on_image(done, len(missing))
+        indices = missing[start : start + batch]
+        pngs = await asyncio.to_thread(draw_class_images, generator, class_noun, indices, resolution, steps, guidance)
+        for index, png in zip(indices, pngs, strict=True):
+            await store.put_bytes(keys.class_image(class_noun, index), png)
+            done += 1
+            if on_image is not None:
+                on_image(done, len(missing))
         if not await leases.renew(db, lease, holder, LEASE_S):
             return  # we stalled past the lease and another worker took over: it draws the rest
 
 
-@torch.no_grad()
-def draw_class_image(base: BaseModel, class_noun: str, index: int, resolution: int, steps: int, guidance: float) -> bytes:
-    """Image `index` of the class (from seed `index`) with the plain base model, as PNG bytes.
+def draw_class_images(
+    generator: Generator, class_noun: str, indices: list[int], resolution: int, steps: int, guidance: float
+) -> list[bytes]:
+    """Images `indices` of the class (image i from seed i) by the plain base model, as PNG bytes.
 
-    Any LoRA adapters on the UNet are switched off while drawing: the prior is the base
-    model's idea of the class.
+    Any LoRA adapter on the UNet is switched off while drawing: the prior is the base model's
+    idea of the class.
     """
+    base = generator.base
     restore_encoders(base)
-    unet = base.pipe.unet
-    had_adapters = bool(getattr(unet, "peft_config", None))
-    if had_adapters:
-        unet.disable_adapters()
-    try:
-        latents = base.pipe(
-            prompt=[class_prompt(class_noun)],
-            generator=[torch.Generator("cpu").manual_seed(index)],
-            num_inference_steps=steps,
-            guidance_scale=guidance,
-            height=resolution,
-            width=resolution,
-            output_type="latent",
-        ).images
-        pixels, _ = decode_latents(base, latents)
-        image: Image.Image = base.pipe.image_processor.postprocess(pixels, output_type="pil")[0]
-    finally:
-        if had_adapters:
-            unet.enable_adapters()
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+    prompts = encode_prompts(base, [class_prompt(class_noun)])
+    prompts = prompts[[0] * len(indices)]
+    job = Render(prompts, no_negative(base, prompts), indices, resolution, steps, guidance, batch=len(indices))
+    pngs = []
+    for image in generator.render(job, training_adapter=False):
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        pngs.append(buffer.getvalue())
+    return pngs

@@ -11,6 +11,9 @@ checkpoints and validation images are written into a local folder, published und
 of their own, and only then recorded, so a row never points at a missing file and a
 retried run on another host finds everything it needs.
 
+Validation rounds and class images are painted by the worker's `Generator` (`render`, on the
+fast path its requests take), with the training's adapter live for validation.
+
 With a scorer, each validation round is scored (engine/scoring) right after it is rendered,
 in the training thread on the training's device, and the scores go into the pictures' rows;
 a resumed run renders and scores again what came after its checkpoint.
@@ -31,7 +34,8 @@ import torch
 from PIL import Image
 
 from engine.device import free_memory_bytes
-from engine.models import BaseModel
+from engine.generation.generator import Generator
+from engine.generation.renders import Render
 from engine.scoring.choice import choose_checkpoint
 from engine.scoring.prompts import without_token
 from engine.scoring.scorer import Scorer, Subject
@@ -43,7 +47,6 @@ from engine.training.hooks import ProgressInfo, RunOutcome, TrainingHooks
 from engine.training.loop import Cancelled, LoopCallbacks, LoraTrainer, plan_memory, run_loop
 from engine.training.params import TrainingParams
 from engine.training.prompts import class_prompt, validation_prompts
-from engine.training.validation import render
 from storage import keys, runs
 from storage.db import Queries
 from storage.files import DataDir, FileMissing, FileStore, remove_tree
@@ -59,10 +62,11 @@ def adapter_name(run_id: int) -> str:
 
 
 async def execute_run(
-    db: Queries, store: FileStore, data: DataDir, base: BaseModel, run_id: int, hooks: TrainingHooks | None = None,
-    scorer: Scorer | None = None,
+    db: Queries, store: FileStore, data: DataDir, generator: Generator, run_id: int,
+    hooks: TrainingHooks | None = None, scorer: Scorer | None = None,
 ) -> RunOutcome:
-    """Run (or resume from its newest checkpoint) the training of run `run_id` and record the result.
+    """Run (or resume from its newest checkpoint) the training of run `run_id` on the generator's
+    base model and record the result.
 
     With a `scorer`, every validation picture is stored with its scores (None: without).
     """
@@ -87,12 +91,13 @@ async def execute_run(
     await store.delete([image.path for image in await runs.delete_validation_after(db, run_id, start_step)])
     await runs.mark_running(db, run_id, start_step)
 
-    session = _Session(db, store, data, base, run_id, pet, params, photos, hooks, scorer, asyncio.get_running_loop())
+    session = _Session(db, store, data, generator, run_id, pet, params, photos, hooks, scorer, asyncio.get_running_loop())
     session.step = start_step
     status, error = "succeeded", None
     try:
         # should_cancel may block on the event loop (the worker asks the database): off the loop.
-        class_paths = await _class_images(db, store, base, pet, params, lambda: asyncio.to_thread(session.should_cancel))
+        class_paths = await _class_images(db, store, generator, pet, params, lambda: asyncio.to_thread(session.should_cancel))
+        generator.release_graphs()  # the training plans its mode from the free memory
         task = asyncio.ensure_future(asyncio.to_thread(session.run, resume_from, class_paths))
         try:
             await asyncio.shield(task)
@@ -132,13 +137,13 @@ async def _settle(task: asyncio.Future) -> None:
 
 
 async def _class_images(
-    db: Queries, store: FileStore, base: BaseModel, pet: Pet, params: TrainingParams,
+    db: Queries, store: FileStore, generator: Generator, pet: Pet, params: TrainingParams,
     should_stop: Callable[[], Awaitable[bool]],
 ) -> list[Path]:
     if not params.prior_preservation:
         return []
     return await ensure_class_images(
-        db, store, base, pet.class_noun, params.class_images, params.resolution,
+        db, store, generator, pet.class_noun, params.class_images, params.resolution,
         steps=params.class_image_steps, should_stop=should_stop,
     )
 
@@ -162,7 +167,7 @@ class _Session:
         db: Queries,
         store: FileStore,
         data: DataDir,
-        base: BaseModel,
+        generator: Generator,
         run_id: int,
         pet: Pet,
         params: TrainingParams,
@@ -171,7 +176,8 @@ class _Session:
         scorer: Scorer | None,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
-        self.db, self.store, self.data, self.base, self.run_id, self.pet = db, store, data, base, run_id, pet
+        self.db, self.store, self.data, self.run_id, self.pet = db, store, data, run_id, pet
+        self.generator, self.base = generator, generator.base
         self.params, self.photos, self.hooks, self.scorer, self.loop = params, photos, hooks, scorer, loop
         self.subject = Subject(photos)  # the pet's photos: their embeddings are computed once per run
         self._step = 0
@@ -306,18 +312,9 @@ class _Session:
         params, cache = self.params, self.cache
         assert cache.validation is not None and cache.validation_negative is not None
         seeds = [params.validation_seed + index for index in range(len(self.prompts))]
-        pictures, fp32 = render(
-            self.base,
-            cache.validation,
-            cache.validation_negative,
-            seeds,
-            resolution=params.resolution,
-            steps=params.validation_steps,
-            guidance=params.validation_guidance,
-            batch=self.render_batch,
-        )
-        if fp32:
-            log.warning("run %d: validation at step %d needed the fp32 VAE", self.run_id, step)
+        job = Render(cache.validation, cache.validation_negative, seeds, params.resolution, params.validation_steps,
+                     params.validation_guidance, self.render_batch)
+        pictures = self.generator.render(job, training_adapter=True)
         scores = self.score(step, pictures)
         for index, (picture, prompt, seed, measured) in enumerate(zip(pictures, self.prompts, seeds, scores)):
             path = self._staging(f"run{self.run_id}-validation").with_suffix(".png")

@@ -216,7 +216,7 @@ class Executor:
         )
         self.generator.release_graphs()  # the training plans its mode from the free memory
         try:
-            outcome = await execute_run(db, self.store, self.data, self.base, run_id, hooks, scorer=self.scorer)
+            outcome = await execute_run(db, self.store, self.data, self.generator, run_id, hooks, scorer=self.scorer)
         finally:
             release_memory(self.base, (f"train-{run_id}",))
         result = {"run_id": run_id, "status": outcome.status, "step": outcome.step}
