@@ -34,12 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sdxl_random import build_sdxl
 
 from config.settings import Settings
+from engine.compile import compiled_blocks
 from engine.generation.generator import Generator
 from engine.generation.renders import Render
 from engine.models import BaseModel, prepare_device
 from engine.training.cache import build_cache, offload_encoders, restore_encoders
 from engine.training.checkpoints import write_checkpoint
 from engine.training.class_images import ensure_class_images
+from engine.training.compile_ahead import TrainingCompileAhead
 from engine.training.loop import LoopPlan, LoraTrainer
 from engine.training.params import TrainingParams
 from storage import keys
@@ -130,7 +132,9 @@ def bench_config(base: BaseModel, cache, name: str, steps: int, prior: bool, res
     if offload:
         offload_encoders(base)
     reset_peak()
-    trainer = LoraTrainer(base, params, cache, f"bench-{name}", plan)
+    # Compiled on first use, as the worker's idle time does it (training/compile_ahead.py).
+    compiled = compiled_blocks(base.pipe.unet) if params.compile else None
+    trainer = LoraTrainer(base, params, cache, plan, compiled)
     try:
         warm_s, _ = timed(lambda: [trainer.train_step(step) for step in range(3)])
         total_s, losses = timed(lambda: [trainer.train_step(step) for step in range(3, 3 + steps)])
@@ -158,7 +162,7 @@ def check_graphs(base: BaseModel, cache, res: int, steps: int = 6) -> dict:
     for name, graphs, stock in (("eager", False, False), ("graphs", True, False), ("stock_bnb", False, True)):
         params = TrainingParams(resolution=res, cuda_graphs=graphs)
         plan = LoopPlan("fast", False, params.images_per_step, False, "graph check")
-        trainer = LoraTrainer(base, params, cache, f"check-{name}", plan)
+        trainer = LoraTrainer(base, params, cache, plan)
         if stock:
             trainer.optimizer = bnb.optim.AdamW8bit(trainer.lora_params, lr=params.learning_rate, betas=(0.9, 0.999),
                                                     weight_decay=1e-4, eps=1e-8)
@@ -221,7 +225,7 @@ def bench_validation(base: BaseModel, generator: Generator, cache, res: int) -> 
     """One round of 3 pictures with a training's LoRA live (after one fast-mode step), both ways."""
     seeds = [42, 43, 44]
     params = TrainingParams(resolution=res)
-    trainer = LoraTrainer(base, params, cache, "bench-validation", LoopPlan("fast", False, 4, False, "benchmark"))
+    trainer = LoraTrainer(base, params, cache, LoopPlan("fast", False, 4, False, "benchmark"))
     rows = {}
     try:
         trainer.train_step(0)
@@ -270,18 +274,34 @@ def bench_class_images(base: BaseModel, generator: Generator, work: Path, count:
             "s_each": new_s / count, "levels_apart": level_difference(old, new), "paths": paths}
 
 
+def bench_compile_ahead(base: BaseModel, res: int, mode: str) -> tuple[TrainingCompileAhead, dict]:
+    """The worker's idle-time compile of the training step, one `step()` at a time: the total, and the
+    longest step (what a request arriving meanwhile could wait)."""
+    ahead = TrainingCompileAhead(base)
+    ahead.want(TrainingParams(resolution=res, mode=mode))
+    steps = []
+    while True:
+        seconds, more = timed(ahead.step)
+        if not more:
+            break
+        steps.append(seconds)
+    return ahead, {"steps": len(steps), "s": sum(steps), "longest_step_s": max(steps), "ready": len(ahead.ready)}
+
+
 def bench_end_to_end(
-    generator: Generator, work: Path, photos: list[Path], steps: int, mode: str, res: int, compile_blocks: bool, every: int
+    generator: Generator, work: Path, photos: list[Path], steps: int, mode: str, res: int,
+    compile_ahead: TrainingCompileAhead | None, every: int,
 ) -> dict:
-    """execute_run itself, from photos to the last checkpoint, on a real SQLite database."""
+    """execute_run itself, from photos to the last checkpoint, on a real SQLite database (its blocks
+    compiled if `compile_ahead` is given)."""
     from engine.training.create import create_run
     from engine.training.service import execute_run
 
     async def run() -> dict:
-        db, store, data = await embedded_install(work / f"e2e-{mode}")
+        db, store, data = await embedded_install(work / f"e2e-{mode}-{compile_ahead is not None}")
         pet = await pet_with(db, store, photos, res)
         params = TrainingParams(steps=steps, checkpoint_every=every, validate_every=every, mode=mode, resolution=res,
-                                compile=compile_blocks)
+                                compile=compile_ahead is not None)
         run_id = await create_run(db, store, pet, params)
         marks: list[tuple[str, float]] = []
         from engine.training.hooks import TrainingHooks
@@ -292,10 +312,10 @@ def bench_end_to_end(
         )
         reset_peak()
         start = time.perf_counter()
-        outcome = await execute_run(db, store, data, generator, run_id, hooks)
+        outcome = await execute_run(db, store, data, generator, run_id, hooks, compile_ahead=compile_ahead)
         wall = time.perf_counter() - start
         await db.close()
-        return {"mode": mode + ("+compile" if compile_blocks else ""), "steps": steps, "status": outcome.status, "error": outcome.error, "wall_s": wall,
+        return {"mode": mode + ("+compiled ahead" if compile_ahead else ""), "steps": steps, "status": outcome.status, "error": outcome.error, "wall_s": wall,
                 "peak_gib": peak_gib(),
                 "marks": [(label, t - start) for label, t in marks]}
 
@@ -315,7 +335,8 @@ def main() -> int:
     parser.add_argument("--full-modes", default="fast")
     parser.add_argument("--full-every", type=int, default=100, help="checkpoint and validation interval of that run")
     parser.add_argument("--graph-check", action="store_true", help="compare eager and CUDA-graph training steps")
-    parser.add_argument("--full-compile", action="store_true", help="end-to-end run with regional compilation")
+    parser.add_argument("--full-compile", action="store_true",
+                        help="then the step compiled ahead as a worker does when idle, and the run again, compiled")
     parser.add_argument("--resolution", type=int, default=1024)
     parser.add_argument("--tiny", type=Path, help="use this tiny model folder on the CPU instead (a dry run)")
     args = parser.parse_args()
@@ -368,7 +389,7 @@ def main() -> int:
     results["validation"] = bench_validation(base, generator, cache, res)
     save()
     params = TrainingParams(resolution=res)
-    trainer = LoraTrainer(base, params, cache, "bench-ckpt", LoopPlan("fast", False, 4, False, "benchmark"))
+    trainer = LoraTrainer(base, params, cache, LoopPlan("fast", False, 4, False, "benchmark"))
     trainer.train_step(0)
     lora = trainer.lora_state_dict()
     seconds, _ = timed(lambda: write_checkpoint(work / "ckpt", lora, trainer.lora_config.to_dict(), rank=4, alpha=4.0,
@@ -400,15 +421,20 @@ def main() -> int:
     if args.full_steps:
         results["end_to_end"] = []
         for mode in args.full_modes.split(","):
-            try:
-                row = bench_end_to_end(generator, work, photos, args.full_steps, mode, res, args.full_compile,
-                                       min(args.full_every, args.full_steps))
-            except Exception as error:  # noqa: BLE001
-                traceback.print_exc()
-                row = {"mode": mode, "error": f"{type(error).__name__}: {error}"}
-            print(row, flush=True)
-            results["end_to_end"].append(row)
-            save()
+            for compiled in (False, True) if args.full_compile else (False,):
+                try:
+                    ahead = None
+                    if compiled:
+                        ahead, results["training_compile_ahead"] = bench_compile_ahead(base, res, mode)
+                        print("compiled ahead:", results["training_compile_ahead"], flush=True)
+                    row = bench_end_to_end(generator, work, photos, args.full_steps, mode, res, ahead,
+                                           min(args.full_every, args.full_steps))
+                except Exception as error:  # noqa: BLE001
+                    traceback.print_exc()
+                    row = {"mode": mode, "error": f"{type(error).__name__}: {error}"}
+                print(row, flush=True)
+                results["end_to_end"].append(row)
+                save()
 
     run_configs(args.late_configs)
 

@@ -118,7 +118,7 @@ class Settings:
     train_mode: str = "auto"
     generate_memory: str = "auto"
     compile: bool = True  # generation: shapes compiled ahead in the worker's idle time
-    compile_training: bool = False
+    compile_training: bool = True  # training: the default run's step compiled ahead in the worker's idle time
     cuda_graphs: bool = True
     guidance_interval: tuple[float, float] | None = DEFAULT_GUIDANCE_INTERVAL
     workers: str = "auto"
@@ -166,7 +166,7 @@ class Settings:
                 env, "PAWTRAIT_GENERATE_MEMORY", "auto", choice("auto", "full", "low"), "auto, full or low"
             ),
             compile=read(env, "PAWTRAIT_COMPILE", True, boolean, "true or false"),
-            compile_training=read(env, "PAWTRAIT_COMPILE_TRAINING", False, boolean, "true or false"),
+            compile_training=read(env, "PAWTRAIT_COMPILE_TRAINING", True, boolean, "true or false"),
             cuda_graphs=read(env, "PAWTRAIT_CUDA_GRAPHS", True, boolean, "true or false"),
             guidance_interval=read(
                 env, "PAWTRAIT_GUIDANCE_INTERVAL", DEFAULT_GUIDANCE_INTERVAL, _guidance_interval,

@@ -96,10 +96,17 @@ class CompiledBlocks:
                 hook.remove()
         return list(calls.values())
 
-    def compile_call(self, call: BlockCall) -> None:
-        """Run one recorded call through the compiled code: compiles its variant unless already there."""
+    def compile_call(self, call: BlockCall, backward: bool = False) -> None:
+        """Run one recorded call through the compiled code: compiles its variant unless already there.
+
+        With `backward`, a gradient flows back through it too, as in a training step: the compiled
+        backward is made at a variant's first backward.
+        """
         with self.active():
-            call.block(*call.args, **call.kwargs)
+            out = call.block(*call.args, **call.kwargs)
+        out = out[0] if isinstance(out, tuple) else out
+        if backward and out.requires_grad:  # blocks before the first LoRA layer have nothing to train
+            out.backward(torch.ones_like(out))
 
 
 _shared: weakref.WeakKeyDictionary[torch.nn.Module, CompiledBlocks] = weakref.WeakKeyDictionary()
@@ -141,9 +148,12 @@ def _signature(value: Any) -> Any:
 
 def _standard_layouts(value: Any, copy: bool = False) -> Any:
     """`value` with every tensor in row-major layout, strides of size-1 dimensions included (copied
-    only where needed, or always with `copy`)."""
+    only where needed, or always with `copy`: a copy detached from the recorded run's autograd
+    graph, needing gradients as the original did)."""
     if isinstance(value, torch.Tensor):
-        if copy or value.stride() != _row_major_strides(value.shape):
+        if copy:
+            return value.detach().clone(memory_format=torch.contiguous_format).requires_grad_(value.requires_grad)
+        if value.stride() != _row_major_strides(value.shape):
             return value.clone(memory_format=torch.contiguous_format)
         return value
     if isinstance(value, (tuple, list)):

@@ -19,7 +19,7 @@ def test_defaults_match_the_documented_ones() -> None:
     assert settings.vae == DEFAULT_VAE
     assert settings.device == "auto"
     assert settings.max_photos_per_pet == 30
-    assert settings.cuda_graphs and settings.compile and not settings.compile_training
+    assert settings.cuda_graphs and settings.compile and settings.compile_training
     assert settings.guidance_interval == (0.28, 5.42)
     # One host: the SQLite file and the files in the data folder.
     assert settings.database is None and settings.files is None

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from functorch.compile import make_boxed_func
 from PIL import Image
 from safetensors.torch import load_file
+from torch._dynamo.backends.common import aot_autograd
 
+from config.settings import Settings
 from engine.generation.generator import Generator
 from engine.generation.loras import has_tuner_layers
 from engine.generation.renders import Render
-from engine.models import BaseModel
+from engine.models import BaseModel, load_base_model
 from engine.training import TrainingHooks, TrainingInputError, TrainingParams, create_run, execute_run
 from engine.training.checkpoints import STATE_FILE, state_key
+from engine.training.compile_ahead import TrainingCompileAhead
+from engine.training.loop import TRAINING_ADAPTER
 from storage import keys, runs
 from storage.files import DataDir, FileStore
 from storage.pets import LOCAL_GUILD, create_pet
@@ -95,7 +101,7 @@ async def test_run_trains_and_records_checkpoints_and_validation(
     # The LoRA learned something (lora_up starts at zero) and the shared UNet is left clean.
     kohya = load_file(await store.local_path(rows[1].kohya_file))
     assert any(value.abs().sum() > 0 for key, value in kohya.items() if key.endswith("lora_up.weight"))
-    assert f"train-{run_id}" not in getattr(base.pipe.unet, "peft_config", {})
+    assert TRAINING_ADAPTER not in getattr(base.pipe.unet, "peft_config", {})
     # No idle LoRA wrapper layers either: they would slow every later generation.
     assert not has_tuner_layers(base.pipe)
     assert not base.pipe.unet.training
@@ -164,7 +170,7 @@ async def test_cancel_then_resume_equals_an_uninterrupted_run(
     run = await runs.get_run(db, interrupted)
     assert (run.status, run.step) == ("cancelled", 3)
     assert [c.step for c in await runs.list_checkpoints(db, interrupted)] == [2]
-    assert f"train-{interrupted}" not in getattr(base.pipe.unet, "peft_config", {})
+    assert TRAINING_ADAPTER not in getattr(base.pipe.unet, "peft_config", {})
 
     resumed = await execute_run(db, store, data, generator, interrupted)  # continues from the step-2 checkpoint
     assert (resumed.status, resumed.step) == ("succeeded", 5)
@@ -296,6 +302,61 @@ async def test_validation_and_class_images_are_painted_by_the_generator_as_diffu
             assert np.abs(await picture(store, image.path) - reference).max() <= 1
     finally:
         base.pipe.unload_lora_weights()
+
+
+def counting_aot_backend() -> tuple[dict[str, int], object]:
+    """A dynamo backend through AOTAutograd (as inductor's is) that runs the traced graphs as they are and
+    counts forward and backward compilations and compiled calls."""
+    counts = {"forward": 0, "backward": 0, "calls": 0}
+
+    def compiler(kind: str) -> object:
+        def compile(graph: torch.fx.GraphModule, example_inputs: list) -> object:
+            counts[kind] += 1
+
+            def run(*args: object) -> object:
+                counts["calls"] += 1
+                return graph(*args)
+
+            return make_boxed_func(run)
+
+        return compile
+
+    return counts, aot_autograd(fw_compiler=compiler("forward"), bw_compiler=compiler("backward"))
+
+
+async def test_the_training_step_is_compiled_in_idle_time_and_no_training_waits_for_it(
+    db, store: FileStore, data: DataDir, tiny_model_dir: Path
+) -> None:
+    base = load_base_model(Settings(model=str(tiny_model_dir), vae=None, device="cpu", resolution=64))
+    generator = Generator(base, memory="full")
+    counts, backend = counting_aot_backend()
+    ahead = TrainingCompileAhead(base, backend)
+    pet = await pet_with_photos(db, store)
+    params = TrainingParams(steps=2, checkpoint_every=2, validate_every=0, **QUICK)
+    assert params.compile  # on by default
+
+    async def lora_of_a_run() -> dict[str, torch.Tensor]:
+        run_id = await create_run(db, store, pet, params)
+        assert (await execute_run(db, store, data, generator, run_id, compile_ahead=ahead)).status == "succeeded"
+        return load_file(await store.local_path((await runs.list_checkpoints(db, run_id))[-1].diffusers_file))
+
+    # Not compiled yet: the run trains uncompiled rather than wait, and leaves its plan to compile.
+    uncompiled = await lora_of_a_run()
+    assert counts == {"forward": 0, "backward": 0, "calls": 0} and ahead.pending
+
+    # Idle time: one block variant at a time, forward and backward, then the UNet is left as it was.
+    steps = 0
+    while ahead.step():
+        steps += 1
+    assert steps > 3 and counts["forward"] > 0 and counts["backward"] > 0 and not ahead.pending
+    assert not has_tuner_layers(base.pipe)
+
+    # The next run runs the compiled code and compiles nothing more, and learns the same LoRA.
+    compiled_so_far, calls = counts["forward"] + counts["backward"], counts["calls"]
+    learned = await lora_of_a_run()
+    assert counts["forward"] + counts["backward"] == compiled_so_far and counts["calls"] > calls
+    for key in uncompiled:  # (Adam's normalised steps amplify rounding in a few elements: compare whole tensors)
+        assert (learned[key] - uncompiled[key]).norm() <= 1e-3 * uncompiled[key].norm(), key
 
 
 async def test_bad_inputs_are_refused_in_plain_words(db, store: FileStore, data: DataDir, generator: Generator) -> None:

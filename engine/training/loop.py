@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -31,7 +31,7 @@ from diffusers.optimization import get_scheduler
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
 from peft.tuners.tuners_utils import BaseTunerLayer
 
-from engine.compile import compiled_blocks
+from engine.compile import CompiledBlocks
 from engine.cuda_graphs import CapturedCall, graphs_supported, on_side_stream
 from engine.models import BaseModel
 from engine.training.cache import TrainingCache
@@ -50,6 +50,10 @@ HEADROOM_GIB = 4.5  # validation renders and generations beside the captured ste
 # Eager steps before the forward/backward is captured: lazy initialisation (cuBLAS, cuDNN,
 # autocast) must happen before a capture. They are real training steps, not thrown away.
 GRAPH_WARMUP_STEPS = 2
+# Every run trains an adapter of this one name: compiled code guards on adapter names (peft's
+# layers look their factors up by name), so code compiled for one run fits the next without
+# recompiling. (Not "training": that is an attribute of every torch module.)
+TRAINING_ADAPTER = "pet-training"
 
 
 @dataclass(frozen=True)
@@ -112,13 +116,26 @@ def photo_order(count: int, per_step: int, steps: int, seed: int, flip: bool) ->
     return torch.cat(order)[:needed].view(steps, per_step)
 
 
+def plan_key(params: TrainingParams, plan: LoopPlan) -> tuple[object, ...]:
+    """What a training step's compiled code depends on: the shapes of its micro-batches, its
+    adapter's layers and how the UNet runs them (training/compile_ahead.py)."""
+    return (params.resolution, params.rank, params.target_modules, plan.micro_batch, plan.gradient_checkpointing,
+            params.images_per_step * (2 if params.prior_preservation else 1))
+
+
 class LoraTrainer:
-    """A LoRA adapter on `base.pipe.unet` with its optimizer, trained one optimizer step at a time."""
+    """A LoRA adapter on `base.pipe.unet` with its optimizer, trained one optimizer step at a time.
+
+    `compiled`: the UNet's blocks to run compiled in the steps (compiled ahead in the worker's
+    idle time: training/compile_ahead.py), or None for eager blocks.
+    """
 
     def __init__(
-        self, base: BaseModel, params: TrainingParams, cache: TrainingCache, adapter_name: str, plan: LoopPlan
+        self, base: BaseModel, params: TrainingParams, cache: TrainingCache, plan: LoopPlan,
+        compiled: CompiledBlocks | None = None,
     ) -> None:
-        self.base, self.params, self.cache, self.adapter_name, self.plan = base, params, cache, adapter_name, plan
+        self.base, self.params, self.cache, self.plan = base, params, cache, plan
+        self.adapter_name = adapter_name = TRAINING_ADAPTER
         self.unet = base.pipe.unet
         self.device = base.device
         self.autocast = base.device.type == "cuda" and base.dtype != torch.float32
@@ -138,8 +155,7 @@ class LoraTrainer:
         for p in self.lora_params:
             p.data = p.data.float()  # the base stays in half precision; the trained weights in fp32
         self.activate()
-        # Training compiles on first use (its first steps wait for it); generation only runs shapes compiled ahead.
-        self.compiled = compiled_blocks(self.unet) if params.compile and self.device.type == "cuda" else None
+        self.compiled = compiled
 
         self.optimizer = build_optimizer(params, self.lora_params, self.device)
         self.lr_scheduler = get_scheduler(
@@ -186,7 +202,9 @@ class LoraTrainer:
         self.time_ids = cache.time_ids.to(self.device, dtype).expand(len(self.embeds), -1).contiguous()
 
     def activate(self) -> None:
-        """(Re-)make this adapter the trained one: after a generation between steps switched adapters."""
+        """(Re-)make this adapter the trained one, after pictures were painted between steps: they
+        restore the adapters' state, but not as one shared list of active adapters, which compiled
+        code guards on (a run whose layers each held their own list recompiled every block)."""
         self.unet.enable_adapters()
         self.unet.set_adapter(self.adapter_name)
         for p in self.lora_params:
@@ -211,13 +229,8 @@ class LoraTrainer:
         target = a * noise - s * latents if self.v_prediction else noise
         weight = self.sample_weight * self._snr_weight(t)
 
-        # Under autocast peft's cast of every LoRA input to fp32 is a wasted copy (autocast casts it back
-        # for the matmul): off for the whole step, forward and backward (checkpoint recomputes must match).
-        self._cast_lora_inputs(not self.autocast)
-        try:
+        with self.lora_inputs_uncast():
             total = self._gradients(noisy, t, target, weight)
-        finally:
-            self._cast_lora_inputs(True)
 
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
@@ -271,9 +284,23 @@ class LoraTrainer:
         self._captured = None
         self.optimizer.zero_grad(set_to_none=True)  # the graph's gradient tensors go with it
 
-    def _cast_lora_inputs(self, enabled: bool) -> None:
+    @contextmanager
+    def lora_inputs_uncast(self) -> Iterator[None]:
+        """How a step runs the LoRA layers. Under autocast peft's cast of every LoRA input to fp32 is a
+        wasted copy (autocast casts it back for the matmul): off for the whole step, forward and
+        backward (checkpoint recomputes must match)."""
         for layer in self.lora_layers:
-            layer.cast_input_dtype_enabled = enabled
+            layer.cast_input_dtype_enabled = not self.autocast
+        try:
+            yield
+        finally:
+            for layer in self.lora_layers:
+                layer.cast_input_dtype_enabled = True
+
+    def precision(self) -> torch.autocast:
+        """The forward's autocast. No autocast cache: cached casts would outlive a CUDA graph capture
+        (PyTorch's graph rules)."""
+        return torch.autocast(self.device.type, dtype=self.base.dtype, enabled=self.autocast, cache_enabled=False)
 
     def _forward_backward(
         self, noisy: torch.Tensor, t: torch.Tensor, target: torch.Tensor, weight: torch.Tensor
@@ -283,8 +310,7 @@ class LoraTrainer:
         with self.compiled.active() if self.compiled else nullcontext():  # also for checkpointing's recompute
             for start in range(0, len(noisy), self.plan.micro_batch):
                 part = slice(start, start + self.plan.micro_batch)
-                # No autocast cache: cached casts would outlive a CUDA graph capture (PyTorch's graph rules).
-                with torch.autocast(self.device.type, dtype=self.base.dtype, enabled=self.autocast, cache_enabled=False):
+                with self.precision():
                     prediction = self.unet(
                         noisy[part],
                         t[part],
@@ -393,6 +419,7 @@ def run_loop(trainer: LoraTrainer, start_step: int, callbacks: LoopCallbacks) ->
     step = trainer.completed_steps = start_step
     if step == 0 and not callbacks.should_cancel():
         callbacks.validate(0)  # before any capture: nothing to make room for
+        trainer.activate()
     train_time = 0.0  # seconds in train_step only, for the ETA
     trained = 0
     last_report = time.monotonic()
@@ -434,4 +461,5 @@ def run_loop(trainer: LoraTrainer, start_step: int, callbacks: LoopCallbacks) ->
         if validate:
             trainer.make_room()
             callbacks.validate(step)
+            trainer.activate()
     return step

@@ -49,7 +49,7 @@ class TrainingParams:
     gradient_checkpointing: bool | None = None  # None = decided by the mode
     micro_batch: int | None = None  # images per forward/backward; None = decided by the mode
     optimizer: str = "adamw8bit"
-    compile: bool = False  # regional torch.compile of the UNet's transformer and ResNet blocks (CUDA only)
+    compile: bool = True  # UNet blocks compiled, where the worker compiled them ahead for this plan (compile_ahead.py)
     cuda_graphs: bool = True  # replay the forward/backward as a CUDA graph (CUDA in bf16 only; same results)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unknown keys from newer versions
 

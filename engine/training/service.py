@@ -42,6 +42,7 @@ from engine.scoring.scorer import Scorer, Subject
 from engine.training.cache import build_cache, offload_encoders, restore_encoders
 from engine.training.checkpoints import prune_checkpoints, read_training_state, state_key, write_checkpoint
 from engine.training.class_images import ClassImagesCancelled, ensure_class_images
+from engine.training.compile_ahead import TrainingCompileAhead
 from engine.training.create import TrainingInputError, training_photos
 from engine.training.hooks import ProgressInfo, RunOutcome, TrainingHooks
 from engine.training.loop import Cancelled, LoopCallbacks, LoraTrainer, plan_memory, run_loop
@@ -57,18 +58,15 @@ from storage.scores import ImageScores
 log = logging.getLogger(__name__)
 
 
-def adapter_name(run_id: int) -> str:
-    return f"train-{run_id}"
-
-
 async def execute_run(
     db: Queries, store: FileStore, data: DataDir, generator: Generator, run_id: int,
-    hooks: TrainingHooks | None = None, scorer: Scorer | None = None,
+    hooks: TrainingHooks | None = None, scorer: Scorer | None = None, compile_ahead: TrainingCompileAhead | None = None,
 ) -> RunOutcome:
     """Run (or resume from its newest checkpoint) the training of run `run_id` on the generator's
     base model and record the result.
 
-    With a `scorer`, every validation picture is stored with its scores (None: without).
+    With a `scorer`, every validation picture is stored with its scores (None: without). The
+    blocks run compiled if the run asks for it and `compile_ahead` has compiled its plan.
     """
     hooks = hooks or TrainingHooks()
     run = await runs.get_run(db, run_id)
@@ -92,6 +90,7 @@ async def execute_run(
     await runs.mark_running(db, run_id, start_step)
 
     session = _Session(db, store, data, generator, run_id, pet, params, photos, hooks, scorer, asyncio.get_running_loop())
+    session.compile_ahead = compile_ahead
     session.step = start_step
     status, error = "succeeded", None
     try:
@@ -185,6 +184,7 @@ class _Session:
         self.stop = False
         self.prompts = validation_prompts(pet, params.validation_prompts)
         self.checkpoint_ids: dict[int, int] = {}
+        self.compile_ahead: TrainingCompileAhead | None = None
         self.latest_key: str | None = None
         # Keys written by this execution carry this tag: a retry elsewhere never overwrites them.
         self.tag = keys.new_tag()
@@ -220,7 +220,13 @@ class _Session:
         self.render_batch = len(self.prompts) if plan.mode == "fast" else 1
         self.plan = plan
         self.cache = cache
-        trainer = LoraTrainer(base, params, cache, adapter_name(self.run_id), plan)
+        compiled = None
+        if params.compile and self.compile_ahead is not None:
+            compiled = self.compile_ahead.compiled_for(params, plan)
+            if compiled is None:
+                log.info("run %d: its plan is not compiled yet (the worker compiles it when idle); training uncompiled",
+                         self.run_id)
+        trainer = LoraTrainer(base, params, cache, plan, compiled)
         trainer.completed_steps = self._step
         self.trainer = trainer
         try:

@@ -28,7 +28,10 @@ from engine.generation.request import GenerationRequest
 from engine.generation.service import generate_and_record
 from engine.models import BaseModel
 from engine.scoring.scorer import Scorer
+from engine.training.compile_ahead import TrainingCompileAhead
 from engine.training.hooks import TrainingHooks
+from engine.training.loop import TRAINING_ADAPTER
+from engine.training.params import TrainingParams
 from engine.training.service import execute_run
 from engine.worker.events import PREVIEW_INTERVAL_S, PROGRESS_INTERVAL_S, LoopBridge, Throttle
 from engine.worker.failures import describe_failure, is_out_of_memory, release_memory
@@ -125,9 +128,29 @@ class Executor:
         self.worker_id = worker_id
         self.loop = asyncio.get_running_loop()
         self.generator = Generator.from_settings(base, settings)
+        # The training step compiled in idle time for the plan a default run gets (GPU only, as for pictures).
+        self.training_ahead = None
+        if settings.compile_training and base.device.type == "cuda":
+            self.training_ahead = TrainingCompileAhead(base)
+            self.training_ahead.want(TrainingParams(resolution=settings.resolution, mode=settings.train_mode))
         self.scorer = Scorer.from_settings(settings)  # its models load at the first validation round
         self.running: set[int] = set()
         self.lost: set[int] = set()  # jobs whose lease another worker holds now
+
+    def compile_ahead(self) -> bool:
+        """One piece of idle-time compiling (seconds at most): the pictures' shapes first, as people
+        wait on those, then the training step. False when there is nothing left to compile."""
+        if self.generator.compile_ahead():
+            return True
+        if self.training_ahead is None:
+            return False
+        try:
+            return self.training_ahead.step()
+        except Exception:
+            log.exception("compiling the training step ahead failed; trainings run uncompiled")
+            self.training_ahead.pause()
+            self.training_ahead = None
+            return False
 
     def still_held(self, beat: set[int], held: set[int]) -> None:
         """What the heartbeat renewed (`held` of the jobs `beat` for): a job missing from it was
@@ -141,6 +164,8 @@ class Executor:
         """Run a claimed job to its end and record the outcome (None: it moved to another worker).
 
         Never raises for a job's own failure."""
+        if self.training_ahead is not None:
+            await asyncio.to_thread(self.training_ahead.pause)  # its rehearsal adapter off the UNet
         bridge = LoopBridge(self.loop)
         reporter = JobReporter(self.db, self.store, job, bridge)
         fenced = FencedDatabase(self.db, job.lease)
@@ -173,7 +198,7 @@ class Executor:
         return finished
 
     def _free_after_failure(self, job: jobs.Job, error: Exception) -> None:
-        adapters = (f"train-{job.payload.get('run_id')}",) if job.kind == "train" else ()
+        adapters = (TRAINING_ADAPTER,) if job.kind == "train" else ()
         if is_out_of_memory(error):
             self.generator.release_graphs()
             for checkpoint_id in self.generator.loras.loaded():
@@ -216,9 +241,10 @@ class Executor:
         )
         self.generator.release_graphs()  # the training plans its mode from the free memory
         try:
-            outcome = await execute_run(db, self.store, self.data, self.generator, run_id, hooks, scorer=self.scorer)
+            outcome = await execute_run(db, self.store, self.data, self.generator, run_id, hooks, scorer=self.scorer,
+                                        compile_ahead=self.training_ahead)
         finally:
-            release_memory(self.base, (f"train-{run_id}",))
+            release_memory(self.base, (TRAINING_ADAPTER,))
         result = {"run_id": run_id, "status": outcome.status, "step": outcome.step}
         return outcome.status, result, outcome.error
 

@@ -93,7 +93,7 @@ class Worker:
 
     async def _work(self) -> None:
         """Claim the next job by the queue policy and run it; with the queue empty, compile the
-        generator's next block variant (a few seconds at most) or sleep until woken."""
+        next block variant for pictures or training (a few seconds at most) or sleep until woken."""
         assert self.db is not None and self.wakeup is not None
         while not self._stopping:
             try:
@@ -103,7 +103,7 @@ class Worker:
                     await workers.set_state(self.db, self.worker_id, "busy", job.id)
                     await self.executor.run(job)
                     continue
-                if await asyncio.to_thread(self.executor.generator.compile_ahead):
+                if await asyncio.to_thread(self.executor.compile_ahead):
                     continue
                 await workers.set_state(self.db, self.worker_id, "idle")
                 await self.wakeup.wait(CATCH_UP_S)
