@@ -519,33 +519,30 @@ def main() -> int:
                            f"{eager_s:.3f} s vs {compiled_s:.3f} s", "", "", f"{compiled} blocks; first compiled decode {first_s:.0f} s"))
 
     def fp8() -> None:
-        """FP8 (e4m3) linear layers through torchao, activations and weights scaled per row, under
-        regional compile + CUDA graphs. Quantizes the UNet in place: run it alone, in its own process."""
+        """FP8 (e4m3) linear layers through torchao (activations and weights scaled per row) against bf16,
+        both replayed from CUDA graphs, uncompiled (compiling the quantized UNet did not finish within
+        575 s in D6): seconds per picture, and how far the same seeds' pictures move (compile's own
+        difference is 0.48 mean levels). Quantizes the UNet in place: run it alone, in its own process."""
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
 
-        unet = pipe.unet
-        batch = 2
-        args = (torch.randn(batch, 4, 128, 128, device=device, dtype=torch.bfloat16), torch.tensor(500, device=device),
-                torch.randn(batch, 77, 2048, device=device, dtype=torch.bfloat16))
-        cond = {"text_embeds": torch.randn(batch, 1280, device=device, dtype=torch.bfloat16),
-                "time_ids": torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * batch, device=device, dtype=torch.bfloat16)}
+        def paint(gen: Generator) -> tuple[list[Image.Image], float, float, float]:
+            pictures = [gen.generate(request(1, seed=seed), pet=PET).images[0] for seed in range(3)]
+            b1, peak = per_image(gen, 1, 3)
+            b4, _ = per_image(gen, 4, 1)
+            return pictures, b1, b4, peak
+
+        gen = Generator(base, memory="full")
+        bf16, b1, b4, peak = paint(gen)
+        gen.release_graphs()
         with torch.no_grad():
-            reference = unet(*args, added_cond_kwargs=cond).sample.float()
-            quantize_(unet, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
-            quantized = unet(*args, added_cond_kwargs=cond).sample.float()
-        rel = float((quantized - reference).norm() / reference.norm())
-        gen = Generator(base, memory="full", compile=True)
-        first_s, _ = sync_time(lambda: compile_everything_wanted(gen))
-        b1, peak = per_image(gen, 1, 5)
-        b4, peak4 = per_image(gen, 4, 2)
-        gen.guidance_interval = None
-        b1_full, _ = per_image(gen, 1, 3)
-        b4_full, _ = per_image(gen, 4, 1)
-        bench.results["fp8"] = {"relative_error_one_unet_call": rel, "first_request_s": first_s, "peak_b4_gib": peak4,
-                                "b1_guidance_everywhere": b1_full, "b4_guidance_everywhere": b4_full}
-        bench.row("FP8 linear layers (torchao, per-row) + regional compile + CUDA graphs, plain base, interval", b1, b4, peak,
-                  f"UNet output relative error vs bf16 {rel:.4f}; compiling ahead {first_s:.0f} s; "
-                  f"guidance everywhere {b1_full:.3f} / {b4_full:.3f} s; batch 4 peak {peak4:.1f} GiB")
+            quantize_(pipe.unet, Float8DynamicActivationFloat8WeightConfig(granularity=PerRow()))
+        fp8, q1, q4, qpeak = paint(gen)
+        apart = statistics.mean(mean_pixel_diff(x, y) for x, y in zip(bf16, fp8))
+        bench.results["fp8"] = {"bf16_b1_s": b1, "bf16_b4_s": b4, "bf16_peak_gib": peak, "fp8_b1_s": q1, "fp8_b4_s": q4,
+                                "fp8_peak_gib": qpeak, "levels_apart": apart}
+        bench.row("bf16 linear layers, CUDA graphs, uncompiled (the reference of the next row)", b1, b4, peak)
+        bench.row("FP8 linear layers (torchao, per-row), CUDA graphs, uncompiled", q1, q4, qpeak,
+                  f"pictures {apart:.2f} mean levels from bf16's (compile's own difference: 0.48)")
 
     def saved_model() -> Path:
         model_dir = work / "model"

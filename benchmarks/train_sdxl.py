@@ -69,8 +69,9 @@ CONFIGS = {
     "fast4-adamw": (False, 0, False, {"optimizer": "adamw"}, False),
     "fast4-cl": (False, 0, False, {}, True),
     "fast4-compile": (False, 0, False, {"compile": True}, False),
-    # The same again: a second run's adapter in a process whose blocks were compiled for the first.
-    "fast4-compile-again": (False, 0, False, {"compile": True}, False),
+    # FP8 matmuls over the frozen base weights (torchao's Float8Linear; the UNet is converted for good).
+    "fast4-fp8": (False, 0, False, {}, False),
+    "fast4-fp8-compile": (False, 0, False, {"compile": True}, False),
     "lean4-compile": (True, 4, True, {"compile": True}, False),
     "fast4-compile-eager": (False, 0, False, {"compile": True, **EAGER}, False),
 }
@@ -120,6 +121,20 @@ def timed(fn):
     return time.perf_counter() - start, result
 
 
+def float8_base(unet: torch.nn.Module) -> None:
+    """Swap the UNet's Linear layers for torchao's Float8Linear (e4m3 forward, e5m2 gradients, dynamic
+    per-tensor scales) before the LoRA wraps them: the frozen base's matmuls in FP8, forward and
+    backward. In place and for good: run such configurations last."""
+    from torchao.float8 import convert_to_float8_training
+
+    if not getattr(unet, "bench_float8", False):
+        convert_to_float8_training(
+            unet, module_filter_fn=lambda module, _name: isinstance(module, torch.nn.Linear)
+            and module.in_features % 16 == 0 and module.out_features % 16 == 0,
+        )
+        unet.bench_float8 = True
+
+
 def bench_config(base: BaseModel, cache, name: str, steps: int, prior: bool, res: int) -> dict:
     checkpointing, micro, offload, extra, channels_last = CONFIGS[name]
     params = TrainingParams(prior_preservation=prior, resolution=res, **extra)
@@ -129,6 +144,8 @@ def bench_config(base: BaseModel, cache, name: str, steps: int, prior: bool, res
     unet = base.pipe.unet
     if channels_last:
         unet.to(memory_format=torch.channels_last)
+    if "fp8" in name:
+        float8_base(unet)
     if offload:
         offload_encoders(base)
     reset_peak()
