@@ -57,6 +57,7 @@ VALIDATION = [PROMPT, "an oil painting of zqxjv cat", "zqxjv cat in space"]
 # name: (gradient checkpointing, micro-batch (0 = all images of the step), encoders offloaded,
 #        extra TrainingParams, channels-last)
 # The product captures the forward/backward as a CUDA graph by default; "-eager" turns that off.
+# Blocks run compiled only where a configuration says so (compiled on first use here; in the worker, ahead).
 EAGER = {"cuda_graphs": False}
 CONFIGS = {
     "lean1": (True, 1, True, {}, False),
@@ -137,7 +138,7 @@ def float8_base(unet: torch.nn.Module) -> None:
 
 def bench_config(base: BaseModel, cache, name: str, steps: int, prior: bool, res: int) -> dict:
     checkpointing, micro, offload, extra, channels_last = CONFIGS[name]
-    params = TrainingParams(prior_preservation=prior, resolution=res, **extra)
+    params = TrainingParams(prior_preservation=prior, resolution=res, **{"compile": False, **extra})
     images = params.images_per_step * (2 if prior else 1)
     plan = LoopPlan(mode="lean" if checkpointing else "fast", gradient_checkpointing=checkpointing,
                     micro_batch=min(micro or images, images), offload_encoders=offload, reason="benchmark")
