@@ -64,14 +64,15 @@ class Worker:
         import torch
 
         from engine.device import GpuNotVisible, pin_to_gpu
-        from engine.models import load_base_model
-        from engine.worker.executor import Executor
 
         if self.gpu is not None:
             physical = pin_to_gpu(self.gpu)  # before CUDA starts: from here on cuda:0 is this worker's GPU
             if self.settings.device != "cpu" and not torch.cuda.is_available():
                 raise GpuNotVisible(f"there is no GPU {self.gpu} here (CUDA_VISIBLE_DEVICES={physical} shows none)")
             log.info("worker %s: GPU %d of those visible (CUDA_VISIBLE_DEVICES=%s)", self.worker_id, self.gpu, physical)
+        # After the GPU check, which should not wait for diffusers' imports (6 s on two cores).
+        from engine.models import load_base_model
+        from engine.worker.executor import Executor
         self.db, self.store = await open_storage(self.settings)
         device = f"gpu{self.gpu}" if self.gpu is not None else self.settings.device
         await workers.register(self.db, self.worker_id, self.settings.host_id, device)
@@ -173,12 +174,20 @@ async def run_worker(settings: Settings, gpu: int | None = None) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, lambda: asyncio.ensure_future(worker.stop()))
     from engine.device import GpuNotVisible
-    from engine.models import ModelNotFound
 
     try:
         await worker.start()
         await worker.stopped.wait()
-    except (ModelNotFound, GpuNotVisible) as error:
+    except GpuNotVisible as error:
+        log.error("%s", error)
+        return 1
+    except Exception as error:
+        # Imported only now: engine.models imports diffusers (6 s on two cores), and a worker told
+        # to use a GPU that is not there says so before it gets that far.
+        from engine.models import ModelNotFound
+
+        if not isinstance(error, ModelNotFound):
+            raise
         log.error("%s", error)
         return 1
     finally:
