@@ -324,15 +324,17 @@ def counting_aot_backend() -> tuple[dict[str, int], object]:
     return counts, aot_autograd(fw_compiler=compiler("forward"), bw_compiler=compiler("backward"))
 
 
+# Lean mode too: gradient checkpointing runs the blocks again inside the backward.
+@pytest.mark.parametrize("train_mode", ["fast", "lean"])
 async def test_the_training_step_is_compiled_in_idle_time_and_no_training_waits_for_it(
-    db, store: FileStore, data: DataDir, tiny_model_dir: Path
+    db, store: FileStore, data: DataDir, tiny_model_dir: Path, train_mode: str
 ) -> None:
     base = load_base_model(Settings(model=str(tiny_model_dir), vae=None, device="cpu", resolution=64))
     generator = Generator(base, memory="full")
     counts, backend = counting_aot_backend()
     ahead = TrainingCompileAhead(base, backend)
     pet = await pet_with_photos(db, store)
-    params = TrainingParams(steps=2, checkpoint_every=2, validate_every=0, **QUICK)
+    params = TrainingParams(steps=2, checkpoint_every=2, validate_every=0, mode=train_mode, **QUICK)
     assert params.compile  # on by default
 
     async def lora_of_a_run() -> dict[str, torch.Tensor]:
