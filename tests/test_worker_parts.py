@@ -16,8 +16,11 @@ from sqlalchemy import select, update
 
 from config.settings import Settings
 from engine.generation.generator import Generator
+from engine.generation.loras import has_tuner_layers
 from engine.models import load_base_model
 from engine.teach import teach_photos
+from engine.training.compile_ahead import TrainingCompileAhead
+from engine.training.params import TrainingParams
 from engine.worker import chores
 from engine.worker.executor import Executor
 from engine.worker.failures import describe_failure
@@ -232,3 +235,58 @@ async def test_an_idle_worker_compiles_ahead_and_a_picture_asked_for_meanwhile_g
     assert job.status == "succeeded"
     [picture] = job.result["files"]
     assert await file_store(settings).exists(picture)
+
+
+async def test_after_the_pictures_an_idle_worker_compiles_the_training_step_and_a_picture_pauses_it(
+    db, settings: Settings
+) -> None:
+    """The training step is compiled when the pictures' shapes are, a piece at a time; a picture asked
+    for meanwhile goes first and is painted without the rehearsal's adapter on the UNet."""
+    worker = Worker(settings)
+    worker.db, worker.store = await open_storage(settings)
+    worker.wakeup = open_wakeup(worker.db)
+    base = load_base_model(settings)
+    worker.executor = Executor(settings, worker.db, worker.store, worker.data, base, worker.worker_id)
+    as_traced = lambda graph, example_inputs: graph.forward  # noqa: E731 - the CPU compiles nothing with inductor
+    generator = Generator(base, memory="full", size_scale=settings.resolution / 1024, compile=True, compile_backend=as_traced)
+    ahead = TrainingCompileAhead(base, as_traced)  # what the executor makes on a GPU
+    ahead.want(TrainingParams(resolution=settings.resolution))
+    worker.executor.generator, worker.executor.training_ahead = generator, ahead
+    loop = asyncio.get_running_loop()
+    steps: list[str] = []  # the compile steps that did some work
+    asked: list[int] = []
+    painted: list[tuple[int, bool]] = []  # (steps before, an adapter on the UNet)
+    picture_step, training_step, generate = generator.compile_ahead, ahead.step, generator.generate
+
+    def compile_picture() -> bool:
+        done = picture_step()
+        steps.extend(["picture"] if done else [])
+        return done
+
+    def compile_training() -> bool:
+        done = training_step()
+        steps.extend(["training"] if done else [])
+        if steps.count("training") == 2 and not asked:  # the rehearsal's adapter is on the UNet: a picture is wanted
+            payload = {"request": {"prompt": "a photo of a cat", "steps": 1, "seed": 7}}
+            asyncio.run_coroutine_threadsafe(jobs.submit_job(db, settings, "generate", LOCAL_GUILD, "carol", payload), loop).result()
+            asked.append(len(steps))
+        if not done:
+            worker._stopping = True  # all compiled: the test's worker stops instead of sleeping until woken
+        return done
+
+    def paint(*args, **kwargs):
+        painted.append((len(steps), has_tuner_layers(generator.pipe)))
+        return generate(*args, **kwargs)
+
+    generator.compile_ahead, ahead.step, generator.generate = compile_picture, compile_training, paint
+    try:
+        await asyncio.wait_for(worker._work(), timeout=120)
+    finally:
+        await worker.close()
+    first_training = steps.index("training")
+    assert first_training > 0 and "picture" not in steps[first_training:]  # the pictures' shapes first
+    assert painted == [(asked[0], False)]  # right after the step it was asked in, the UNet clean
+    assert steps.count("training") > 3 and ahead.ready and not ahead.pending
+    assert not has_tuner_layers(base.pipe)
+    [job] = await jobs.list_jobs(db, active_only=False)
+    assert job.status == "succeeded"

@@ -89,8 +89,8 @@ async def execute_run(
     await store.delete([image.path for image in await runs.delete_validation_after(db, run_id, start_step)])
     await runs.mark_running(db, run_id, start_step)
 
-    session = _Session(db, store, data, generator, run_id, pet, params, photos, hooks, scorer, asyncio.get_running_loop())
-    session.compile_ahead = compile_ahead
+    session = _Session(db, store, data, generator, run_id, pet, params, photos, hooks, scorer, compile_ahead,
+                       asyncio.get_running_loop())
     session.step = start_step
     status, error = "succeeded", None
     try:
@@ -173,18 +173,19 @@ class _Session:
         photos: list[Path],
         hooks: TrainingHooks,
         scorer: Scorer | None,
+        compile_ahead: TrainingCompileAhead | None,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.db, self.store, self.data, self.run_id, self.pet = db, store, data, run_id, pet
         self.generator, self.base = generator, generator.base
         self.params, self.photos, self.hooks, self.scorer, self.loop = params, photos, hooks, scorer, loop
+        self.compile_ahead = compile_ahead
         self.subject = Subject(photos)  # the pet's photos: their embeddings are computed once per run
         self._step = 0
         self.trainer: LoraTrainer | None = None
         self.stop = False
         self.prompts = validation_prompts(pet, params.validation_prompts)
         self.checkpoint_ids: dict[int, int] = {}
-        self.compile_ahead: TrainingCompileAhead | None = None
         self.latest_key: str | None = None
         # Keys written by this execution carry this tag: a retry elsewhere never overwrites them.
         self.tag = keys.new_tag()
