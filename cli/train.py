@@ -146,7 +146,7 @@ async def _execute(db, store, settings: Settings, run_id: int, pet_name: str) ->
     try:
         base = await asyncio.to_thread(load_base_model, settings)
     except ModelNotFound as error:
-        return _fail(str(error))
+        return _fail(f"{error} Run {run_id} is kept: `pawtrait train {pet_name} --resume` starts it once the model loads.")
     run = await runs.get_run(db, run_id)
     cancel = threading.Event()
     loop = asyncio.get_running_loop()

@@ -88,3 +88,17 @@ async def test_bad_requests_exit_2_with_a_plain_message(
         assert await asyncio.to_thread(main, ["train", *args]) == 2, args
         assert message in capsys.readouterr().err
     assert await runs.list_runs(db, pet.id) == []
+
+
+async def test_a_model_that_does_not_load_keeps_the_run_for_resume(
+    db, store: FileStore, cli_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pet = await pet_with_photos(db, store)
+    monkeypatch.setenv("PAWTRAIT_MODEL", str(tmp_path / "nowhere"))
+    assert await asyncio.to_thread(main, ["train", "Thor", *QUICK_ARGS]) == 2
+    err = capsys.readouterr().err
+    [run] = await runs.list_runs(db, pet.id)
+    assert "could not load the base model" in err and "Set PAWTRAIT_MODEL" in err
+    assert f"Run {run.id} is kept: `pawtrait train Thor --resume` starts it" in err
+    assert (await runs.latest_unfinished_run(db, pet.id)).id == run.id  # what --resume picks up
