@@ -208,9 +208,9 @@ async def embedded_install(folder: Path) -> tuple[Database, FileStore, DataDir]:
     return await open_database(sqlite_url(folder / "pawtrait.db")), LocalFiles(folder), DataDir(folder)
 
 
-async def pet_with(db: Database, store: FileStore, photos: list[Path], res: int) -> Pet:
+async def pet_with(db: Database, store: FileStore, photos: list[Path], res: int, name: str = "Thor") -> Pet:
     """A pet whose prepared photos are `photos`, put in the file store as the intake would."""
-    pet = await create_pet(db, LOCAL_GUILD, "bench", "Thor", "cat")
+    pet = await create_pet(db, LOCAL_GUILD, "bench", name, "cat")
     for index, path in enumerate(photos):
         key = keys.photo(pet.id, f"{index}-crop.png")
         await store.put_file(key, path)
