@@ -272,9 +272,9 @@ async def test_validation_and_class_images_are_painted_by_the_generator_as_diffu
     painted: list[tuple[int, bool]] = []
     render = generator.render
 
-    def counted(job: Render, *, training_adapter: bool) -> list[Image.Image]:
-        painted.append((len(job.seeds), training_adapter))
-        return render(job, training_adapter=training_adapter)
+    def counted(job: Render, **how: object) -> list[Image.Image]:
+        painted.append((len(job.seeds), how["training_adapter"]))
+        return render(job, **how)
 
     monkeypatch.setattr(generator, "render", counted)
     pet = await pet_with_photos(db, store)
@@ -337,13 +337,15 @@ async def test_the_training_step_is_compiled_in_idle_time_and_no_training_waits_
     params = TrainingParams(steps=2, checkpoint_every=2, validate_every=0, mode=train_mode, **QUICK)
     assert params.compile  # on by default
 
-    async def lora_of_a_run() -> dict[str, torch.Tensor]:
+    async def a_run() -> tuple[dict[str, torch.Tensor], list[np.ndarray]]:
+        """The LoRA it learned and its validation pictures (before the first step and after the last)."""
         run_id = await create_run(db, store, pet, params)
         assert (await execute_run(db, store, data, generator, run_id, compile_ahead=ahead)).status == "succeeded"
-        return load_file(await store.local_path((await runs.list_checkpoints(db, run_id))[-1].diffusers_file))
+        lora = load_file(await store.local_path((await runs.list_checkpoints(db, run_id))[-1].diffusers_file))
+        return lora, [await picture(store, image.path) for image in await runs.list_validation_images(db, run_id)]
 
     # Not compiled yet: the run trains uncompiled rather than wait, and leaves its plan to compile.
-    uncompiled = await lora_of_a_run()
+    uncompiled, uncompiled_pictures = await a_run()
     assert counts == {"forward": 0, "backward": 0, "calls": 0} and ahead.pending
 
     # Idle time: one block variant at a time, forward and backward, then the UNet is left as it was.
@@ -353,12 +355,16 @@ async def test_the_training_step_is_compiled_in_idle_time_and_no_training_waits_
     assert steps > 3 and counts["forward"] > 0 and counts["backward"] > 0 and not ahead.pending
     assert not has_tuner_layers(base.pipe)
 
-    # The next run runs the compiled code and compiles nothing more, and learns the same LoRA.
+    # The next run runs the compiled code, its validation rounds too, and compiles nothing more;
+    # it learns the same LoRA and paints the same validation pictures.
     compiled_so_far, calls = counts["forward"] + counts["backward"], counts["calls"]
-    learned = await lora_of_a_run()
+    learned, pictures = await a_run()
     assert counts["forward"] + counts["backward"] == compiled_so_far and counts["calls"] > calls
     for key in uncompiled:  # (Adam's normalised steps amplify rounding in a few elements: compare whole tensors)
         assert (learned[key] - uncompiled[key]).norm() <= 1e-3 * uncompiled[key].norm(), key
+    assert len(pictures) == len(uncompiled_pictures) == 6
+    for mine, theirs in zip(pictures, uncompiled_pictures):
+        assert np.abs(mine - theirs).max() <= 1
 
 
 async def test_bad_inputs_are_refused_in_plain_words(db, store: FileStore, data: DataDir, generator: Generator) -> None:

@@ -25,6 +25,7 @@ from diffusers import DPMSolverMultistepScheduler, StableDiffusionXLImg2ImgPipel
 from PIL import Image
 
 from config.settings import Settings
+from engine.compile import CompiledBlocks
 from engine.cuda_graphs import graphs_supported
 from engine.device import free_memory_bytes
 from engine.generation.compile_ahead import CompileAhead
@@ -281,13 +282,16 @@ class Generator:
             guidance_interval=interval,
         )
 
-    def render(self, job: Render, *, training_adapter: bool) -> list[Image.Image]:
+    def render(
+        self, job: Render, *, training_adapter: bool, blocks: CompiledBlocks | None = None
+    ) -> list[Image.Image]:
         """Pictures from embeddings (renders.py): with the paused training's adapter live
         (`training_adapter`: a validation round) or with the plain base model (class images).
 
         Replayed from the UNet's graphs; compiled where the shape was compiled ahead and no
-        adapter is on the UNet. With an adapter on, the graphs go after the last picture: the
-        training wants their memory back.
+        adapter is on the UNet, or in `blocks`, a training's compiled blocks, whose validation
+        variants were compiled with its step (engine/training/compile_ahead.py). With an adapter
+        on, the graphs go after the last picture: the training wants their memory back.
         """
         pipe = self.model_pipe
         pictures: list[Image.Image] = []
@@ -300,8 +304,9 @@ class Generator:
                     if pipe.unet.training:
                         pipe.unet.eval()
                     for prompts, negative, seeds in job.parts():
-                        compiled = self._runs_compiled((len(seeds), job.size, job.size), adapters)
-                        with self._compiled_blocks(compiled), self._graphs_if_usable(False, compiled):
+                        compiled = blocks is not None or self._runs_compiled((len(seeds), job.size, job.size), adapters)
+                        running = blocks.active() if blocks is not None else self._compiled_blocks(compiled)
+                        with running, self._graphs_if_usable(False, compiled):
                             latents = pipe(
                                 prompt_embeds=prompts.embeds,
                                 pooled_prompt_embeds=prompts.pooled,

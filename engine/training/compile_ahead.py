@@ -6,9 +6,10 @@ CUDA graphs either way) and take 9 GiB less, but compiling them for a training t
 so compile was off. Now the worker compiles in its idle time, as it does for pictures
 (engine/generation/compile_ahead.py), one block variant per `step()`: a rehearsal trainer on
 synthetic latents (with the one adapter name every run uses, so the code fits every run)
-records one eager step's block calls, then each variant is compiled, forward and backward, on
-its own. A run whose plan is compiled runs its blocks compiled; any other trains eagerly
-(still from CUDA graphs) and has its plan queued for the next idle time: nobody waits.
+records one eager step's block calls and one UNet call of a validation round's, then each
+variant is compiled on its own (the step's forward and backward). A run whose plan is compiled
+runs its steps and its validation rounds compiled; any other trains eagerly (still from CUDA
+graphs) and has its plan queued for the next idle time: nobody waits.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -28,6 +30,7 @@ from engine.models import BaseModel
 from engine.training.cache import TrainingCache
 from engine.training.loop import LoopPlan, LoraTrainer, plan_key, plan_memory
 from engine.training.params import TrainingParams
+from engine.training.prompts import validation_prompt_count
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +50,7 @@ class TrainingCompileAhead:
         self.ready: set[tuple[object, ...]] = set()
         self._wanted: deque[tuple[TrainingParams, LoopPlan]] = deque()
         self._trainer: LoraTrainer | None = None
-        self._left: list[BlockCall] = []
+        self._left: list[tuple[BlockCall, bool]] = []  # (call, whether it is a training step's)
 
     def want(self, params: TrainingParams, plan: LoopPlan | None = None) -> None:
         """Queue a run's plan (by default the one `params` get with the memory free now)."""
@@ -78,9 +81,13 @@ class TrainingCompileAhead:
             log.info("compiling %d training block variants for %s", len(self._left), plan_key(params, plan))
             return True
         if self._left:
-            call = self._left.pop(0)
-            with self._trainer.lora_inputs_uncast(), self._trainer.precision():
-                self.blocks.compile_call(call, backward=True)
+            call, training = self._left.pop(0)
+            if training:
+                with self._trainer.lora_inputs_uncast(), self._trainer.precision():
+                    self.blocks.compile_call(call, backward=True)
+            else:
+                with painting(self._trainer.unet):
+                    self.blocks.compile_call(call)
             return True
         self.pause()
         self._wanted.popleft()
@@ -97,16 +104,48 @@ class TrainingCompileAhead:
             if self.base.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def _record(self, params: TrainingParams, plan: LoopPlan) -> tuple[LoraTrainer, list[BlockCall]]:
-        """A rehearsal trainer, eager, and the distinct block calls of one of its steps."""
+    def _record(self, params: TrainingParams, plan: LoopPlan) -> tuple[LoraTrainer, list[tuple[BlockCall, bool]]]:
+        """A rehearsal trainer, eager, and the distinct block calls of one of its steps and of one
+        denoising step of its validation round."""
         rehearsal = dataclasses.replace(params, cuda_graphs=False, steps=1)
         trainer = LoraTrainer(self.base, rehearsal, synthetic_cache(self.base, params), plan)
         try:
-            calls = self.blocks.record(lambda: trainer.train_step(0))
+            calls = [(call, True) for call in self.blocks.record(lambda: trainer.train_step(0))]
+            calls += [(call, False) for call in self.blocks.record(lambda: validation_unet_call(trainer, params, plan))]
         except BaseException:
             trainer.close()
             raise
         return trainer, calls
+
+
+@contextmanager
+def painting(unet: torch.nn.Module) -> Iterator[None]:
+    """The UNet as a validation round runs it between training steps: no gradients, eval mode."""
+    unet.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        unet.train()
+
+
+def validation_unet_call(trainer: LoraTrainer, params: TrainingParams, plan: LoopPlan) -> None:
+    """One UNet call as a validation round's pipeline makes it (engine/generation/renders.py):
+    a batch of the round's pictures, twice over for guidance, with the training's LoRA live."""
+    base, cache = trainer.base, trainer.cache
+    unet = base.pipe.unet
+    pictures = plan.render_batch(validation_prompt_count(params.validation_prompts))
+    batch = pictures * (2 if params.validation_guidance > 1 else 1)
+    side = params.resolution // base.pipe.vae_scale_factor
+    with painting(unet):
+        unet(
+            torch.zeros(batch, unet.config.in_channels, side, side, device=base.device, dtype=base.dtype),
+            torch.tensor(999, device=base.device),
+            cache.instance.embeds.expand(batch, -1, -1),
+            added_cond_kwargs={"text_embeds": cache.instance.pooled.expand(batch, -1),
+                               "time_ids": cache.time_ids.to(base.dtype).expand(batch, -1)},
+            return_dict=False,
+        )
 
 
 def synthetic_cache(base: BaseModel, params: TrainingParams) -> TrainingCache:

@@ -66,6 +66,10 @@ class LoopPlan:
     offload_encoders: bool
     reason: str
 
+    def render_batch(self, pictures: int) -> int:
+        """Validation pictures per pipeline call: a whole round in fast mode, one at a time in lean."""
+        return pictures if self.mode == "fast" else 1
+
 
 def plan_memory(params: TrainingParams, base: BaseModel, free_bytes: int | None) -> LoopPlan:
     """Fast (no gradient checkpointing, whole step in one micro-batch) when free memory allows, else lean.

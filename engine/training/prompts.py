@@ -33,6 +33,11 @@ def expand_token(prompt: str, pet: Pet) -> str:
     return _TOK.sub(pet.token, prompt)
 
 
+def validation_prompt_count(custom: tuple[str, ...] = ()) -> int:
+    """How many pictures a validation round paints."""
+    return len(custom) or 1 + len(CREATIVE_PROMPTS)
+
+
 def validation_prompts(pet: Pet, custom: tuple[str, ...] = ()) -> list[str]:
     """The run's validation prompts with TOK expanded; the default is the instance prompt plus two creative ones."""
     if custom:

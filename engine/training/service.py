@@ -218,7 +218,6 @@ class _Session:
             validation_prompts=self.prompts,
             encode_batch=4 if plan.mode == "fast" else 1,  # a 1024² VAE encode of 4 needs ~5 GiB more
         )
-        self.render_batch = len(self.prompts) if plan.mode == "fast" else 1
         self.plan = plan
         self.cache = cache
         compiled = None
@@ -320,8 +319,8 @@ class _Session:
         assert cache.validation is not None and cache.validation_negative is not None
         seeds = [params.validation_seed + index for index in range(len(self.prompts))]
         job = Render(cache.validation, cache.validation_negative, seeds, params.resolution, params.validation_steps,
-                     params.validation_guidance, self.render_batch)
-        pictures = self.generator.render(job, training_adapter=True)
+                     params.validation_guidance, self.plan.render_batch(len(self.prompts)))
+        pictures = self.generator.render(job, training_adapter=True, blocks=self.trainer.compiled)
         scores = self.score(step, pictures)
         for index, (picture, prompt, seed, measured) in enumerate(zip(pictures, self.prompts, seeds, scores)):
             path = self._staging(f"run{self.run_id}-validation").with_suffix(".png")
