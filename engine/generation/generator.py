@@ -143,8 +143,6 @@ class Generator:
             add_watermarker=False,
         )
         self.variation_pipe.set_progress_bar_config(disable=True)
-        # Training's pictures (`render`): the model's own pipeline and scheduler, as they always were.
-        self.model_pipe = base.pipe
         self.memory = choose_memory_mode(memory, base.device)
         self.size_scale = size_scale
         self._lock = threading.Lock()
@@ -249,11 +247,7 @@ class Generator:
         with self._lock, torch.no_grad():
             training_paused = has_adapters(pipe)  # a training between its steps keeps its adapter on the UNet
             compiled = self._runs_compiled((request.count, width, height), training_paused)
-            with preserved_adapter_state(pipe) if training_paused else nullcontext():
-                if training_paused:
-                    pipe.disable_lora()  # the training's adapter must not leak into the picture
-                if pipe.unet.training:
-                    pipe.unet.eval()
+            with self._unet_for_pictures(training_paused, keep_training_adapter=False):
                 self._encoders_on_device()
                 if lora is not None and request.lora_scale > 0:
                     applied = self.loras.applied(lora.checkpoint_id, lora.path, request.lora_scale)
@@ -293,16 +287,12 @@ class Generator:
         variants were compiled with its step (engine/training/compile_ahead.py). With an adapter
         on, the graphs go after the last picture: the training wants their memory back.
         """
-        pipe = self.model_pipe
+        pipe = self.base.pipe  # the model's own pipeline and scheduler, as training's pictures always had
         pictures: list[Image.Image] = []
         with self._lock, torch.no_grad():
             adapters = has_adapters(pipe)
             try:
-                with preserved_adapter_state(pipe) if adapters else nullcontext():
-                    if adapters and not training_adapter:
-                        pipe.disable_lora()
-                    if pipe.unet.training:
-                        pipe.unet.eval()
+                with self._unet_for_pictures(adapters, keep_training_adapter=training_adapter):
                     for prompts, negative, seeds in job.parts():
                         compiled = blocks is not None or self._runs_compiled((len(seeds), job.size, job.size), adapters)
                         running = blocks.active() if blocks is not None else self._compiled_blocks(compiled)
@@ -324,6 +314,17 @@ class Generator:
                 if adapters:
                     self.release_graphs()
         return pictures
+
+    @contextmanager
+    def _unet_for_pictures(self, training_paused: bool, keep_training_adapter: bool) -> Iterator[None]:
+        """The UNet in eval mode; a paused training's adapter switched off unless kept (a validation
+        round), and the adapters' state, grads and modes put back afterwards."""
+        with preserved_adapter_state(self.pipe) if training_paused else nullcontext():
+            if training_paused and not keep_training_adapter:
+                self.pipe.disable_lora()  # the training's adapter must not leak into the picture
+            if self.pipe.unet.training:
+                self.pipe.unet.eval()
+            yield
 
     def _runs_compiled(self, shape: tuple[int, int, int], training_paused: bool) -> bool:
         """Whether this request runs the compiled blocks: only if its shape was compiled ahead (else
