@@ -139,7 +139,7 @@ def float8_base(unet: torch.nn.Module) -> None:
 def bench_config(base: BaseModel, cache, name: str, steps: int, prior: bool, res: int) -> dict:
     checkpointing, micro, offload, extra, channels_last = CONFIGS[name]
     params = TrainingParams(prior_preservation=prior, resolution=res, **{"compile": False, **extra})
-    images = params.images_per_step * (2 if prior else 1)
+    images = params.unet_images_per_step
     plan = LoopPlan(mode="lean" if checkpointing else "fast", gradient_checkpointing=checkpointing,
                     micro_batch=min(micro or images, images), offload_encoders=offload, reason="benchmark")
     unet = base.pipe.unet

@@ -38,6 +38,7 @@ from engine.training.cache import TrainingCache
 from engine.training.hooks import ProgressInfo
 from engine.training.optimizer import build_optimizer
 from engine.training.params import TrainingParams
+from engine.training.prompts import validation_prompt_count
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def plan_memory(params: TrainingParams, base: BaseModel, free_bytes: int | None)
 
     An explicit mode, micro-batch or gradient-checkpointing choice in `params` wins.
     """
-    images = params.images_per_step * (2 if params.prior_preservation else 1)
+    images = params.unet_images_per_step
     scale = (params.resolution / 1024) ** 2
     if params.mode != "auto":
         mode, reason = params.mode, f"{params.mode} mode requested"
@@ -120,11 +121,17 @@ def photo_order(count: int, per_step: int, steps: int, seed: int, flip: bool) ->
     return torch.cat(order)[:needed].view(steps, per_step)
 
 
+def validation_unet_batch(params: TrainingParams, plan: LoopPlan) -> int:
+    """The UNet's batch in a validation round: its pictures per call, twice over when guided."""
+    pictures = plan.render_batch(validation_prompt_count(params.validation_prompts))
+    return pictures * (2 if params.validation_guidance > 1 else 1)
+
+
 def plan_key(params: TrainingParams, plan: LoopPlan) -> tuple[object, ...]:
-    """What a training step's compiled code depends on: the shapes of its micro-batches, its
-    adapter's layers and how the UNet runs them (training/compile_ahead.py)."""
+    """What a run's compiled code depends on: the shapes of its micro-batches and validation
+    rounds, its adapter's layers and how the UNet runs them (training/compile_ahead.py)."""
     return (params.resolution, params.rank, params.target_modules, plan.micro_batch, plan.gradient_checkpointing,
-            params.images_per_step * (2 if params.prior_preservation else 1))
+            params.unet_images_per_step, validation_unet_batch(params, plan))
 
 
 class LoraTrainer:
@@ -139,7 +146,6 @@ class LoraTrainer:
         compiled: CompiledBlocks | None = None,
     ) -> None:
         self.base, self.params, self.cache, self.plan = base, params, cache, plan
-        self.adapter_name = adapter_name = TRAINING_ADAPTER
         self.unet = base.pipe.unet
         self.device = base.device
         self.autocast = base.device.type == "cuda" and base.dtype != torch.float32
@@ -151,9 +157,9 @@ class LoraTrainer:
             init_lora_weights="gaussian",
             target_modules=list(params.target_modules),
         )
-        self.unet.add_adapter(config, adapter_name=adapter_name)
-        self.lora_config = self.unet.peft_config[adapter_name]
-        marker = f".{adapter_name}."
+        self.unet.add_adapter(config, adapter_name=TRAINING_ADAPTER)
+        self.lora_config = self.unet.peft_config[TRAINING_ADAPTER]
+        marker = f".{TRAINING_ADAPTER}."
         self.lora_params = [p for name, p in self.unet.named_parameters() if marker in name]
         self.lora_layers = [m for m in self.unet.modules() if isinstance(m, BaseTunerLayer)]
         for p in self.lora_params:
@@ -210,7 +216,7 @@ class LoraTrainer:
         restore the adapters' state, but not as one shared list of active adapters, which compiled
         code guards on (a run whose layers each held their own list recompiled every block)."""
         self.unet.enable_adapters()
-        self.unet.set_adapter(self.adapter_name)
+        self.unet.set_adapter(TRAINING_ADAPTER)
         for p in self.lora_params:
             p.requires_grad_(True)
         self.unet.train()
@@ -342,7 +348,7 @@ class LoraTrainer:
 
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
         """The adapter's weights in peft naming (without the adapter name), fp32 copies on the CPU."""
-        state = get_peft_model_state_dict(self.unet, adapter_name=self.adapter_name)
+        state = get_peft_model_state_dict(self.unet, adapter_name=TRAINING_ADAPTER)
         return {key: value.detach().to("cpu", torch.float32, copy=True) for key, value in state.items()}
 
     def state_dict(self, step: int, lora: dict[str, torch.Tensor]) -> dict:
@@ -358,7 +364,7 @@ class LoraTrainer:
 
     def load_state_dict(self, state: dict) -> int:
         """Restore a checkpoint's training state; returns its step."""
-        result = set_peft_model_state_dict(self.unet, state["lora"], adapter_name=self.adapter_name)
+        result = set_peft_model_state_dict(self.unet, state["lora"], adapter_name=TRAINING_ADAPTER)
         if result.unexpected_keys:
             raise RuntimeError(f"the checkpoint does not match this LoRA: unexpected keys {result.unexpected_keys[:3]}")
         self.optimizer.load_state_dict(state["optimizer"])
@@ -375,7 +381,7 @@ class LoraTrainer:
         generation per-layer Python (docs/BENCHMARKS.md).
         """
         self.release_graph()
-        self.unet.delete_adapters(self.adapter_name)
+        self.unet.delete_adapters(TRAINING_ADAPTER)
         if not getattr(self.unet, "peft_config", None):
             self.unet.unload_lora()
         self.unet.disable_gradient_checkpointing()

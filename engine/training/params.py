@@ -61,6 +61,12 @@ class TrainingParams:
     def images_per_step(self) -> int:
         return self.batch_size * self.gradient_accumulation
 
+    @property
+    def unet_images_per_step(self) -> int:
+        """What goes through the UNet per optimizer step: the photos, and as many class images with
+        prior preservation."""
+        return self.images_per_step * (2 if self.prior_preservation else 1)
+
     def validate(self) -> TrainingParams:
         """Raise ValueError with a plain-words message for the first bad value; return self."""
         checks = [
