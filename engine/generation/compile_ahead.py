@@ -78,28 +78,29 @@ class CompileAhead:
         count, width, height = shape
         unet, vae = self.pipe.unet, self.pipe.vae
         latent_size = (height // self.pipe.vae_scale_factor, width // self.pipe.vae_scale_factor)
-        device, dtype = unet.device, unet.dtype
 
         def unet_call(batch: int) -> Callable[[], object]:
-            pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
-            tokens = self.pipe.tokenizer.model_max_length
-
-            def run() -> object:
-                return unet(
-                    torch.zeros(batch, unet.config.in_channels, *latent_size, device=device, dtype=dtype),
-                    torch.tensor(999, device=device),
-                    torch.zeros(batch, tokens, unet.config.cross_attention_dim, device=device, dtype=dtype),
-                    added_cond_kwargs={
-                        "text_embeds": torch.zeros(batch, pooled, device=device, dtype=dtype),
-                        "time_ids": torch.zeros(batch, 6, device=device, dtype=dtype),  # sizes and crop: 3 pairs
-                    },
-                    return_dict=False,
-                )
-
-            return run
+            return lambda: unet(**blank_unet_inputs(self.pipe, batch, latent_size), return_dict=False)
 
         vae_dtype = next(vae.post_quant_conv.parameters()).dtype
         latents = torch.zeros(1, vae.config.latent_channels, *latent_size, device=vae.device, dtype=vae_dtype)
         calls = [(self.unet_blocks, call) for batch in (2 * count, count) for call in self.unet_blocks.record(unet_call(batch))]
         calls += [(self.decoder_blocks, call) for call in self.decoder_blocks.record(lambda: vae.decode(latents))]
         return calls
+
+
+def blank_unet_inputs(pipe: StableDiffusionXLPipeline, batch: int, latent_size: tuple[int, int]) -> dict[str, Any]:
+    """Zeros of the shapes and dtypes a denoising step feeds SDXL's UNet, as its keyword arguments."""
+    unet = pipe.unet
+    device, dtype = unet.device, unet.dtype
+    pooled = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+    tokens = pipe.tokenizer.model_max_length
+    return {
+        "sample": torch.zeros(batch, unet.config.in_channels, *latent_size, device=device, dtype=dtype),
+        "timestep": torch.tensor(999, device=device),
+        "encoder_hidden_states": torch.zeros(batch, tokens, unet.config.cross_attention_dim, device=device, dtype=dtype),
+        "added_cond_kwargs": {
+            "text_embeds": torch.zeros(batch, pooled, device=device, dtype=dtype),
+            "time_ids": torch.zeros(batch, 6, device=device, dtype=dtype),  # sizes and crop: 3 pairs
+        },
+    }

@@ -25,12 +25,12 @@ import torch
 
 from engine.compile import BlockCall, CompiledBlocks, compiled_blocks
 from engine.device import free_memory_bytes
+from engine.generation.compile_ahead import blank_unet_inputs
 from engine.generation.renders import PromptEmbeddings
 from engine.models import BaseModel
 from engine.training.cache import TrainingCache
-from engine.training.loop import LoopPlan, LoraTrainer, plan_key, plan_memory
+from engine.training.loop import LoopPlan, LoraTrainer, plan_key, plan_memory, validation_unet_batch
 from engine.training.params import TrainingParams
-from engine.training.prompts import validation_prompt_count
 
 log = logging.getLogger(__name__)
 
@@ -130,36 +130,21 @@ def painting(unet: torch.nn.Module) -> Iterator[None]:
 
 
 def validation_unet_call(trainer: LoraTrainer, params: TrainingParams, plan: LoopPlan) -> None:
-    """One UNet call as a validation round's pipeline makes it (engine/generation/renders.py):
-    a batch of the round's pictures, twice over for guidance, with the training's LoRA live."""
-    base, cache = trainer.base, trainer.cache
-    unet = base.pipe.unet
-    pictures = plan.render_batch(validation_prompt_count(params.validation_prompts))
-    batch = pictures * (2 if params.validation_guidance > 1 else 1)
-    side = params.resolution // base.pipe.vae_scale_factor
-    with painting(unet):
-        unet(
-            torch.zeros(batch, unet.config.in_channels, side, side, device=base.device, dtype=base.dtype),
-            torch.tensor(999, device=base.device),
-            cache.instance.embeds.expand(batch, -1, -1),
-            added_cond_kwargs={"text_embeds": cache.instance.pooled.expand(batch, -1),
-                               "time_ids": cache.time_ids.to(base.dtype).expand(batch, -1)},
-            return_dict=False,
-        )
+    """One UNet call as a validation round's pipeline makes it (engine/generation/renders.py): its
+    batch, with the training's LoRA live."""
+    pipe = trainer.base.pipe
+    side = params.resolution // pipe.vae_scale_factor
+    with painting(pipe.unet):
+        pipe.unet(**blank_unet_inputs(pipe, validation_unet_batch(params, plan), (side, side)), return_dict=False)
 
 
 def synthetic_cache(base: BaseModel, params: TrainingParams) -> TrainingCache:
     """Zero latents and embeddings of the sizes a run with `params` trains on."""
-    pipe, res = base.pipe, params.resolution
-    side = res // pipe.vae_scale_factor
-    latents = torch.zeros(SYNTHETIC_PHOTOS, pipe.unet.config.in_channels, side, side, device=base.device)
-    tokens = pipe.tokenizer.model_max_length
-    unet = pipe.unet.config
-    pooled = unet.projection_class_embeddings_input_dim - 6 * unet.addition_time_embed_dim
-    prompt = PromptEmbeddings(
-        torch.zeros(1, tokens, unet.cross_attention_dim, device=base.device, dtype=base.dtype),
-        torch.zeros(1, pooled, device=base.device, dtype=base.dtype),
-    )
+    side = params.resolution // base.pipe.vae_scale_factor
+    blank = blank_unet_inputs(base.pipe, 1, (side, side))
+    latents = torch.zeros(SYNTHETIC_PHOTOS, *blank["sample"].shape[1:], device=base.device)  # fp32, as cached
+    prompt = PromptEmbeddings(blank["encoder_hidden_states"], blank["added_cond_kwargs"]["text_embeds"])
+    res = params.resolution
     cache = TrainingCache(latents=latents, photos=SYNTHETIC_PHOTOS, instance=prompt,
                           time_ids=torch.tensor([[res, res, 0, 0, res, res]], device=base.device))
     if params.prior_preservation:
