@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -35,16 +37,17 @@ from sdxl_random import build_sdxl
 
 from config.settings import Settings
 from engine.compile import compiled_blocks
+from engine.generation.compile_ahead import CompileAhead
 from engine.generation.generator import Generator
 from engine.generation.renders import Render
 from engine.models import BaseModel, prepare_device
 from engine.training.cache import build_cache, offload_encoders, restore_encoders
 from engine.training.checkpoints import write_checkpoint
-from engine.training.class_images import ensure_class_images
+from engine.training.class_images import BATCH, ensure_class_images
 from engine.training.compile_ahead import TrainingCompileAhead
-from engine.training.loop import LoopPlan, LoraTrainer
+from engine.training.loop import TRAINING_ADAPTER, LoopPlan, LoraTrainer
 from engine.training.params import TrainingParams
-from storage import keys
+from storage import keys, runs
 from storage.db import Database, open_database, sqlite_url
 from storage.files import DataDir, FileStore, LocalFiles
 from storage.pets import LOCAL_GUILD, Pet, create_pet
@@ -239,30 +242,97 @@ def diffusers_validation(base: BaseModel, cache, seeds: list[int], res: int, bat
     return pictures
 
 
-def bench_validation(base: BaseModel, generator: Generator, cache, res: int) -> dict:
-    """One round of 3 pictures with a training's LoRA live (after one fast-mode step), both ways."""
+@contextmanager
+def previous_validation() -> Iterator[None]:
+    """Validation as it was before its LoRA was merged (up to aee50af), for side-by-side figures: the
+    training's adapter left live in the round, and compiled ahead live."""
+    import engine.generation.generator as generator_module
+    import engine.training.compile_ahead as compile_ahead_module
+
+    @contextmanager
+    def live_adapter(pipe, _name: str) -> Iterator[None]:
+        pipe.enable_lora()  # switched off by the generator just before: on again, computed beside each layer
+        yield
+
+    @contextmanager
+    def live_painting(trainer: LoraTrainer) -> Iterator[None]:
+        trainer.unet.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            trainer.unet.train()
+
+    saved = generator_module.merged_adapter, compile_ahead_module.painting
+    generator_module.merged_adapter, compile_ahead_module.painting = live_adapter, live_painting
+    try:
+        yield
+    finally:
+        generator_module.merged_adapter, compile_ahead_module.painting = saved
+
+
+def bench_validation(
+    base: BaseModel, generator: Generator, cache, res: int, trained_steps: int, ahead: TrainingCompileAhead | None = None,
+) -> tuple[dict, dict[int, list[Image.Image]]]:
+    """One round of 3 pictures with a training's LoRA after `trained_steps` fast-mode steps: the
+    diffusers pipeline called directly with the LoRA live (before da6327c), `Generator.render` with
+    it live (before this change) and merged (now), at batch 3 and 1. With `ahead` (the run's plan
+    compiled), the rounds of a compiled run instead: live against merged, at batch 3."""
     seeds = [42, 43, 44]
     params = TrainingParams(resolution=res)
-    trainer = LoraTrainer(base, params, cache, LoopPlan("fast", False, 4, False, "benchmark"))
-    rows = {}
+    plan = LoopPlan("fast", False, 4, False, "benchmark")
+    trainer = LoraTrainer(base, params, cache, plan, compiled=ahead.blocks if ahead else None)
+    rows: dict = {"trained_steps": trained_steps}
+    pictures: dict[int, list[Image.Image]] = {}
     try:
-        trainer.train_step(0)
+        for step in range(trained_steps):
+            trainer.train_step(step)
         trainer.make_room()
-        for batch in (3, 1):
-            reset_peak()
-            old_s, old = timed(lambda: diffusers_validation(base, cache, seeds, res, batch))
-            old_peak = peak_gib()
+        for batch in (3,) if ahead else (3, 1):
             job = Render(cache.validation, cache.validation_negative, seeds, res, 25, 5.0, batch)
-            reset_peak()
-            first_s, _ = timed(lambda: generator.render(job, training_adapter=True))
-            new_s, new = timed(lambda: generator.render(job, training_adapter=True))
-            rows[f"batch{batch}"] = {"diffusers_s": old_s, "diffusers_peak_gib": old_peak, "generator_first_s": first_s,
-                                     "generator_s": new_s, "generator_peak_gib": peak_gib(),
-                                     "levels_apart": level_difference(old, new)}
-            print(f"validation batch {batch}: {rows[f'batch{batch}']}", flush=True)
+            row = {}
+            if batch == 3 and not ahead:
+                reset_peak()
+                row["diffusers_s"], diffusers = timed(lambda: diffusers_validation(base, cache, seeds, res, batch))
+                row["diffusers_peak_gib"] = peak_gib()
+                trainer.activate()
+            for way in ("live", "merged"):
+                reset_peak()
+                with previous_validation() if way == "live" else nullcontext():
+                    first_s, _ = timed(lambda: generator.render(job, adapter=TRAINING_ADAPTER, blocks=trainer.compiled))
+                    trainer.activate()
+                    row[f"{way}_s"], row[way] = timed(
+                        lambda: generator.render(job, adapter=TRAINING_ADAPTER, blocks=trainer.compiled))
+                    trainer.activate()
+                row[f"{way}_first_s"], row[f"{way}_peak_gib"] = first_s, peak_gib()
+            row["merged_vs_live_levels"] = level_difference(row.pop("live"), row["merged"])
+            if "diffusers_s" in row:
+                row["merged_vs_diffusers_levels"] = level_difference(diffusers, row["merged"])
+            pictures[batch] = row.pop("merged")
+            rows[f"batch{batch}"] = row
+            print(f"validation batch {batch}{' compiled' if ahead else ''}: {row}", flush=True)
     finally:
         trainer.close()
-    return rows
+    return rows, pictures
+
+
+def draw_class_images(generator: Generator, folder: Path, count: int, res: int) -> tuple[float, list[Path]]:
+    """`ensure_class_images` for `count` cats into a new installation in `folder`: seconds, paths."""
+
+    async def draw() -> list[Path]:
+        db, store, _ = await embedded_install(folder)
+
+        async def never() -> bool:
+            return False
+
+        try:
+            return await ensure_class_images(db, store, generator, "cat", count, res, steps=25, should_stop=never)
+        finally:
+            await db.close()
+
+    seconds, paths = timed(lambda: asyncio.run(draw()))
+    generator.release_graphs()
+    return seconds, paths
 
 
 def bench_class_images(base: BaseModel, generator: Generator, work: Path, count: int, res: int, before: int) -> dict:
@@ -273,23 +343,30 @@ def bench_class_images(base: BaseModel, generator: Generator, work: Path, count:
                   num_inference_steps=25, guidance_scale=5.0, height=res, width=res).images[0]
         for index in range(before)
     ])
-
-    async def draw() -> list[Path]:
-        db, store, _ = await embedded_install(work / "data")
-
-        async def never() -> bool:
-            return False
-
-        try:
-            return await ensure_class_images(db, store, generator, "cat", count, res, steps=25, should_stop=never)
-        finally:
-            await db.close()
-
-    new_s, paths = timed(lambda: asyncio.run(draw()))
-    generator.release_graphs()
+    new_s, paths = draw_class_images(generator, work / "data", count, res)
     new = [Image.open(path).convert("RGB") for path in paths[:before]]
     return {"diffusers_count": before, "diffusers_s_each": old_s / before, "count": count, "s": new_s,
             "s_each": new_s / count, "levels_apart": level_difference(old, new), "paths": paths}
+
+
+def bench_class_images_compiled(base: BaseModel, work: Path, count: int, res: int, uncompiled: int) -> dict:
+    """Class images as a worker that has compiled its full batch's shape ahead draws them, beside
+    `uncompiled` of them drawn before that compile (CUDA graphs either way)."""
+    generator = Generator(base, compile=True)
+    generator.ahead = CompileAhead(generator.pipe)  # only the shape class images run: the full batch
+    generator.ahead.want((BATCH, res, res))
+    before_s, before = draw_class_images(generator, work / "class-uncompiled", uncompiled, res)
+    steps = []
+    while True:
+        seconds, more = timed(generator.compile_ahead)
+        if not more:
+            break
+        steps.append(seconds)
+    after_s, after = draw_class_images(generator, work / "class-compiled", count, res)
+    open_all = lambda paths: [Image.open(path).convert("RGB") for path in paths]  # noqa: E731
+    return {"uncompiled_count": uncompiled, "uncompiled_s_each": before_s / uncompiled,
+            "compile_s": sum(steps), "compile_steps": len(steps), "count": count, "s": after_s,
+            "s_each": after_s / count, "levels_apart": level_difference(open_all(before), open_all(after[:uncompiled]))}
 
 
 def bench_compile_ahead(base: BaseModel, res: int, mode: str) -> tuple[TrainingCompileAhead, dict]:
@@ -308,7 +385,7 @@ def bench_compile_ahead(base: BaseModel, res: int, mode: str) -> tuple[TrainingC
 
 def bench_end_to_end(
     generator: Generator, work: Path, photos: list[Path], steps: int, mode: str, res: int,
-    compile_ahead: TrainingCompileAhead | None, every: int,
+    compile_ahead: TrainingCompileAhead | None, every: int, label: str = "",
 ) -> dict:
     """execute_run itself, from photos to the last checkpoint, on a real SQLite database (its blocks
     compiled if `compile_ahead` is given)."""
@@ -316,7 +393,7 @@ def bench_end_to_end(
     from engine.training.service import execute_run
 
     async def run() -> dict:
-        db, store, data = await embedded_install(work / f"e2e-{mode}-{compile_ahead is not None}")
+        db, store, data = await embedded_install(work / f"e2e-{mode}-{compile_ahead is not None}-{label}")
         pet = await pet_with(db, store, photos, res)
         params = TrainingParams(steps=steps, checkpoint_every=every, validate_every=every, mode=mode, resolution=res,
                                 compile=compile_ahead is not None)
@@ -324,7 +401,9 @@ def bench_end_to_end(
         marks: list[tuple[str, float]] = []
         from engine.training.hooks import TrainingHooks
 
+        losses: list[float] = []
         hooks = TrainingHooks(
+            on_progress=lambda info: losses.append(info.loss),
             on_checkpoint=lambda step, _id: marks.append((f"checkpoint {step}", time.perf_counter())),
             on_validation=lambda step, _rows: marks.append((f"validation {step}", time.perf_counter())),
         )
@@ -332,10 +411,18 @@ def bench_end_to_end(
         start = time.perf_counter()
         outcome = await execute_run(db, store, data, generator, run_id, hooks, compile_ahead=compile_ahead)
         wall = time.perf_counter() - start
+        pictures = []  # (step, mean, std, darkest pixel's brightest channel): a black picture has max 0
+        for image in await runs.list_validation_images(db, run_id):
+            with Image.open(await store.local_path(image.path)) as opened:
+                pixels = np.asarray(opened.convert("RGB"), dtype=np.float32)
+            pictures.append((image.step, float(pixels.mean()), float(pixels.std()), float(pixels.max())))
         await db.close()
-        return {"mode": mode + ("+compiled ahead" if compile_ahead else ""), "steps": steps, "status": outcome.status, "error": outcome.error, "wall_s": wall,
-                "peak_gib": peak_gib(),
-                "marks": [(label, t - start) for label, t in marks]}
+        return {"mode": mode + ("+compiled ahead" if compile_ahead else "") + (f" ({label})" if label else ""),
+                "steps": steps, "status": outcome.status, "error": outcome.error, "wall_s": wall, "peak_gib": peak_gib(),
+                "marks": [(label, t - start) for label, t in marks],
+                "losses_reported": len(losses), "losses_not_finite": sum(not np.isfinite(loss) for loss in losses),
+                "last_loss": losses[-1] if losses else None,
+                "black_pictures": sum(std < 1.0 for _, _, std, _ in pictures), "pictures": pictures}
 
     return asyncio.run(run())
 
@@ -355,6 +442,13 @@ def main() -> int:
     parser.add_argument("--graph-check", action="store_true", help="compare eager and CUDA-graph training steps")
     parser.add_argument("--full-compile", action="store_true",
                         help="then the step compiled ahead as a worker does when idle, and the run again, compiled")
+    parser.add_argument("--full-compile-only", action="store_true", help="with --full-compile, skip the uncompiled run")
+    parser.add_argument("--full-previous", action="store_true",
+                        help="with --full-compile, then the compiled run again with validation as up to aee50af (LoRA live)")
+    parser.add_argument("--validation-steps", type=int, default=50,
+                        help="training steps before the validation rounds are measured (so the LoRA has moved); -1: no rounds")
+    parser.add_argument("--class-images-compiled", type=int, default=0,
+                        help="this many class images drawn after compiling their shape ahead (beside --class-images-before uncompiled)")
     parser.add_argument("--resolution", type=int, default=1024)
     parser.add_argument("--tiny", type=Path, help="use this tiny model folder on the CPU instead (a dry run)")
     args = parser.parse_args()
@@ -404,8 +498,15 @@ def main() -> int:
     # The worker's painter, as `Generator.from_settings` makes it (compile ahead is the worker's idle work:
     # none here, so its blocks run eagerly, replayed from CUDA graphs).
     generator = Generator(base)
-    results["validation"] = bench_validation(base, generator, cache, res)
-    save()
+    eager_pictures: dict[int, list[Image.Image]] = {}
+    if args.validation_steps >= 0:
+        results["validation"], eager_pictures = bench_validation(base, generator, cache, res, args.validation_steps)
+        save()
+    if args.class_images_compiled:
+        results["class_images_compiled"] = bench_class_images_compiled(
+            base, work, args.class_images_compiled, res, args.class_images_before)
+        print(f"class images compiled: {results['class_images_compiled']}", flush=True)
+        save()
     params = TrainingParams(resolution=res)
     trainer = LoraTrainer(base, params, cache, LoopPlan("fast", False, 4, False, "benchmark"))
     trainer.train_step(0)
@@ -445,13 +546,26 @@ def main() -> int:
                     if compiled:
                         ahead, results["training_compile_ahead"] = bench_compile_ahead(base, res, mode)
                         print("compiled ahead:", results["training_compile_ahead"], flush=True)
-                    row = bench_end_to_end(generator, work, photos, args.full_steps, mode, res, ahead,
-                                           min(args.full_every, args.full_steps))
+                        if mode != "lean" and eager_pictures:
+                            rows, pictures = bench_validation(base, generator, cache, res, args.validation_steps, ahead)
+                            rows["compiled_vs_uncompiled_levels"] = level_difference(eager_pictures[3], pictures[3])
+                            results["validation_compiled"] = rows
+                            save()
+                    if compiled or not args.full_compile_only:
+                        row = bench_end_to_end(generator, work, photos, args.full_steps, mode, res, ahead,
+                                               min(args.full_every, args.full_steps))
+                        print(row, flush=True)
+                        results["end_to_end"].append(row)
+                    if compiled and args.full_previous:
+                        with previous_validation():
+                            ahead, results["training_compile_ahead_previous"] = bench_compile_ahead(base, res, mode)
+                            row = bench_end_to_end(generator, work, photos, args.full_steps, mode, res, ahead,
+                                                   min(args.full_every, args.full_steps), label="previous validation")
+                        print(row, flush=True)
+                        results["end_to_end"].append(row)
                 except Exception as error:  # noqa: BLE001
                     traceback.print_exc()
-                    row = {"mode": mode, "error": f"{type(error).__name__}: {error}"}
-                print(row, flush=True)
-                results["end_to_end"].append(row)
+                    results["end_to_end"].append({"mode": mode, "error": f"{type(error).__name__}: {error}"})
                 save()
 
     run_configs(args.late_configs)

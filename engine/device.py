@@ -23,6 +23,8 @@ def resolve_device(setting: str = "auto") -> torch.device:
 
 
 GIB = 2**30
+# What a 1024² picture needs beside the resident weights: the UNet's activations and the VAE decode.
+PICTURE_ROOM = 4 * GIB
 TIGHT_GIB = 32  # cards (or caps) this small get expandable segments: see reduce_fragmentation
 # This process's GPU memory cap per device index (PAWTRAIT_GPU_MEMORY_GIB), in bytes torch may allocate.
 _caps: dict[int, int] = {}

@@ -269,11 +269,11 @@ async def picture(store: FileStore, key: str) -> np.ndarray:
 async def test_validation_and_class_images_are_painted_by_the_generator_as_diffusers_paints_them(
     db, store: FileStore, data: DataDir, base: BaseModel, generator: Generator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    painted: list[tuple[int, bool]] = []
+    painted: list[tuple[int, object]] = []
     render = generator.render
 
     def counted(job: Render, **how: object) -> list[Image.Image]:
-        painted.append((len(job.seeds), how["training_adapter"]))
+        painted.append((len(job.seeds), how.get("adapter")))
         return render(job, **how)
 
     monkeypatch.setattr(generator, "render", counted)
@@ -285,8 +285,8 @@ async def test_validation_and_class_images_are_painted_by_the_generator_as_diffu
     run_id = await create_run(db, store, pet, params)
     assert (await execute_run(db, store, data, generator, run_id)).status == "succeeded"
 
-    # Class images four to a batch with no adapter, then one call per validation round with the LoRA live.
-    assert painted == [(4, False), (1, False), (3, True), (3, True)]
+    # Class images four to a batch with no adapter, then one call per validation round with the LoRA merged.
+    assert painted == [(4, None), (1, None), (3, TRAINING_ADAPTER), (3, TRAINING_ADAPTER)]
     for index in range(5):
         drawn = await picture(store, keys.class_image("cat", index))
         assert np.abs(drawn - diffusers_paints(base, "a photo of cat", None, index, 2)).max() <= 1

@@ -27,10 +27,10 @@ from PIL import Image
 from config.settings import Settings
 from engine.compile import CompiledBlocks
 from engine.cuda_graphs import graphs_supported
-from engine.device import free_memory_bytes
+from engine.device import PICTURE_ROOM, free_memory_bytes
 from engine.generation.compile_ahead import CompileAhead
 from engine.generation.guidance import GuidanceInterval
-from engine.generation.loras import DEFAULT_CAPACITY, LoraCache, has_adapters, preserved_adapter_state
+from engine.generation.loras import DEFAULT_CAPACITY, LoraCache, has_adapters, merged_adapter, preserved_adapter_state
 from engine.generation.previews import preview_image
 from engine.generation.prompts import PreparedPrompt, prepare_prompts
 from engine.generation.renders import Render
@@ -42,9 +42,6 @@ from storage.pets import Pet
 
 log = logging.getLogger(__name__)
 
-# Below this much free GPU memory (with the weights already resident) a 1024² decode and
-# the UNet's activations do not fit, so 'auto' picks the low-memory mode.
-FULL_MODE_MIN_FREE = 4 * 2**30
 SAMPLER_NAME = "DPM++ 2M Karras"  # what A1111 calls the scheduler built below
 
 # on_step(step, total, preview): `preview()` renders the cheap latent preview on demand, so a
@@ -90,7 +87,7 @@ def choose_memory_mode(setting: str, device: torch.device) -> str:
     if setting in ("full", "low"):
         return setting
     free = free_memory_bytes(device)
-    return "low" if free is not None and free < FULL_MODE_MIN_FREE else "full"
+    return "low" if free is not None and free < PICTURE_ROOM else "full"  # the picture would not fit beside the weights
 
 
 def draw_seed() -> int:
@@ -247,7 +244,7 @@ class Generator:
         with self._lock, torch.no_grad():
             training_paused = has_adapters(pipe)  # a training between its steps keeps its adapter on the UNet
             compiled = self._runs_compiled((request.count, width, height), training_paused)
-            with self._unet_for_pictures(training_paused, keep_training_adapter=False):
+            with self._unet_for_pictures(training_paused):
                 self._encoders_on_device()
                 if lora is not None and request.lora_scale > 0:
                     applied = self.loras.applied(lora.checkpoint_id, lora.path, request.lora_scale)
@@ -276,11 +273,9 @@ class Generator:
             guidance_interval=interval,
         )
 
-    def render(
-        self, job: Render, *, training_adapter: bool, blocks: CompiledBlocks | None = None
-    ) -> list[Image.Image]:
-        """Pictures from embeddings (renders.py): with the paused training's adapter live
-        (`training_adapter`: a validation round) or with the plain base model (class images).
+    def render(self, job: Render, *, adapter: str | None = None, blocks: CompiledBlocks | None = None) -> list[Image.Image]:
+        """Pictures from embeddings (renders.py): with a paused training's `adapter` merged into the
+        weights (a validation round: loras.merged_adapter) or with the plain base model (class images).
 
         Replayed from the UNet's graphs; compiled where the shape was compiled ahead and no
         adapter is on the UNet, or in `blocks`, a training's compiled blocks, whose validation
@@ -292,7 +287,7 @@ class Generator:
         with self._lock, torch.no_grad():
             adapters = has_adapters(pipe)
             try:
-                with self._unet_for_pictures(adapters, keep_training_adapter=training_adapter):
+                with self._unet_for_pictures(adapters), merged_adapter(pipe, adapter) if adapter else nullcontext():
                     for prompts, negative, seeds in job.parts():
                         compiled = blocks is not None or self._runs_compiled((len(seeds), job.size, job.size), adapters)
                         running = blocks.active() if blocks is not None else self._compiled_blocks(compiled)
@@ -316,12 +311,13 @@ class Generator:
         return pictures
 
     @contextmanager
-    def _unet_for_pictures(self, training_paused: bool, keep_training_adapter: bool) -> Iterator[None]:
-        """The UNet in eval mode; a paused training's adapter switched off unless kept (a validation
-        round), and the adapters' state, grads and modes put back afterwards."""
+    def _unet_for_pictures(self, training_paused: bool) -> Iterator[None]:
+        """The UNet in eval mode, a paused training's adapter switched off (it must not leak into a
+        picture, and a validation round merges it instead), and the adapters' state, grads and
+        modes put back afterwards."""
         with preserved_adapter_state(self.pipe) if training_paused else nullcontext():
-            if training_paused and not keep_training_adapter:
-                self.pipe.disable_lora()  # the training's adapter must not leak into the picture
+            if training_paused:
+                self.pipe.disable_lora()
             if self.pipe.unet.training:
                 self.pipe.unet.eval()
             yield

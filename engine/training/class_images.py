@@ -130,7 +130,7 @@ def draw_class_images(
     prompts = prompts[[0] * len(indices)]
     job = Render(prompts, no_negative(base, prompts), indices, resolution, steps, guidance, batch=len(indices))
     pngs = []
-    for image in generator.render(job, training_adapter=False):
+    for image in generator.render(job):
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         pngs.append(buffer.getvalue())

@@ -86,7 +86,7 @@ class TrainingCompileAhead:
                 with self._trainer.lora_inputs_uncast(), self._trainer.precision():
                     self.blocks.compile_call(call, backward=True)
             else:
-                with painting(self._trainer.unet):
+                with painting(self._trainer):
                     self.blocks.compile_call(call)
             return True
         self.pause()
@@ -119,22 +119,25 @@ class TrainingCompileAhead:
 
 
 @contextmanager
-def painting(unet: torch.nn.Module) -> Iterator[None]:
-    """The UNet as a validation round runs it between training steps: no gradients, eval mode."""
-    unet.eval()
+def painting(trainer: LoraTrainer) -> Iterator[None]:
+    """The UNet as a validation round runs it between training steps: no gradients, eval mode, the
+    adapter switched off (the round merges it into the weights: Generator.render); the trained
+    adapter made active again after."""
+    trainer.unet.disable_lora()
+    trainer.unet.eval()
     try:
         with torch.no_grad():
             yield
     finally:
-        unet.train()
+        trainer.activate()
 
 
 def validation_unet_call(trainer: LoraTrainer, params: TrainingParams, plan: LoopPlan) -> None:
     """One UNet call as a validation round's pipeline makes it (engine/generation/renders.py): its
-    batch, with the training's LoRA live."""
+    batch, through the LoRA layers switched off."""
     pipe = trainer.base.pipe
     side = params.resolution // pipe.vae_scale_factor
-    with painting(pipe.unet):
+    with painting(trainer):
         pipe.unet(**blank_unet_inputs(pipe, validation_unet_batch(params, plan), (side, side)), return_dict=False)
 
 

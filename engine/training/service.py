@@ -45,7 +45,7 @@ from engine.training.class_images import ClassImagesCancelled, ensure_class_imag
 from engine.training.compile_ahead import TrainingCompileAhead
 from engine.training.create import TrainingInputError, training_photos
 from engine.training.hooks import ProgressInfo, RunOutcome, TrainingHooks
-from engine.training.loop import Cancelled, LoopCallbacks, LoraTrainer, plan_memory, run_loop
+from engine.training.loop import TRAINING_ADAPTER, Cancelled, LoopCallbacks, LoraTrainer, plan_memory, run_loop
 from engine.training.params import TrainingParams
 from engine.training.prompts import class_prompt, validation_prompts
 from storage import keys, runs
@@ -320,7 +320,7 @@ class _Session:
         seeds = [params.validation_seed + index for index in range(len(self.prompts))]
         job = Render(cache.validation, cache.validation_negative, seeds, params.resolution, params.validation_steps,
                      params.validation_guidance, self.plan.render_batch(len(self.prompts)))
-        pictures = self.generator.render(job, training_adapter=True, blocks=self.trainer.compiled)
+        pictures = self.generator.render(job, adapter=TRAINING_ADAPTER, blocks=self.trainer.compiled)
         scores = self.score(step, pictures)
         for index, (picture, prompt, seed, measured) in enumerate(zip(pictures, self.prompts, seeds, scores)):
             path = self._staging(f"run{self.run_id}-validation").with_suffix(".png")
