@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -47,6 +48,9 @@ class CapturedCall:
     """
 
     def __init__(self, fn: Callable[..., Any], inputs: tuple[torch.Tensor, ...], pool: Any = None) -> None:
+        # The warm-up's activations stay cached in the allocator's main pool, which the graph's
+        # private pool cannot use: on a 12 GiB card a capture failed with 4.5 GiB held that way.
+        torch.cuda.empty_cache()
         self.inputs = tuple(tensor.detach().clone() for tensor in inputs)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph, pool=pool, stream=_side_stream(torch.cuda.current_device())):
@@ -70,6 +74,11 @@ class GraphsByKey:
     """Graphs of one kind of call, one per key (its input shapes): a key's first call runs
     eagerly on the side stream (the warm-up), its second is captured, later ones replay.
 
+    The warm-up is per thread: cuBLAS makes a handle for each thread on its first matmul, which
+    cannot happen during a capture. Requests run in a pool of threads, and a text encoder warmed
+    up in one request and captured in the next, on another thread, failed every time
+    (CUBLAS_STATUS_NOT_INITIALIZED) and ran without graphs for good.
+
     At most `capacity` graphs are kept (the most recently used), all in one memory pool, as
     they never run at the same time. A capture that fails turns graphs off for good: the
     calls run eagerly from then on, and the picture or step is not lost.
@@ -79,7 +88,7 @@ class GraphsByKey:
         self.what = what
         self.capacity = capacity
         self._graphs: OrderedDict[Hashable, CapturedCall] = OrderedDict()
-        self._warmed: set[Hashable] = set()
+        self._warmed: set[tuple[Hashable, int]] = set()  # (key, thread)
         self._pool: Any = None
         self.failed = False
 
@@ -87,7 +96,7 @@ class GraphsByKey:
         """Drop the graphs (all, or those whose key matches) and with the last one their memory."""
         for key in [key for key in self._graphs if which(key)]:
             del self._graphs[key]
-        self._warmed = {key for key in self._warmed if not which(key)}
+        self._warmed = {(key, thread) for key, thread in self._warmed if not which(key)}
         if not self._graphs:
             self._pool = None
 
@@ -98,8 +107,8 @@ class GraphsByKey:
             return eager()
         graph = self._graphs.get(key)
         if graph is None:
-            if key not in self._warmed:
-                self._warmed.add(key)
+            if (key, threading.get_ident()) not in self._warmed:
+                self._warmed.add((key, threading.get_ident()))
                 return on_side_stream(eager)
             graph = self._capture(key, fn, inputs)
             if graph is None:

@@ -3,9 +3,9 @@
 Both used to call the diffusers pipeline directly, eagerly and one batch at a time: a
 validation round took 4.2-6.9 s on an H200 and a class image 3.3 s (docs/BENCHMARKS.md).
 `Generator.render` paints them on the same fast path as `/imagine` (its UNet CUDA graphs,
-its compiled blocks where the UNet's layers are the compiled ones, whole batches, its decode),
-but keeps what makes the pictures what they were: the model's own scheduler, guidance at every
-step, and one CPU generator per seed.
+its compiled blocks where the UNet's layers are the compiled ones, whole batches, its decode,
+a LoRA merged into the weights as pets are), but keeps what makes the pictures what they were:
+the model's own scheduler, guidance at every step, and one CPU generator per seed.
 """
 
 from __future__ import annotations

@@ -270,9 +270,6 @@ class LoraTrainer:
             # With no .grad tensors at capture, the captured backward writes fresh gradients into
             # graph-owned tensors (rather than adding to old ones) at every replay.
             self.optimizer.zero_grad(set_to_none=True)
-            # The eager steps' activations stay cached in the allocator's main pool, which the
-            # graph's private pool cannot use: on a small card both did not fit at once.
-            torch.cuda.empty_cache()
             try:
                 self._captured = CapturedCall(self._forward_backward, (noisy, t, target, weight))
             except Exception:  # a capture that fails must not fail the training: eager from now on

@@ -12,7 +12,7 @@ of their own, and only then recorded, so a row never points at a missing file an
 retried run on another host finds everything it needs.
 
 Validation rounds and class images are painted by the worker's `Generator` (`render`, on the
-fast path its requests take), with the training's adapter live for validation.
+fast path its requests take), with the training's adapter merged into the weights for validation.
 
 With a scorer, each validation round is scored (engine/scoring) right after it is rendered,
 in the training thread on the training's device, and the scores go into the pictures' rows;
@@ -45,7 +45,15 @@ from engine.training.class_images import ClassImagesCancelled, ensure_class_imag
 from engine.training.compile_ahead import TrainingCompileAhead
 from engine.training.create import TrainingInputError, training_photos
 from engine.training.hooks import ProgressInfo, RunOutcome, TrainingHooks
-from engine.training.loop import TRAINING_ADAPTER, Cancelled, LoopCallbacks, LoraTrainer, plan_memory, run_loop
+from engine.training.loop import (
+    TRAINING_ADAPTER,
+    Cancelled,
+    LoopCallbacks,
+    LoopPlan,
+    LoraTrainer,
+    plan_memory,
+    run_loop,
+)
 from engine.training.params import TrainingParams
 from engine.training.prompts import class_prompt, validation_prompts
 from storage import keys, runs
@@ -111,11 +119,13 @@ async def execute_run(
     except (Cancelled, ClassImagesCancelled):
         status = "cancelled"
     except torch.OutOfMemoryError:
+        log.exception("training run %d ran out of GPU memory", run_id)  # where: for the operator
         status = "failed"
-        error = (
-            f"out of GPU memory after {session.step} of {params.steps} steps; try lean mode (--mode lean), "
-            "gradient checkpointing or a lower rank"
-        )
+        if session.plan is not None and session.plan.mode == "lean":
+            advice = "this GPU has too little memory free beside the resident model: try a lower --resolution"
+        else:
+            advice = "try lean mode (--mode lean), gradient checkpointing or a lower rank"
+        error = f"out of GPU memory after {session.step} of {params.steps} steps; {advice}"
     except LeaseLost:
         raise  # the job moved to another worker: this one records nothing
     except Exception as failure:  # any failure must end as a recorded, explained run
@@ -187,6 +197,7 @@ class _Session:
         self.prompts = validation_prompts(pet, params.validation_prompts)
         self.checkpoint_ids: dict[int, int] = {}
         self.latest_key: str | None = None
+        self.plan: LoopPlan | None = None  # decided when the run starts in the training thread
         # Keys written by this execution carry this tag: a retry elsewhere never overwrites them.
         self.tag = keys.new_tag()
 
