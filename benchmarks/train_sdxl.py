@@ -276,7 +276,7 @@ def bench_validation(
 ) -> tuple[dict, dict[int, list[Image.Image]]]:
     """One round of 3 pictures with a training's LoRA after `trained_steps` fast-mode steps: the
     diffusers pipeline called directly with the LoRA live (before da6327c), `Generator.render` with
-    it live (before this change) and merged (now), at batch 3 and 1. With `ahead` (the run's plan
+    it live (da6327c to aee50af) and merged (since), at batch 3 and 1. With `ahead` (the run's plan
     compiled), the rounds of a compiled run instead: live against merged, at batch 3."""
     seeds = [42, 43, 44]
     params = TrainingParams(resolution=res)
@@ -363,10 +363,10 @@ def bench_class_images_compiled(base: BaseModel, work: Path, count: int, res: in
             break
         steps.append(seconds)
     after_s, after = draw_class_images(generator, work / "class-compiled", count, res)
-    open_all = lambda paths: [Image.open(path).convert("RGB") for path in paths]  # noqa: E731
+    apart = level_difference(*([Image.open(path).convert("RGB") for path in paths[:uncompiled]] for paths in (before, after)))
     return {"uncompiled_count": uncompiled, "uncompiled_s_each": before_s / uncompiled,
             "compile_s": sum(steps), "compile_steps": len(steps), "count": count, "s": after_s,
-            "s_each": after_s / count, "levels_apart": level_difference(open_all(before), open_all(after[:uncompiled]))}
+            "s_each": after_s / count, "levels_apart": apart}
 
 
 def bench_compile_ahead(base: BaseModel, res: int, mode: str) -> tuple[TrainingCompileAhead, dict]:
@@ -411,7 +411,7 @@ def bench_end_to_end(
         start = time.perf_counter()
         outcome = await execute_run(db, store, data, generator, run_id, hooks, compile_ahead=compile_ahead)
         wall = time.perf_counter() - start
-        pictures = []  # (step, mean, std, darkest pixel's brightest channel): a black picture has max 0
+        pictures = []  # (step, mean, std, brightest value) of each validation picture: a black one has std 0
         for image in await runs.list_validation_images(db, run_id):
             with Image.open(await store.local_path(image.path)) as opened:
                 pixels = np.asarray(opened.convert("RGB"), dtype=np.float32)

@@ -161,8 +161,9 @@ class _Backup:
     """Original values of the weights a merge changes, one flat copy per device and dtype.
 
     The copy stays on the weights' GPU unless that would leave less than a picture's room there
-    (SDXL's attention weights are 1.8 GB: a 12 GB card beside a paused training has no such
-    room); then it goes to pinned host memory, costing a copy each way (~0.1 s for SDXL's).
+    (SDXL's attention weights are 1.8 GB; a 12 GB card holding the model has about 5 GB free);
+    then it goes to pinned host memory, at the price of a copy each way over PCIe (not measured
+    apart: the 12 GiB runs in docs/BENCHMARKS.md include it).
     """
 
     def __init__(self, weights: list[torch.Tensor]) -> None:

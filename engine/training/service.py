@@ -122,9 +122,10 @@ async def execute_run(
         log.exception("training run %d ran out of GPU memory", run_id)  # where: for the operator
         status = "failed"
         if session.plan is not None and session.plan.mode == "lean":
-            advice = "this GPU has too little memory free beside the resident model: try a lower --resolution"
+            advice = ("the GPU has too little memory free beside the model even in lean mode: train at a lower "
+                      "resolution (PAWTRAIT_RESOLUTION, or --resolution) or on a bigger GPU")
         else:
-            advice = "try lean mode (--mode lean), gradient checkpointing or a lower rank"
+            advice = "try lean mode (PAWTRAIT_TRAIN_MODE=lean, or --mode lean), which needs far less memory"
         error = f"out of GPU memory after {session.step} of {params.steps} steps; {advice}"
     except LeaseLost:
         raise  # the job moved to another worker: this one records nothing
