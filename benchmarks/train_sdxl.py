@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -349,6 +349,16 @@ def bench_class_images(base: BaseModel, generator: Generator, work: Path, count:
             "s_each": new_s / count, "levels_apart": level_difference(old, new), "paths": paths}
 
 
+def timed_steps(step: Callable[[], bool]) -> list[float]:
+    """Seconds of each call of an idle-time compile's `step` until it says nothing is left."""
+    steps = []
+    while True:
+        seconds, more = timed(step)
+        if not more:
+            return steps
+        steps.append(seconds)
+
+
 def bench_class_images_compiled(base: BaseModel, work: Path, count: int, res: int, uncompiled: int) -> dict:
     """Class images as a worker that has compiled its full batch's shape ahead draws them, beside
     `uncompiled` of them drawn before that compile (CUDA graphs either way)."""
@@ -356,12 +366,7 @@ def bench_class_images_compiled(base: BaseModel, work: Path, count: int, res: in
     generator.ahead = CompileAhead(generator.pipe)  # only the shape class images run: the full batch
     generator.ahead.want((BATCH, res, res))
     before_s, before = draw_class_images(generator, work / "class-uncompiled", uncompiled, res)
-    steps = []
-    while True:
-        seconds, more = timed(generator.compile_ahead)
-        if not more:
-            break
-        steps.append(seconds)
+    steps = timed_steps(generator.compile_ahead)
     after_s, after = draw_class_images(generator, work / "class-compiled", count, res)
     apart = level_difference(*([Image.open(path).convert("RGB") for path in paths[:uncompiled]] for paths in (before, after)))
     return {"uncompiled_count": uncompiled, "uncompiled_s_each": before_s / uncompiled,
@@ -374,12 +379,7 @@ def bench_compile_ahead(base: BaseModel, res: int, mode: str) -> tuple[TrainingC
     longest step (what a request arriving meanwhile could wait)."""
     ahead = TrainingCompileAhead(base)
     ahead.want(TrainingParams(resolution=res, mode=mode))
-    steps = []
-    while True:
-        seconds, more = timed(ahead.step)
-        if not more:
-            break
-        steps.append(seconds)
+    steps = timed_steps(ahead.step)
     return ahead, {"steps": len(steps), "s": sum(steps), "longest_step_s": max(steps), "ready": len(ahead.ready)}
 
 
