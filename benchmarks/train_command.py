@@ -1,0 +1,117 @@
+"""`pawtrait train` as an operator runs it, timed from the command to its exit: the wall time a
+member's pet takes from a shell, model loading included.
+
+No weights can be downloaded where this runs, so it builds SDXL-base-1.0 with random weights on
+the GPU and saves it as a diffusers folder on local disk (what a downloaded model is), teaches a
+pet 15 random 1024² photos with `pawtrait teach`, then starts `pawtrait train NAME` in a fresh
+process and records when each line of its output appeared and when it exited.
+
+    python benchmarks/train_command.py --out results.json [--steps 500]
+    python benchmarks/train_command.py --tiny MODEL_DIR --resolution 64 --steps 20   # a CPU dry run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sdxl_random import build_sdxl
+from train_sdxl import write_photos
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def save_random_sdxl(folder: Path) -> float:
+    """Random SDXL-base-1.0 in bf16, saved as a diffusers folder; returns the seconds it took to save."""
+    pipe = build_sdxl(torch.device("cuda"), torch.bfloat16, folder.parent / "tokenizer")
+    started = time.perf_counter()
+    pipe.save_pretrained(folder)
+    seconds = time.perf_counter() - started
+    del pipe
+    torch.cuda.empty_cache()  # the command's process gets the GPU to itself (this one keeps only its context)
+    return seconds
+
+
+def pawtrait(env: dict[str, str], *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cli.main", *args], env=env, cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def timed_lines(process: subprocess.Popen, started: float) -> list[tuple[float, str]]:
+    """Each line the process writes (progress bars redraw with \\r: each redraw counts), with its time."""
+    lines: list[tuple[float, str]] = []
+
+    def read() -> None:
+        assert process.stdout is not None
+        buffer = ""
+        while chunk := process.stdout.read(1):
+            if chunk in "\r\n":
+                if buffer.strip():
+                    lines.append((time.perf_counter() - started, buffer.strip()))
+                buffer = ""
+            else:
+                buffer += chunk
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    process.wait()
+    reader.join()
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("train_command.json"))
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--resolution", type=int, default=1024)
+    parser.add_argument("--tiny", type=Path, help="use this tiny model folder on the CPU instead (a dry run)")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="pawtrait-train-command-"))
+    results: dict = {"steps": args.steps, "resolution": args.resolution}
+    if args.tiny:
+        model, results["card"] = args.tiny, "CPU (dry run)"
+    else:
+        model, results["card"] = work / "model", torch.cuda.get_device_name()
+        results["save_model_s"] = save_random_sdxl(model)
+    photos = write_photos(work / "photos", 15, 1024)  # what members send: intake takes 512 px and up
+    env = {**os.environ, "PAWTRAIT_DATA_DIR": str(work / "data"), "PAWTRAIT_MODEL": str(model), "PAWTRAIT_VAE": "",
+           "PAWTRAIT_RESOLUTION": str(args.resolution), "PAWTRAIT_SCORES": "off", "HF_HUB_OFFLINE": "1"}
+    if args.tiny:
+        env["PAWTRAIT_DEVICE"] = "cpu"
+
+    teach = pawtrait(env, "teach", "Thor", "--class", "cat", *map(str, photos))
+    out, _ = teach.communicate()
+    if teach.returncode != 0:
+        print(out)
+        return 1
+
+    started = time.perf_counter()
+    train = pawtrait(env, "train", "Thor", "--steps", str(args.steps))
+    lines = timed_lines(train, started)
+    results.update(
+        returncode=train.returncode, wall_s=time.perf_counter() - started,
+        # The service logs its memory plan once the model is loaded, just before it caches the photos.
+        model_loaded_s=next((at for at, line in lines if " mode (" in line and "run " in line), None),
+        trained_s=next((at for at, line in lines if " is trained " in line), None),
+        messages=[(at, line) for at, line in lines if "%|" not in line],  # what it said besides the bar
+    )
+    args.out.write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0 if train.returncode == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
