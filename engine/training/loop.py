@@ -275,7 +275,7 @@ class LoraTrainer:
             except Exception:  # a capture that fails must not fail the training: eager from now on
                 log.exception("capturing the training step as a CUDA graph failed; training without CUDA graphs")
                 self.graphed = False
-            if self._captured is None:
+            if not self.graphed:
                 # Out of the except block, whose traceback held the failed capture's tensors.
                 self.optimizer.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()

@@ -50,7 +50,7 @@ class TrainingParams:
     micro_batch: int | None = None  # images per forward/backward; None = decided by the mode
     optimizer: str = "adamw8bit"
     compile: bool = True  # UNet blocks compiled, where the worker compiled them ahead for this plan (compile_ahead.py)
-    cuda_graphs: bool = True  # replay the forward/backward as a CUDA graph (CUDA in bf16 only; same results)
+    cuda_graphs: bool = True  # replay the forward/backward as a CUDA graph (CUDA, bf16 and fp16; same results)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unknown keys from newer versions
 
     @property
