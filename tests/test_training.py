@@ -439,3 +439,12 @@ def test_mode_follows_free_memory_unless_forced() -> None:
     assert (prior.mode, prior.micro_batch) == ("fast", 8)  # 4 photos + 4 class images in one pass
     small_card_prior = plan_memory(TrainingParams(prior_preservation=True), gpu, 15 * gib)
     assert (small_card_prior.mode, small_card_prior.micro_batch) == ("lean", 4)
+    # A 12 GB card beside the resident model: 5.1 GiB free, 1.5 GiB more once the text encoders
+    # are on the CPU: 4 images a pass. An 8 GB card (2.4 GiB free with the UNet brought over):
+    # one image a pass, the same 4 per optimizer step.
+    twelve = plan_memory(TrainingParams(), gpu, int(5.1 * gib), int(1.5 * gib))
+    assert (twelve.mode, twelve.micro_batch) == ("lean", 4)
+    eight = plan_memory(TrainingParams(), gpu, int(2.4 * gib))
+    assert (eight.mode, eight.micro_batch, TrainingParams().images_per_step) == ("lean", 1, 4)
+    assert plan_memory(TrainingParams(), gpu, int(3.2 * gib)).micro_batch == 2
+    assert plan_memory(TrainingParams(micro_batch=4), gpu, int(2.4 * gib)).micro_batch == 4  # asked for

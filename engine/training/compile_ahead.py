@@ -24,12 +24,18 @@ from typing import Any
 import torch
 
 from engine.compile import BlockCall, CompiledBlocks, compiled_blocks
-from engine.device import free_memory_bytes
 from engine.generation.compile_ahead import blank_unet_inputs
 from engine.generation.renders import PromptEmbeddings
 from engine.models import BaseModel
 from engine.training.cache import TrainingCache
-from engine.training.loop import LoopPlan, LoraTrainer, plan_key, plan_memory, validation_unet_batch
+from engine.training.loop import (
+    LoopPlan,
+    LoraTrainer,
+    memory_for_training,
+    plan_key,
+    plan_memory,
+    validation_unet_batch,
+)
 from engine.training.params import TrainingParams
 
 log = logging.getLogger(__name__)
@@ -54,7 +60,7 @@ class TrainingCompileAhead:
 
     def want(self, params: TrainingParams, plan: LoopPlan | None = None) -> None:
         """Queue a run's plan (by default the one `params` get with the memory free now)."""
-        plan = plan or plan_memory(params, self.base, free_memory_bytes(self.base.device))
+        plan = plan or plan_memory(params, self.base, *memory_for_training(self.base))
         key = plan_key(params, plan)
         if key not in self.ready and key not in {plan_key(*wanted) for wanted in self._wanted}:
             self._wanted.append((params, plan))

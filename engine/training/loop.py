@@ -16,6 +16,7 @@ uninterrupted one without replaying any random stream.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -33,6 +34,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 
 from engine.compile import CompiledBlocks
 from engine.cuda_graphs import CapturedCall, graphs_supported, on_side_stream
+from engine.device import free_memory_bytes
 from engine.models import BaseModel
 from engine.training.cache import TrainingCache
 from engine.training.hooks import ProgressInfo
@@ -47,6 +49,12 @@ GIB = 2**30
 # H100 measurements in docs/BENCHMARKS.md, used to pick the mode from free memory.
 FAST_GIB_PER_IMAGE = 7.5  # no gradient checkpointing: 35.4 GiB peak for 4 images, 64.4 GiB for 8
 LEAN_MICRO_BATCH = 4  # with checkpointing: 7.8 GiB peak for 4 images (6.5 GiB for 2, but twice as slow)
+# With checkpointing, what a micro-batch adds to the weights (H100, docs/BENCHMARKS.md: 7.84 GiB
+# peak for 4 images, 6.5 GiB for 2, of which 4.9 GiB are the UNet and the VAE): an 8 GB card has
+# room for one image at a time, and halving the micro-batch keeps the step's gradient.
+LEAN_GIB_PER_IMAGE = 0.67
+LEAN_GIB_FIXED = 0.22
+LEAN_HEADROOM_GIB = 1.0  # the step's capture, cuBLAS workspaces, fragmentation
 HEADROOM_GIB = 4.5  # validation renders and generations beside the captured step, allocator fragmentation
 # Eager steps before the forward/backward is captured: lazy initialisation (cuBLAS, cuDNN,
 # autocast) must happen before a capture. They are real training steps, not thrown away.
@@ -72,10 +80,13 @@ class LoopPlan:
         return pictures if self.mode == "fast" else 1
 
 
-def plan_memory(params: TrainingParams, base: BaseModel, free_bytes: int | None) -> LoopPlan:
-    """Fast (no gradient checkpointing, whole step in one micro-batch) when free memory allows, else lean.
+def plan_memory(params: TrainingParams, base: BaseModel, free_bytes: int | None, encoder_bytes: int = 0) -> LoopPlan:
+    """Fast (no gradient checkpointing, whole step in one micro-batch) when free memory allows, else
+    lean, in the biggest micro-batch (4, 2 or 1) that fits beside the weights.
 
-    An explicit mode, micro-batch or gradient-checkpointing choice in `params` wins.
+    `free_bytes`: free with the UNet and the VAE on the device; `encoder_bytes`: what the text
+    encoders hold there, which lean mode moves to the CPU (see `memory_for_training`). An
+    explicit mode, micro-batch or gradient-checkpointing choice in `params` wins.
     """
     images = params.unet_images_per_step
     scale = (params.resolution / 1024) ** 2
@@ -90,6 +101,10 @@ def plan_memory(params: TrainingParams, base: BaseModel, free_bytes: int | None)
         reason = f"{free:.1f} GiB free, fast mode needs about {need:.1f} GiB"
     checkpointing = params.gradient_checkpointing if params.gradient_checkpointing is not None else mode == "lean"
     micro = params.micro_batch or (images if mode == "fast" else min(LEAN_MICRO_BATCH, images))
+    if mode == "lean" and params.micro_batch is None and free_bytes is not None:
+        room = (free_bytes + encoder_bytes) / GIB
+        while micro > 1 and (LEAN_GIB_FIXED + micro * LEAN_GIB_PER_IMAGE) * scale + LEAN_HEADROOM_GIB > room:
+            micro //= 2
     return LoopPlan(
         mode=mode,
         gradient_checkpointing=checkpointing,
@@ -97,6 +112,30 @@ def plan_memory(params: TrainingParams, base: BaseModel, free_bytes: int | None)
         offload_encoders=mode == "lean" and base.device.type == "cuda",
         reason=reason,
     )
+
+
+def memory_for_training(base: BaseModel) -> tuple[int | None, int]:
+    """(free bytes once the UNet and the VAE are on the device, bytes the text encoders hold there).
+
+    A generator in low-memory mode (an 8 GB card) keeps every module on the CPU between pictures
+    and its offload hooks bring each over when it runs: the loop's first forward brings the 4.8 GiB
+    UNet, which the free memory seen before it must not count as room for activations.
+    """
+    free = free_memory_bytes(base.device)
+    if free is None:
+        return None, 0
+    pipe = base.pipe
+    coming = sum(_bytes(module, base.device, here=False) for module in (pipe.unet, pipe.vae))
+    encoders = sum(_bytes(module, base.device, here=True) for module in (pipe.text_encoder, pipe.text_encoder_2))
+    return free - coming, encoders
+
+
+def _bytes(module: torch.nn.Module | None, device: torch.device, here: bool) -> int:
+    """Bytes of the module's parameters and buffers on `device`'s type (here) or elsewhere."""
+    if module is None:
+        return 0
+    tensors = itertools.chain(module.parameters(), module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors if (t.device.type == device.type) == here)
 
 
 def _step_seed(seed: int, step: int) -> int:

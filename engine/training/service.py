@@ -33,7 +33,6 @@ from typing import Any
 import torch
 from PIL import Image
 
-from engine.device import free_memory_bytes
 from engine.generation.generator import Generator
 from engine.generation.renders import Render
 from engine.scoring.choice import choose_checkpoint
@@ -51,6 +50,7 @@ from engine.training.loop import (
     LoopCallbacks,
     LoopPlan,
     LoraTrainer,
+    memory_for_training,
     plan_memory,
     run_loop,
 )
@@ -214,7 +214,7 @@ class _Session:
     def run(self, resume_from: tuple[int, dict, str] | None, class_paths: list[Path]) -> int:
         params, base = self.params, self.base
         restore_encoders(base)
-        plan = plan_memory(params, base, free_memory_bytes(base.device))
+        plan = plan_memory(params, base, *memory_for_training(base))
         log.info(
             "run %d: %s mode (%s), gradient checkpointing %s, %d images per micro-batch",
             self.run_id, plan.mode, plan.reason, "on" if plan.gradient_checkpointing else "off", plan.micro_batch,
