@@ -254,6 +254,11 @@ class LoraTrainer:
         """(Re-)make this adapter the trained one, after pictures were painted between steps: they
         restore the adapters' state, but not as one shared list of active adapters, which compiled
         code guards on (a run whose layers each held their own list recompiled every block)."""
+        if next(self.unet.parameters()).device.type != self.device.type:
+            # A picture painted in low-memory mode (an 8 GB card) left the UNet on the CPU: its
+            # offload hook would bring it back inside the step's capture, where copies from
+            # pageable memory fail (the capture then fell back to eager steps).
+            self.unet.to(self.device)
         self.unet.enable_adapters()
         self.unet.set_adapter(TRAINING_ADAPTER)
         for p in self.lora_params:
