@@ -9,8 +9,7 @@ Files come from and go to the file store (the data folder, or a bucket shared by
 hosts): photos and the checkpoint to resume from are fetched into local copies first;
 checkpoints and validation images are written into a local folder, published under keys
 of their own, and only then recorded, so a row never points at a missing file and a
-retried run on another host finds everything it needs. That happens on a thread of its own
-while the next steps train (publisher.py); the run ends only when it is all done.
+retried run on another host finds everything it needs.
 
 Validation rounds and class images are painted by the worker's `Generator` (`render`, on the
 fast path its requests take), with the training's adapter merged into the weights for validation.
@@ -57,7 +56,6 @@ from engine.training.loop import (
 )
 from engine.training.params import TrainingParams
 from engine.training.prompts import class_prompt, validation_prompts
-from engine.training.publisher import Publisher, snapshot
 from storage import keys, runs
 from storage.db import Queries
 from storage.files import DataDir, FileMissing, FileStore, remove_tree
@@ -201,7 +199,6 @@ class _Session:
         self.checkpoint_ids: dict[int, int] = {}
         self.latest_key: str | None = None
         self.plan: LoopPlan | None = None  # decided when the run starts in the training thread
-        self.publisher = Publisher()  # stores and records checkpoints and pictures while the steps go on
         # Keys written by this execution carry this tag: a retry elsewhere never overwrites them.
         self.tag = keys.new_tag()
 
@@ -259,8 +256,7 @@ class _Session:
                 should_cancel=self.should_cancel,
                 between_steps=self.between_steps if self.hooks.between_steps else None,
             )
-            with self.publisher:
-                return run_loop(trainer, start, callbacks)
+            return run_loop(trainer, start, callbacks)
         finally:
             trainer.close()
             restore_encoders(base)
@@ -299,21 +295,18 @@ class _Session:
         return self.data.tmp_dir() / f"{what}-{uuid.uuid4().hex}"
 
     def save_checkpoint(self, step: int) -> None:
-        lora = self.trainer.lora_state_dict()
-        self.publisher.submit(self._publish_checkpoint, step, lora, snapshot(self.trainer.state_dict(step, lora)))
-
-    def _publish_checkpoint(self, step: int, lora: dict[str, torch.Tensor], state: dict) -> None:
-        params = self.params
+        params, trainer = self.params, self.trainer
+        lora = trainer.lora_state_dict()
         folder = self._staging(f"run{self.run_id}-step{step}")
         try:
             files = write_checkpoint(
                 folder,
                 lora,
-                self.trainer.lora_config.to_dict(),
+                trainer.lora_config.to_dict(),
                 rank=params.rank,
                 alpha=params.lora_alpha,
                 kohya_name=f"pawtrait-{self.pet.token}-run{self.run_id}-step{step}",
-                state=state,
+                state=trainer.state_dict(step, lora),
             )
             key = keys.checkpoint(self.run_id, step, self.tag)
             self.on_loop(self.store.put_tree, key, folder, move=True)
@@ -327,6 +320,7 @@ class _Session:
             self.on_loop(self.store.delete, [state_key(self.latest_key)])  # only the newest resumes
         self.latest_key = key
         self.checkpoint_ids[step] = checkpoint_id
+        self.on_loop(runs.set_step, self.db, self.run_id, step)
         if params.keep_checkpoints:
             self.on_loop(prune_checkpoints, self.db, self.store, self.run_id, params.keep_checkpoints)
         if self.hooks.on_checkpoint:
@@ -339,11 +333,7 @@ class _Session:
         job = Render(cache.validation, cache.validation_negative, seeds, params.resolution, params.validation_steps,
                      params.validation_guidance, self.plan.render_batch(len(self.prompts)))
         pictures = self.generator.render(job, adapter=TRAINING_ADAPTER, blocks=self.trainer.compiled)
-        self.publisher.submit(self._publish_validation, step, pictures, seeds, self.score(step, pictures))
-
-    def _publish_validation(
-        self, step: int, pictures: list[Image.Image], seeds: list[int], scores: list[ImageScores | None],
-    ) -> None:
+        scores = self.score(step, pictures)
         for index, (picture, prompt, seed, measured) in enumerate(zip(pictures, self.prompts, seeds, scores)):
             path = self._staging(f"run{self.run_id}-validation").with_suffix(".png")
             picture.save(path, format="PNG")
