@@ -271,20 +271,6 @@ def previous_validation() -> Iterator[None]:
         generator_module.merged_adapter, compile_ahead_module.painting = saved
 
 
-@contextmanager
-def inline_publishing() -> Iterator[None]:
-    """Checkpoints and validation pictures stored and recorded on the training thread, as up to
-    ed01619, for side-by-side figures."""
-    from engine.training.publisher import Publisher
-
-    submit = Publisher.submit
-    Publisher.submit = lambda _publisher, fn, *args: fn(*args)
-    try:
-        yield
-    finally:
-        Publisher.submit = submit
-
-
 def bench_validation(
     base: BaseModel, generator: Generator, cache, res: int, trained_steps: int, ahead: TrainingCompileAhead | None = None,
 ) -> tuple[dict, dict[int, list[Image.Image]]]:
@@ -458,8 +444,7 @@ def main() -> int:
                         help="then the step compiled ahead as a worker does when idle, and the run again, compiled")
     parser.add_argument("--full-compile-only", action="store_true", help="with --full-compile, skip the uncompiled run")
     parser.add_argument("--full-previous", action="store_true",
-                        help="with --full-compile, then the compiled run again with checkpoints and pictures stored "
-                             "on the training thread, as up to ed01619")
+                        help="with --full-compile, then the compiled run again with validation as up to aee50af (LoRA live)")
     parser.add_argument("--validation-steps", type=int, default=50,
                         help="training steps before the validation rounds are measured (so the LoRA has moved); -1: no rounds")
     parser.add_argument("--class-images-compiled", type=int, default=0,
@@ -572,9 +557,10 @@ def main() -> int:
                         print(row, flush=True)
                         results["end_to_end"].append(row)
                     if compiled and args.full_previous:
-                        with inline_publishing():
+                        with previous_validation():
+                            ahead, results["training_compile_ahead_previous"] = bench_compile_ahead(base, res, mode)
                             row = bench_end_to_end(generator, work, photos, args.full_steps, mode, res, ahead,
-                                                   min(args.full_every, args.full_steps), label="inline publishing")
+                                                   min(args.full_every, args.full_steps), label="previous validation")
                         print(row, flush=True)
                         results["end_to_end"].append(row)
                 except Exception as error:  # noqa: BLE001
