@@ -98,8 +98,8 @@ class Generator:
     """Text-to-image and variations on the shared base model; one request at a time (calls are serialised).
 
     `memory`: 'full' keeps everything on the GPU; 'low' adds VAE tiling and model CPU
-    offload (for a 16 GB card beside nothing else — offload moves the shared UNet between
-    CPU and GPU, so a process in low mode must not train). `compile` (full memory mode on CUDA)
+    offload (what an 8 GB card gets: offload moves the shared UNet between CPU and GPU, and a
+    training on it brings the UNet back before each step). `compile` (full memory mode on CUDA)
     runs the UNet's and the VAE decoder's blocks compiled (engine/compile.py) for request shapes
     compiled ahead by `compile_ahead()`, which the worker calls when idle; other shapes run
     eagerly meanwhile (compile_ahead.py). `cuda_graphs` replays the denoising loop's UNet calls

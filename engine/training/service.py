@@ -216,8 +216,9 @@ class _Session:
         restore_encoders(base)
         plan = plan_memory(params, base, *memory_for_training(base))
         log.info(
-            "run %d: %s mode (%s), gradient checkpointing %s, %d images per micro-batch",
+            "run %d: %s mode (%s), gradient checkpointing %s, %d of the step's %d images per pass",
             self.run_id, plan.mode, plan.reason, "on" if plan.gradient_checkpointing else "off", plan.micro_batch,
+            params.unet_images_per_step,
         )
         cache = build_cache(
             base,
