@@ -128,9 +128,12 @@ class Executor:
         self.worker_id = worker_id
         self.loop = asyncio.get_running_loop()
         self.generator = Generator.from_settings(base, settings)
-        # The training step compiled in idle time for the plan a default run gets (GPU only, as for pictures).
+        # The training step compiled in idle time for the plan a default run gets: on a GPU in full
+        # memory mode, as for pictures. In low memory mode (an 8 GB card) the offload hooks move
+        # the UNet between CPU and GPU under the blocks; trainings there were measured uncompiled
+        # (docs/BENCHMARKS.md, W8a-W8c) and compiling was never tried.
         self.training_ahead = None
-        if settings.compile_training and base.device.type == "cuda":
+        if settings.compile_training and base.device.type == "cuda" and self.generator.memory == "full":
             self.training_ahead = TrainingCompileAhead(base)
             self.training_ahead.want(TrainingParams(resolution=settings.resolution, mode=settings.train_mode))
         self.scorer = Scorer.from_settings(settings)  # its models load at the first validation round
