@@ -1,0 +1,240 @@
+"""Where the GPU time of a compiled fast-mode training step and of a validation round's UNet call goes.
+
+Full-size random SDXL-base-1.0 on the GPU (sdxl_random.py), the product's own trainer with its
+blocks compiled (as a worker compiles them ahead) and its step replayed from a CUDA graph.
+Prints and saves, for each: the wall time per call, the GPU time by kernel family, the
+top kernels, and the FLOPs the call does against the time it takes.
+
+    python benchmarks/profile_sdxl.py --out profile.json [--steps 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from train_sdxl import PROMPT, VALIDATION, build_base, write_photos
+
+from engine.compile import compiled_blocks
+from engine.cuda_graphs import CapturedCall, on_side_stream
+from engine.training.cache import build_cache
+from engine.training.loop import LoopPlan, LoraTrainer
+from engine.training.params import TrainingParams
+
+# Kernel families, matched in this order on lower-cased kernel names.
+FAMILIES = (
+    ("attention", ("flash", "fmha", "sdpa", "attention")),
+    ("convolution", ("conv", "fprop", "dgrad", "wgrad", "implicit_gemm")),
+    ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "matmul")),
+    ("optimizer", ("optimizer", "adam", "multi_tensor", "foreach")),
+    ("triton reduction", ("triton_red", "triton_per")),
+    ("triton pointwise", ("triton_poi", "triton_")),
+    ("normalisation (eager)", ("norm",)),
+    ("copy", ("copy", "memcpy", "cat", "memset")),
+)
+
+
+def family(name: str) -> str:
+    lower = name.lower()
+    return next((label for label, keys in FAMILIES if any(key in lower for key in keys)), "other")
+
+
+def kernel_profile(run: Callable[[], object], calls: int) -> dict:
+    """GPU time per call by family and the 25 costliest kernels, from `calls` calls of `run`."""
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            run()
+        torch.cuda.synchronize()
+    by_family: dict[str, float] = {}
+    kernels = []
+    for event in prof.key_averages():
+        us = getattr(event, "self_device_time_total", 0) or 0
+        if us <= 0:
+            continue
+        ms = us / 1000 / calls
+        by_family[family(event.key)] = by_family.get(family(event.key), 0.0) + ms
+        kernels.append((ms, event.count // calls, family(event.key), event.key[:110]))
+    kernels.sort(reverse=True)
+    return {"gpu_ms": sum(by_family.values()), "by_family_ms": dict(sorted(by_family.items(), key=lambda kv: -kv[1])),
+            "kernels_per_call": sum(count for _, count, _, _ in kernels), "top": kernels[:25]}
+
+
+def wall_ms(run: Callable[[], object], calls: int) -> float:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(calls):
+        run()
+    torch.cuda.synchronize()
+    return 1000 * (time.perf_counter() - start) / calls
+
+
+def flops(run: Callable[[], object]) -> float:
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return float(counter.get_total_flops())
+
+
+def profile_training(base, cache, steps: int) -> dict:
+    """fast4 compiled + CUDA graph: the step, the replay alone, and the kernels of one step."""
+    params = TrainingParams(resolution=1024, compile=True)
+    plan = LoopPlan("fast", False, 4, False, "profile")
+    trainer = LoraTrainer(base, params, cache, plan, compiled_blocks(base.pipe.unet))
+    step = iter(range(10_000))
+    try:
+        started = time.perf_counter()
+        for _ in range(3):  # two eager steps (they compile), then the capture
+            trainer.train_step(next(step))
+        torch.cuda.synchronize()
+        row: dict = {"warmup_s": time.perf_counter() - started}
+        row["step_ms"] = wall_ms(lambda: trainer.train_step(next(step)), steps)
+        captured = trainer._captured
+        assert captured is not None, "the step was not captured"
+        row["replay_ms"] = wall_ms(captured.graph.replay, steps)
+        row["graphed"] = kernel_profile(lambda: trainer.train_step(next(step)), 2)
+        # The same step's kernels launched one by one (if the profiler lists a graph's kernels as one).
+        trainer._captured, trainer.graphed = None, False
+        trainer.optimizer.zero_grad(set_to_none=True)
+        trainer.train_step(next(step))
+        row["eager_launch"] = kernel_profile(lambda: trainer.train_step(next(step)), 1)
+        n = next(step)
+        trainer.compiled = None  # counted on eager blocks: the counter would make dynamo compile again
+        row["tflop_per_step"] = flops(lambda: trainer.train_step(n)) / 1e12
+        row["tflops_achieved"] = row["tflop_per_step"] / (row["step_ms"] / 1000)
+    finally:
+        trainer.close()
+    return row
+
+
+def profile_round_unet(base, batch: int, calls: int) -> dict:
+    """One UNet call of a validation round (3 pictures with guidance: batch 6) with compiled blocks,
+    replayed from a CUDA graph, against the same call with eager blocks."""
+    unet = base.pipe.unet
+    device, dtype = base.device, base.dtype
+    inputs = (
+        torch.randn(batch, 4, 128, 128, device=device, dtype=dtype),
+        torch.tensor(500.0, device=device),
+        torch.randn(batch, 77, 2048, device=device, dtype=dtype),
+        torch.randn(batch, 1280, device=device, dtype=dtype),
+        torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * batch, device=device, dtype=dtype),
+    )
+
+    def call(sample, t, hidden, text, time_ids):
+        return unet(sample, t, hidden, added_cond_kwargs={"text_embeds": text, "time_ids": time_ids}, return_dict=False)[0]
+
+    blocks = compiled_blocks(unet)
+    row: dict = {"batch": batch}
+    with torch.no_grad():
+        row["tflop_per_call"] = flops(lambda: call(*inputs)) / 1e12
+        for label, active in (("eager blocks", None), ("compiled blocks", blocks)):
+            started = time.perf_counter()
+            with active.active() if active is not None else nullcontext():
+                on_side_stream(call, *inputs)  # the warm-up (and, compiled, the compiling) before a capture
+                torch.cuda.synchronize()
+                first_s = time.perf_counter() - started
+                graph = CapturedCall(call, inputs)
+                per_call = wall_ms(graph.graph.replay, calls)
+                row[label] = {"first_call_s": first_s, "ms_per_call": per_call, "ms_per_image_pass": per_call / batch,
+                              "tflops_achieved": row["tflop_per_call"] / (per_call / 1000),
+                              "kernels": kernel_profile(lambda: call(*inputs), 1)}
+            del graph
+            torch.cuda.empty_cache()
+    return row
+
+
+# PyTorch's default order tries its own flash kernel (FlashAttention-2) first and cuDNN's last.
+CUDNN_FIRST = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
+
+
+def attention_backends(base, cache, steps: int) -> dict:
+    """The uncompiled, graphed training step and a round's UNet call (batch 6, graphed) with PyTorch's
+    default attention kernels and with cuDNN's first, side by side: times, attention's GPU time, and
+    how far the results move."""
+    rows: dict = {}
+    unet = base.pipe.unet
+    batch = 6
+    generator = torch.Generator(base.device).manual_seed(0)
+    inputs = (
+        torch.randn(batch, 4, 128, 128, device=base.device, dtype=base.dtype, generator=generator),
+        torch.tensor(500.0, device=base.device),
+        torch.randn(batch, 77, 2048, device=base.device, dtype=base.dtype, generator=generator),
+        torch.randn(batch, 1280, device=base.device, dtype=base.dtype, generator=generator),
+        torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * batch, device=base.device, dtype=base.dtype),
+    )
+
+    def call(sample, t, hidden, text, time_ids):
+        return unet(sample, t, hidden, added_cond_kwargs={"text_embeds": text, "time_ids": time_ids}, return_dict=False)[0]
+
+    outputs = {}
+    for label, order in (("default", None), ("cudnn first", CUDNN_FIRST)):
+        with sdpa_kernel(order, set_priority=True) if order else nullcontext():
+            trainer = LoraTrainer(base, TrainingParams(resolution=1024), cache, LoopPlan("fast", False, 4, False, "profile"))
+            try:
+                for step in range(3):
+                    trainer.train_step(step)
+                losses = []
+                row = {"training_step_ms": wall_ms(lambda: losses.append(trainer.train_step(3 + len(losses))), steps)}
+                row["losses"] = [float(loss) for loss in losses]
+                trainer._captured, trainer.graphed = None, False
+                trainer.optimizer.zero_grad(set_to_none=True)
+                trainer.train_step(3 + steps)
+                step_profile = kernel_profile(lambda: trainer.train_step(4 + steps), 1)
+                row["training_by_family_ms"] = step_profile["by_family_ms"]
+                row["training_attention_kernels"] = [k for k in step_profile["top"] if k[2] == "attention"][:6]
+            finally:
+                trainer.close()
+            with torch.no_grad():
+                on_side_stream(call, *inputs)
+                graph = CapturedCall(call, inputs)
+                row["round_unet_ms"] = wall_ms(graph.graph.replay, steps)
+                outputs[label] = graph.output.float().clone()
+                unet_profile = kernel_profile(lambda: call(*inputs), 1)
+                row["round_unet_by_family_ms"] = unet_profile["by_family_ms"]
+                row["round_unet_attention_kernels"] = [k for k in unet_profile["top"] if k[2] == "attention"][:6]
+                del graph
+                torch.cuda.empty_cache()
+        rows[label] = row
+        print(label, json.dumps(row)[:1500], flush=True)
+    a, b = outputs["default"], outputs["cudnn first"]
+    rows["round_unet_relative_difference"] = float((a - b).norm() / a.norm())
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("profile.json"))
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--parts", default="attention,training,round")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="pawtrait-profile-"))
+    base = build_base(work / "tokenizer")
+    photos = write_photos(work / "photos", 15, 1024)
+    cache = build_cache(base, photos, PROMPT, 1024, flip=False, validation_prompts=VALIDATION)
+    results: dict = {"card": torch.cuda.get_device_name(), "torch": torch.__version__}
+    for part in args.parts.split(","):
+        if part == "training":
+            results["training"] = profile_training(base, cache, args.steps)
+        elif part == "round":
+            results["round_unet"] = profile_round_unet(base, 6, args.steps)
+        elif part == "attention":
+            results["attention_backends"] = attention_backends(base, cache, args.steps)
+        print(json.dumps(results, indent=1), flush=True)
+        args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
