@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from functorch.compile import make_boxed_func
+from peft import LoraConfig, set_peft_model_state_dict
 from PIL import Image
 from safetensors.torch import load_file
 from torch._dynamo.backends.common import aot_autograd
@@ -20,8 +21,8 @@ from engine.generation.renders import Render
 from engine.models import BaseModel, load_base_model
 from engine.training import TrainingHooks, TrainingInputError, TrainingParams, create_run, execute_run
 from engine.training.checkpoints import STATE_FILE, state_key
-from engine.training.compile_ahead import TrainingCompileAhead
-from engine.training.loop import TRAINING_ADAPTER
+from engine.training.compile_ahead import TrainingCompileAhead, synthetic_cache
+from engine.training.loop import TRAINING_ADAPTER, LoraTrainer, plan_memory
 from storage import keys, runs
 from storage.files import DataDir, FileStore
 from storage.pets import LOCAL_GUILD, create_pet
@@ -149,6 +150,58 @@ async def test_kohya_file_uses_sdxl_kohya_names_that_map_onto_the_unet(
     expected = [n for n in underscored if re.search(r"attn[12]_to_(q|k|v|out_0)$", n) and isinstance(underscored[n], torch.nn.Linear)]
     assert modules == set(expected)
     assert len(kohya) == 3 * len(expected)
+
+
+def test_a_lora_trained_wider_for_speed_saves_exactly_what_it_learnt(base: BaseModel) -> None:
+    """Rank 4 trains 8 wide (aligned matrix products); the checkpoint holds rank-4 factors that paint
+    exactly what the trained adapter painted."""
+    params = TrainingParams(steps=3, rank=4, alpha=2.0, **QUICK)
+    unet = base.pipe.unet
+    untrained = unet_output(base)
+    trainer = LoraTrainer(base, params, synthetic_cache(base, params), plan_memory(params, base, None))
+    try:
+        for step in range(params.steps):
+            trainer.train_step(step)
+        unet.eval()
+        trained = unet_output(base)
+        saved = trainer.lora_state_dict()
+    finally:
+        trainer.close()
+    assert not torch.allclose(trained, untrained)
+    assert all(v.shape[0] == 4 for k, v in saved.items() if "lora_A" in k)
+    assert all(v.shape[1] == 4 for k, v in saved.items() if "lora_B" in k)
+
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=2.0, target_modules=list(params.target_modules)), adapter_name="saved")
+    try:
+        set_peft_model_state_dict(unet, saved, adapter_name="saved")
+        assert torch.allclose(unet_output(base), trained, atol=1e-6, rtol=0)
+    finally:
+        unet.delete_adapters("saved")
+        unet.unload_lora()
+
+
+def test_a_checkpoint_saved_before_the_widening_still_resumes(base: BaseModel) -> None:
+    """Checkpoints written when rank 4 trained 4 wide carry optimizer moments of that width: the
+    resume takes their LoRA and step and starts the moments again, rather than failing."""
+    params = TrainingParams(steps=4, rank=4, **QUICK)
+    cache = synthetic_cache(base, params)
+    trainer = LoraTrainer(base, params, cache, plan_memory(params, base, None))
+    try:
+        for step in range(2):
+            trainer.train_step(step)
+        lora = trainer.lora_state_dict()
+        state = trainer.state_dict(2, lora)
+    finally:
+        trainer.close()
+    del state["trained_rank"]  # as saved before the widening
+    resumed = LoraTrainer(base, params, cache, plan_memory(params, base, None))
+    try:
+        assert resumed.load_state_dict(state) == 2
+        assert all(torch.equal(resumed.lora_state_dict()[key], value) for key, value in lora.items())
+        assert not resumed.optimizer.state  # moments start again
+        resumed.train_step(2)
+    finally:
+        resumed.close()
 
 
 async def test_cancel_then_resume_equals_an_uninterrupted_run(

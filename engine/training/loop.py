@@ -59,6 +59,13 @@ HEADROOM_GIB = 4.5  # validation renders and generations beside the captured ste
 # Eager steps before the forward/backward is captured: lazy initialisation (cuBLAS, cuDNN,
 # autocast) must happen before a capture. They are real training steps, not thrown away.
 GRAPH_WARMUP_STEPS = 2
+# cuBLAS multiplies operands that are not 16-byte aligned with slower Ampere-era kernels, and a
+# rank-4 factor's rows are 8 bytes in bf16: on an H200 those products took 32 ms of a compiled
+# fast-mode step of 198 ms, which trained at rank 8 in 189 ms (docs/BENCHMARKS.md). So the adapter
+# trains at the rank rounded up to a multiple of 8, the extra rows of A and columns of B zero: they
+# get zero gradients and zero updates (AdamW's decay of 0 included), so the LoRA learnt is exactly
+# of the asked rank, and it is saved at that rank.
+ALIGNED_RANK = 8
 # Every run trains an adapter of this one name: compiled code guards on adapter names (peft's
 # layers look their factors up by name), so code compiled for one run fits the next without
 # recompiling. (Not "training": that is an attribute of every torch module.)
@@ -189,20 +196,24 @@ class LoraTrainer:
         self.device = base.device
         self.autocast = base.device.type == "cuda" and base.dtype != torch.float32
 
-        torch.manual_seed(params.seed)  # peft's gaussian init of lora_A
-        config = LoraConfig(
-            r=params.rank,
-            lora_alpha=params.lora_alpha,
-            init_lora_weights="gaussian",
+        # What the checkpoints say; the adapter on the UNet is `trained_rank` wide (see ALIGNED_RANK),
+        # with peft's scale alpha / rank kept.
+        self.lora_config = LoraConfig(
+            r=params.rank, lora_alpha=params.lora_alpha, init_lora_weights="gaussian",
             target_modules=list(params.target_modules),
         )
-        self.unet.add_adapter(config, adapter_name=TRAINING_ADAPTER)
-        self.lora_config = self.unet.peft_config[TRAINING_ADAPTER]
+        self.trained_rank = -(-params.rank // ALIGNED_RANK) * ALIGNED_RANK
+        widened = LoraConfig(
+            r=self.trained_rank, lora_alpha=params.lora_alpha * self.trained_rank / params.rank,
+            init_lora_weights="gaussian", target_modules=list(params.target_modules),
+        )
+        self.unet.add_adapter(widened, adapter_name=TRAINING_ADAPTER)
         marker = f".{TRAINING_ADAPTER}."
         self.lora_params = [p for name, p in self.unet.named_parameters() if marker in name]
         self.lora_layers = [m for m in self.unet.modules() if isinstance(m, BaseTunerLayer)]
         for p in self.lora_params:
             p.data = p.data.float()  # the base stays in half precision; the trained weights in fp32
+        self._initialise(params)
         self.activate()
         self.compiled = compiled
 
@@ -234,6 +245,19 @@ class LoraTrainer:
         self.graphed = params.cuda_graphs and graphs_supported(self.device)
         self._captured: CapturedCall | None = None
         self._eager_steps = 0
+
+    def _initialise(self, params: TrainingParams) -> None:
+        """peft's gaussian init at the asked rank, from the run's seed: A's first `rank` rows with
+        standard deviation 1 / rank, the widening rows zero; B zero."""
+        torch.manual_seed(params.seed)
+        with torch.no_grad():
+            for layer in self.lora_layers:
+                if TRAINING_ADAPTER not in layer.lora_A:
+                    continue
+                down = layer.lora_A[TRAINING_ADAPTER].weight
+                down.zero_()
+                down[: params.rank].normal_(std=1 / params.rank)
+                layer.lora_B[TRAINING_ADAPTER].weight.zero_()
 
     def _conditioning(self, per_step: int) -> None:
         """The per-sample text conditioning and loss weights, the same at every step."""
@@ -394,9 +418,11 @@ class LoraTrainer:
         return float(self.lr_scheduler.get_last_lr()[0])
 
     def lora_state_dict(self) -> dict[str, torch.Tensor]:
-        """The adapter's weights in peft naming (without the adapter name), fp32 copies on the CPU."""
+        """The adapter's weights at the asked rank in peft naming (without the adapter name), fp32
+        copies on the CPU."""
         state = get_peft_model_state_dict(self.unet, adapter_name=TRAINING_ADAPTER)
-        return {key: value.detach().to("cpu", torch.float32, copy=True) for key, value in state.items()}
+        return {key: _at_rank(key, value, self.params.rank).detach().to("cpu", torch.float32, copy=True)
+                for key, value in state.items()}
 
     def state_dict(self, step: int, lora: dict[str, torch.Tensor]) -> dict:
         """Everything a resume needs besides the cache (which is rebuilt from the photos)."""
@@ -404,6 +430,7 @@ class LoraTrainer:
             "step": step,
             "lora": lora,
             "optimizer": self.optimizer.state_dict(),
+            "trained_rank": self.trained_rank,  # the shapes of the optimizer's moments
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler else None,
             "torch_rng": torch.get_rng_state(),
@@ -411,10 +438,14 @@ class LoraTrainer:
 
     def load_state_dict(self, state: dict) -> int:
         """Restore a checkpoint's training state; returns its step."""
-        result = set_peft_model_state_dict(self.unet, state["lora"], adapter_name=TRAINING_ADAPTER)
+        widened = {key: _at_rank(key, value, self.trained_rank) for key, value in state["lora"].items()}
+        result = set_peft_model_state_dict(self.unet, widened, adapter_name=TRAINING_ADAPTER)
         if result.unexpected_keys:
             raise RuntimeError(f"the checkpoint does not match this LoRA: unexpected keys {result.unexpected_keys[:3]}")
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("trained_rank", self.params.rank) == self.trained_rank:
+            self.optimizer.load_state_dict(state["optimizer"])
+        else:  # saved by a version that trained at the asked rank: its moments have other shapes
+            log.warning("the checkpoint's optimizer moments were saved at another rank; they start again from zero")
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if self.scaler and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -433,6 +464,18 @@ class LoraTrainer:
             self.unet.unload_lora()
         self.unet.disable_gradient_checkpointing()
         self.unet.eval()
+
+
+def _at_rank(key: str, factor: torch.Tensor, rank: int) -> torch.Tensor:
+    """A LoRA factor cut or zero-padded to `rank` (A's rows, B's columns)."""
+    dim = 0 if "lora_A" in key else 1 if "lora_B" in key else None
+    if dim is None or factor.shape[dim] == rank:
+        return factor
+    if factor.shape[dim] > rank:
+        return factor.narrow(dim, 0, rank)
+    padding = list(factor.shape)
+    padding[dim] = rank - factor.shape[dim]
+    return torch.cat([factor, factor.new_zeros(padding)], dim=dim)
 
 
 def _checkpoint_without_rng(module: torch.nn.Module, *args: object) -> object:
