@@ -61,6 +61,7 @@ def kernel_profile(run: Callable[[], object], calls: int) -> dict:
         torch.cuda.synchronize()
     by_family: dict[str, float] = {}
     kernels = []
+    unaligned = 0.0  # matrix products on operands aligned to fewer than 16 bytes (cutlass "align1/2")
     for event in prof.key_averages():
         us = getattr(event, "self_device_time_total", 0) or 0
         if us <= 0:
@@ -68,9 +69,11 @@ def kernel_profile(run: Callable[[], object], calls: int) -> dict:
         ms = us / 1000 / calls
         by_family[family(event.key)] = by_family.get(family(event.key), 0.0) + ms
         kernels.append((ms, event.count // calls, family(event.key), event.key[:110]))
+        unaligned += ms if "align1" in event.key or "align2" in event.key else 0.0
     kernels.sort(reverse=True)
     return {"gpu_ms": sum(by_family.values()), "by_family_ms": dict(sorted(by_family.items(), key=lambda kv: -kv[1])),
-            "kernels_per_call": sum(count for _, count, _, _ in kernels), "top": kernels[:25]}
+            "kernels_per_call": sum(count for _, count, _, _ in kernels), "unaligned_gemm_ms": unaligned,
+            "top": kernels[:25]}
 
 
 def wall_ms(run: Callable[[], object], calls: int) -> float:
@@ -213,6 +216,65 @@ def attention_backends(base, cache, steps: int) -> dict:
     return rows
 
 
+def lora_ranks(base, cache, steps: int, ranks: tuple[int, ...], compiled: bool) -> dict:
+    """The uncompiled, graphed fast-mode step at several LoRA ranks: rank 4's factors make matrix
+    products with a dimension of 4 (8 bytes in bf16), which cuBLAS runs with Ampere-era kernels for
+    unaligned operands; a rank of 8 or more aligns them to 16 bytes."""
+    rows: dict = {}
+    for rank in ranks:
+        trainer = LoraTrainer(base, TrainingParams(resolution=1024, rank=rank, compile=compiled), cache,
+                              LoopPlan("fast", False, 4, False, "profile"),
+                              compiled_blocks(base.pipe.unet) if compiled else None)
+        try:
+            for step in range(3):
+                trainer.train_step(step)
+            row = {"step_ms": wall_ms(lambda: trainer.train_step(5), steps)}
+            trainer._captured, trainer.graphed = None, False
+            trainer.optimizer.zero_grad(set_to_none=True)
+            trainer.train_step(6)
+            kernels = kernel_profile(lambda: trainer.train_step(7), 1)
+            row["by_family_ms"] = kernels["by_family_ms"]
+            row["unaligned_gemm_ms"] = kernels["unaligned_gemm_ms"]
+            row["top"] = kernels["top"][:12]
+        finally:
+            trainer.close()
+        rows[f"rank {rank}{' compiled' if compiled else ''}"] = row
+        print(rank, json.dumps(row)[:1200], flush=True)
+    return rows
+
+
+def aligned_rank(base, cache, steps: int) -> dict:
+    """The product's rank-4 step trained 8 wide (loop.ALIGNED_RANK) against trained 4 wide as before,
+    graphed, uncompiled, in fast and lean mode; and whether the widening stayed zero."""
+    import engine.training.loop as loop
+
+    rows: dict = {}
+    for mode, checkpointing, offload in (("fast", False, False), ("lean", True, True)):
+        for aligned in (1, loop.ALIGNED_RANK):
+            saved, loop.ALIGNED_RANK = loop.ALIGNED_RANK, aligned
+            try:
+                trainer = LoraTrainer(base, TrainingParams(resolution=1024), cache,
+                                      LoopPlan(mode, checkpointing, 4, offload, "profile"))
+            finally:
+                loop.ALIGNED_RANK = saved
+            try:
+                for step in range(3):
+                    trainer.train_step(step)
+                losses: list[torch.Tensor] = []
+                row = {"trained_rank": trainer.trained_rank,
+                       "step_ms": wall_ms(lambda: losses.append(trainer.train_step(3 + len(losses))), steps)}
+                row["last_loss"] = float(losses[-1])
+                row["widening_max_abs"] = max(
+                    (float(p[4:].abs().max()) if "lora_A" in name else float(p[:, 4:].abs().max()))
+                    for name, p in trainer.unet.named_parameters() if "lora_" in name and p.shape[0 if "lora_A" in name else 1] > 4
+                ) if trainer.trained_rank > 4 else 0.0
+            finally:
+                trainer.close()
+            rows[f"{mode} trained {trainer.trained_rank} wide"] = row
+            print(mode, json.dumps(row), flush=True)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("profile.json"))
@@ -229,6 +291,12 @@ def main() -> int:
             results["training"] = profile_training(base, cache, args.steps)
         elif part == "round":
             results["round_unet"] = profile_round_unet(base, 6, args.steps)
+        elif part == "aligned":
+            results["aligned_rank"] = aligned_rank(base, cache, args.steps)
+        elif part == "ranks":
+            results["lora_ranks"] = lora_ranks(base, cache, args.steps, (4, 8, 16), compiled=False)
+        elif part == "ranks-compiled":
+            results["lora_ranks_compiled"] = lora_ranks(base, cache, args.steps, (4, 8), compiled=True)
         elif part == "attention":
             results["attention_backends"] = attention_backends(base, cache, args.steps)
         print(json.dumps(results, indent=1), flush=True)
