@@ -91,6 +91,35 @@ def flops(run: Callable[[], object]) -> float:
     return float(counter.get_total_flops())
 
 
+def round_unet_call(base, batch: int) -> tuple[Callable[..., torch.Tensor], tuple[torch.Tensor, ...]]:
+    """A UNet call as a validation round makes it (`batch` = its pictures, twice with guidance) and
+    seeded random inputs for it."""
+    unet = base.pipe.unet
+    device, dtype = base.device, base.dtype
+    generator = torch.Generator(device).manual_seed(0)
+    inputs = (
+        torch.randn(batch, 4, 128, 128, device=device, dtype=dtype, generator=generator),
+        torch.tensor(500.0, device=device),
+        torch.randn(batch, 77, 2048, device=device, dtype=dtype, generator=generator),
+        torch.randn(batch, 1280, device=device, dtype=dtype, generator=generator),
+        torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * batch, device=device, dtype=dtype),
+    )
+
+    def call(sample, t, hidden, text, time_ids):
+        return unet(sample, t, hidden, added_cond_kwargs={"text_embeds": text, "time_ids": time_ids}, return_dict=False)[0]
+
+    return call, inputs
+
+
+def kernels_of_a_step(trainer: LoraTrainer, step: int) -> dict:
+    """`kernel_profile` of one step launched kernel by kernel (the trainer's graph dropped for good),
+    after one such step to settle."""
+    trainer.release_graph()
+    trainer.graphed = False
+    trainer.train_step(step)
+    return kernel_profile(lambda: trainer.train_step(step + 1), 1)
+
+
 def profile_training(base, cache, steps: int) -> dict:
     """fast4 compiled + CUDA graph: the step, the replay alone, and the kernels of one step."""
     params = TrainingParams(resolution=1024, compile=True)
@@ -109,10 +138,8 @@ def profile_training(base, cache, steps: int) -> dict:
         row["replay_ms"] = wall_ms(captured.graph.replay, steps)
         row["graphed"] = kernel_profile(lambda: trainer.train_step(next(step)), 2)
         # The same step's kernels launched one by one (if the profiler lists a graph's kernels as one).
-        trainer._captured, trainer.graphed = None, False
-        trainer.optimizer.zero_grad(set_to_none=True)
-        trainer.train_step(next(step))
-        row["eager_launch"] = kernel_profile(lambda: trainer.train_step(next(step)), 1)
+        row["eager_launch"] = kernels_of_a_step(trainer, next(step))
+        next(step)
         n = next(step)
         trainer.compiled = None  # counted on eager blocks: the counter would make dynamo compile again
         row["tflop_per_step"] = flops(lambda: trainer.train_step(n)) / 1e12
@@ -125,20 +152,8 @@ def profile_training(base, cache, steps: int) -> dict:
 def profile_round_unet(base, batch: int, calls: int) -> dict:
     """One UNet call of a validation round (3 pictures with guidance: batch 6) with compiled blocks,
     replayed from a CUDA graph, against the same call with eager blocks."""
-    unet = base.pipe.unet
-    device, dtype = base.device, base.dtype
-    inputs = (
-        torch.randn(batch, 4, 128, 128, device=device, dtype=dtype),
-        torch.tensor(500.0, device=device),
-        torch.randn(batch, 77, 2048, device=device, dtype=dtype),
-        torch.randn(batch, 1280, device=device, dtype=dtype),
-        torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * batch, device=device, dtype=dtype),
-    )
-
-    def call(sample, t, hidden, text, time_ids):
-        return unet(sample, t, hidden, added_cond_kwargs={"text_embeds": text, "time_ids": time_ids}, return_dict=False)[0]
-
-    blocks = compiled_blocks(unet)
+    call, inputs = round_unet_call(base, batch)
+    blocks = compiled_blocks(base.pipe.unet)
     row: dict = {"batch": batch}
     with torch.no_grad():
         row["tflop_per_call"] = flops(lambda: call(*inputs)) / 1e12
@@ -158,7 +173,7 @@ def profile_round_unet(base, batch: int, calls: int) -> dict:
     return row
 
 
-# PyTorch's default order tries its own flash kernel (FlashAttention-2) first and cuDNN's last.
+# cuDNN's attention kernels before PyTorch's own (FlashAttention-2), whatever the dispatch would pick.
 CUDNN_FIRST = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
@@ -167,20 +182,7 @@ def attention_backends(base, cache, steps: int) -> dict:
     default attention kernels and with cuDNN's first, side by side: times, attention's GPU time, and
     how far the results move."""
     rows: dict = {}
-    unet = base.pipe.unet
-    batch = 6
-    generator = torch.Generator(base.device).manual_seed(0)
-    inputs = (
-        torch.randn(batch, 4, 128, 128, device=base.device, dtype=base.dtype, generator=generator),
-        torch.tensor(500.0, device=base.device),
-        torch.randn(batch, 77, 2048, device=base.device, dtype=base.dtype, generator=generator),
-        torch.randn(batch, 1280, device=base.device, dtype=base.dtype, generator=generator),
-        torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]] * batch, device=base.device, dtype=base.dtype),
-    )
-
-    def call(sample, t, hidden, text, time_ids):
-        return unet(sample, t, hidden, added_cond_kwargs={"text_embeds": text, "time_ids": time_ids}, return_dict=False)[0]
-
+    call, inputs = round_unet_call(base, 6)
     outputs = {}
     for label, order in (("default", None), ("cudnn first", CUDNN_FIRST)):
         with sdpa_kernel(order, set_priority=True) if order else nullcontext():
@@ -191,10 +193,7 @@ def attention_backends(base, cache, steps: int) -> dict:
                 losses = []
                 row = {"training_step_ms": wall_ms(lambda: losses.append(trainer.train_step(3 + len(losses))), steps)}
                 row["losses"] = [float(loss) for loss in losses]
-                trainer._captured, trainer.graphed = None, False
-                trainer.optimizer.zero_grad(set_to_none=True)
-                trainer.train_step(3 + steps)
-                step_profile = kernel_profile(lambda: trainer.train_step(4 + steps), 1)
+                step_profile = kernels_of_a_step(trainer, 3 + steps)
                 row["training_by_family_ms"] = step_profile["by_family_ms"]
                 row["training_attention_kernels"] = [k for k in step_profile["top"] if k[2] == "attention"][:6]
             finally:
@@ -229,10 +228,7 @@ def lora_ranks(base, cache, steps: int, ranks: tuple[int, ...], compiled: bool) 
             for step in range(3):
                 trainer.train_step(step)
             row = {"step_ms": wall_ms(lambda: trainer.train_step(5), steps)}
-            trainer._captured, trainer.graphed = None, False
-            trainer.optimizer.zero_grad(set_to_none=True)
-            trainer.train_step(6)
-            kernels = kernel_profile(lambda: trainer.train_step(7), 1)
+            kernels = kernels_of_a_step(trainer, 6)
             row["by_family_ms"] = kernels["by_family_ms"]
             row["unaligned_gemm_ms"] = kernels["unaligned_gemm_ms"]
             row["top"] = kernels["top"][:12]
@@ -264,10 +260,10 @@ def aligned_rank(base, cache, steps: int) -> dict:
                 row = {"trained_rank": trainer.trained_rank,
                        "step_ms": wall_ms(lambda: losses.append(trainer.train_step(3 + len(losses))), steps)}
                 row["last_loss"] = float(losses[-1])
-                row["widening_max_abs"] = max(
-                    (float(p[4:].abs().max()) if "lora_A" in name else float(p[:, 4:].abs().max()))
-                    for name, p in trainer.unet.named_parameters() if "lora_" in name and p.shape[0 if "lora_A" in name else 1] > 4
-                ) if trainer.trained_rank > 4 else 0.0
+                rank = trainer.params.rank
+                widenings = [p[rank:] if "lora_A" in name else p[:, rank:]
+                             for name, p in trainer.unet.named_parameters() if "lora_" in name]
+                row["widening_max_abs"] = max((float(w.abs().max()) for w in widenings if w.numel()), default=0.0)
             finally:
                 trainer.close()
             rows[f"{mode} trained {trainer.trained_rank} wide"] = row

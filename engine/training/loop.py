@@ -248,7 +248,7 @@ class LoraTrainer:
 
     def _initialise(self, params: TrainingParams) -> None:
         """peft's gaussian init at the asked rank, from the run's seed: A's first `rank` rows with
-        standard deviation 1 / rank, the widening rows zero; B zero."""
+        standard deviation 1 / rank, the widening rows zero (peft starts B at zero)."""
         torch.manual_seed(params.seed)
         with torch.no_grad():
             for layer in self.lora_layers:
@@ -257,7 +257,6 @@ class LoraTrainer:
                 down = layer.lora_A[TRAINING_ADAPTER].weight
                 down.zero_()
                 down[: params.rank].normal_(std=1 / params.rank)
-                layer.lora_B[TRAINING_ADAPTER].weight.zero_()
 
     def _conditioning(self, per_step: int) -> None:
         """The per-sample text conditioning and loss weights, the same at every step."""
