@@ -271,6 +271,38 @@ def aligned_rank(base, cache, steps: int) -> dict:
     return rows
 
 
+def optimizer_layouts(base, cache, steps: int) -> dict:
+    """The step's clipping and 8-bit AdamW update over the LoRA's 1,120 tensors one by one (as the
+    trainer runs them) against the same over one flat tensor: wall and host time per update."""
+    from engine.training.optimizer import build_optimizer
+
+    params = TrainingParams(resolution=1024)
+    trainer = LoraTrainer(base, params, cache, LoopPlan("fast", False, 4, False, "profile"))
+    try:
+        for step in range(4):  # the last ones replayed: the gradients sit in the graph's tensors
+            trainer.train_step(step)
+        flat = torch.nn.Parameter(torch.cat([p.detach().flatten() for p in trainer.lora_params]))
+        flat.grad = torch.cat([p.grad.flatten() for p in trainer.lora_params])
+        layouts = {"per tensor": (trainer.lora_params, trainer.optimizer),
+                   "flat": ([flat], build_optimizer(params, [flat], base.device))}
+        rows: dict = {"tensors": len(trainer.lora_params), "elements": flat.numel()}
+        for name, (tensors, optimizer) in layouts.items():
+            def update() -> None:
+                torch.nn.utils.clip_grad_norm_(tensors, params.max_grad_norm)
+                optimizer.step()
+            update()
+            torch.cuda.synchronize()
+            host = time.perf_counter()
+            for _ in range(steps):
+                update()
+            host = (time.perf_counter() - host) / steps
+            rows[name] = {"ms": wall_ms(update, steps), "host_ms": host * 1000}
+            print(name, rows[name], flush=True)
+        return rows
+    finally:
+        trainer.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("profile.json"))
@@ -293,6 +325,8 @@ def main() -> int:
             results["lora_ranks"] = lora_ranks(base, cache, args.steps, (4, 8, 16), compiled=False)
         elif part == "ranks-compiled":
             results["lora_ranks_compiled"] = lora_ranks(base, cache, args.steps, (4, 8), compiled=True)
+        elif part == "optimizer":
+            results["optimizer_layouts"] = optimizer_layouts(base, cache, args.steps)
         elif part == "attention":
             results["attention_backends"] = attention_backends(base, cache, args.steps)
         print(json.dumps(results, indent=1), flush=True)

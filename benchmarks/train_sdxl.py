@@ -125,6 +125,68 @@ def timed(fn):
     return time.perf_counter() - start, result
 
 
+@contextmanager
+def timeline(seconds: dict[str, list[float]]) -> Iterator[None]:
+    """Time the parts of a training run (GPU synchronised around each) into `seconds`, by label:
+    what a run spends besides its steps. The syncs cost little: each part already waits for the
+    GPU (a loss read, pictures or a checkpoint copied to the host)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    import engine.cuda_graphs as graphs_module
+    import engine.generation.generator as generator_module
+    import engine.training.service as service_module
+
+    def add(label: str, start: float) -> None:
+        sync()
+        seconds.setdefault(label, []).append(time.perf_counter() - start)
+
+    def timing(label: str, fn: Callable) -> Callable:
+        def wrapper(*args, **kwargs):
+            sync()
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                add(label, start)
+        return wrapper
+
+    @contextmanager
+    def merged(pipe, name: str) -> Iterator[None]:
+        sync()
+        start = time.perf_counter()
+        with saved_merge(pipe, name):
+            add("round: merge the LoRA", start)
+            yield
+            sync()
+            start = time.perf_counter()
+        add("round: unmerge", start)
+
+    saved_merge = generator_module.merged_adapter
+    patches = [
+        (service_module._Session, "validate", "round (pictures stored and recorded)"),
+        (service_module._Session, "save_checkpoint", "checkpoint"),
+        (service_module._Session, "progress", "progress reports (after the loss read)"),
+        (service_module, "build_cache", "photo cache"),
+        (service_module, "LoraTrainer", "trainer set-up"),
+        (generator_module.Generator, "render", "round: render"),
+        (generator_module.Generator, "_decode", "round: VAE decode"),
+        (StableDiffusionXLPipeline, "__call__", "round: denoising (the pipeline call)"),
+        (graphs_module, "on_side_stream", "round: the UNet graph's warm-up call"),
+        (graphs_module.CapturedCall, "__init__", "CUDA graph captures (step and round)"),
+        (Image.Image, "save", "round: PNG encode"),
+    ]
+    originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    for owner, name, label in patches:
+        setattr(owner, name, timing(label, getattr(owner, name)))
+    generator_module.merged_adapter = merged
+    try:
+        yield
+    finally:
+        for owner, name, original in originals:
+            setattr(owner, name, original)
+        generator_module.merged_adapter = saved_merge
+
+
 def float8_base(unet: torch.nn.Module) -> None:
     """Swap the UNet's Linear layers for torchao's Float8Linear (e4m3 forward, e5m2 gradients, dynamic
     per-tensor scales) before the LoRA wraps them: the frozen base's matmuls in FP8, forward and
@@ -385,10 +447,10 @@ def bench_compile_ahead(base: BaseModel, res: int, mode: str) -> tuple[TrainingC
 
 def bench_end_to_end(
     generator: Generator, work: Path, photos: list[Path], steps: int, mode: str, res: int,
-    compile_ahead: TrainingCompileAhead | None, every: int, label: str = "",
+    compile_ahead: TrainingCompileAhead | None, every: int, label: str = "", parts: bool = False,
 ) -> dict:
     """execute_run itself, from photos to the last checkpoint, on a real SQLite database (its blocks
-    compiled if `compile_ahead` is given)."""
+    compiled if `compile_ahead` is given); with `parts`, the time of each part of the run too."""
     from engine.training.create import create_run
     from engine.training.service import execute_run
 
@@ -408,8 +470,10 @@ def bench_end_to_end(
             on_validation=lambda step, _rows: marks.append((f"validation {step}", time.perf_counter())),
         )
         reset_peak()
+        seconds: dict[str, list[float]] = {}
         start = time.perf_counter()
-        outcome = await execute_run(db, store, data, generator, run_id, hooks, compile_ahead=compile_ahead)
+        with timeline(seconds) if parts else nullcontext():
+            outcome = await execute_run(db, store, data, generator, run_id, hooks, compile_ahead=compile_ahead)
         wall = time.perf_counter() - start
         pictures = []  # (step, mean, std, brightest value) of each validation picture: a black one has std 0
         for image in await runs.list_validation_images(db, run_id):
@@ -420,6 +484,8 @@ def bench_end_to_end(
         return {"mode": mode + ("+compiled ahead" if compile_ahead else "") + (f" ({label})" if label else ""),
                 "steps": steps, "status": outcome.status, "error": outcome.error, "wall_s": wall, "peak_gib": peak_gib(),
                 "marks": [(label, t - start) for label, t in marks],
+                "parts": {label: {"count": len(times), "s": sum(times), "longest_s": max(times)}
+                          for label, times in seconds.items()},
                 "losses_reported": len(losses), "losses_not_finite": sum(not np.isfinite(loss) for loss in losses),
                 "last_loss": losses[-1] if losses else None,
                 "black_pictures": sum(std < 1.0 for _, _, std, _ in pictures), "pictures": pictures}
@@ -445,6 +511,7 @@ def main() -> int:
     parser.add_argument("--full-compile-only", action="store_true", help="with --full-compile, skip the uncompiled run")
     parser.add_argument("--full-previous", action="store_true",
                         help="with --full-compile, then the compiled run again with validation as up to aee50af (LoRA live)")
+    parser.add_argument("--full-parts", action="store_true", help="time each part of the end-to-end runs too")
     parser.add_argument("--validation-steps", type=int, default=50,
                         help="training steps before the validation rounds are measured (so the LoRA has moved); -1: no rounds")
     parser.add_argument("--class-images-compiled", type=int, default=0,
@@ -553,7 +620,7 @@ def main() -> int:
                             save()
                     if compiled or not args.full_compile_only:
                         row = bench_end_to_end(generator, work, photos, args.full_steps, mode, res, ahead,
-                                               min(args.full_every, args.full_steps))
+                                               min(args.full_every, args.full_steps), parts=args.full_parts)
                         print(row, flush=True)
                         results["end_to_end"].append(row)
                     if compiled and args.full_previous:
