@@ -125,6 +125,9 @@ def timed(fn):
     return time.perf_counter() - start, result
 
 
+PNG = "round: PNG encode (each picture)"
+
+
 @contextmanager
 def timeline(seconds: dict[str, list[float]]) -> Iterator[None]:
     """Time the parts of a training run (GPU synchronised around each) into `seconds`, by label:
@@ -136,18 +139,21 @@ def timeline(seconds: dict[str, list[float]]) -> Iterator[None]:
     import engine.generation.generator as generator_module
     import engine.training.service as service_module
 
-    def add(label: str, start: float) -> None:
-        sync()
+    def add(label: str, start: float, synced: bool = True) -> None:
+        if synced:
+            sync()
         seconds.setdefault(label, []).append(time.perf_counter() - start)
 
     def timing(label: str, fn: Callable) -> Callable:
+        synced = label != PNG  # encoded in threads beside the training: a sync there would wait for its steps
         def wrapper(*args, **kwargs):
-            sync()
+            if synced:
+                sync()
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
-                add(label, start)
+                add(label, start, synced)
         return wrapper
 
     @contextmanager
@@ -173,7 +179,7 @@ def timeline(seconds: dict[str, list[float]]) -> Iterator[None]:
         (StableDiffusionXLPipeline, "__call__", "round: denoising (the pipeline call)"),
         (graphs_module, "on_side_stream", "round: the UNet graph's warm-up call"),
         (graphs_module.CapturedCall, "__init__", "CUDA graph captures (step and round)"),
-        (Image.Image, "save", "round: PNG encode"),
+        (Image.Image, "save", PNG),
     ]
     originals = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
     for owner, name, label in patches:
@@ -247,7 +253,7 @@ def check_graphs(base: BaseModel, cache, res: int, steps: int = 6) -> dict:
         plan = LoopPlan("fast", False, params.images_per_step, False, "graph check")
         trainer = LoraTrainer(base, params, cache, plan)
         if stock:
-            trainer.optimizer = bnb.optim.AdamW8bit(trainer.lora_params, lr=params.learning_rate, betas=(0.9, 0.999),
+            trainer.optimizer = bnb.optim.AdamW8bit([trainer.master], lr=params.learning_rate, betas=(0.9, 0.999),
                                                     weight_decay=1e-4, eps=1e-8)
             trainer.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(trainer.optimizer, lambda _: 1.0)
         try:

@@ -118,6 +118,34 @@ async def test_run_trains_and_records_checkpoints_and_validation(
     assert torch.equal(unet_output(base), before)
 
 
+async def test_a_round_that_cannot_be_stored_fails_the_run_and_its_checkpoint_stays_for_a_resume(
+    db, store: FileStore, data: DataDir, generator: Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rounds are stored while the training goes on; a round that fails to store (a full disk
+    here) still ends the run as a failure in plain words, and nothing is left half-written."""
+    pet = await pet_with_photos(db, store)
+    run_id = await create_run(db, store, pet, TrainingParams(steps=4, checkpoint_every=2, validate_every=2, **QUICK))
+    real_put = store.put_file
+
+    async def disk_full_at_step_2(key: str, path: Path, *, move: bool = False) -> None:
+        if "/validation/step-00002-" in key:
+            raise OSError(28, "No space left on device")
+        await real_put(key, path, move=move)
+
+    monkeypatch.setattr(store, "put_file", disk_full_at_step_2)
+    outcome = await execute_run(db, store, data, generator, run_id)
+
+    assert outcome.status == "failed" and "No space left on device" in outcome.error
+    assert {image.step for image in await runs.list_validation_images(db, run_id)} == {0}
+    checkpoints = await runs.list_checkpoints(db, run_id)
+    assert checkpoints[0].step == 2 and await store.exists(state_key(checkpoints[0].path))
+    assert list(data.tmp_dir().iterdir()) == []
+
+    monkeypatch.setattr(store, "put_file", real_put)
+    resumed = await execute_run(db, store, data, generator, run_id)
+    assert (resumed.status, resumed.step) == ("succeeded", 4)
+    assert sorted({image.step for image in await runs.list_validation_images(db, run_id)}) == [0, 2, 4]
+
+
 async def test_kohya_file_uses_sdxl_kohya_names_that_map_onto_the_unet(
     db, store: FileStore, data: DataDir, base: BaseModel, generator: Generator) -> None:
     pet = await pet_with_photos(db, store)
@@ -178,6 +206,25 @@ def test_a_lora_trained_wider_for_speed_saves_exactly_what_it_learnt(base: BaseM
     finally:
         unet.delete_adapters("saved")
         unet.unload_lora()
+
+
+def test_steps_still_train_the_unet_after_its_layers_were_moved_away_and_back(base: BaseModel) -> None:
+    """A picture painted in low memory mode moves the UNet to the CPU and back between two steps,
+    which gives every layer new tensors: the optimizer's flat copy must still reach them."""
+    params = TrainingParams(steps=3, **QUICK)
+    unet = base.pipe.unet
+    trainer = LoraTrainer(base, params, synthetic_cache(base, params), plan_memory(params, base, None))
+    try:
+        trainer.train_step(0)
+        unet.to(torch.float64).to(base.dtype)  # new memory for every tensor, the same values
+        unet.eval()
+        before = unet_output(base)
+        trainer.activate()
+        trainer.train_step(1)
+        unet.eval()
+        assert not torch.allclose(unet_output(base), before)
+    finally:
+        trainer.close()
 
 
 def test_a_checkpoint_saved_before_the_widening_still_resumes(base: BaseModel) -> None:

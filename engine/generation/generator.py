@@ -273,14 +273,18 @@ class Generator:
             guidance_interval=interval,
         )
 
-    def render(self, job: Render, *, adapter: str | None = None, blocks: CompiledBlocks | None = None) -> list[Image.Image]:
+    def render(
+        self, job: Render, *, adapter: str | None = None, blocks: CompiledBlocks | None = None, keep_graphs: bool = False,
+    ) -> list[Image.Image]:
         """Pictures from embeddings (renders.py): with a paused training's `adapter` merged into the
         weights (a validation round: loras.merged_adapter) or with the plain base model (class images).
 
         Replayed from the UNet's graphs; compiled where the shape was compiled ahead and no
         adapter is on the UNet, or in `blocks`, a training's compiled blocks, whose validation
         variants were compiled with its step (engine/training/compile_ahead.py). With an adapter
-        on, the graphs go after the last picture: the training wants their memory back.
+        on, the graphs go after the last picture (the training wants their memory back) unless
+        `keep_graphs`: then the next round replays them rather than warm up and capture again
+        (0.2 s a round on an H200), and the caller releases them (`release_graphs`) when done.
         """
         pipe = self.base.pipe  # the model's own pipeline and scheduler, as training's pictures always had
         pictures: list[Image.Image] = []
@@ -306,7 +310,7 @@ class Generator:
                             ).images
                             pictures += self._decode(latents)
             finally:
-                if adapters:
+                if adapters and not keep_graphs:
                     self.release_graphs()
         return pictures
 
