@@ -295,6 +295,34 @@ def level_difference(a: list[Image.Image], b: list[Image.Image]) -> float:
     return float(np.mean([np.abs(np.asarray(x, np.int16) - np.asarray(y, np.int16)).mean() for x, y in zip(a, b)]))
 
 
+def check_kept_round_graph(base: BaseModel, generator: Generator, cache, res: int) -> dict:
+    """A round replayed from the UNet graph the previous round kept (fast mode) against the same round
+    from a freshly captured graph, the LoRA trained 3 more steps in between: the same pictures?"""
+    trainer = LoraTrainer(base, TrainingParams(resolution=res), cache, LoopPlan("fast", False, 4, False, "benchmark"))
+    job = Render(cache.validation, cache.validation_negative, [42, 43, 44], res, 25, 5.0, 3)
+
+    def round_(keep: bool) -> list[Image.Image]:
+        pictures = generator.render(job, adapter=TRAINING_ADAPTER, keep_graphs=keep)
+        trainer.activate()
+        return pictures
+
+    try:
+        for step in range(2):
+            trainer.train_step(step)
+        first_s, first = timed(lambda: round_(True))
+        for step in range(2, 5):
+            trainer.train_step(step)
+        kept_s, kept = timed(lambda: round_(True))
+        generator.release_graphs()
+        fresh_s, fresh = timed(lambda: round_(False))
+    finally:
+        trainer.close()
+        generator.release_graphs()
+    return {"first_s": first_s, "kept_s": kept_s, "fresh_s": fresh_s,
+            "kept_vs_fresh_levels": level_difference(kept, fresh),
+            "kept_vs_first_round_levels": level_difference(first, kept)}
+
+
 def diffusers_validation(base: BaseModel, cache, seeds: list[int], res: int, batch: int) -> list[Image.Image]:
     """A validation round as it was painted before the Generator did it: the pipeline called directly."""
     pictures = []
@@ -518,6 +546,8 @@ def main() -> int:
     parser.add_argument("--full-previous", action="store_true",
                         help="with --full-compile, then the compiled run again with validation as up to aee50af (LoRA live)")
     parser.add_argument("--full-parts", action="store_true", help="time each part of the end-to-end runs too")
+    parser.add_argument("--kept-graph-check", action="store_true",
+                        help="a round replayed from the previous round's kept graph against a fresh one")
     parser.add_argument("--validation-steps", type=int, default=50,
                         help="training steps before the validation rounds are measured (so the LoRA has moved); -1: no rounds")
     parser.add_argument("--class-images-compiled", type=int, default=0,
@@ -574,6 +604,10 @@ def main() -> int:
     eager_pictures: dict[int, list[Image.Image]] = {}
     if args.validation_steps >= 0:
         results["validation"], eager_pictures = bench_validation(base, generator, cache, res, args.validation_steps)
+        save()
+    if args.kept_graph_check:
+        results["kept_round_graph"] = check_kept_round_graph(base, generator, cache, res)
+        print("kept round graph:", results["kept_round_graph"], flush=True)
         save()
     if args.class_images_compiled:
         results["class_images_compiled"] = bench_class_images_compiled(
