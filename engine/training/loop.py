@@ -223,8 +223,8 @@ class LoraTrainer:
         # What the optimizer updates: the LoRA's tensors end to end in one, with one flat gradient
         # gathered from theirs; the updated values are copied back into the layers after each step.
         # (Copies rather than views: a generation in low memory mode moves the UNet to the CPU and
-        # back, which gives every layer tensor new memory.)
-        self.master = torch.nn.Parameter(torch.cat([p.detach().reshape(-1) for p in self.lora_params]),
+        # back, which gives every layer tensor new memory. The UNet may be on the CPU right now.)
+        self.master = torch.nn.Parameter(torch.cat([p.detach().reshape(-1) for p in self.lora_params]).to(self.device),
                                          requires_grad=False)
         self.master.grad = torch.zeros_like(self.master)
         self._master_views = [view.view(p.shape) for view, p in
