@@ -169,7 +169,7 @@ def timeline(seconds: dict[str, list[float]]) -> Iterator[None]:
 
     saved_merge = generator_module.merged_adapter
     patches = [
-        (service_module._Session, "validate", "round (pictures stored and recorded)"),
+        (service_module._Session, "validate", "round on the training thread (storing too before 28b1e47)"),
         (service_module._Session, "save_checkpoint", "checkpoint"),
         (service_module._Session, "progress", "progress reports (after the loss read)"),
         (service_module, "build_cache", "photo cache"),

@@ -224,7 +224,7 @@ class LoraTrainer:
         # gathered from theirs; the updated values are copied back into the layers after each step.
         # (Copies rather than views: a generation in low memory mode moves the UNet to the CPU and
         # back, which gives every layer tensor new memory. The UNet may be on the CPU right now.)
-        self.master = torch.nn.Parameter(torch.cat([p.detach().reshape(-1) for p in self.lora_params]).to(self.device),
+        self.master = torch.nn.Parameter(_flat([p.detach() for p in self.lora_params]).to(self.device),
                                          requires_grad=False)
         self.master.grad = torch.zeros_like(self.master)
         self._master_views = [view.view(p.shape) for view, p in
@@ -414,7 +414,7 @@ class LoraTrainer:
                 loss = (mse * weight[part]).sum()
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
                 total += loss.detach()
-        torch.cat([p.grad.reshape(-1) for p in self.lora_params], out=self.master.grad)
+        _flat([p.grad for p in self.lora_params], out=self.master.grad)
         self._drop_gradients()
         return total
 
@@ -462,7 +462,7 @@ class LoraTrainer:
         if result.unexpected_keys:
             raise RuntimeError(f"the checkpoint does not match this LoRA: unexpected keys {result.unexpected_keys[:3]}")
         with torch.no_grad():
-            self.master.copy_(torch.cat([p.detach().reshape(-1) for p in self.lora_params]))
+            self.master.copy_(_flat([p.detach() for p in self.lora_params]))
         if state.get("optimizer_layout") == OPTIMIZER_LAYOUT and state.get("trained_rank") == self.trained_rank:
             self.optimizer.load_state_dict(state["optimizer"])
         else:  # saved by an older version: moments per tensor, or at the asked rank
@@ -485,6 +485,11 @@ class LoraTrainer:
             self.unet.unload_lora()
         self.unet.disable_gradient_checkpointing()
         self.unet.eval()
+
+
+def _flat(tensors: list[torch.Tensor], out: torch.Tensor | None = None) -> torch.Tensor:
+    """The tensors end to end in one flat tensor (written into `out` if given), in the LoRA's order."""
+    return torch.cat([tensor.reshape(-1) for tensor in tensors], out=out)
 
 
 def _at_rank(key: str, factor: torch.Tensor, rank: int) -> torch.Tensor:

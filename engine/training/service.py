@@ -167,6 +167,12 @@ async def _class_images(
     )
 
 
+async def _called(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """fn(*args, **kwargs), awaited if it is a coroutine (the caller's hooks may be either)."""
+    result = fn(*args, **kwargs)
+    return await result if inspect.isawaitable(result) else result
+
+
 async def _resume_point(db: Queries, store: FileStore, run_id: int) -> tuple[int, dict, str, int] | None:
     """(step, training state, checkpoint key, checkpoint id) of the newest checkpoint that can be resumed from."""
     for checkpoint in reversed(await runs.list_checkpoints(db, run_id)):
@@ -215,12 +221,7 @@ class _Session:
 
     def on_loop(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run fn(*args, **kwargs) on the event loop (awaiting it if it is a coroutine) and wait for the result."""
-
-        async def call() -> Any:
-            result = fn(*args, **kwargs)
-            return await result if inspect.isawaitable(result) else result
-
-        return asyncio.run_coroutine_threadsafe(call(), self.loop).result()
+        return asyncio.run_coroutine_threadsafe(_called(fn, *args, **kwargs), self.loop).result()
 
     def run(self, resume_from: tuple[int, dict, str, int] | None, class_paths: list[Path]) -> int:
         params, base = self.params, self.base
@@ -395,9 +396,7 @@ class _Session:
                 path.unlink(missing_ok=True)
         rows = await runs.list_validation_images(self.db, self.run_id, step)
         if self.hooks.on_validation:
-            result = self.hooks.on_validation(step, rows)
-            if inspect.isawaitable(result):
-                await result
+            await _called(self.hooks.on_validation, step, rows)
 
     def score(self, step: int, pictures: list[Image.Image]) -> list[ImageScores | None]:
         """This round's scores on the training's device; None for each picture without a scorer or
