@@ -17,6 +17,7 @@ from discord.ext import commands
 
 from bot.checks import UserError
 from bot.command_sync import sync_if_changed
+from bot.formatting import MESSAGE_LIMIT, clip
 from bot.job_messages import JobMessages
 from bot.job_relay import JobRelay
 from bot.settings import BotSettings
@@ -49,7 +50,12 @@ def intents() -> discord.Intents:
 
 class PawtraitBot(commands.Bot):
     def __init__(self, settings: Settings, bot_settings: BotSettings, *, relay_interval_s: float = 1.0) -> None:
-        super().__init__(command_prefix=commands.when_mentioned, intents=intents(), help_command=None)
+        # Pings nobody unless a message allows its one member (bot.mentions): member text such as
+        # a pet called "@everyone" must never notify a server.
+        super().__init__(
+            command_prefix=commands.when_mentioned, intents=intents(), help_command=None,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
         self.settings = settings
         self.bot_settings = bot_settings
         self.data = DataDir(settings.data_dir)  # this host's own folder: a cache and the commands hash
@@ -104,6 +110,7 @@ class PawtraitBot(commands.Bot):
 async def send_ephemeral(interaction: discord.Interaction, text: str) -> None:
     """Answer privately; after a defer, the 'thinking' message becomes the answer (Discord
     keeps the visibility the defer chose, so cogs check what they can before deferring)."""
+    text = clip(text, MESSAGE_LIMIT)  # errors quote what the member typed
     if interaction.response.is_done():
         await interaction.edit_original_response(content=text, attachments=[], view=None)
     else:

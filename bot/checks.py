@@ -9,6 +9,7 @@ from __future__ import annotations
 import discord
 from discord import app_commands
 
+from bot.formatting import clip
 from storage.db import Queries
 from storage.guild_settings import get_guild_settings
 from storage.pets import Pet, find_pet, list_pets
@@ -33,7 +34,7 @@ async def pet_named(db: Queries, interaction: discord.Interaction, name: str) ->
     """The server's pet of that name; pets of other servers do not exist here."""
     pet = await find_pet(db, guild_key(interaction), name)
     if pet is None:
-        raise UserError(f"There is no pet called **{name}** in this server. `/pets` lists them; `/teach` adds one.")
+        raise UserError(f"There is no pet called **{clip(name, 100)}** in this server. `/pets` lists them; `/teach` adds one.")
     return pet
 
 

@@ -1,6 +1,35 @@
-"""How numbers look in Discord messages: progress bars, durations, queue positions, scores."""
+"""How text and numbers look in Discord messages: member text cut to fit, listings that end
+with "…and N more", progress bars, durations, queue positions, scores.
+
+Discord refuses a message over 2,000 characters outright (the member sees nothing), and
+members can type thousands of characters into prompts, negatives and file names; every
+echo of member text goes through `clip`, every listing through `listing`.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+
+MESSAGE_LIMIT = 2000  # characters of a message's content (Discord answers 400 beyond it)
+ECHO_LIMIT = 300  # a prompt, negative or file name quoted inside a longer message
+
+
+def clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    """`text` cut to at most `limit` characters, ending with an ellipsis when it was cut."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def listing(
+    head: Sequence[str], items: Sequence[str], tail: Sequence[str] = (), limit: int = MESSAGE_LIMIT, left_out: int = 0
+) -> str:
+    """The head lines, as many items as fit within `limit` beside the tail, then "…and N more"
+    (N counts `left_out` too: items the caller did not even render)."""
+    for count in range(len(items), -1, -1):
+        hidden = len(items) - count + left_out
+        text = "\n".join([*head, *items[:count], *([f"…and {hidden} more"] if hidden else []), *tail])
+        if len(text) <= limit:
+            return text
+    return clip(text, limit)  # the head and tail alone are too long: cut them too
 
 
 def progress_bar(done: int, total: int, width: int = 20) -> str:

@@ -4,6 +4,8 @@ Cogs call `status` for a job's one message (a training's status in its thread, a
 generation's preview and result under the command) and `send` for other posts. Edits are
 rate limited per job (Discord limits edits); the newest state is kept and shown once the
 interval has passed (`flush_due`, called by the relay), so the last state always lands.
+A message pings nobody unless `ping` names the one member it is for (bot.mentions), and
+its text is cut to Discord's limit, since it quotes prompts and names members typed.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.formatting import MESSAGE_LIMIT, clip
+from bot.mentions import only
 from storage.discord_posts import DiscordJob, get_discord_job
 
 if TYPE_CHECKING:
@@ -56,12 +60,12 @@ class JobMessages:
         return channel  # type: ignore[return-value]
 
     async def send(
-        self, channel_id: str, content: str, files: list[Path | discord.File] | None = None, allowed: bool = False
+        self, channel_id: str, content: str, files: list[Path | discord.File] | None = None, ping: str | None = None
     ) -> discord.Message | None:
+        """Post a message; `ping` is the member id it notifies (nobody else, whatever the text says)."""
         channel = await self.channel(channel_id)
-        mentions = discord.AllowedMentions(users=True) if allowed else discord.AllowedMentions.none()
         attached = [item if isinstance(item, discord.File) else discord.File(item) for item in files or []]
-        return await channel.send(content, files=attached, allowed_mentions=mentions)
+        return await channel.send(clip(content, MESSAGE_LIMIT), files=attached, allowed_mentions=_mentions(ping))
 
     async def status(
         self,
@@ -71,7 +75,7 @@ class JobMessages:
         force: bool = False,
         interval_s: float = STATUS_EDIT_INTERVAL_S,
         view: discord.ui.View | None = None,
-        allowed: bool = False,
+        ping: str | None = None,
     ) -> discord.Message | None:
         """Edit the job's status message now, or remember the newest state for later."""
         now = time.monotonic()
@@ -80,12 +84,12 @@ class JobMessages:
             return None
         self._pending.pop(target.job_id, None)
         self._last_edit[target.job_id] = now
-        return await self._edit(target, content, files or [], view, allowed)
+        return await self._edit(target, content, files or [], view, ping)
 
     async def _edit(
-        self, target: DiscordJob, content: str, files: list[Path], view: discord.ui.View | None, allowed: bool
+        self, target: DiscordJob, content: str, files: list[Path], view: discord.ui.View | None, ping: str | None
     ) -> discord.Message | None:
-        mentions = discord.AllowedMentions(users=True) if allowed else discord.AllowedMentions.none()
+        content, mentions = clip(content, MESSAGE_LIMIT), _mentions(ping)
         kwargs: dict[str, Any] = {"view": view} if view is not None else {}
         if target.status_message_id is None:
             channel = await self.channel(target.post_channel_id)
@@ -113,6 +117,10 @@ class JobMessages:
                 continue
             self._last_edit[job_id] = now
             try:
-                await self._edit(target, pending.content, [p for p in pending.files if p.is_file()], None, False)
+                await self._edit(target, pending.content, [p for p in pending.files if p.is_file()], None, None)
             except discord.HTTPException as error:
                 log.warning("could not update the status of job %s: %s", job_id, error)
+
+
+def _mentions(ping: str | None) -> discord.AllowedMentions:
+    return discord.AllowedMentions.none() if ping is None else only(ping)

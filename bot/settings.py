@@ -9,7 +9,7 @@ discord.py reads every URL from.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import discord
 import yarl
@@ -29,7 +29,7 @@ def _url(*schemes: str):
 
 @dataclass(frozen=True)
 class BotSettings:
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)  # a secret: never in a repr, a log line or a traceback
     api_base: str | None = None  # e.g. https://discord.com/api/v10 (None = Discord's own)
     gateway_url: str | None = None  # e.g. wss://gateway.discord.gg (None = Discord's own)
     dev_guild: int | None = None  # commands sync to this server instantly instead of globally

@@ -8,7 +8,8 @@ import platform
 import tempfile
 from pathlib import Path
 
-from config.settings import Settings
+from config.redaction import known_secrets, scrub
+from config.settings import Settings, environment
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -137,22 +138,16 @@ async def _storage_lines(settings: Settings) -> list[tuple[str, bool]]:
 
 def _database_where(settings: Settings) -> str:
     """The configured database without its password (or the variable's name if it cannot be parsed)."""
-    from storage.db import async_url
+    from storage.db import async_url, describe_url
 
     try:
-        return async_url(settings.database_url).render_as_string(hide_password=True)
+        return describe_url(async_url(settings.database_url))
     except Exception:  # noqa: BLE001 - an unparseable URL is described by its variable
         return "PAWTRAIT_DATABASE_URL"
 
 
 def _scrub(text: str, settings: Settings) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        password = make_url(settings.database_url).password
-    except Exception:  # noqa: BLE001
-        password = None
-    return text.replace(str(password), "***") if password else text
+    return scrub(text, known_secrets({**settings.extra, "PAWTRAIT_DATABASE_URL": settings.database_url}))
 
 
 def _database_problem(error: BaseException, settings: Settings) -> str:
@@ -199,7 +194,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 shared_needs.append(f"{what} ({variable})")
     else:
         shared_needs.append("a writable data folder (PAWTRAIT_DATA_DIR)")
-    token_set = bool(settings.extra.get("DISCORD_TOKEN", "").strip())
+    token_set = bool(environment().get("DISCORD_TOKEN", "").strip())
     print(f"Discord token: {'set' if token_set else 'not set'}")
     needs = shared_needs + worker_needs
     if args.role == "bot":

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from types import ModuleType
 
 from cli import bot, doctor, evaluate, export, imagine, jobs, migrate, pets, tiny_model, train
-from config.settings import Settings, SettingsError
+from config.redaction import scrub_logs
+from config.settings import Settings, SettingsError, environment
 
 # Each module has register(subparsers) that adds its subcommands with a `run(args, settings) -> int`.
 COMMAND_MODULES: list[ModuleType] = [doctor, tiny_model, pets, train, imagine, jobs, bot, migrate, export, evaluate]
@@ -34,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
+    scrub_logs(environment())
     try:
         settings = Settings.from_env()
     except SettingsError as error:

@@ -17,7 +17,13 @@ from typing import TypeVar
 
 from dotenv import dotenv_values
 
+from config.redaction import scrub
+
 T = TypeVar("T")
+
+# Read by the bot alone (bot.settings): never kept in `Settings.extra`, whose variables reach
+# worker processes and the file store's client.
+BOT_ONLY_VARIABLES = frozenset({"DISCORD_TOKEN"})
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_VAE = "madebyollin/sdxl-vae-fp16-fix"
@@ -64,8 +70,8 @@ def read(
 
 
 def without_password(raw: str) -> str:
-    """repr() of a URL with the password of any user:password@ part replaced by ***."""
-    return repr(re.sub(r"(://[^/@:]*:).*@", r"\1***@", raw))  # to the last '@': passwords may hold '@' or '/'
+    """repr() of a URL without its password (user:password@ or ?password=)."""
+    return repr(scrub(raw))
 
 
 def positive_int(raw: str) -> int:
@@ -195,7 +201,7 @@ class Settings:
             scores=read(env, "PAWTRAIT_SCORES", True, boolean, "on or off"),
             score_dino=read(env, "PAWTRAIT_SCORE_DINO", DEFAULT_SCORE_DINO, _model_source, MODEL_SOURCE),
             score_clip=read(env, "PAWTRAIT_SCORE_CLIP", DEFAULT_SCORE_CLIP, _model_source, MODEL_SOURCE),
-            extra=dict(env),
+            extra={name: value for name, value in env.items() if name not in BOT_ONLY_VARIABLES},
         )
 
 

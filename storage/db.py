@@ -33,6 +33,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql import Executable
 
+from config.redaction import scrub
 from storage.dialects import LockKey
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class Database(_Reads):
 
     def describe(self) -> str:
         """The database, for logs and `pawtrait doctor`: never the password."""
-        return self.engine.url.render_as_string(hide_password=True)
+        return describe_url(self.engine.url)
 
     async def execute(self, statement: Executable, params: Any = None) -> CursorResult:
         """Run one statement in its own implicit transaction, retrying while the database is unreachable."""
@@ -219,7 +220,7 @@ async def _wait_or_raise(error: Exception, deadline: float, where: str) -> None:
         raise error
     if time.monotonic() > deadline:
         raise DatabaseUnavailable(
-            f"cannot reach the database {where} ({getattr(error, 'orig', None) or error}); check that it is running and that "
+            f"cannot reach the database {where} ({scrub(str(getattr(error, 'orig', None) or error))}); check that it is running and that "
             "PAWTRAIT_DATABASE_URL is right"
         ) from error
     log.warning("database %s unreachable (%s); retrying", where or "", type(getattr(error, "orig", None) or error).__name__)
@@ -227,6 +228,13 @@ async def _wait_or_raise(error: Exception, deadline: float, where: str) -> None:
 
 
 # --- opening ------------------------------------------------------------------------------
+
+
+def describe_url(url: URL) -> str:
+    """The URL without its password: SQLAlchemy hides `user:password@` but prints libpq's
+    `?password=` (and `sslpassword=`) query parameters as they are."""
+    return scrub(url.render_as_string(hide_password=True))
+
 
 
 def async_url(url: str) -> URL:

@@ -386,6 +386,8 @@ async def test_a_failed_training_says_why_and_mentions_the_owner(world: World) -
         "the failure message",
     )
     assert failed[0].content.startswith(f"<@{world.carol.id}>") and "missing" in failed[0].content
+    job_id = (await query(world.db, "SELECT id FROM jobs WHERE status = 'failed'"))[0]["id"]
+    assert f"(job #{job_id})" in failed[0].content  # the reference an admin finds the details by in the log
 
 
 async def test_with_no_votes_the_suggested_checkpoint_is_kept_and_the_owner_downloads_the_lora(world: World) -> None:

@@ -137,3 +137,17 @@ async def test_a_refused_login_and_a_missing_bucket_are_reported_in_plain_words(
     assert 'not usable (password authentication failed for user "pawtrait")' in line(result.stdout, "database: ")
     assert "The bucket 'no-such-bucket' does not exist" in line(result.stdout, "file store: ")
     assert "wrong-password" not in output and env["AWS_SECRET_ACCESS_KEY"] not in output
+
+
+async def test_a_password_in_the_query_string_is_never_printed(
+    settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """libpq's `?password=` form, which SQLAlchemy's hide_password leaves in."""
+    password = "query-string-password"
+    url = f"postgresql://pawtrait@127.0.0.1:{free_port()}/pawtrait?password={password}"
+    result = await asyncio.to_thread(doctor, {**settings_env(settings), "PAWTRAIT_DATABASE_URL": url}, tmp_path,
+                                     "--for", "worker")
+    output = result.stdout + result.stderr + caplog.text
+    assert result.returncode == 1, output
+    assert "password=***" in line(result.stdout, "database: ") and "cannot reach it" in line(result.stdout, "database: ")
+    assert password not in output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import socket
 import subprocess
 import sys
@@ -9,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from bot.settings import BotSettings
+from config.redaction import scrub_logs
 from config.settings import DEFAULT_MODEL, DEFAULT_VAE, Settings, SettingsError, environment
 
 
@@ -161,3 +165,40 @@ def test_a_worker_told_to_use_a_gpu_that_is_not_there_says_so(tmp_path: Path) ->
     result = start(tmp_path, "engine.worker", "--gpu", "0", CUDA_VISIBLE_DEVICES="", PAWTRAIT_DEVICE="auto")
     assert result.returncode == 1 and "there is no GPU 0 here" in result.stderr
     assert not (tmp_path / "data").exists()  # stopped before touching anything
+
+
+def test_the_discord_token_stays_with_the_bot_and_out_of_every_repr(tmp_path: Path) -> None:
+    token = "MTIz.discord-token-value"
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"DISCORD_TOKEN={token}\nPAWTRAIT_DATABASE_URL=postgresql://u:db-password@db/p\n")
+    env = environment(env_file)
+    settings = Settings.from_env(env)  # what a worker reads: the `.env` too
+    assert "DISCORD_TOKEN" not in settings.extra
+    bot = BotSettings.from_env(env)
+    assert bot.token == token
+    assert token not in repr(bot) and token not in repr(settings) and "db-password" not in repr(settings)
+
+
+def test_log_records_never_hold_a_credential() -> None:
+    password, token, key = "query-password", "MTIz.discord-token-value", "aws-secret-key-value"
+    url = f"postgresql://pawtrait@db.internal/pawtrait?password={password}"
+    env = {"PAWTRAIT_DATABASE_URL": url, "DISCORD_TOKEN": token, "AWS_SECRET_ACCESS_KEY": key}
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        scrub_logs(env)
+        log = logging.getLogger("pawtrait.test")
+        log.warning("connecting to %s with %s", url, token)
+        log.warning("other URL: postgresql://someone:other-password@host/db")
+        try:
+            raise RuntimeError(f"refused: key {key}")
+        except RuntimeError:
+            log.exception("failed")
+    finally:
+        root.removeHandler(handler)
+    written = out.getvalue()
+    assert "password=***" in written and "someone:***@host" in written and "Traceback" in written
+    for secret in (password, token, key, "other-password"):
+        assert secret not in written

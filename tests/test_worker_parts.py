@@ -91,7 +91,18 @@ def test_failures_are_explained_in_plain_words() -> None:
     assert oom.startswith("ran out of GPU memory while painting") and "fewer images" in oom
     assert "lean" in describe_failure("train", RuntimeError("CUDA error: out of memory"))
     assert describe_failure("generate", ValueError("the prompt is empty")) == "the prompt is empty"
-    assert describe_failure("generate", KeyError("request")) == "painting failed: KeyError: 'request'"
+    unexpected = describe_failure("generate", KeyError("request"))
+    assert unexpected.startswith("painting failed because of a problem on the server") and "KeyError" not in unexpected
+
+
+async def test_a_database_error_reaches_the_member_without_sql_or_internals(db: Database) -> None:
+    """As when `/forget` deletes a pet while it is painted: the picture's row cannot be written."""
+    with pytest.raises(Exception) as caught:
+        await db.execute(generations.insert().values(guild_id="1", prompt="a photo of TOK"))
+    text = describe_failure("generate", caught.value)
+    assert text.startswith("painting failed because of a problem on the server")
+    for internal in ("SQL", "INSERT", "generations", "IntegrityError", "sqlite", "constraint", str(db.url.database)):
+        assert internal.lower() not in text.lower()
 
 
 async def add_generation(db: Database, store: FileStore, created_at: str | None = None) -> list[str]:

@@ -18,7 +18,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.checks import UserError, guild_key, pet_choices, pet_named
-from bot.formatting import progress_bar, queue_line
+from bot.formatting import clip, progress_bar, queue_line
 from bot.job_relay import JobUpdate
 from engine.generation.request import (
     DEFAULT_VARIATION_STRENGTH,
@@ -82,7 +82,7 @@ async def queue_generation(
     seed = f" · seed {request.seed}" if request.seed is not None else ""
     varied = f" · variations of image {request.source_image}" if request.is_variation else ""
     await interaction.response.send_message(
-        f"🎨 **{request.prompt}**{who}{seed}{varied} · {request.count} image{'s' * (request.count != 1)} · "
+        f"🎨 **{clip(request.prompt)}**{who}{seed}{varied} · {request.count} image{'s' * (request.count != 1)} · "
         f"{queue_line(position, wait)} (job #{job.id})",
         allowed_mentions=discord.AllowedMentions.none(),
     )
@@ -167,10 +167,10 @@ class Imagine(commands.Cog):
         pet = await get_pet(db, generation.pet_id) if generation.pet_id else None
         seeds = result.get("seeds") or [generation.seed + i for i in range(len(generation.files))]
         lines = [
-            f"🎨 **{generation.prompt}** for <@{target.requested_by}>" + (f" · {pet.name}" if pet else ""),
+            f"🎨 **{clip(generation.prompt)}** for <@{target.requested_by}>" + (f" · {pet.name}" if pet else ""),
             f"seed{'s' if len(seeds) > 1 else ''} {', '.join(str(s) for s in seeds)} · {generation.steps} steps · "
             f"guidance {generation.guidance:g} · {generation.width}×{generation.height}"
-            + (f" · negative: {generation.negative_prompt}" if generation.negative_prompt else ""),
+            + (f" · negative: {clip(generation.negative_prompt)}" if generation.negative_prompt else ""),
         ]
         if generation.source_generation_id is not None:
             lines.append(f"🔀 variation of image {generation.source_image} of generation #{generation.source_generation_id}"
@@ -178,7 +178,7 @@ class Imagine(commands.Cog):
         lines += [f"⚠️ {warning}" for warning in result.get("warnings", [])]
         message = await self.bot.job_messages.status(
             target, "\n".join(lines), files=await self.bot.local_copies(generation.files), force=True,
-            view=generation_view(generation.id, len(generation.files)), allowed=True,
+            view=generation_view(generation.id, len(generation.files)), ping=target.requested_by,
         )
         if message is not None:
             await set_generation_message(db, generation.id, str(message.id))
@@ -187,7 +187,7 @@ class Imagine(commands.Cog):
     async def on_pawtrait_generate_failed(self, update: JobUpdate) -> None:
         why = update.event.data.get("error") or update.job.error or "no reason was given"
         await self.bot.job_messages.status(
-            update.target, f"❌ Could not paint **{_prompt(update.job)}**: {why}", force=True
+            update.target, f"❌ Could not paint **{_prompt(update.job)}**: {why} (job #{update.job.id})", force=True
         )
 
     @commands.Cog.listener()
@@ -196,7 +196,7 @@ class Imagine(commands.Cog):
 
 
 def _prompt(job: Job) -> str:
-    return str((job.payload.get("request") or {}).get("prompt", "your picture"))[:200]
+    return clip(str((job.payload.get("request") or {}).get("prompt", "your picture")))
 
 
 # ---- the buttons under the images ------------------------------------------------------
@@ -280,7 +280,7 @@ async def _share(bot: PawtraitBot, interaction: discord.Interaction, generation:
     files = [discord.File(path) for path in await bot.local_copies(generation.files)]
     source = f" · [original]({interaction.message.jump_url})" if interaction.message else ""
     await gallery.send(  # type: ignore[union-attr]
-        f"📌 **{generation.prompt}** by <@{generation.requested_by}>, shared by <@{interaction.user.id}> "
+        f"📌 **{clip(generation.prompt)}** by <@{generation.requested_by}>, shared by <@{interaction.user.id}> "
         f"· seed {generation.seed}{source}",
         files=files,
         allowed_mentions=discord.AllowedMentions.none(),

@@ -1,4 +1,4 @@
-"""`/pets` (the server's pets), `/forget` (delete one, after a confirm button) and `/sharing`.
+"""`/pets` (the server's pets, with thumbnails of their photos), `/forget` (delete one, after a confirm button) and `/sharing`.
 
 The confirm button's custom_id carries the pet and the member (`pawtrait:forget:<pet>:<member>`),
 so it still works after a restart (a discord.py dynamic item).
@@ -6,6 +6,8 @@ so it still works after a restart (a discord.py dynamic item).
 
 from __future__ import annotations
 
+import asyncio
+import io
 import re
 from typing import TYPE_CHECKING
 
@@ -14,6 +16,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.checks import guild_key, is_manager, pet_choices, pet_named, require_owner
+from bot.thumbnails import thumbnail_png
 from storage.guild_settings import others_may_imagine, set_others_may_imagine
 from storage.pet_deletion import PetBusy, PetFootprint, forget_pet, pet_footprint
 from storage.pet_status import pet_summaries
@@ -36,9 +39,16 @@ class Pets(commands.Cog):
     @app_commands.command(name="pets", description="The pets of this server, with their status")
     @app_commands.guild_only()
     async def pets(self, interaction: discord.Interaction) -> None:
-        embeds, files = [], []
         db = self.bot.db
         summaries = await pet_summaries(db, guild_key(interaction))
+        if not summaries:
+            await interaction.response.send_message("No pets here yet: `/teach name class photo1…` adds the first.", ephemeral=True)
+            return
+        # Fetching photos (from S3 on a distributed install) and drawing thumbnails can pass
+        # Discord's 3 s deadline for a first answer.
+        await interaction.response.defer(thinking=True)
+        embeds, files = [], []
+        room = interaction.filesize_limit  # thumbnails that would pass the upload limit are left out
         for summary in summaries[:MAX_LISTED]:
             embed = discord.Embed(
                 title=summary.name,
@@ -48,15 +58,16 @@ class Pets(commands.Cog):
                 embed.set_footer(text="only its owner imagines with it")
             photos = await list_photos(db, summary.id)
             for path in await self.bot.local_copies([photo.prepared_path for photo in photos[:1]]):
+                data = await asyncio.to_thread(thumbnail_png, path)
+                if len(data) > room:
+                    continue
+                room -= len(data)
                 name = f"pet-{summary.id}.png"
-                files.append(discord.File(path, name))
+                files.append(discord.File(io.BytesIO(data), name))
                 embed.set_thumbnail(url=f"attachment://{name}")
             embeds.append(embed)
-        if not embeds:
-            await interaction.response.send_message("No pets here yet: `/teach name class photo1…` adds the first.", ephemeral=True)
-            return
         more = f"…and {len(summaries) - MAX_LISTED} more." if len(summaries) > MAX_LISTED else ""
-        await interaction.response.send_message(more, embeds=embeds, files=files, allowed_mentions=discord.AllowedMentions.none())
+        await interaction.edit_original_response(content=more, embeds=embeds, attachments=files)
 
     @app_commands.command(name="forget", description="Delete a pet with its photos, trainings and pictures")
     @app_commands.guild_only()

@@ -9,11 +9,13 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.checks import UserError, guild_key, is_manager
-from bot.formatting import duration
+from bot.formatting import duration, listing
 from storage.jobs import estimate_wait_s, get_job, list_jobs, queue_position, request_cancel
 
 if TYPE_CHECKING:
     from bot.app import PawtraitBot
+
+MAX_LISTED = 20  # jobs /queue shows; the rest are counted
 
 
 class Queue(commands.Cog):
@@ -26,7 +28,7 @@ class Queue(commands.Cog):
         lines = []
         db = self.bot.db
         jobs = await list_jobs(db, guild_key(interaction))
-        for job in jobs[:20]:
+        for job in jobs[:MAX_LISTED]:
             position = await queue_position(db, job.id)
             if position == 0:
                 where = f"running · {job.progress_text or f'{job.progress:.0%}'}"
@@ -34,7 +36,7 @@ class Queue(commands.Cog):
                 where = f"#{position} · starts in about {duration(await estimate_wait_s(db, job.id))}"
             mine = " ← yours" if job.user_id == str(interaction.user.id) else ""
             lines.append(f"`job {job.id}` {job.describe()} by <@{job.user_id}> · {where}{mine}")
-        text = "\n".join(lines) if lines else "Nothing queued or running: the GPU is free."
+        text = listing([], lines, left_out=len(jobs) - len(lines)) if lines else "Nothing queued or running: the GPU is free."
         await interaction.response.send_message(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
 
     @app_commands.command(name="cancel", description="Cancel a queued or running job (default: your latest)")

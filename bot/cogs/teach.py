@@ -14,6 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.checks import UserError, guild_key
+from bot.formatting import clip, listing
 from engine.teach import MIN_GOOD_PHOTOS, TeachError, TeachReport, clean_class_noun, clean_pet_name, teach_photos
 from storage.pets import PetNameTaken, find_pet, list_pets
 
@@ -25,24 +26,25 @@ _MARKS = {"accepted": "✅", "warning": "⚠️", "rejected": "❌", "skipped": 
 MAX_FILE_BYTES = 25 * 1024 * 1024
 
 
-def report_text(report: TeachReport, pet_name: str) -> str:
-    lines = []
+def report_text(report: TeachReport, pet_name: str, refused: list[str]) -> str:
+    """The answer to a `/teach`: what was added, one line per file (those not even downloaded
+    last), warnings and the next step; a long list of files ends with "…and N more"."""
     if report.pet is None:
-        lines.append(f"❌ Nothing was added: none of these files could be used for **{pet_name}**.")
+        head = f"❌ Nothing was added: none of these files could be used for **{pet_name}**."
     else:
         new = "New pet " if report.created else ""
-        lines.append(
+        head = (
             f"🐾 {new}**{report.pet.name}** ({report.pet.class_noun}): {report.accepted} photo"
             f"{'s' * (report.accepted != 1)} added, {report.total_photos} in total."
         )
+    files = []
     for result in report.files:
         reason = f": {result.reason}" if result.reason else ""
-        lines.append(f"{_MARKS.get(result.status, '•')} `{result.name}`{reason}")
-    lines += [f"⚠️ {warning}" for warning in report.warnings]
+        files.append(f"{_MARKS.get(result.status, '•')} `{clip(result.name, 100)}`{reason}")
+    tail = [f"⚠️ {warning}" for warning in report.warnings]
     if report.pet is not None and report.total_photos >= MIN_GOOD_PHOTOS:
-        lines.append(f"Ready to learn: `/train pet:{report.pet.name}`")
-    text = "\n".join(lines)
-    return text if len(text) <= 1900 else text[:1900] + "\n…"
+        tail.append(f"Ready to learn: `/train pet:{report.pet.name}`")
+    return listing([head], files + refused, tail)
 
 
 async def download(attachments: list[discord.Attachment]) -> tuple[list[tuple[str, bytes]], list[str]]:
@@ -50,12 +52,12 @@ async def download(attachments: list[discord.Attachment]) -> tuple[list[tuple[st
     files, refused = [], []
     for attachment in attachments:
         if attachment.size > MAX_FILE_BYTES:
-            refused.append(f"❌ `{attachment.filename}`: larger than 25 MB; send a smaller copy")
+            refused.append(f"❌ `{clip(attachment.filename, 100)}`: larger than 25 MB; send a smaller copy")
             continue
         try:
             files.append((attachment.filename, await attachment.read()))
         except discord.HTTPException:
-            refused.append(f"❌ `{attachment.filename}`: could not be downloaded from Discord; send it again")
+            refused.append(f"❌ `{clip(attachment.filename, 100)}`: could not be downloaded from Discord; send it again")
     return files, refused
 
 
@@ -151,9 +153,7 @@ class Teach(commands.Cog):
             )
         except (TeachError, PetNameTaken) as error:
             raise UserError(f"{str(error)[:1].upper()}{str(error)[1:]}.") from None
-        text = report_text(report, name)
-        if refused:
-            text += "\n" + "\n".join(refused)
+        text = report_text(report, name, refused)
         sheet = [discord.File(report.contact_sheet, "contact-sheet.png")] if report.contact_sheet else []
         await interaction.edit_original_response(
             content=text, attachments=sheet, allowed_mentions=discord.AllowedMentions.none()

@@ -19,7 +19,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.checks import UserError, guild_key, pet_choices, pet_named, require_may_train, require_owner
-from bot.formatting import duration, progress_bar, queue_line, scores_text
+from bot.formatting import MESSAGE_LIMIT, clip, duration, progress_bar, queue_line, scores_text
 from bot.job_relay import JobUpdate
 from engine.export.choice import ExportError, find_checkpoint
 from engine.queueing import queue_training
@@ -204,7 +204,7 @@ class Train(commands.Cog):
         else:
             lines.append("No scores for this training, so there is no suggestion.")
         lines.append(f"`/pick pet:{pet.name} step:N` switches (owner or Manage Server).")
-        return "\n".join(lines)[:2000]
+        return clip("\n".join(lines), MESSAGE_LIMIT)
 
     @train.autocomplete("pet")
     @pick.autocomplete("pet")
@@ -282,7 +282,7 @@ class Train(commands.Cog):
             vote = "" if step == 0 else f" · react {emoji} if this looks like your pet"
             message = await self.bot.job_messages.send(
                 target.post_channel_id,
-                f"🖼️ **{label}** · `{image.get('prompt', '')}` · seed {image.get('seed', '?')}{vote}",
+                f"🖼️ **{label}** · `{clip(str(image.get('prompt', '')))}` · seed {image.get('seed', '?')}{vote}",
                 files=found,
             )
             if message is None:
@@ -309,7 +309,7 @@ class Train(commands.Cog):
         choice = await choose_checkpoint(db, run_id, pet)
         if choice is None:
             text = f"<@{pet.owner_id}> **{pet.name}** finished training, but no checkpoint was saved."
-            await self.bot.job_messages.send(target.post_channel_id, text, allowed=True)
+            await self.bot.job_messages.send(target.post_channel_id, text, ping=pet.owner_id)
             return
         suggested = choice.suggestion.step if choice.suggestion is not None else None
         # About 0.25 s of drawing: beside the event loop, so interactions are not kept waiting.
@@ -322,17 +322,18 @@ class Train(commands.Cog):
             f"`/pick` lists every checkpoint with its scores and votes, `/lora` downloads the LoRA."
         )
         files = [discord.File(io.BytesIO(chart), filename="scores.png")] if chart else []
-        await self.bot.job_messages.send(target.post_channel_id, text, files=files, allowed=True)
+        await self.bot.job_messages.send(target.post_channel_id, text, files=files, ping=pet.owner_id)
 
     @commands.Cog.listener()
     async def on_pawtrait_train_failed(self, update: JobUpdate) -> None:
         self._score_lines.pop(update.job.id, None)
         why = update.event.data.get("error") or update.job.error or "no reason was given"
         owner = await self._owner(update)
-        await self.bot.job_messages.status(update.target, f"❌ Training failed: {why}", force=True)
+        reference = f"(job #{update.job.id})"
+        await self.bot.job_messages.status(update.target, f"❌ Training failed: {why} {reference}", force=True)
         await self.bot.job_messages.send(
             update.target.post_channel_id,
-            f"<@{owner}> the training failed: {why}\nYour photos are kept; `/train` tries again.", allowed=True,
+            f"<@{owner}> the training failed: {why} {reference}\nYour photos are kept; `/train` tries again.", ping=owner,
         )
 
     @commands.Cog.listener()
@@ -341,7 +342,7 @@ class Train(commands.Cog):
         owner = await self._owner(update)
         await self.bot.job_messages.status(update.target, "⏹️ Training cancelled; its checkpoints are kept.", force=True)
         await self.bot.job_messages.send(
-            update.target.post_channel_id, f"<@{owner}> the training was cancelled.", allowed=True
+            update.target.post_channel_id, f"<@{owner}> the training was cancelled.", ping=owner
         )
 
     async def _owner(self, update: JobUpdate) -> str:

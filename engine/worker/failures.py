@@ -21,13 +21,17 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def describe_failure(kind: str, error: BaseException) -> str:
-    """One or two sentences for the user: what went wrong and what to do about it."""
+    """One sentence for the member: what went wrong and what to do about it.
+
+    Members see this (the bot adds the job's number); anything else, such as a database
+    error quoting its SQL and parameters, a file path, a host or an exception's class,
+    stays in the worker's log, where the job's number finds it."""
     spec = job_kind(kind)
     if is_out_of_memory(error):
         return f"ran out of GPU memory while {spec.doing}; {spec.out_of_memory_advice}"
     if isinstance(error, ValueError) and str(error):
-        return str(error)  # the engines' input errors are written for users already
-    return f"{spec.doing} failed: {type(error).__name__}: {error}"
+        return str(error)  # the engines' input errors are written for members already
+    return f"{spec.doing} failed because of a problem on the server; try again later, or ask an admin to check the log"
 
 
 def release_memory(base: BaseModel, adapters: tuple[str, ...] = ()) -> None:

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from config.redaction import scrub_logs
 from config.settings import Settings, SettingsError
 from engine.worker import chores
 from engine.worker.recovery import make_worker_id, recover_orphans
@@ -209,4 +210,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as error:
         print(f"pawtrait worker: {error}", file=sys.stderr)
         return 2
+    scrub_logs(settings.extra)  # the variables the worker has; it has no Discord token (config.settings)
     return asyncio.run(run_worker(settings, args.gpu))

@@ -18,7 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from config.settings import Settings
+from config.settings import BOT_ONLY_VARIABLES, Settings
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,9 @@ class WorkerSupervisor:
 
     def __init__(self, settings: Settings, env: Mapping[str, str] | None = None) -> None:
         self.settings = settings
-        self.env = dict(env if env is not None else os.environ)
+        # Workers run models and members' files, never Discord: they get no token to leak.
+        given = env if env is not None else os.environ
+        self.env = {name: value for name, value in given.items() if name not in BOT_ONLY_VARIABLES}
         self._slots: list[_Slot] = []
         self._stopping = False
 

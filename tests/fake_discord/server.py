@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import mimetypes
+import re
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,56 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 EPHEMERAL = 1 << 6
+# Discord's own limits on what a message may carry (it answers 400, code 50035, beyond them).
+CONTENT_LIMIT = 2000
+EMBEDS_LIMIT = 10
+EMBED_TEXT_LIMITS = {"title": 256, "description": 4096}
+EMBEDS_TOTAL_LIMIT = 6000
+
+
+@dataclass(frozen=True)
+class Pings:
+    """Whom Discord notifies for a message: @everyone/@here, role ids and member ids."""
+
+    everyone: bool
+    roles: frozenset[str]
+    users: frozenset[str]
+
+
+def pings(body: dict[str, Any]) -> Pings:
+    """Resolve the mentions in a message's content as Discord does: without `allowed_mentions`
+    everything in the content pings; with it, only what its `parse` or id lists allow."""
+    content = body.get("content") or ""
+    allowed = body.get("allowed_mentions")
+    parse = {"everyone", "roles", "users"} if allowed is None else set(allowed.get("parse") or [])
+    listed_users = {str(u) for u in (allowed or {}).get("users") or []}
+    listed_roles = {str(r) for r in (allowed or {}).get("roles") or []}
+    users = set(re.findall(r"<@!?(\d+)>", content))
+    roles = set(re.findall(r"<@&(\d+)>", content))
+    return Pings(
+        everyone="everyone" in parse and re.search(r"@(everyone|here)\b", content) is not None,
+        roles=frozenset(roles if "roles" in parse else roles & listed_roles),
+        users=frozenset(users if "users" in parse else users & listed_users),
+    )
+
+
+def over_discord_limits(body: dict[str, Any]) -> str | None:
+    """What of a message body Discord would refuse as an invalid form body, or None."""
+    if len(body.get("content") or "") > CONTENT_LIMIT:
+        return f"content: Must be {CONTENT_LIMIT} or fewer in length."
+    embeds = body.get("embeds") or []
+    if len(embeds) > EMBEDS_LIMIT:
+        return f"embeds: Must be {EMBEDS_LIMIT} or fewer in length."
+    total = 0
+    for index, embed in enumerate(embeds):
+        for key, limit in EMBED_TEXT_LIMITS.items():
+            total += len(embed.get(key) or "")
+            if len(embed.get(key) or "") > limit:
+                return f"embeds.{index}.{key}: Must be {limit} or fewer in length."
+        total += len((embed.get("footer") or {}).get("text") or "")
+    if total > EMBEDS_TOTAL_LIMIT:
+        return f"embeds: Embed size exceeds maximum size of {EMBEDS_TOTAL_LIMIT}"
+    return None
 
 
 class FakeTimeout(AssertionError):
@@ -105,6 +156,23 @@ class StoredMessage:
 
 
 @dataclass
+class SentRecord:
+    """One request by which the bot posted or edited a message, as Discord accepted it."""
+
+    route: str
+    body: dict[str, Any]
+    files: dict[str, bytes]
+
+    @property
+    def content(self) -> str:
+        return self.body.get("content") or ""
+
+    @property
+    def pings(self) -> Pings:
+        return pings(self.body)
+
+
+@dataclass
 class InteractionRecord:
     """One interaction the fake sent, and everything the bot answered to it."""
 
@@ -134,6 +202,8 @@ class FakeDiscord:
         self.guild_commands: dict[str, list[dict[str, Any]]] = {}
         self.command_syncs: list[tuple[str | None, list[dict[str, Any]]]] = []
         self.identifies = 0
+        self.sent: list[SentRecord] = []  # every post and edit the bot made, in order
+        self.refused: list[tuple[str, str]] = []  # (route, why) of each post or edit refused as Discord would
         # What interactions report as the upload limit (Discord: 10 MiB, more with server boosts).
         self.attachment_size_limit = 25 * 1024 * 1024
         self._files: dict[str, bytes] = {}  # attachment id -> bytes, served at /attachments/
@@ -317,6 +387,20 @@ class FakeDiscord:
             return await request.json(), {}
         return {}, {}
 
+    def _refuse_or_record(self, request: web.Request, body: dict[str, Any], files: dict[str, bytes]) -> web.Response | None:
+        """Refuse a post or edit as Discord does (over-long text: 400 code 50035; uploads over the
+        limit: 413 code 40005), else keep it in `sent`."""
+        route = f"{request.method} {request.path}"
+        problem = over_discord_limits(body)
+        if problem is not None:
+            self.refused.append((route, problem))
+            return self._error(400, 50035, f"Invalid Form Body: {problem}")
+        if sum(len(data) for data in files.values()) > self.attachment_size_limit:
+            self.refused.append((route, "request entity too large"))
+            return self._error(413, 40005, "Request entity too large")
+        self.sent.append(SentRecord(route, body, files))
+        return None
+
     def _attachments(self, files: dict[str, bytes]) -> list[dict[str, Any]]:
         result = []
         for filename, data in files.items():
@@ -425,9 +509,11 @@ class FakeDiscord:
         if record.callbacks:
             return self._error(400, 40060, "Interaction has already been acknowledged.")
         body, files = await self._read_body(request)
-        record.callbacks.append(body)
         kind = body["type"]
         data = body.get("data") or {}
+        if kind in (4, 7) and (refused := self._refuse_or_record(request, data, files)) is not None:
+            return refused
+        record.callbacks.append(body)
         channel = self.channels[record.payload["channel_id"]]
         message = None
         if kind == 8:  # autocomplete result
@@ -469,6 +555,8 @@ class FakeDiscord:
         if record is None:
             return self._error(404, 10015, "Unknown Webhook")
         body, files = await self._read_body(request)
+        if (refused := self._refuse_or_record(request, body, files)) is not None:
+            return refused
         channel = self.channels[record.payload["channel_id"]]
         stored = await self._store_message(channel, self.bot, body, files)
         record.followup_ids.append(stored.id)
@@ -490,6 +578,8 @@ class FakeDiscord:
         if stored is None:
             return self._error(404, 10008, "Unknown Message")
         body, files = await self._read_body(request)
+        if (refused := self._refuse_or_record(request, body, files)) is not None:
+            return refused
         self._apply_edit(stored, body, files)
         return self._json(stored.payload)
 
@@ -514,6 +604,8 @@ class FakeDiscord:
         if channel is None:
             return self._error(404, 10003, "Unknown Channel")
         body, files = await self._read_body(request)
+        if (refused := self._refuse_or_record(request, body, files)) is not None:
+            return refused
         stored = await self._store_message(channel, self.bot, body, files)
         return self._json(stored.payload)
 
@@ -532,6 +624,8 @@ class FakeDiscord:
         if stored is None:
             return self._error(404, 10008, "Unknown Message")
         body, files = await self._read_body(request)
+        if (refused := self._refuse_or_record(request, body, files)) is not None:
+            return refused
         self._apply_edit(stored, body, files)
         return self._json(stored.payload)
 

@@ -1,0 +1,182 @@
+"""End to end, as a member misusing the bot would: pet names that are mentions (`@everyone`,
+a role, another member), thousands of characters in every field the bot echoes, ten
+unusable files with long names, a server full of pets on a small upload limit.
+
+The real bot process and its worker (tiny model) against the fake Discord, which refuses
+what Discord refuses (over-long messages, oversized uploads) and records every post and
+edit with the mentions Discord would notify. Embedded mode only: nothing here depends on
+where records and files are kept.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from config.settings import Settings
+
+from bot_harness import BotProcess
+from conftest import settings_env
+from fake_discord import FakeDiscord, StoredMessage
+from fake_discord.payloads import Channel, Guild, Member
+from photo_samples import encode, jpeg, varied_photo
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+LONG = 3000  # characters a member types into a field the bot echoes
+
+
+@dataclass
+class World:
+    fake: FakeDiscord
+    bot: BotProcess
+    guild: Guild
+    bob: Member
+    mallory: Member
+    dave: Member
+    general: Channel
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> AsyncIterator[World]:
+    fake = FakeDiscord()
+    await fake.start()
+    guild = fake.add_guild("Open Server", owner="owner")
+    folder = tmp_path_factory.mktemp("bot")
+    settings = Settings(data_dir=folder / "data", model=str(tiny_model_dir), vae=None, device="cpu", resolution=64)
+    env = settings_env(settings)
+    env.update(fake.bot_env(), PAWTRAIT_WORKERS="1", PAWTRAIT_TEST_THREADS="1")
+    env.pop("PAWTRAIT_DEV_GUILD", None)
+    bot = BotProcess(env, folder / "bot.log")
+    world = World(fake, bot, guild, fake.add_member(guild, "bob"), fake.add_member(guild, "mallory"),
+                  fake.add_member(guild, "dave"), fake.channel(guild, "general"))
+    await bot.start(fake)
+    try:
+        yield world
+    finally:
+        await bot.stop()
+        await fake.stop()
+        print(bot.log_tail(200))
+
+
+async def answer(world: World, record, timeout: float = 60) -> StoredMessage:
+    return await world.fake.reply(record, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def refusals_of_this_test(world: World) -> None:
+    world.fake.refused.clear()  # each test answers for its own messages
+
+
+def assert_discord_accepted_everything(fake: FakeDiscord) -> None:
+    assert not fake.refused, f"Discord would have refused: {fake.refused}"
+
+
+async def teach(world: World, member: Member, name: str, seeds: range) -> StoredMessage:
+    photos = {f"photo{i + 1}": (f"p{seed}.jpg", jpeg(seed)) for i, seed in enumerate(seeds)}
+    return await answer(world, await world.fake.slash(world.guild, member, "teach", name=name, **{"class": "cat"}, **photos))
+
+
+async def test_pet_names_that_are_mentions_never_ping_anyone_but_the_owner(world: World) -> None:
+    fake, bob, mallory = world.fake, world.bob, world.mallory
+    everyone = "@everyone @here " + "x" * 16  # the longest name a pet may have (32)
+    role_and_member = f"<@&123> <@{bob.id}>"  # a role, and another member
+    assert len(everyone) == 32 and len(role_and_member) <= 32
+    for member, name, seeds in ((bob, everyone, range(1, 4)), (mallory, role_and_member, range(4, 7))):
+        taught = await teach(world, member, name, seeds)
+        assert "3 photos added" in taught.text(), taught.text()
+    # Someone else's pet named a mention: the refusal quotes it.
+    refused = await answer(world, await fake.slash(world.guild, mallory, "train", pet=everyone))
+    assert refused.ephemeral and "only they" in refused.text()
+    for member, name in ((bob, everyone), (mallory, role_and_member)):
+        await answer(world, await fake.slash(world.guild, member, "train", pet=name, steps=2))
+    trained = await fake.wait_until(
+        lambda: (found := [m for m in fake.messages.values() if "is trained!" in m.content])[1:] and found,
+        300, "both trainings to finish\n" + world.bot.log_tail(),
+    )
+    assert {m.content.split(">", 1)[0] for m in trained} == {f"<@{bob.id}", f"<@{mallory.id}"}
+
+    owners = {bob.id, mallory.id}
+    for sent in fake.sent:
+        pinged = sent.pings
+        assert not pinged.everyone and not pinged.roles, f"{sent.route} pinged {pinged}: {sent.content[:200]!r}"
+        if "is trained!" in sent.content:
+            # Only the pet's owner, though the name mentions bob: mallory's message pings mallory alone.
+            assert len(pinged.users) == 1 and pinged.users <= owners and sent.content.startswith(f"<@{next(iter(pinged.users))}>")
+        else:
+            assert not pinged.users, f"{sent.route} pinged {pinged}: {sent.content[:200]!r}"
+    assert_discord_accepted_everything(fake)
+
+
+async def test_a_worker_process_gets_no_discord_token(world: World) -> None:
+    """The bot has DISCORD_TOKEN in its environment; the worker it starts must not."""
+    bot_pid = world.bot.process.pid
+    workers = [pid for pid in _children(bot_pid) if b"engine.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert workers, "the bot runs no worker process"
+    for pid in workers:
+        names = {entry.split(b"=", 1)[0] for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")}
+        assert b"DISCORD_TOKEN" not in names and b"PAWTRAIT_DATA_DIR" in names
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+async def test_three_thousand_characters_in_the_prompt_and_negative_are_cut_to_fit(world: World) -> None:
+    fake = world.fake
+    prompt, negative = "a castle " * (LONG // 9), "@everyone blurry " * (LONG // 17)
+    record = await fake.slash(world.guild, world.dave, "imagine", prompt=prompt, negative=negative, steps=1)
+    queued = await answer(world, record)
+    assert "job #" in queued.text() and "…" in queued.text()
+    done = await fake.wait_until(lambda: fake.messages[queued.id].files and fake.messages[queued.id], 180,
+                                 "the finished images\n" + world.bot.log_tail())
+    assert len(done.content) <= 2000 and "a castle a castle" in done.content and "negative: @everyone blurry" in done.content
+    assert done.content.count("…") >= 2  # both cut, with an ellipsis
+    assert_discord_accepted_everything(fake)
+
+
+async def test_ten_unusable_files_with_long_names_are_each_listed_or_counted(world: World) -> None:
+    fake = world.fake
+    tiny = encode(varied_photo(90, (16, 16)), "PNG")  # too small to learn from
+    huge = bytes(25 * 1024 * 1024 + 1)  # over the 25 MB the bot downloads (one object, shared by nine files)
+    long_name = "my cat on the sofa, " * 12  # 240 characters
+    photos = {"photo1": (f"{long_name}.png", tiny)}
+    photos.update({f"photo{i}": (f"{long_name}{i}.jpg", huge) for i in range(2, 11)})
+    record = await fake.slash(world.guild, world.dave, "teach", name="Nothing", **{"class": "cat"}, **photos)
+    text = (await answer(world, record)).text()
+    assert text.startswith("❌ Nothing was added") and len(text) <= 2000
+    listed = text.count("too small") + text.count("larger than 25 MB")
+    more = int(counted[1]) if (counted := re.search(r"…and (\d+) more", text)) else 0
+    assert listed + more == 10 and listed >= 5, text
+    assert_discord_accepted_everything(fake)
+
+
+async def test_a_server_full_of_pets_is_listed_within_the_upload_limit(world: World) -> None:
+    fake = world.fake
+    seeds = iter(range(100, 200))
+    for member, count in ((world.bob, 4), (world.mallory, 4), (world.dave, 3)):  # 13 pets with the two trained ones
+        for index in range(count):
+            seed = next(seeds)
+            await teach(world, member, f"{member.user.name} pet {index}", range(seed, seed + 1))
+    limit = 24 * 1024  # a server whose upload limit holds a few thumbnails only
+    fake.attachment_size_limit = limit
+    try:
+        listing = await answer(world, await fake.slash(world.guild, world.dave, "pets"))
+    finally:
+        fake.attachment_size_limit = 25 * 1024 * 1024
+    assert len(listing.embeds) == 10 and "…and 3 more." in listing.content
+    assert listing.files and sum(len(data) for data in listing.files.values()) <= limit
+    assert_discord_accepted_everything(fake)
