@@ -10,13 +10,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from config.settings import Settings
-from engine.generation.request import GenerationRequest, untrained
+from engine.generation.checkpoint_choice import checkpoint_to_paint
+from engine.generation.request import GenerationRequest
 from engine.training.create import TrainingInputError, create_run
 from engine.training.params import TrainingParams
 from storage import jobs, runs
 from storage.db import Queries
 from storage.files import FileStore
-from storage.generations import default_checkpoint
 from storage.pets import Pet
 
 
@@ -61,7 +61,8 @@ async def queue_generation(
     user_id: str,
     extra: Mapping[str, Any] | None = None,
 ) -> jobs.Job:
-    """Check the request (and that its pet has a finished training) and queue it.
+    """Check the request (and that its pet has a finished training) and queue it, with the
+    checkpoint it paints with: the one asked for, else the pet's current one.
 
     `extra` travels with the job for the front end (e.g. the Discord channel). Raises
     GenerationError or QueueLimitReached.
@@ -69,6 +70,6 @@ async def queue_generation(
     if pet is not None:
         request.pet_id = pet.id
     request.validate()
-    if pet is not None and await default_checkpoint(db, pet.id, pet.active_checkpoint_id) is None:
-        raise untrained(pet.name)
+    if pet is not None:
+        request.checkpoint_id = (await checkpoint_to_paint(db, pet, request.checkpoint_id)).id
     return await jobs.submit_job(db, settings, "generate", guild_id, user_id, {"request": request.to_dict(), **(extra or {})})

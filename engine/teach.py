@@ -26,7 +26,8 @@ from engine.intake.screening import KnownPhoto, Status, Verdict, screen_files
 from storage import keys
 from storage.db import Queries
 from storage.files import FileStore
-from storage.pets import Pet, count_pets, create_pet, delete_pet_row, find_pet
+from storage.pet_deletion import delete_pet_without_photos
+from storage.pets import Pet, count_pets, create_pet, find_pet
 from storage.photos import count_photos, insert_photo, list_photos
 
 # The seed's advice: 10-15 varied photos work best; fewer than this rarely learns a pet.
@@ -178,10 +179,11 @@ async def _store(
             for verdict, (original, prepared) in zip(added, stored):
                 await _record_photo(tx, pet, verdict, original, prepared, added_by)
     except BaseException as error:
-        # The rows rolled back; take their files (and a pet made just now) away too.
+        # The rows rolled back; take their files away too, and the pet made just now unless a
+        # concurrent /teach of the same name committed photos of it meanwhile.
         await store.delete(written)
         if created:
-            await delete_pet_row(db, pet.id)
+            await delete_pet_without_photos(db, pet.id)
         if isinstance(error, IntegrityError):
             raise TeachError(f"The same photo was added to {name} at the same time; send these again.") from error
         raise

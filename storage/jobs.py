@@ -15,7 +15,7 @@ worker that wakes up changes nothing. Staleness is judged on the database's cloc
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -361,12 +361,20 @@ async def last_event_position(db: Queries) -> EventPosition:
 
 
 @retry_on_disconnect
-async def claim_next_job(db: Queries, worker_id: str, kinds: Iterable[str] = tuple(KINDS)) -> Job | None:
+async def claim_next_job(
+    db: Queries, worker_id: str, kinds: Iterable[str] = tuple(KINDS), *, running: Collection[int] | None = None
+) -> Job | None:
     """Take the next queued job (by the queue policy) for this worker, or None.
 
     PostgreSQL: FOR UPDATE SKIP LOCKED, so workers on many hosts claim different jobs
     without waiting for each other. SQLite: the transaction holds the write lock from its
     first statement (BEGIN IMMEDIATE), so two workers can never take the same job.
+
+    A claim whose COMMIT failed (the connection dropped during it) may have been made or
+    not: the worker cannot know whether it holds that job, and a job it holds but never
+    runs would stay 'running' until it restarts. A worker passes `running`, the jobs it
+    runs now; any other job running under its id is such a lost claim and goes back to the
+    queue first, in the same transaction, without counting the attempt.
     """
     next_id = (
         select(jobs.c.id)
@@ -377,6 +385,8 @@ async def claim_next_job(db: Queries, worker_id: str, kinds: Iterable[str] = tup
         .scalar_subquery()
     )
     async with db.transaction() as tx:
+        if running is not None:
+            await _give_back_lost_claims(tx, worker_id, running)
         row = await tx.one(
             update(jobs)
             .where(jobs.c.id == next_id)
@@ -390,6 +400,17 @@ async def claim_next_job(db: Queries, worker_id: str, kinds: Iterable[str] = tup
         if job is not None:
             await record_event(tx, job.id, "started", {"worker": worker_id, "attempt": job.attempts})
     return job
+
+
+async def _give_back_lost_claims(tx: Queries, worker_id: str, running: Collection[int]) -> None:
+    lost = await tx.all(
+        select(jobs.c.id)
+        .where(jobs.c.worker_id == worker_id, jobs.c.status == "running", jobs.c.id.not_in(list(running)))
+        .order_by(jobs.c.id)
+        .with_for_update()
+    )
+    for row in lost:
+        await _requeue_uncounted(tx, int(row["id"]), "the worker lost the answer to its claim")
 
 
 async def has_queued(db: Queries, kinds: Iterable[str] = tuple(KINDS)) -> bool:
@@ -411,7 +432,7 @@ def _held(lease: JobLease) -> ColumnElement[bool]:
 async def heartbeat(db: Queries, worker_id: str, job_ids: Iterable[int]) -> set[int]:
     """Renew this worker's leases on the jobs it is running, on the database's clock; returns
     those still its own. A claim it does not know of (its commit's answer lost with the
-    connection) is not renewed, so the sweep gives that job back."""
+    connection) is not renewed; the worker's next claim gives that job back."""
     rows = await db.all(
         update(jobs)
         .where(jobs.c.worker_id == worker_id, jobs.c.status == "running", jobs.c.id.in_(list(job_ids)))
@@ -580,13 +601,18 @@ async def release_job(db: Queries, lease: JobLease) -> Job:
         job = await _locked_job(tx, lease.job_id)
         if job.status != "running" or job.worker_id != lease.worker_id or job.attempts != lease.attempt:
             return job
-        await tx.execute(
-            update(jobs).where(jobs.c.id == job.id).values(
-                status="queued", worker_id=None, heartbeat_at=None,
-                attempts=case((jobs.c.attempts > 0, jobs.c.attempts - 1), else_=0),
-            )
-        )
-        position = await queue_position(tx, job.id)
-        await record_event(tx, job.id, "queued", {"position": position, "requeued": "the worker was stopped"})
-        await tx.execute(Notify(WAKE_CHANNEL))
+        await _requeue_uncounted(tx, job.id, "the worker was stopped")
     return await _one_job(db, lease.job_id)
+
+
+async def _requeue_uncounted(tx: Queries, job_id: int, why: str) -> None:
+    """Put a running job back in the queue without counting its attempt: not the job's fault."""
+    await tx.execute(
+        update(jobs).where(jobs.c.id == job_id).values(
+            status="queued", worker_id=None, heartbeat_at=None,
+            attempts=case((jobs.c.attempts > 0, jobs.c.attempts - 1), else_=0),
+        )
+    )
+    position = await queue_position(tx, job_id)
+    await record_event(tx, job_id, "queued", {"position": position, "requeued": why})
+    await tx.execute(Notify(WAKE_CHANNEL))

@@ -9,6 +9,7 @@ and a cached copy of a key never goes stale.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
 import unicodedata
@@ -58,8 +59,24 @@ def generation_folder(tag: str) -> str:
     return f"generations/{tag}"
 
 
+def class_slug(class_noun: str) -> str:
+    """The class's path-safe name: the folder of its images and the name of the lease to draw them.
+
+    A noun in Latin letters keeps its slug ('Maine Coon' -> 'maine-coon'), as installations
+    already store class images under it. A noun the slug cannot spell ('猫' and '犬' both slug
+    to 'x') adds a hash of the noun after '_', which a slug never contains, so each class
+    gets a folder of its own and no dog learns its prior from cats.
+    """
+    slug = slugify(class_noun)
+    decomposed = unicodedata.normalize("NFKD", class_noun)
+    if all(char.isascii() or unicodedata.combining(char) for char in decomposed):
+        return slug
+    normalised = " ".join(unicodedata.normalize("NFKC", class_noun).casefold().split())
+    return f"{slug}_{hashlib.sha256(normalised.encode()).hexdigest()[:12]}"
+
+
 def class_images(class_noun: str) -> str:
-    return f"class-images/{slugify(class_noun)}"
+    return f"class-images/{class_slug(class_noun)}"
 
 
 def class_image(class_noun: str, index: int) -> str:

@@ -18,6 +18,7 @@ from storage import keys
 from storage.db import Queries
 from storage.files import FileStore
 from storage.pets import Pet, delete_pet_row
+from storage.photos import count_photos
 from storage.schema import checkpoints, generations, pets, photos, training_runs, validation_images
 
 # A file younger than this may belong to a write whose row is not committed yet (another
@@ -75,6 +76,23 @@ async def forget_pet(db: Queries, store: FileStore, pet: Pet) -> PetFootprint:
         await store.delete_prefix(keys.run_prefix(run_id))
     await store.delete([key for (files,) in picture_lists for key in json.loads(files)])
     return footprint
+
+
+async def delete_pet_without_photos(db: Queries, pet_id: int) -> bool:
+    """Delete the pet if it has no photo, checked and deleted in one transaction; True if it was.
+
+    A `/teach` that created the pet and then failed takes it away again, unless a concurrent
+    `/teach` of the same name committed photos of it meanwhile: those photos must stay. On
+    PostgreSQL locking the pet's row waits for a transaction still inserting a photo of it
+    (its foreign-key check holds the row) and makes a later one wait until the pet is gone,
+    so the count is final; SQLite runs write transactions one at a time.
+    """
+    async with db.transaction() as tx:
+        await tx.scalar(select(pets.c.id).where(pets.c.id == pet_id).with_for_update())
+        if await count_photos(tx, pet_id):
+            return False
+        await delete_pet_row(tx, pet_id)
+    return True
 
 
 async def sweep_orphans(db: Queries, store: FileStore, min_age_s: float = SWEEP_MIN_AGE_S) -> list[str]:

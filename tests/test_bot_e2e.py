@@ -12,6 +12,7 @@ hosts, each with a local folder of its own).
 from __future__ import annotations
 
 import asyncio
+import io
 import re
 import sys
 from collections.abc import AsyncIterator
@@ -20,10 +21,11 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from PIL import Image
 
 from config.settings import Settings
 from engine.scoring.suggest import suggest
-from storage import keys
+from storage import keys, runs
 from storage.connect import file_store
 from storage.db import Database, open_database
 from storage.files import FileStore
@@ -313,6 +315,62 @@ async def test_imagine_reroll_share_and_delete(world: World) -> None:
     assert refused.ephemeral and "Only the member who asked" in refused.text()
     await fake.click(world.alice, art, art.button("Delete"))
     await fake.wait_until(lambda: fake.messages[art.id].deleted, 20, "the images to be deleted")
+
+
+def generation_of(message: StoredMessage) -> int:
+    return int(message.button("Reroll").rsplit(":", 1)[1])
+
+
+def pixels(message: StoredMessage) -> bytes:
+    with Image.open(io.BytesIO(next(iter(message.files.values())))) as image:
+        return image.convert("RGB").tobytes()
+
+
+async def test_reroll_and_variations_paint_with_the_checkpoint_of_the_original(world: World) -> None:
+    """Mochi paints with its step-4 checkpoint, then the owner picks step 6: a reroll and a
+    variation of that picture still paint with step 4, and the reroll is the picture step 4
+    paints from its seed. Once a picture's checkpoint is deleted, its reroll says so."""
+    fake = world.fake
+
+    async def painted(record) -> StoredMessage:
+        queued = await answer(world, record)
+        return await fake.wait_until(lambda: finished_images(fake.messages[queued.id]) and fake.messages[queued.id],
+                                     120, "the finished images")
+
+    async def imagine(seed: int) -> StoredMessage:
+        return await painted(await fake.slash(world.cats, world.alice, "imagine", prompt="a photo of TOK cat in a hat",
+                                              seed=seed, steps=3))
+
+    async def checkpoint_of(message: StoredMessage) -> dict:
+        [row] = await query(world.db, "SELECT c.id, c.step, c.path FROM generations g JOIN checkpoints c "
+                                      "ON c.id = g.checkpoint_id WHERE g.id = :id", id=generation_of(message))
+        return row
+
+    async def pick(step: int) -> None:
+        picked = await answer(world, await fake.slash(world.cats, world.alice, "pick", pet="Mochi", step=step))
+        assert f"now uses the checkpoint from step {step}" in picked.text()
+
+    art = await imagine(11)
+    assert (await checkpoint_of(art))["step"] == 4
+    await pick(6)
+    rerolled = await painted(await fake.click(world.bob, art, art.button("Reroll")))
+    varied = await painted(await fake.click(world.bob, art, art.button("V1")))
+    assert [(await checkpoint_of(m))["step"] for m in (rerolled, varied)] == [4, 4]
+    (seed,), _ = seeds_and_size(rerolled)
+    with_six = await imagine(seed)
+    assert (await checkpoint_of(with_six))["step"] == 6
+    await pick(4)
+    with_four = await imagine(seed)
+    assert pixels(rerolled) == pixels(with_four) != pixels(with_six)
+
+    # A training's pruning deletes step 6 (no pet uses it, its run chose another): the reroll
+    # of a picture painted with it cannot be made again.
+    six = await checkpoint_of(with_six)
+    images = await runs.delete_checkpoint(world.db, six["id"])
+    await world.store.delete([image.path for image in images])
+    await world.store.delete_prefix(six["path"])
+    gone = await answer(world, await fake.click(world.bob, with_six, with_six.button("Reroll")))
+    assert gone.ephemeral and "was deleted" in gone.text() and "paint anew with `/imagine`" in gone.text()
 
 
 async def test_forget_asks_then_deletes_everything(world: World) -> None:

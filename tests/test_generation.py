@@ -375,7 +375,7 @@ async def test_generate_and_record_writes_pngs_with_parameters_and_a_row(
         (dict(pet_id=999), "no pet #999 in this server"),
         (dict(pet_id="other-guild"), "no pet #"),
         (dict(pet_id="untrained"), "Rex has no finished training yet"),
-        (dict(pet_id="trained", checkpoint_id=999), "Checkpoint #999 is not one of Thor's"),
+        (dict(pet_id="trained", checkpoint_id=999), "Thor has no checkpoint #999"),
         (dict(prompt="TOK at the beach", pet_id=None), "TOK but names no pet"),
         (dict(source_generation_id=1, variation_strength=0.01), "variation strength must be 0.05 to 1 (got 0.01"),
         (dict(source_generation_id=1, variation_strength=1.5), "variation strength must be 0.05 to 1 (got 1.5"),

@@ -23,7 +23,7 @@ from storage.discord_posts import add_discord_job, get_discord_job, relay_positi
 from storage.files import FileStore, LocalFiles
 from storage.generations import get_generation, record_generation
 from storage.guild_settings import get_guild_settings, others_may_imagine, set_others_may_imagine, update_guild_settings
-from storage.pet_deletion import PetBusy, forget_pet, pet_footprint, sweep_orphans
+from storage.pet_deletion import PetBusy, delete_pet_without_photos, forget_pet, pet_footprint, sweep_orphans
 from storage.pet_status import pet_summaries
 from storage.pets import PetNameTaken, create_pet, find_pet, list_pets, set_active_checkpoint
 from storage.photos import insert_photo, list_photos
@@ -231,6 +231,29 @@ async def test_forgetting_a_pet_reports_what_it_removed(db, store, settings) -> 
     await add_run_with_outputs(db, store, thor.id)
     footprint = await forget_pet(db, store, thor)
     assert (footprint.photos, footprint.runs, footprint.generations) == (2, 1, 1)
+
+
+async def test_a_new_pet_with_a_photo_being_added_is_not_deleted(db, settings) -> None:
+    """A failed /teach takes away the pet it created only if it has no photo, also while another
+    /teach is committing one: the check waits for that transaction and then sees the photo."""
+    pet = await create_pet(db, "g1", "alice", "Thor", "cat")
+    other = await open_database(settings.database_url)  # the concurrent /teach (another process)
+    adding = other.transaction()
+    try:
+        tx = await adding.__aenter__()
+        await insert_photo(
+            tx, pet.id, sha256="a", phash="0", original_name="IMG_1.jpg", original_path="x", prepared_path="y",
+            width=1, height=1, crop=(0, 0, 1), added_by="alice",
+        )
+        deleting = asyncio.create_task(delete_pet_without_photos(db, pet.id))
+        await asyncio.sleep(0.5)
+        assert not deleting.done()  # it waits for the photo's transaction
+        await adding.__aexit__(None, None, None)
+        assert await deleting is False
+    finally:
+        await other.close()
+    assert [photo.original_name for photo in await list_photos(db, pet.id)] == ["IMG_1.jpg"]
+    assert not await delete_pet_without_photos(db, pet.id) and await find_pet(db, "g1", "Thor") is not None
 
 
 async def test_a_pet_in_training_is_not_deleted(db, store, settings) -> None:

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
+import engine.teach
 from config.settings import Settings
 from engine.teach import TeachError, teach_photos
 from storage import keys, runs
@@ -120,6 +121,41 @@ async def test_owners_are_limited_in_pets_and_pets_in_photos(db, settings: Setti
     report = await teach(db, settings, photos(4, 5, 6), name="Thor")
     assert [f.status for f in report.files] == ["warning", "warning", "skipped"]
     assert report.files[2].reason == "the pet already has 3 photos, the most allowed"
+
+
+@pytest.mark.both_modes
+async def test_a_failed_teach_keeps_the_new_pet_when_a_concurrent_teach_gave_it_photos(
+    settings: Settings, mode: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alice sends two batches of Thor at once. The first creates Thor, and while it uploads
+    its photos the second commits two; the first then finds too many photos and fails. Thor
+    and the second batch's photos and files must stay; only the first batch's files go."""
+    limited = dataclasses.replace(settings, max_photos_per_pet=4)
+    shared = distributed(limited, request) if mode == "distributed" else limited
+    db = await open_database(shared.database_url)
+    store = file_store(shared)
+    put_photo, second = engine.teach._put_photo, []
+
+    async def second_batch_first(*args):
+        if not second:  # the first batch's first upload: the second batch runs to its end now
+            second.append(None)
+            second[0] = await teach(db, shared, photos(4, 5))
+        return await put_photo(*args)
+
+    monkeypatch.setattr(engine.teach, "_put_photo", second_batch_first)
+    try:
+        with pytest.raises(TeachError, match="Photos were added to Thor at the same time"):
+            await teach(db, shared, photos(1, 2, 3))
+        assert not second[0].created and second[0].accepted == 2
+        thor = await find_pet(db, "guild-1", "Thor")
+        assert thor is not None, "the failed batch deleted the pet, and the other batch's photos with it"
+        kept = await list_photos(db, thor.id)
+        assert sorted(p.original_name for p in kept) == ["IMG_4.jpg", "IMG_5.jpg"]
+        [sheet] = await stored_keys(store, keys.contact_sheets(thor.id))
+        files = {p.original_path for p in kept} | {p.prepared_path for p in kept} | {sheet}
+        assert await stored_keys(store, keys.pet_prefix(thor.id)) == files  # the first batch's files are gone
+    finally:
+        await db.close()
 
 
 async def test_a_batch_with_nothing_usable_creates_no_pet(db, store: FileStore, settings: Settings) -> None:

@@ -21,6 +21,7 @@ from engine.generation.renders import Render
 from engine.models import BaseModel, load_base_model
 from engine.training import TrainingHooks, TrainingInputError, TrainingParams, create_run, execute_run
 from engine.training.checkpoints import STATE_FILE, state_key
+from engine.training.class_images import ensure_class_images
 from engine.training.compile_ahead import TrainingCompileAhead, synthetic_cache
 from engine.training.loop import TRAINING_ADAPTER, LoraTrainer, plan_memory
 from storage import keys, runs
@@ -349,6 +350,28 @@ async def test_prior_preservation_generates_class_images_once_per_class(
     run = await create_run(db, store, second, params)
     assert (await execute_run(db, store, data, generator, run)).status == "succeeded"
     assert await class_images() == made  # drawn once, reused by the second cat
+
+
+async def test_class_nouns_in_other_scripts_get_class_images_of_their_own(
+    db, store: FileStore, generator: Generator
+) -> None:
+    """'猫' and '犬' have no Latin letters to slug: a dog must not learn its prior from cats'
+    pictures, while nouns in Latin letters keep the folders installations already have."""
+
+    async def never() -> bool:
+        return False
+
+    for noun in ("猫", "犬"):
+        await ensure_class_images(db, store, generator, noun, 1, 64, steps=1, should_stop=never)
+    drawn = sorted(item.key for item in await store.list("class-images"))
+    # The dog's prior was drawn for '犬' into a folder of its own, not taken from the cats'.
+    assert drawn == sorted(keys.class_image(noun, 0) for noun in ("猫", "犬")) and len(set(drawn)) == 2
+    folders = [keys.class_images(noun) for noun in ("猫", "犬", "cat猫", "cat")]
+    assert len(set(folders)) == 4 and all(re.fullmatch(r"class-images/[a-z0-9_-]+", f) for f in folders)
+    assert keys.class_images("猫") == keys.class_images(" 猫 ")  # the same class, the same folder
+    assert [keys.class_images(noun) for noun in ("cat", "Maine Coon", "bichón")] == [
+        "class-images/cat", "class-images/maine-coon", "class-images/bichon"
+    ]
 
 
 def diffusers_paints(base: BaseModel, prompt: str, negative: str | None, seed: int, steps: int) -> np.ndarray:

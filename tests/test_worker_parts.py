@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import sqlite3
 import subprocess
 import sys
 import time
 
 import pytest
 import torch
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from config.settings import Settings
 from engine.generation.generator import Generator
@@ -246,6 +247,50 @@ async def test_an_idle_worker_compiles_ahead_and_a_picture_asked_for_meanwhile_g
     assert job.status == "succeeded"
     [picture] = job.result["files"]
     assert await file_store(settings).exists(picture)
+
+
+@pytest.mark.both_modes
+async def test_a_worker_that_lost_the_answer_to_its_claim_gives_the_job_back_and_paints_it(
+    db, settings: Settings, mode: str
+) -> None:
+    """The claim's COMMIT goes through, then its answer is lost: PostgreSQL's session is
+    terminated, SQLite reports a disk error. The worker cannot know it holds the job; it must
+    not leave the job 'running' under its id, unpainted, until it restarts."""
+    worker = Worker(settings)
+    worker.db, worker.store = await open_storage(settings)
+    worker.wakeup = open_wakeup(worker.db)
+    worker.executor = Executor(settings, worker.db, worker.store, worker.data, load_base_model(settings), worker.worker_id)
+    payload = {"request": {"prompt": "a photo of a cat", "steps": 1, "seed": 7}}
+    job = await jobs.submit_job(db, settings, "generate", LOCAL_GUILD, "carol", payload)
+    lost: list[str] = []
+
+    def commit_then_lose_the_answer(connection) -> None:
+        if lost:
+            return
+        lost.append("the claim")
+        dbapi = connection.connection.dbapi_connection
+        dbapi.commit()  # the claim is made...
+        if mode == "distributed":  # ...and the session dies before the worker hears so
+            dbapi.cursor().execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        raise sqlite3.OperationalError("disk I/O error")
+
+    event.listen(worker.db.engine.sync_engine, "commit", commit_then_lose_the_answer)
+    loop = asyncio.create_task(worker._work())
+    try:
+        for _ in range(300):
+            ended = await jobs.get_job(db, job.id)
+            if ended.ended:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        worker._stopping = True
+        loop.cancel()
+        await worker.close()
+    assert lost and ended.status == "succeeded", f"the job is still {ended.status} under {ended.worker_id}"
+    assert ended.attempts == 1  # the lost claim is not counted against the job
+    events = await jobs.events_after(db, jobs.START, [job.id])
+    assert [e.kind for e in events[:4]] == ["queued", "started", "queued", "started"]
+    assert events[2].data["requeued"] == "the worker lost the answer to its claim"
 
 
 async def test_after_the_pictures_an_idle_worker_compiles_the_training_step_and_a_picture_pauses_it(

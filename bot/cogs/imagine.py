@@ -307,7 +307,8 @@ async def _generation_here(bot: PawtraitBot, interaction: discord.Interaction, g
 async def _request_again(
     bot: PawtraitBot, interaction: discord.Interaction, generation: Generation, what: str
 ) -> tuple[GenerationRequest, Pet | None]:
-    """The request that made `generation` (new random seed) and its pet, if the presser may use that pet."""
+    """The request that made `generation` (new random seed, the same checkpoint) and its pet, if the
+    presser may use that pet."""
     db = bot.db
     job_id = await job_for_generation(db, generation.id)
     job = await get_job(db, job_id) if job_id else None
@@ -318,6 +319,15 @@ async def _request_again(
         raise UserError(f"I no longer know how these images were made, so I can't {what}.")
     request = GenerationRequest.from_dict(job.payload["request"])
     request.seed = None
+    if pet is not None:
+        # The checkpoint these images were painted with, whatever the pet uses now; the row
+        # loses it (NULL) when the checkpoint is deleted.
+        if generation.checkpoint_id is None:
+            raise UserError(
+                f"The checkpoint of **{pet.name}** these images were painted with was deleted, so I can't {what}: "
+                "paint anew with `/imagine`."
+            )
+        request.checkpoint_id = generation.checkpoint_id
     return request, pet
 
 

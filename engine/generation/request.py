@@ -40,6 +40,13 @@ def untrained(pet_name: str) -> GenerationError:
     return GenerationError(f"{pet_name} has no finished training yet: train {pet_name} first, then imagine again.")
 
 
+def checkpoint_gone(pet_name: str, checkpoint_id: int) -> GenerationError:
+    return GenerationError(
+        f"{pet_name} has no checkpoint #{checkpoint_id} (it may have been deleted since): "
+        f"imagine anew to paint with {pet_name}'s current checkpoint."
+    )
+
+
 @dataclass
 class GenerationRequest:
     prompt: str
@@ -51,6 +58,8 @@ class GenerationRequest:
     size: str = "1:1"
     count: int = 1
     lora_scale: float = 1.0
+    # Set when the request is queued (the pet's checkpoint then), so a reroll or a variation of
+    # its pictures paints with the checkpoint they were painted with, whatever the pet uses by then.
     checkpoint_id: int | None = None
     # A variation repaints image `source_image` (1 = first) of generation `source_generation_id`.
     source_generation_id: int | None = None

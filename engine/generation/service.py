@@ -16,19 +16,18 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from engine.generation.checkpoint_choice import checkpoint_to_paint
 from engine.generation.generator import GenerationResult, Generator, PetLora, StepCallback
 from engine.generation.metadata import Parameters, png_info
 from engine.generation.prompts import substitute_token
-from engine.generation.request import GenerationError, GenerationRequest, untrained
+from engine.generation.request import GenerationError, GenerationRequest
 from storage import keys
 from storage.db import Queries
 from storage.files import DataDir, FileMissing, FileStore, remove_tree
 from storage.generations import (
     CheckpointRef,
     VariationSource,
-    default_checkpoint,
     generation_image_key,
-    pet_checkpoint,
     record_generation,
 )
 from storage.pets import Pet, get_pet
@@ -56,15 +55,7 @@ async def resolve_pet(
     pet = await get_pet(db, request.pet_id)
     if pet is None or pet.guild_id != guild_id:
         raise GenerationError(f"There is no pet #{request.pet_id} in this server; check the pet's name.")
-    if request.checkpoint_id is not None:
-        checkpoint = await pet_checkpoint(db, pet.id, request.checkpoint_id)
-        if checkpoint is None:
-            raise GenerationError(f"Checkpoint #{request.checkpoint_id} is not one of {pet.name}'s trainings.")
-    else:
-        checkpoint = await default_checkpoint(db, pet.id, pet.active_checkpoint_id)
-        if checkpoint is None:
-            raise untrained(pet.name)
-    return pet, checkpoint
+    return pet, await checkpoint_to_paint(db, pet, request.checkpoint_id)
 
 
 async def fetch_lora(store: FileStore, pet: Pet, checkpoint: CheckpointRef) -> PetLora:

@@ -1,8 +1,9 @@
 """Prior-preservation images: what the base model draws for 'a photo of <class noun>'.
 
 They are drawn once per class into the file store (class-images/<slug>/0000.png, ...,
-image i from seed i) and shared by every pet of that class, on every host, so the second
-cat owner does not pay for them again; a run that wants more than exist draws only the rest.
+image i from seed i; the slug is storage.keys.class_slug) and shared by every pet of that
+class, on every host, so the second cat owner does not pay for them again; a run that
+wants more than exist draws only the rest.
 
 Two hosts training cats at the same moment must not both draw them: the drawing host holds
 the named lease 'class-images:<slug>' (renewed after every batch, expiring on the database's
@@ -65,7 +66,7 @@ async def ensure_class_images(
     the drawing with ClassImagesCancelled.
     """
     wanted = [keys.class_image(class_noun, index) for index in range(count)]
-    lease = f"class-images:{keys.slugify(class_noun)}"
+    lease = f"class-images:{keys.class_slug(class_noun)}"
     holder = f"{socket.gethostname()}:{os.getpid()}:{keys.new_tag()}"
     while True:
         present = {item.key for item in await store.list(keys.class_images(class_noun))}

@@ -268,5 +268,7 @@ class Executor:
         return await workers.idle_others(self.db, self.worker_id, IDLE_FRESH_S) == 0
 
     async def _serve_generations(self) -> None:
-        while (job := await jobs.claim_next_job(self.db, self.worker_id, kinds=SERVED_BETWEEN_STEPS)) is not None:
+        while (job := await jobs.claim_next_job(
+            self.db, self.worker_id, kinds=SERVED_BETWEEN_STEPS, running=self.running
+        )) is not None:
             await self.run(job)

@@ -100,7 +100,7 @@ class Worker:
         while not self._stopping:
             try:
                 self.wakeup.clear()
-                job = await jobs.claim_next_job(self.db, self.worker_id)
+                job = await jobs.claim_next_job(self.db, self.worker_id, running=self.executor.running)
                 if job is not None:
                     await workers.set_state(self.db, self.worker_id, "busy", job.id)
                     await self.executor.run(job)
