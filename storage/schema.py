@@ -3,7 +3,9 @@
 The migrations in `storage/migrations/versions/` create and change the real tables; these
 definitions follow them (a test compares the two on SQLite and on PostgreSQL). Paths are
 file-store keys relative to the data folder or bucket prefix. JSON values are stored as
-text, booleans as 0/1 integers, times as `Timestamp` (see storage.dialects).
+text, booleans as 0/1 integers, times as `Timestamp` (see storage.dialects). Ids are never
+handed out twice (AUTOINCREMENT on SQLite, sequences on PostgreSQL): caches and the event
+relay tell rows apart by them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ pets = Table(
     Column("class_noun", Text, nullable=False),
     Column("active_checkpoint_id", Integer, ForeignKey("checkpoints.id", ondelete="SET NULL", use_alter=True)),
     _created(),
+    sqlite_autoincrement=True,
 )
 
 photos = Table(
@@ -49,6 +52,7 @@ photos = Table(
     Column("crop_size", Integer, nullable=False),
     Column("added_by", Text, nullable=False),
     Column("added_at", Timestamp, nullable=False),
+    sqlite_autoincrement=True,
 )
 
 training_runs = Table(
@@ -65,6 +69,7 @@ training_runs = Table(
     Column("started_at", Timestamp),
     Column("finished_at", Timestamp),
     Column("chosen_checkpoint_id", Integer, ForeignKey("checkpoints.id", ondelete="SET NULL", use_alter=True)),
+    sqlite_autoincrement=True,
 )
 
 checkpoints = Table(
@@ -77,6 +82,7 @@ checkpoints = Table(
     Column("diffusers_file", Text, nullable=False),
     Column("kohya_file", Text, nullable=False),
     _created(),
+    sqlite_autoincrement=True,
 )
 
 validation_images = Table(
@@ -130,6 +136,7 @@ generations = Table(
     Column("source_generation_id", Integer, ForeignKey("generations.id", ondelete="SET NULL")),
     Column("source_image", Integer),
     Column("variation_strength", Float),
+    sqlite_autoincrement=True,
 )
 
 jobs = Table(
@@ -154,6 +161,7 @@ jobs = Table(
     _created(),
     Column("started_at", Timestamp),
     Column("finished_at", Timestamp),
+    sqlite_autoincrement=True,
 )
 
 job_events = Table(
@@ -165,6 +173,7 @@ job_events = Table(
     Column("data", Text, nullable=False),
     _created(),
     Column("tx", BigInteger, nullable=False),  # the writing transaction (see dialects.event_horizon)
+    sqlite_autoincrement=True,
 )
 
 guild_settings = Table(
