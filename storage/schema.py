@@ -69,6 +69,10 @@ training_runs = Table(
     Column("started_at", Timestamp),
     Column("finished_at", Timestamp),
     Column("chosen_checkpoint_id", Integer, ForeignKey("checkpoints.id", ondelete="SET NULL", use_alter=True)),
+    # The rule's choice when the training ended (engine/scoring/choice.py), recorded once.
+    Column("choice_step", Integer),
+    Column("choice_reason", Text),
+    Column("choice_votes", Text),  # JSON: votes counted per checkpoint step
     sqlite_autoincrement=True,
 )
 

@@ -29,7 +29,15 @@ from storage.guild_settings import GuildSettings, get_guild_settings
 from storage.pet_status import pet_summaries
 from storage.pets import create_pet, delete_pet_row, find_pet, list_pets
 from storage.photos import list_photos
-from storage.runs import add_checkpoint, get_run, insert_run, list_checkpoints, list_validation_images, vote_tally
+from storage.runs import (
+    RecordedChoice,
+    add_checkpoint,
+    get_run,
+    insert_run,
+    list_checkpoints,
+    list_validation_images,
+    vote_tally,
+)
 from storage.schema import jobs as job_rows
 from storage.schema import metadata
 
@@ -88,6 +96,7 @@ async def test_a_database_written_by_the_release_upgrades_in_place_and_keeps_eve
         checkpoints = await list_checkpoints(db, run.id)
         assert [c.step for c in checkpoints] == [250, 500]
         assert run.chosen_checkpoint_id == checkpoints[1].id == pet.active_checkpoint_id
+        assert run.choice == RecordedChoice(500, "it was kept when the training finished", {})  # never chosen again
         images = await list_validation_images(db, run.id)
         assert [(i.step, i.seed) for i in images] == [(250, 1), (250, 2), (500, 1), (500, 2)]
         assert await vote_tally(db, run.id) == {250: 1, 500: 3}
