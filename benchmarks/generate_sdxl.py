@@ -208,11 +208,11 @@ def main() -> int:
         gen: Generator = state.get("gen") or Generator(base, memory="full", cuda_graphs=False)  # type: ignore[assignment]
         state["gen"] = gen
         files = [make_lora(pipe.unet, seed, work / f"lora-{seed}") for seed in (1, 2)]
-        state["loras"] = [PetLora(100 + index, file) for index, file in enumerate(files)]
+        state["loras"] = [PetLora(str(file), file) for file in files]
         a, b = state["loras"]
 
         def apply(lora: PetLora) -> None:
-            with gen.loras.applied(lora.checkpoint_id, lora.path, 1.0):
+            with gen.loras.applied(lora.key, lora.path, 1.0):
                 pass
 
         load_a, _ = sync_time(lambda: apply(a))

@@ -158,7 +158,7 @@ def _paint_and_score(args: argparse.Namespace, settings: Settings, benchmark, lo
         print(f"{subject} ({number} of {len(loras)}): painting with {path}", file=sys.stderr)
         try:
             result = evaluate_subject(
-                generator, scorer, benchmark, subject, PetLora(number, path), token=args.token,
+                generator, scorer, benchmark, subject, PetLora(str(path), path), token=args.token,
                 pictures_per_prompt=args.images, steps=args.steps, seed=args.seed,
             )
         except DreamBenchError as error:

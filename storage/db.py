@@ -329,12 +329,38 @@ async def open_database(url: str, *, migrate: bool = True) -> Database:
 async def upgrade(database: Database, revision: str = "head") -> None:
     """Apply the migrations the database lacks, holding a lock so two processes never both do."""
     before = await current_revision(database)
-    async with database.transaction() as tx:
-        await tx.lock("pawtrait-migrations")
-        await tx.connection.run_sync(_alembic_upgrade, revision)
+    if database.dialect == "sqlite":
+        await _upgrade_sqlite(database, revision)
+    else:
+        async with database.transaction() as tx:
+            await tx.lock("pawtrait-migrations")
+            await tx.connection.run_sync(_alembic_upgrade, revision)
     after = await current_revision(database)
     if after != before:
         log.info("database %s: schema upgraded from %s to %s", database.describe(), before or "nothing", after)
+
+
+async def _upgrade_sqlite(database: Database, revision: str) -> None:
+    """SQLite changes a table by copying it and dropping the old one, which with foreign keys on
+    deletes the rows that refer to it (cascades); the pragma is a no-op inside a transaction, so
+    it is off on this connection around the migrations' transaction (BEGIN IMMEDIATE: one
+    process at a time), which checks the keys itself (see 0004)."""
+    async with database.engine.connect() as connection:
+        await connection.run_sync(_sqlite_pragma, "foreign_keys = OFF")
+        try:
+            async with connection.begin():
+                await connection.run_sync(_alembic_upgrade, revision)
+        finally:
+            await connection.run_sync(_sqlite_pragma, "foreign_keys = ON")
+
+
+def _sqlite_pragma(connection: Connection, pragma: str) -> None:
+    """Run a pragma on the driver's connection, outside any transaction."""
+    cursor = connection.connection.dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA {pragma}")
+    finally:
+        cursor.close()
 
 
 def _alembic_upgrade(connection: Connection, revision: str) -> None:

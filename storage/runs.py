@@ -22,6 +22,15 @@ UNFINISHED = ("queued", "running", "failed", "cancelled")
 
 
 @dataclass(frozen=True)
+class RecordedChoice:
+    """The checkpoint rule's choice for a run, as recorded when the training ended."""
+
+    step: int
+    reason: str  # one sentence for the finish message
+    votes: dict[int, int]  # counted per checkpoint step
+
+
+@dataclass(frozen=True)
 class Run:
     id: int
     pet_id: int
@@ -34,6 +43,7 @@ class Run:
     started_at: str | None
     finished_at: str | None
     chosen_checkpoint_id: int | None
+    choice: RecordedChoice | None = None  # None until the rule chose (see record_choice)
 
 
 @dataclass(frozen=True)
@@ -88,6 +98,10 @@ def _run(row: RowMapping | None) -> Run | None:
         return None
     values = dict(row)
     values["params"] = json.loads(values["params"])
+    step, reason, votes_json = values.pop("choice_step"), values.pop("choice_reason"), values.pop("choice_votes")
+    if reason is not None:
+        counted = {int(key): int(count) for key, count in json.loads(votes_json or "{}").items()}
+        values["choice"] = RecordedChoice(int(step), reason, counted)
     return Run(**values)
 
 
@@ -150,6 +164,18 @@ async def cancel_unstarted_run(db: Queries, run_id: int) -> None:
         update(training_runs).where(training_runs.c.id == run_id, training_runs.c.status == "queued")
         .values(status="cancelled", finished_at=utc_now())
     )
+
+
+async def record_choice(db: Queries, run_id: int, checkpoint_id: int, choice: RecordedChoice) -> bool:
+    """Record the rule's choice and make it the run's checkpoint, once: False (and nothing
+    changed) when the run already has a recorded choice."""
+    result = await db.execute(
+        update(training_runs)
+        .where(training_runs.c.id == run_id, training_runs.c.choice_reason.is_(None))
+        .values(chosen_checkpoint_id=checkpoint_id, choice_step=choice.step, choice_reason=choice.reason,
+                choice_votes=json.dumps({str(step): count for step, count in choice.votes.items()}))
+    )
+    return result.rowcount == 1
 
 
 async def set_chosen_checkpoint(db: Queries, run_id: int, checkpoint_id: int | None) -> None:

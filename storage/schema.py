@@ -3,7 +3,9 @@
 The migrations in `storage/migrations/versions/` create and change the real tables; these
 definitions follow them (a test compares the two on SQLite and on PostgreSQL). Paths are
 file-store keys relative to the data folder or bucket prefix. JSON values are stored as
-text, booleans as 0/1 integers, times as `Timestamp` (see storage.dialects).
+text, booleans as 0/1 integers, times as `Timestamp` (see storage.dialects). Ids are never
+handed out twice (AUTOINCREMENT on SQLite, sequences on PostgreSQL): caches and the event
+relay tell rows apart by them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ pets = Table(
     Column("class_noun", Text, nullable=False),
     Column("active_checkpoint_id", Integer, ForeignKey("checkpoints.id", ondelete="SET NULL", use_alter=True)),
     _created(),
+    sqlite_autoincrement=True,
 )
 
 photos = Table(
@@ -49,6 +52,7 @@ photos = Table(
     Column("crop_size", Integer, nullable=False),
     Column("added_by", Text, nullable=False),
     Column("added_at", Timestamp, nullable=False),
+    sqlite_autoincrement=True,
 )
 
 training_runs = Table(
@@ -65,6 +69,11 @@ training_runs = Table(
     Column("started_at", Timestamp),
     Column("finished_at", Timestamp),
     Column("chosen_checkpoint_id", Integer, ForeignKey("checkpoints.id", ondelete="SET NULL", use_alter=True)),
+    # The rule's choice when the training ended (engine/scoring/choice.py), recorded once.
+    Column("choice_step", Integer),
+    Column("choice_reason", Text),
+    Column("choice_votes", Text),  # JSON: votes counted per checkpoint step
+    sqlite_autoincrement=True,
 )
 
 checkpoints = Table(
@@ -77,6 +86,7 @@ checkpoints = Table(
     Column("diffusers_file", Text, nullable=False),
     Column("kohya_file", Text, nullable=False),
     _created(),
+    sqlite_autoincrement=True,
 )
 
 validation_images = Table(
@@ -130,6 +140,7 @@ generations = Table(
     Column("source_generation_id", Integer, ForeignKey("generations.id", ondelete="SET NULL")),
     Column("source_image", Integer),
     Column("variation_strength", Float),
+    sqlite_autoincrement=True,
 )
 
 jobs = Table(
@@ -154,6 +165,7 @@ jobs = Table(
     _created(),
     Column("started_at", Timestamp),
     Column("finished_at", Timestamp),
+    sqlite_autoincrement=True,
 )
 
 job_events = Table(
@@ -165,6 +177,7 @@ job_events = Table(
     Column("data", Text, nullable=False),
     _created(),
     Column("tx", BigInteger, nullable=False),  # the writing transaction (see dialects.event_horizon)
+    sqlite_autoincrement=True,
 )
 
 guild_settings = Table(

@@ -30,6 +30,7 @@ from engine.models import load_base_model
 from storage import keys, runs
 from storage.files import DataDir, FileStore
 from storage.generations import get_generation
+from storage.pet_deletion import forget_pet
 from storage.pets import LOCAL_GUILD, Pet, create_pet, get_pet, set_active_checkpoint
 from storage.schema import generations
 
@@ -130,7 +131,7 @@ def test_sizes_follow_the_configured_resolution(generator: Generator) -> None:
 
 def test_lora_changes_the_picture_and_strength_zero_is_the_base(generator: Generator, lora_files: list[Path]) -> None:
     pet = pet_for()
-    lora = PetLora(1, lora_files[0])
+    lora = PetLora("lora-0", lora_files[0])
     base = generator.generate(quick("a photo of TOK cat"), pet=pet)
     with_lora = generator.generate(quick("a photo of TOK cat"), pet=pet, lora=lora)
     at_zero = generator.generate(quick("a photo of TOK cat", lora_scale=0.0), pet=pet, lora=lora)
@@ -147,11 +148,11 @@ def test_switching_pets_and_back_equals_loading_each_fresh(tiny_model_dir: Path,
     request = quick("TOK on a sofa", steps=2)
     switching = Generator(load_tiny(tiny_model_dir), memory="full", size_scale=SMALL)
     order = [0, 0, 1, 0, 1, 1]
-    seen = [switching.generate(request, pet=pet, lora=PetLora(10 + i, lora_files[i])).images for i in order]
-    assert switching.loras.loaded() == [10, 11]
+    seen = [switching.generate(request, pet=pet, lora=PetLora(f"lora-{i}", lora_files[i])).images for i in order]
+    assert switching.loras.loaded() == ["lora-0", "lora-1"]
     for index in (0, 1):
         fresh = Generator(load_tiny(tiny_model_dir), memory="full", size_scale=SMALL)
-        expected = fresh.generate(request, pet=pet, lora=PetLora(10 + index, lora_files[index])).images
+        expected = fresh.generate(request, pet=pet, lora=PetLora(f"lora-{index}", lora_files[index])).images
         assert all(same(images, expected) for images, i in zip(seen, order) if i == index)
     assert not same(seen[0], seen[2])
 
@@ -159,13 +160,27 @@ def test_switching_pets_and_back_equals_loading_each_fresh(tiny_model_dir: Path,
 def test_lru_cache_evicts_the_least_recently_used_pet(tiny_model_dir: Path, lora_files: list[Path]) -> None:
     small = Generator(load_tiny(tiny_model_dir), memory="full", size_scale=SMALL, lora_capacity=1)
     pet = pet_for()
-    first = small.generate(quick("TOK", steps=1), pet=pet, lora=PetLora(1, lora_files[0]))
-    small.generate(quick("TOK", steps=1), pet=pet, lora=PetLora(2, lora_files[1]))
-    assert small.loras.loaded() == [2]
+    first = small.generate(quick("TOK", steps=1), pet=pet, lora=PetLora("lora-0", lora_files[0]))
+    small.generate(quick("TOK", steps=1), pet=pet, lora=PetLora("lora-1", lora_files[1]))
+    assert small.loras.loaded() == ["lora-1"]
     # Pets are merged into the weights per request: no peft layers are left to slow the UNet down.
     assert not any(isinstance(module, BaseTunerLayer) for module in small.pipe.unet.modules())
-    again = small.generate(quick("TOK", steps=1), pet=pet, lora=PetLora(1, lora_files[0]))
+    again = small.generate(quick("TOK", steps=1), pet=pet, lora=PetLora("lora-0", lora_files[0]))
     assert same(first.images, again.images)
+
+
+def test_another_file_is_another_lora_whatever_its_checkpoint_row(
+    tiny_model_dir: Path, lora_files: list[Path]
+) -> None:
+    """A worker knows LoRAs by their file's key: a later checkpoint that got an old row's id
+    (a restored backup) is read from its own file, never taken from the cache."""
+    pet, request = pet_for(), quick("TOK on a sofa", steps=2)
+    worker = Generator(load_tiny(tiny_model_dir), memory="full", size_scale=SMALL)
+    old = worker.generate(request, pet=pet, lora=PetLora("runs/1/checkpoints/step-100-aaaa/lora", lora_files[0]))
+    new = worker.generate(request, pet=pet, lora=PetLora("runs/1/checkpoints/step-100-bbbb/lora", lora_files[1]))
+    fresh = Generator(load_tiny(tiny_model_dir), memory="full", size_scale=SMALL)
+    expected = fresh.generate(request, pet=pet, lora=PetLora("runs/1/checkpoints/step-100-bbbb/lora", lora_files[1]))
+    assert same(new.images, expected.images) and not same(old.images, new.images)
 
 
 def test_a_paused_training_adapter_is_left_exactly_as_it_was(tiny_model_dir: Path, lora_files: list[Path]) -> None:
@@ -178,7 +193,7 @@ def test_a_paused_training_adapter_is_left_exactly_as_it_was(tiny_model_dir: Pat
     assert trainable and all("train-7" in name for name in trainable)
     weights = {name: p.detach().clone() for name, p in unet.named_parameters()}
 
-    gen.generate(quick("TOK", steps=1), pet=pet_for(), lora=PetLora(3, lora_files[0]))
+    gen.generate(quick("TOK", steps=1), pet=pet_for(), lora=PetLora("lora-0", lora_files[0]))
     # The pet LoRA was merged into the weights for its picture; they are back bit for bit at once.
     assert all(torch.equal(p, weights[name]) for name, p in unet.named_parameters() if name in weights)
     gen.generate(quick("a cat", steps=1))
@@ -400,6 +415,27 @@ async def test_bad_requests_are_refused_in_plain_words(
         await generate_and_record(db, store, data, generator, GenerationRequest(**values), LOCAL_GUILD, "user-1")
     assert await generation_count(db) == 0
     assert await store.list("generations") == []
+
+
+async def test_a_worker_that_painted_a_forgotten_pet_paints_the_next_pet_as_a_fresh_worker_does(
+    db, store: FileStore, settings, tiny_model_dir: Path, lora_files
+) -> None:
+    data = DataDir(settings.data_dir)
+    worker = Generator(load_tiny(tiny_model_dir), memory="full", size_scale=SMALL)
+
+    async def paint(generator: Generator, pet: Pet) -> list[Image.Image]:
+        request = GenerationRequest(prompt="TOK cat on a sofa", pet_id=pet.id, seed=5, steps=2)
+        outcome = await generate_and_record(db, store, data, generator, request, LOCAL_GUILD, "user-9")
+        return [Image.open(await store.local_path(file)) for file in outcome.files]
+
+    thor = await add_trained_pet(db, store, "Thor", lora_files[0])
+    thor_pictures = await paint(worker, thor)
+    await forget_pet(db, store, thor)  # the newest pet, its run and checkpoint go
+    loki = await add_trained_pet(db, store, "Loki", lora_files[1])
+    loki_pictures = await paint(worker, loki)
+    fresh = Generator(load_tiny(tiny_model_dir), memory="full", size_scale=SMALL)
+    assert same(loki_pictures, await paint(fresh, loki))
+    assert not same(loki_pictures, thor_pictures)
 
 
 async def test_a_damaged_lora_file_is_a_plain_error_and_records_nothing(

@@ -27,9 +27,18 @@ from storage.discord_posts import get_discord_job, relay_position
 from storage.generations import VariationSource, default_checkpoint, get_generation, record_generation
 from storage.guild_settings import GuildSettings, get_guild_settings
 from storage.pet_status import pet_summaries
-from storage.pets import create_pet, find_pet, list_pets
+from storage.pets import create_pet, delete_pet_row, find_pet, list_pets
 from storage.photos import list_photos
-from storage.runs import get_run, list_checkpoints, list_validation_images, vote_tally
+from storage.runs import (
+    RecordedChoice,
+    add_checkpoint,
+    get_run,
+    insert_run,
+    list_checkpoints,
+    list_validation_images,
+    vote_tally,
+)
+from storage.schema import jobs as job_rows
 from storage.schema import metadata
 
 from conftest import distributed
@@ -87,6 +96,7 @@ async def test_a_database_written_by_the_release_upgrades_in_place_and_keeps_eve
         checkpoints = await list_checkpoints(db, run.id)
         assert [c.step for c in checkpoints] == [250, 500]
         assert run.chosen_checkpoint_id == checkpoints[1].id == pet.active_checkpoint_id
+        assert run.choice == RecordedChoice(500, "it was kept when the training finished", {})  # never chosen again
         images = await list_validation_images(db, run.id)
         assert [(i.step, i.seed) for i in images] == [(250, 1), (250, 2), (500, 1), (500, 2)]
         assert await vote_tally(db, run.id) == {250: 1, 500: 3}
@@ -334,3 +344,87 @@ async def test_a_new_database_file_opened_while_another_process_writes_to_it_wai
     finally:
         commit.join()
         other.close()
+
+
+# --- ids ------------------------------------------------------------------------------------
+
+AUTOINCREMENTED = ("pets", "photos", "training_runs", "checkpoints", "generations", "jobs", "job_events")
+
+
+def _schema_and_rows(path: Path) -> tuple[dict, dict]:
+    """Every table's rows and every index's columns, as the file holds them."""
+    with sqlite3.connect(path) as connection:
+        tables = [row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        rows = {
+            table: sorted(connection.execute(f'SELECT * FROM "{table}"').fetchall(), key=repr)
+            for table in tables if table not in ("alembic_version", "sqlite_sequence")
+        }
+        indexes = {
+            row[0]: (row[1], [info[2] for info in connection.execute(f'PRAGMA index_info("{row[0]}")')])
+            for row in connection.execute("SELECT name, tbl_name FROM sqlite_master WHERE type = 'index'")
+        }
+        keys = {table: sorted(connection.execute(f'PRAGMA foreign_key_list("{table}")').fetchall()) for table in rows}
+    return rows, {"indexes": indexes, "foreign keys": keys}
+
+
+async def test_the_release_database_keeps_every_row_index_and_key_and_never_hands_out_an_id_twice(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "pawtrait.db"
+    shutil.copyfile(RELEASE_DB, path)
+    rows_before, shape_before = _schema_and_rows(path)
+    db = await open_database(sqlite_url(path))
+    await db.close()
+    rows_after, shape = _schema_and_rows(path)
+    for table, rows in rows_before.items():
+        assert [row[: len(rows[0])] for row in rows_after[table]] == rows, table  # later columns appended
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("PRAGMA foreign_key_check").fetchall() == []
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        for table in AUTOINCREMENTED:
+            sql = connection.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+            assert "AUTOINCREMENT" in sql, table
+    # What the release built besides is still there: its indexes and foreign keys, with 0002's and 0003's.
+    assert {table: keys for table, keys in shape["foreign keys"].items() if table in shape_before["foreign keys"]} == (
+        shape_before["foreign keys"]
+    )
+    assert {name: index for name, index in shape["indexes"].items() if name in shape_before["indexes"]} == (
+        shape_before["indexes"]
+    )
+    assert shape["indexes"]["job_events_order"] == ("job_events", ["tx", "id"])
+
+    # Forgetting the newest pet takes its rows (the training's job and events with them); what
+    # comes next gets new ids, and the events come after the relay's position.
+    db = await open_database(sqlite_url(path))
+    try:
+        [pet] = await list_pets(db, "guild-1")
+        [run_id] = [job.run_id for job in await jobs.list_jobs(db, active_only=False) if job.run_id is not None]
+        checkpoint_ids = [checkpoint.id for checkpoint in await list_checkpoints(db, run_id)]
+        async with db.transaction() as tx:
+            await tx.execute(job_rows.delete().where(job_rows.c.id >= 1))  # as the release's newest events went
+            await delete_pet_row(tx, pet.id)
+        assert await jobs.events_after(db, jobs.START) == [] and await list_pets(db, "guild-1") == []
+        again = await create_pet(db, "guild-1", "alice", "Loki", "dog")
+        job = await jobs.submit_job(db, Settings(data_dir=tmp_path), "generate", "guild-1", "erin", {"request": {}})
+        assert again.id > pet.id and job.id > 4
+        [event] = await jobs.events_after(db, await relay_position(db))
+        assert event.job_id == job.id
+        run = await insert_run(db, again.id, {"steps": 1}, 1)
+        assert run > run_id and await add_checkpoint(db, run, 1, "runs/x", "a", "b") > max(checkpoint_ids)
+    finally:
+        await db.close()
+
+
+@pytest.mark.both_modes
+async def test_deleting_the_newest_row_never_gives_its_id_to_the_next_one(db: Database, tmp_path: Path) -> None:
+    first = await create_pet(db, "g", "u", "Thor", "cat")
+    await delete_pet_row(db, first.id)
+    second = await create_pet(db, "g", "u", "Loki", "cat")
+    assert second.id > first.id
+    job = await jobs.submit_job(db, Settings(data_dir=tmp_path), "generate", "g", "u", {"request": {}})
+    [event] = await jobs.events_after(db, jobs.START)
+    async with db.transaction() as tx:
+        await tx.execute(job_rows.delete().where(job_rows.c.id == job.id))  # its events go with it
+    later = await jobs.submit_job(db, Settings(data_dir=tmp_path), "generate", "g", "u", {"request": {}})
+    [again] = await jobs.events_after(db, event.position)
+    assert later.id > job.id and again.job_id == later.id and again.id > event.id

@@ -196,9 +196,9 @@ async def test_scores_are_stored_per_picture_and_averaged_per_checkpoint(db) -> 
     assert unscored == StepScores(200, second, None, None, None, 0)
 
 
-async def scored_run(db, dino: list[float], clip_t: list[float]) -> tuple[int, int, dict[int, int]]:
+async def scored_run(db, dino: list[float], clip_t: list[float], guild: str = "g1") -> tuple[int, int, dict[int, int]]:
     """(pet id, run id, validation image id per step) of a run with one scored picture per step."""
-    pet = await create_pet(db, "g1", "owner", "Mochi", "cat")
+    pet = await create_pet(db, guild, "owner", "Mochi", "cat")
     run_id = await runs.insert_run(db, pet.id, {}, 100 * len(dino))
     image_ids = {0: await runs.add_validation_image(db, run_id, 0, None, "p", 0, "v0", ImageScores(0.3, 0.6, 0.30))}
     for index, (likeness, adherence) in enumerate(zip(dino, clip_t)):
@@ -211,24 +211,28 @@ async def scored_run(db, dino: list[float], clip_t: list[float]) -> tuple[int, i
 
 
 async def test_with_no_votes_the_suggestion_is_kept_a_vote_overrides_it_and_scores_break_ties(db) -> None:
-    pet_id, run_id, image = await scored_run(db, [0.45, 0.58, 0.64, 0.70, 0.74], [0.31, 0.30, 0.29, 0.25, 0.21])
-    pet = await get_pet(db, pet_id)
+    async def kept_with(guild: str, votes: list[tuple[str, str, int]]):
+        """The checkpoint kept when a training ends with these (member, emoji, step) votes."""
+        pet_id, run_id, image = await scored_run(
+            db, [0.45, 0.58, 0.64, 0.70, 0.74], [0.31, 0.30, 0.29, 0.25, 0.21], guild=guild
+        )
+        for user, emoji, step in votes:
+            await runs.add_vote(db, user, emoji, validation_image_id=image[step])
+        kept = await choose_checkpoint(db, run_id, await get_pet(db, pet_id))
+        assert (await get_pet(db, pet_id)).active_checkpoint_id == kept.checkpoint.id
+        return kept
 
-    kept = await choose_checkpoint(db, run_id, pet)
+    kept = await kept_with("g1", [])
     assert kept.checkpoint.step == 300 and kept.voted_step is None
     assert kept.reason.startswith("nobody voted, so I kept the suggested checkpoint: step 300 looks most like Mochi")
-    assert (await get_pet(db, pet_id)).active_checkpoint_id == kept.checkpoint.id
 
-    await runs.add_vote(db, "bob", "⭐", validation_image_id=image[500])
-    await runs.add_vote(db, "eve", "👍", validation_image_id=image[400])  # not this server's vote emoji
-    kept = await choose_checkpoint(db, run_id, pet)
+    one_vote = [("bob", "⭐", 500), ("eve", "👍", 400)]  # a thumbs-up is not this server's vote emoji
+    kept = await kept_with("g2", one_vote)
     assert (kept.checkpoint.step, kept.voted_step, kept.reason) == (500, 500, "step 500 got the most votes (1 vote)")
     assert kept.suggestion.step == 300  # still shown beside the vote
-    assert (await get_pet(db, pet_id)).active_checkpoint_id == kept.checkpoint.id
 
-    await runs.add_vote(db, "owner", "⭐", validation_image_id=image[400])  # the owner's vote does not beat the score
-    await runs.add_vote(db, "carol", "⭐", validation_image_id=image[200])
-    kept = await choose_checkpoint(db, run_id, pet)
+    # The owner's vote does not beat the score.
+    kept = await kept_with("g3", [*one_vote, ("owner", "⭐", 400), ("carol", "⭐", 200)])
     assert kept.checkpoint.step == 200 and kept.reason == "steps 200, 400, 500 tied with 1 vote; step 200 scores best"
 
 

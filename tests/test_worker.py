@@ -14,12 +14,15 @@ import os
 import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from config.settings import Settings
 from engine.worker.supervisor import WorkerSupervisor
 from storage import jobs, runs
 from storage.files import FileStore
+from storage.pet_deletion import forget_pet
 from storage.pets import LOCAL_GUILD
 
 from worker_helpers import (
@@ -99,6 +102,46 @@ async def test_generation_is_served_between_training_steps_and_cancel_and_failur
         assert worker.poll() is None  # the failures never took the worker down
     finally:
         stop_worker(worker)
+
+
+@pytest.mark.both_modes
+async def test_a_worker_that_painted_a_forgotten_pet_paints_the_next_pet_as_a_fresh_worker_does(
+    db, store: FileStore, settings: Settings, worker_env: dict[str, str], tmp_path: Path, mode: str
+) -> None:
+    """Forget the newest pet, teach and train another: its rows may not take the old ones' ids,
+    and a worker must not paint the old pet's LoRA from its cache for the new one."""
+    log = tmp_path / "worker.log"
+
+    async def trained(name: str, user: str):
+        pet, _, job = await submit_training(db, store, settings, tiny_training(2, 2), user, name)
+        done = await eventually(lambda: ended(db, job.id), f"{name}'s training", log)
+        assert done.status == "succeeded", done.error
+        return pet
+
+    async def painted(pet) -> list[np.ndarray]:
+        job = await jobs.submit_job(
+            db, settings, "generate", LOCAL_GUILD, "carol", painting(pet_id=pet.id, prompt="a photo of TOK cat", steps=2)
+        )
+        done = await eventually(lambda: ended(db, job.id), f"the painting of {pet.name}", log)
+        assert done.status == "succeeded", done.error
+        return [np.asarray(Image.open(await store.local_path(key)).convert("RGB")) for key in done.result["files"]]
+
+    worker = start_worker(own_folder(worker_env, mode, tmp_path / "worker-host"), log)
+    try:
+        thor = await trained("Thor", "alice")
+        thor_pictures = await painted(thor)
+        await forget_pet(db, store, thor)
+        loki = await trained("Loki", "bob")
+        loki_pictures = await painted(loki)
+    finally:
+        stop_worker(worker)
+    fresh = start_worker(own_folder(worker_env, mode, tmp_path / "fresh-host"), log)
+    try:
+        expected = await painted(loki)
+    finally:
+        stop_worker(fresh)
+    assert all(np.array_equal(got, want) for got, want in zip(loki_pictures, expected, strict=True))
+    assert not all(np.array_equal(got, old) for got, old in zip(loki_pictures, thor_pictures, strict=True))
 
 
 async def test_killed_worker_is_restarted_and_the_training_resumes_from_its_checkpoint(

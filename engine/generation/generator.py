@@ -52,9 +52,10 @@ StepCallback = Callable[[int, int, Preview], None]
 
 @dataclass(frozen=True)
 class PetLora:
-    """Which trained LoRA to apply: a checkpoint row's id and its diffusers-format file."""
+    """Which trained LoRA to apply: its diffusers-format file's key in the file store (unique to
+    that file: it carries a random tag) and a local copy."""
 
-    checkpoint_id: int
+    key: str
     path: Path
 
 
@@ -247,7 +248,7 @@ class Generator:
             with self._unet_for_pictures(training_paused):
                 self._encoders_on_device()
                 if lora is not None and request.lora_scale > 0:
-                    applied = self.loras.applied(lora.checkpoint_id, lora.path, request.lora_scale)
+                    applied = self.loras.applied(lora.key, lora.path, request.lora_scale)
                 else:
                     applied = nullcontext()  # strength 0 is exactly the base model, not a 0-scaled LoRA
                 running = self.variation_pipe if request.is_variation else pipe

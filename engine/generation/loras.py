@@ -1,7 +1,9 @@
 """Pet LoRAs on the resident pipeline, switched per request, leaving the UNet as found.
 
-A pet's LoRA file is read once through diffusers/peft (`load_lora_weights` as adapter
-"pet-ckpt-<checkpoint id>"), and kept in a small LRU cache as its low-rank factors. Each
+A pet's LoRA file is read once through diffusers/peft (`load_lora_weights` as a passing
+adapter), and kept in a small LRU cache as its low-rank factors, under the file's key in the
+file store: keys carry a random tag, so a checkpoint written later never finds another's
+factors, even where a database hands out a deleted row's id again (a restored backup). Each
 request merges the chosen pet into the base weights (W += s * B @ A) and copies the
 original weights back afterwards. Measured on an H100 at 1024² (docs/BENCHMARKS.md): a
 live peft adapter made each image 1.8-3.4 s slower at batch 1 (separate LoRA matmuls plus
@@ -33,13 +35,10 @@ from engine.generation.request import GenerationError
 
 log = logging.getLogger(__name__)
 
-PET_PREFIX = "pet-ckpt-"
+# The name a pet's LoRA has on the pipeline while its factors are read (then it is deleted).
+LOADING_ADAPTER = "pet-loading"
 # One rank-4 SDXL LoRA is ~23 MB in half precision; a busy server's pets fit easily.
 DEFAULT_CAPACITY = 16
-
-
-def adapter_name(checkpoint_id: int) -> str:
-    return f"{PET_PREFIX}{checkpoint_id}"
 
 
 def lora_components(pipe: StableDiffusionXLPipeline) -> list[torch.nn.Module]:
@@ -261,37 +260,37 @@ class LoraCache:
             raise ValueError("the LoRA cache needs room for at least one pet")
         self.pipe = pipe
         self.capacity = capacity
-        self._factors: OrderedDict[int, LoraFactors] = OrderedDict()
+        self._factors: OrderedDict[str, LoraFactors] = OrderedDict()
 
-    def loaded(self) -> list[int]:
-        """Checkpoint ids whose LoRAs are ready, least recently used first."""
+    def loaded(self) -> list[str]:
+        """File-store keys of the LoRAs that are ready, least recently used first."""
         return list(self._factors)
 
     @contextmanager
-    def applied(self, checkpoint_id: int, lora_file: Path, scale: float) -> Iterator[None]:
-        """Inside, the pipeline paints with this checkpoint's LoRA merged in at `scale` (the caller
-        switches any peft adapter off: a paused training's must not leak into the pet's picture)."""
-        with _merged(self._factors_for(checkpoint_id, lora_file), scale):
+    def applied(self, key: str, lora_file: Path, scale: float) -> Iterator[None]:
+        """Inside, the pipeline paints with the LoRA stored under `key` (a local copy at `lora_file`)
+        merged in at `scale` (the caller switches any peft adapter off: a paused training's must not
+        leak into the pet's picture)."""
+        with _merged(self._factors_for(key, lora_file), scale):
             yield
 
-    def evict(self, checkpoint_id: int) -> None:
-        """Forget one checkpoint's LoRA, e.g. when its files are deleted."""
-        self._factors.pop(checkpoint_id, None)
+    def evict(self, key: str) -> None:
+        """Forget one LoRA, e.g. when its file is deleted."""
+        self._factors.pop(key, None)
 
-    def _factors_for(self, checkpoint_id: int, lora_file: Path) -> LoraFactors:
-        if checkpoint_id in self._factors:
-            self._factors.move_to_end(checkpoint_id)
-            return self._factors[checkpoint_id]
+    def _factors_for(self, key: str, lora_file: Path) -> LoraFactors:
+        if key in self._factors:
+            self._factors.move_to_end(key)
+            return self._factors[key]
         while len(self._factors) >= self.capacity:
             self._factors.popitem(last=False)
-        name = adapter_name(checkpoint_id)
-        self._load(lora_file, name)
+        self._load(lora_file, LOADING_ADAPTER)
         try:
-            factors = _factors_of(self.pipe, name)
+            factors = _factors_of(self.pipe, LOADING_ADAPTER)
         finally:
-            self.pipe.delete_adapters(name)
+            self.pipe.delete_adapters(LOADING_ADAPTER)
             self._strip_idle_layers()
-        self._factors[checkpoint_id] = factors
+        self._factors[key] = factors
         return factors
 
     def _strip_idle_layers(self) -> None:

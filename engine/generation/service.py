@@ -61,7 +61,7 @@ async def resolve_pet(
 async def fetch_lora(store: FileStore, pet: Pet, checkpoint: CheckpointRef) -> PetLora:
     """A local copy of the checkpoint's LoRA file (cached on this host after its first use)."""
     try:
-        return PetLora(checkpoint.id, await store.local_path(checkpoint.key))
+        return PetLora(checkpoint.key, await store.local_path(checkpoint.key))
     except FileMissing:
         raise GenerationError(
             f"The LoRA file of {pet.name}'s checkpoint #{checkpoint.id} is missing; choose another checkpoint or train again."

@@ -7,9 +7,11 @@ The rule, told to members in the finish message:
    the owner's vote decides, then the later step.
 3. Nobody voted: the suggested checkpoint; without scores, the last one.
 
-Torch-free: the bot applies it when it announces a finished training, and the training
-service when a run succeeds, so a run trained from the CLI or while the bot was away keeps
-the same checkpoint.
+The rule runs once per training, when it succeeds (the training service, so a run trained
+from the CLI or while the bot was away keeps a checkpoint too); the step, the reason and the
+votes it counted are recorded on the run. The bot's announcement, and any replay of it after
+a restart, shows that record: it never chooses again, which would undo a `/pick` made since.
+Torch-free, so the bot can call it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from storage.db import Queries
 from storage.discord_posts import voted_steps
 from storage.guild_settings import get_guild_settings
 from storage.pets import Pet, set_active_checkpoint
-from storage.runs import Checkpoint, list_checkpoints, set_chosen_checkpoint, vote_tally
+from storage.runs import Checkpoint, RecordedChoice, get_run, list_checkpoints, record_choice, vote_tally
 from storage.scores import RunScores, run_scores
 
 
@@ -80,14 +82,22 @@ def pick_step(
 
 
 async def choose_checkpoint(db: Queries, run_id: int, pet: Pet) -> Choice | None:
-    """Apply the rule to a run and make the kept checkpoint the pet's; None without checkpoints."""
+    """The run's choice: the one recorded, else the rule applied now, recorded and made the pet's.
+
+    None without checkpoints, or when the recorded one was deleted since.
+    """
     checkpoints = {checkpoint.step: checkpoint for checkpoint in await list_checkpoints(db, run_id)}
     if not checkpoints:
         return None
     emoji = await vote_emoji(db, pet)
     votes, scores, suggestion = await run_standing(db, run_id, pet, emoji)
-    step, reason = pick_step(votes, await voted_steps(db, run_id, pet.owner_id, emoji), scores, suggestion)
-    chosen = checkpoints[step]
-    await set_chosen_checkpoint(db, run_id, chosen.id)
-    await set_active_checkpoint(db, pet.id, chosen.id)
-    return Choice(chosen, reason, votes, scores, suggestion)
+    run = await get_run(db, run_id)
+    recorded = run.choice if run is not None else None
+    if recorded is None:
+        step, reason = pick_step(votes, await voted_steps(db, run_id, pet.owner_id, emoji), scores, suggestion)
+        async with db.transaction() as tx:
+            if await record_choice(tx, run_id, checkpoints[step].id, RecordedChoice(step, reason, votes)):
+                await set_active_checkpoint(tx, pet.id, checkpoints[step].id)
+        recorded = (await get_run(db, run_id)).choice  # ours, or another process's recorded first
+    chosen = checkpoints.get(recorded.step)
+    return None if chosen is None else Choice(chosen, recorded.reason, recorded.votes, scores, suggestion)

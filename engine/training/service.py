@@ -143,7 +143,7 @@ async def execute_run(
         status = "failed"
         error = f"training failed after {session.step} of {params.steps} steps: {failure}"
     await runs.finish_run(db, run_id, status, session.step, error)
-    # Votes so far, else the suggestion: the same rule the bot applies when it announces the run.
+    # Votes so far, else the suggestion: chosen and recorded once, here; the bot announces the record.
     kept = await choose_checkpoint(db, run_id, pet) if status == "succeeded" else None
     return RunOutcome(run_id=run_id, status=status, error=error, step=session.step, kept=kept)
 

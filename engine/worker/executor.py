@@ -204,8 +204,8 @@ class Executor:
         adapters = (TRAINING_ADAPTER,) if job.kind == "train" else ()
         if is_out_of_memory(error):
             self.generator.release_graphs()
-            for checkpoint_id in self.generator.loras.loaded():
-                self.generator.loras.evict(checkpoint_id)
+            for key in self.generator.loras.loaded():
+                self.generator.loras.evict(key)
         release_memory(self.base, adapters)
 
     def _stopped(self, job_id: int) -> bool:
