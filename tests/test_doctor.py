@@ -137,3 +137,15 @@ async def test_a_refused_login_and_a_missing_bucket_are_reported_in_plain_words(
     assert 'not usable (password authentication failed for user "pawtrait")' in line(result.stdout, "database: ")
     assert "The bucket 'no-such-bucket' does not exist" in line(result.stdout, "file store: ")
     assert "wrong-password" not in output and env["AWS_SECRET_ACCESS_KEY"] not in output
+
+
+async def test_a_buckets_local_copies_and_their_limit_are_shown(
+    settings: Settings, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    shared = distributed(settings, request)
+    env = {**settings_env(shared), "PAWTRAIT_CACHE_GIB": "2.5", "PAWTRAIT_CACHE_SWEEP_S": "300"}
+    result = await asyncio.to_thread(doctor, env, tmp_path, "--for", "worker")
+    assert line(result.stdout, "local copies: ") == (
+        "local copies: 0.00 GiB of at most 2.5 GiB (PAWTRAIT_CACHE_GIB), least recently used dropped first; "
+        "copies of deleted files dropped every 300 s (PAWTRAIT_CACHE_SWEEP_S)"
+    )
