@@ -27,6 +27,8 @@ from storage.pet_deletion import forget_pet, sweep_orphans
 from storage.pets import LOCAL_GUILD, get_pet
 from storage.photos import list_photos
 
+from bot_harness import BotProcess
+from fake_discord import FakeDiscord
 from training_helpers import pet_with_photos
 from worker_helpers import REPO, ended, eventually, painting, start_worker, stop_worker, submit_training, tiny_training
 
@@ -329,3 +331,31 @@ async def test_a_forgotten_pets_copies_leave_another_hosts_cache_after_its_sweep
 
     await eventually(forgotten_gone, "host B's sweep to drop the forgotten pet's copies", b.log)
     assert len(await copies_of(kept.id)) == 3  # another pet's copies stay
+
+
+async def test_a_bot_hosts_copies_of_deleted_files_leave_its_cache(
+    db: Database, store: FileStore, env: dict[str, str], tmp_path: Path
+) -> None:
+    pet = await pet_with_photos(db, store, name="Thor")
+    [photo, *_] = await list_photos(db, pet.id)
+    folder = tmp_path / "bot-host"
+    bot_files = S3Files(store.bucket, store.prefix, folder / "cache", store._env)
+    copy = await bot_files.local_path(photo.prepared_path)  # the bot posted it: a copy on its host
+    fake = FakeDiscord()
+    await fake.start()
+    fake.add_guild("Cat Club", owner="alice")
+    bot = BotProcess(
+        dict(env, **fake.bot_env(), PAWTRAIT_DATA_DIR=str(folder), PAWTRAIT_WORKERS="0", PAWTRAIT_CACHE_SWEEP_S="1"),
+        tmp_path / "bot.log",
+    )
+    await bot.start(fake)
+    try:
+        await forget_pet(db, store, pet)  # by another host: only the bucket and the database change
+
+        async def copy_gone() -> bool:
+            return not copy.exists()
+
+        await eventually(copy_gone, "the bot's host to drop its copy", bot.log_path)
+    finally:
+        await bot.stop()
+        await fake.stop()
