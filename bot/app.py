@@ -8,6 +8,7 @@ Content or Members intent.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from discord.ext import commands
 
 from bot.checks import UserError
 from bot.command_sync import sync_if_changed
+from bot.copies_sweep import drop_deleted_copies_forever
 from bot.formatting import MESSAGE_LIMIT, clip
 from bot.job_messages import JobMessages
 from bot.job_relay import JobRelay
@@ -73,6 +75,9 @@ class PawtraitBot(commands.Bot):
             await self.load_extension(cog)
         await sync_if_changed(self.tree, self.data.root / COMMANDS_HASH_FILE, self.bot_settings.dev_guild)
         await self.relay.start()
+        self.copies_sweep = asyncio.create_task(
+            drop_deleted_copies_forever(self.store, self.settings.cache_sweep_s), name="pawtrait-copies-sweep"
+        )
 
     async def local_copies(self, keys: list[str]) -> list[Path]:
         """Local files of these file-store keys (fetched into this host's cache when the store is
@@ -87,6 +92,8 @@ class PawtraitBot(commands.Bot):
 
     async def close(self) -> None:
         await self.relay.stop()
+        if hasattr(self, "copies_sweep"):
+            self.copies_sweep.cancel()
         await super().close()
         if hasattr(self, "db"):
             await self.db.close()

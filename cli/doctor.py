@@ -7,9 +7,13 @@ import asyncio
 import platform
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from config.redaction import known_secrets, scrub
 from config.settings import Settings, environment
+
+if TYPE_CHECKING:
+    from storage.files import S3Files
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -101,7 +105,7 @@ async def _storage_lines(settings: Settings) -> list[tuple[str, bool]]:
     """The database and the file store, each opened, written to and read back."""
     from storage.connect import file_store
     from storage.db import DatabaseUnavailable, current_revision, open_database
-    from storage.files import FileStoreError
+    from storage.files import FileStoreError, S3Files
     from storage.leases import release, try_acquire
 
     lines = []
@@ -133,7 +137,18 @@ async def _storage_lines(settings: Settings) -> list[tuple[str, bool]]:
         lines.append((f"file store: {store.describe()} - written and read back", True))
     except (FileStoreError, OSError) as error:
         lines.append((f"file store: {store.describe()} - not usable: {error}", False))
+    if isinstance(store, S3Files):
+        lines.append((await asyncio.to_thread(_copies_line, store, settings), True))
     return lines
+
+
+def _copies_line(store: S3Files, settings: Settings) -> str:
+    """How much of the bucket this host keeps as local copies, and what bounds it."""
+    used = store.cache.used_bytes() / 2**30
+    return (
+        f"local copies: {used:.2f} GiB of at most {settings.cache_gib:g} GiB (PAWTRAIT_CACHE_GIB), least recently "
+        f"used dropped first; copies of deleted files dropped every {settings.cache_sweep_s:g} s (PAWTRAIT_CACHE_SWEEP_S)"
+    )
 
 
 def _database_where(settings: Settings) -> str:

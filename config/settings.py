@@ -88,6 +88,16 @@ def non_negative_int(raw: str) -> int:
     return value
 
 
+def bounded_float(low: float, high: float) -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        value = float(raw)
+        if not low <= value <= high:
+            raise ValueError(raw)
+        return value
+
+    return parse
+
+
 def choice(*options: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         if raw.lower() not in options:
@@ -130,6 +140,9 @@ class Settings:
     workers: str = "auto"
     max_job_attempts: int = 3
     keep_generations_days: int = 0
+    teach_cooldown_s: float = 15.0  # a member's next /teach waits this long after the last one started
+    cache_gib: float = 20.0  # local copies of a bucket's objects kept on this host, least recently used first
+    cache_sweep_s: float = 600.0  # how often a worker drops its copies of objects deleted on any host
     database: str | None = field(default=None, repr=False)  # None: the SQLite file in the data folder; has a password
     files: str | None = None  # None: the data folder itself
     host_id: str = field(default_factory=socket.gethostname)
@@ -182,6 +195,13 @@ class Settings:
             max_job_attempts=read(env, "PAWTRAIT_MAX_JOB_ATTEMPTS", 3, positive_int, "a whole number >= 1"),
             keep_generations_days=read(
                 env, "PAWTRAIT_KEEP_GENERATIONS_DAYS", 0, non_negative_int, "a whole number of days (0 = forever)"
+            ),
+            teach_cooldown_s=read(
+                env, "PAWTRAIT_TEACH_COOLDOWN_S", 15.0, bounded_float(0, 3600), "seconds from 0 to 3600 (0 = none)"
+            ),
+            cache_gib=read(env, "PAWTRAIT_CACHE_GIB", 20.0, bounded_float(0.01, 100_000), "GiB above 0 (e.g. 20)"),
+            cache_sweep_s=read(
+                env, "PAWTRAIT_CACHE_SWEEP_S", 600.0, bounded_float(1, 86_400), "seconds from 1 to 86400 (e.g. 600)"
             ),
             database=read(
                 env, "PAWTRAIT_DATABASE_URL", None, _database_url,

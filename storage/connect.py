@@ -11,8 +11,12 @@ from storage.files import FileStore, open_files
 
 def file_store(settings: Settings) -> FileStore:
     """PAWTRAIT_FILES_URL's store (the data folder by default), with the AWS variables of the
-    environment and `.env` (settings.extra) for a bucket."""
-    return open_files(settings.files, settings.data_dir, settings.extra or os.environ)
+    environment and `.env` (settings.extra) for a bucket, and PAWTRAIT_CACHE_GIB for its local copies."""
+    return open_files(settings.files, settings.data_dir, settings.extra or os.environ, cache_bytes(settings))
+
+
+def cache_bytes(settings: Settings) -> int:
+    return int(settings.cache_gib * 2**30)
 
 
 async def open_storage(settings: Settings) -> tuple[Database, FileStore]:

@@ -32,6 +32,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from storage import keys
+from storage.file_cache import FileCache
 
 
 class DataDir:
@@ -240,6 +241,13 @@ class FileStore(ABC):
     @abstractmethod
     def cached(self, key: str) -> Path | None:
         """A local copy of the object if one is already on this host (no request), else None."""
+
+    async def drop_deleted_copies(self) -> list[str]:
+        """Remove this host's copies of objects deleted since (by any host); returns their keys.
+
+        Only stores that keep copies (S3Files) have any: LocalFiles' files are the objects themselves.
+        """
+        return []
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"
@@ -458,6 +466,7 @@ _PROBE_RETRY = {
 }
 _DOWNLOAD_CHUNK = 8 * 1024 * 1024
 _DELETE_BATCH = 1000  # the most keys one S3 DeleteObjects request takes
+DEFAULT_CACHE_BYTES = 20 * 2**30  # PAWTRAIT_CACHE_GIB's default
 
 
 def _safe_url(url: str) -> str:
@@ -490,14 +499,24 @@ class S3Files(FileStore):
     (or a copy of it with changes) in normal use.
 
     Downloads for `local_path` are cached under cache_dir/<bucket>/<prefix>/<key>: objects are never
-    rewritten, so a cached copy never goes stale; the bucket and prefix keep two stores apart.
+    rewritten, so a cached copy never goes stale; the bucket and prefix keep two stores apart. The
+    copies take at most `cache_bytes` (PAWTRAIT_CACHE_GIB), the least recently used evicted first
+    (storage.file_cache), and `drop_deleted_copies` (a worker chore) removes copies of objects that
+    another host deleted.
     """
 
     is_local = False
     upload_concurrency = 8
 
     def __init__(
-        self, bucket: str, prefix: str, cache_dir: Path, env: Mapping[str, str], *, retry: dict | None = None
+        self,
+        bucket: str,
+        prefix: str,
+        cache_dir: Path,
+        env: Mapping[str, str],
+        *,
+        retry: dict | None = None,
+        cache_bytes: int = DEFAULT_CACHE_BYTES,
     ) -> None:
         from obstore.store import S3Store
 
@@ -507,6 +526,7 @@ class S3Files(FileStore):
         self.prefix = _check_prefix(prefix or "", allow_empty=True)
         self.cache_dir = Path(cache_dir)
         self.cache_root = self.cache_dir / bucket / self.prefix if self.prefix else self.cache_dir / bucket
+        self.cache = FileCache(self.cache_root, cache_bytes)
         self._env = dict(env)
         self.endpoint = (env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or "").strip().rstrip("/")
         self.region = (env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "").strip()
@@ -682,6 +702,7 @@ class S3Files(FileStore):
 
         target = self.cache_root / check_key(key)
         if target.is_file():
+            self.cache.touch(target)
             return target
         action = f"download '{key}'"
         async with self._errors(action, key):
@@ -708,6 +729,7 @@ class S3Files(FileStore):
             os.replace(tmp_name, target)
         finally:
             Path(tmp_name).unlink(missing_ok=True)
+        await asyncio.to_thread(self.cache.trim, target)
         return target
 
     async def exists(self, key: str) -> bool:
@@ -729,11 +751,27 @@ class S3Files(FileStore):
             batch = keys[start : start + _DELETE_BATCH]
             async with self._errors(f"delete {len(batch)} file(s)"):
                 await obstore.delete_async(self._store, batch)
-        await asyncio.to_thread(self._drop_cached, keys)
+        await asyncio.to_thread(self.cache.drop, keys)
 
-    def _drop_cached(self, keys: list[str]) -> None:
-        for key in keys:
-            (self.cache_root / key).unlink(missing_ok=True)
+    async def drop_deleted_copies(self) -> list[str]:
+        # Checked against the bucket itself, the one place every host's deletions reach: a `/forget`
+        # on the bot's host or retention on another worker deletes objects there, and this host's
+        # next sweep sees them gone. One listing per pet, run or generation folder that has copies
+        # here (a LIST answers for up to 1,000 keys), not one request per copy.
+        copies = [copy.key for copy in await asyncio.to_thread(self.cache.copies)]
+        folders: dict[str, list[str]] = {}
+        for key in copies:
+            parts = key.split("/")
+            folders.setdefault("/".join(parts[:2]) if len(parts) > 2 else "", []).append(key)
+        gone = []
+        for folder, cached in folders.items():
+            if folder:
+                stored = {item.key for item in await self.list(folder)}
+                gone += [key for key in cached if key not in stored]
+            else:
+                gone += [key for key in cached if not await self.exists(key)]
+        await asyncio.to_thread(self.cache.drop, gone)
+        return gone
 
     async def delete_prefix(self, prefix: str) -> int:
         prefix = _check_prefix(prefix, allow_empty=False)
@@ -757,7 +795,9 @@ class S3Files(FileStore):
 
     async def probe(self) -> None:
         # A twin with short retries, so an unreachable endpoint is reported in seconds, not minutes.
-        quick = S3Files(self.bucket, self.prefix, self.cache_dir, self._env, retry=_PROBE_RETRY)
+        quick = S3Files(
+            self.bucket, self.prefix, self.cache_dir, self._env, retry=_PROBE_RETRY, cache_bytes=self.cache.limit_bytes
+        )
         await FileStore.probe(quick)
 
     def describe(self) -> str:
@@ -768,14 +808,19 @@ class S3Files(FileStore):
 
     def cached(self, key: str) -> Path | None:
         path = self.cache_root / check_key(key)
-        return path if path.is_file() else None
+        if not path.is_file():
+            return None
+        self.cache.touch(path)
+        return path
 
 
-def open_files(files_url: str | None, data_dir: Path, env: Mapping[str, str]) -> FileStore:
+def open_files(
+    files_url: str | None, data_dir: Path, env: Mapping[str, str], cache_bytes: int = DEFAULT_CACHE_BYTES
+) -> FileStore:
     """The file store PAWTRAIT_FILES_URL names.
 
     None or '' -> LocalFiles(data_dir) (one host); 's3://bucket/prefix' -> S3Files, shared by
-    many hosts (downloads cached under data_dir/'cache').
+    many hosts (downloads cached under data_dir/'cache', at most `cache_bytes` of them).
     """
     url = (files_url or "").strip()
     if not url:
@@ -788,7 +833,7 @@ def open_files(files_url: str | None, data_dir: Path, env: Mapping[str, str]) ->
             )
         if not parts.netloc:
             raise ValueError(f"PAWTRAIT_FILES_URL '{url}' names no bucket: write s3://bucket or s3://bucket/prefix.")
-        return S3Files(parts.netloc, parts.path.strip("/"), Path(data_dir) / "cache", env)
+        return S3Files(parts.netloc, parts.path.strip("/"), Path(data_dir) / "cache", env, cache_bytes=cache_bytes)
     raise ValueError(
         f"PAWTRAIT_FILES_URL '{_safe_url(url)}' is not understood: leave it empty (files in the data folder) "
         "or give s3://bucket/prefix."

@@ -131,6 +131,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
         PAWTRAIT_FILES_URL=settings.files or "",
         # Several processes share two cores: OpenMP threads per process would thrash them.
         OMP_NUM_THREADS="1",
+        # Tests send one /teach after another as fast as they can; the cooldown has its own test.
+        PAWTRAIT_TEACH_COOLDOWN_S="0",
     )
     values.pop("DISCORD_TOKEN", None)
     return values

@@ -151,3 +151,15 @@ async def test_a_password_in_the_query_string_is_never_printed(
     assert result.returncode == 1, output
     assert "password=***" in line(result.stdout, "database: ") and "cannot reach it" in line(result.stdout, "database: ")
     assert password not in output
+
+
+async def test_a_buckets_local_copies_and_their_limit_are_shown(
+    settings: Settings, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    shared = distributed(settings, request)
+    env = {**settings_env(shared), "PAWTRAIT_CACHE_GIB": "2.5", "PAWTRAIT_CACHE_SWEEP_S": "300"}
+    result = await asyncio.to_thread(doctor, env, tmp_path, "--for", "worker")
+    assert line(result.stdout, "local copies: ") == (
+        "local copies: 0.00 GiB of at most 2.5 GiB (PAWTRAIT_CACHE_GIB), least recently used dropped first; "
+        "copies of deleted files dropped every 300 s (PAWTRAIT_CACHE_SWEEP_S)"
+    )

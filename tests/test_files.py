@@ -144,6 +144,55 @@ async def test_local_path(store: FileStore, tmp_path: Path) -> None:
         await store.local_path("runs/2/lora.safetensors")
 
 
+async def test_local_copies_stay_within_the_cache_limit_least_recently_used_out_first(
+    store: FileStore, tmp_path: Path
+) -> None:
+    keys = [f"pets/1/photos/{name}.jpg" for name in "abcd"]
+    for index, key in enumerate(keys):
+        await store.put_bytes(key, bytes([index]) * 100_000)
+    if isinstance(store, LocalFiles):  # the files are the objects themselves: nothing is a copy
+        assert [(await store.local_path(key)).stat().st_size for key in keys] == [100_000] * 4
+        return
+    assert isinstance(store, S3Files)
+    small = S3Files(store.bucket, store.prefix, tmp_path / "small-cache", store._env, cache_bytes=250_000)
+    a, b, c, d = keys
+
+    async def use(key: str) -> None:
+        await small.local_path(key)
+        await asyncio.sleep(0.02)  # distinct use times on filesystems with coarse timestamps
+
+    await use(a)
+    await use(b)
+    await use(a)  # a is used again: b is now the least recently used
+    await use(c)  # 300 KB > 250 KB: b goes
+    assert [small.cached(key) is not None for key in keys] == [True, False, True, False]
+    await use(d)  # then a, used before c
+    assert [small.cached(key) is not None for key in keys] == [False, False, True, True]
+    assert small.cache.used_bytes() <= 250_000
+    big = "runs/1/checkpoints/step-2-ab/lora.safetensors"
+    await store.put_bytes(big, b"w" * 300_000)
+    path = await small.local_path(big)  # larger than the whole cache: kept for its caller, all else goes
+    assert path.stat().st_size == 300_000 and [p.key for p in small.cache.copies()] == [big]
+    assert (await small.local_path(b)).read_bytes() == bytes([1]) * 100_000  # evicted copies download again
+
+
+async def test_copies_of_objects_deleted_on_another_host_are_dropped(store: FileStore, tmp_path: Path) -> None:
+    kept, forgotten = "pets/2/photos/keep.jpg", ["pets/1/photos/a.jpg", "pets/1/sheet/s.png", "tmp/p.png"]
+    for key in [kept, *forgotten]:
+        await store.put_bytes(key, b"pixels")
+        await store.local_path(key)
+    if isinstance(store, LocalFiles):
+        assert await store.drop_deleted_copies() == []
+        return
+    assert isinstance(store, S3Files)
+    other = other_s3(store, tmp_path)
+    await other.delete_prefix("pets/1")  # a /forget on another host
+    await other.delete(["tmp/p.png"])
+    assert sorted(await store.drop_deleted_copies()) == sorted(forgotten)
+    assert [store.cached(key) for key in forgotten] == [None] * 3
+    assert store.cached(kept) is not None
+
+
 async def test_delete_ignores_missing_keys(store: FileStore) -> None:
     await store.put_bytes("generations/1/a.png", b"a")
     await store.put_bytes("generations/1/b.png", b"b")

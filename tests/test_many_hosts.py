@@ -22,11 +22,14 @@ import pytest
 from config.settings import Settings
 from storage import jobs, keys, runs
 from storage.db import Database
-from storage.files import FileStore
+from storage.files import FileStore, S3Files
 from storage.pet_deletion import forget_pet, sweep_orphans
 from storage.pets import LOCAL_GUILD, get_pet
 from storage.photos import list_photos
 
+from bot_harness import BotProcess
+from fake_discord import FakeDiscord
+from training_helpers import pet_with_photos
 from worker_helpers import REPO, ended, eventually, painting, start_worker, stop_worker, submit_training, tiny_training
 
 # A host silent this long loses its job to another (PAWTRAIT_WORKER_TIMEOUT_S; 20 s by default).
@@ -299,3 +302,60 @@ async def test_two_hosts_training_cats_at_once_draw_the_class_images_once(
     assert sorted(item.key for item in await store.list(keys.class_images("cat"))) == [
         keys.class_image("cat", index) for index in range(4)
     ]
+
+
+async def test_a_forgotten_pets_copies_leave_another_hosts_cache_after_its_sweep(
+    db: Database, store: FileStore, hosts
+) -> None:
+    forgotten, kept = await pet_with_photos(db, store, name="Thor"), await pet_with_photos(db, store, name="Loki")
+    b = hosts("host-b", PAWTRAIT_CACHE_SWEEP_S="1")
+    # Host B has used both pets' photos: they are copies in its own cache folder.
+    b_files = S3Files(store.bucket, store.prefix, b.folder / "cache", store._env)
+    for pet in (forgotten, kept):
+        for photo in await list_photos(db, pet.id):
+            await b_files.local_path(photo.prepared_path)
+    b.start()
+
+    async def b_ready() -> bool:
+        return b.log.is_file() and " ready on " in b.log.read_text(errors="replace")
+
+    await eventually(b_ready, "host B's worker to start", b.log)  # its chores run from here on
+
+    await forget_pet(db, store, forgotten)  # on this host (the bot's), with its own cache
+
+    async def copies_of(pet_id: int) -> list[Path]:
+        return list(b_files.cache_root.glob(f"pets/{pet_id}/**/*.png"))
+
+    async def forgotten_gone() -> bool:
+        return not await copies_of(forgotten.id)
+
+    await eventually(forgotten_gone, "host B's sweep to drop the forgotten pet's copies", b.log)
+    assert len(await copies_of(kept.id)) == 3  # another pet's copies stay
+
+
+async def test_a_bot_hosts_copies_of_deleted_files_leave_its_cache(
+    db: Database, store: FileStore, env: dict[str, str], tmp_path: Path
+) -> None:
+    pet = await pet_with_photos(db, store, name="Thor")
+    [photo, *_] = await list_photos(db, pet.id)
+    folder = tmp_path / "bot-host"
+    bot_files = S3Files(store.bucket, store.prefix, folder / "cache", store._env)
+    copy = await bot_files.local_path(photo.prepared_path)  # the bot posted it: a copy on its host
+    fake = FakeDiscord()
+    await fake.start()
+    fake.add_guild("Cat Club", owner="alice")
+    bot = BotProcess(
+        dict(env, **fake.bot_env(), PAWTRAIT_DATA_DIR=str(folder), PAWTRAIT_WORKERS="0", PAWTRAIT_CACHE_SWEEP_S="1"),
+        tmp_path / "bot.log",
+    )
+    await bot.start(fake)
+    try:
+        await forget_pet(db, store, pet)  # by another host: only the bucket and the database change
+
+        async def copy_gone() -> bool:
+            return not copy.exists()
+
+        await eventually(copy_gone, "the bot's host to drop its copy", bot.log_path)
+    finally:
+        await bot.stop()
+        await fake.stop()

@@ -6,9 +6,10 @@ import io
 from collections.abc import Callable
 
 import pytest
-from PIL import Image, ImageStat
+from PIL import Image, ImageChops, ImageStat
 
 from engine.intake.contact_sheet import GAP, THUMBNAIL, contact_sheet_png
+from engine.intake.crop import CropBox, prepare_square
 from engine.intake.decode import decode_photo
 from engine.intake.hashing import NEAR_DUPLICATE_BITS, difference_hash, hash_distance
 from engine.intake.screening import KnownPhoto, Verdict, screen_files
@@ -171,3 +172,26 @@ def test_contact_sheet_is_a_grid_of_the_crops(tmp_path) -> None:
     # The 8th cell is empty (white), the 7th is a photo.
     assert sheet.getpixel((GAP + 2 * (THUMBNAIL + GAP) + 128, GAP + THUMBNAIL + GAP + 128)) == (255, 255, 255)
     assert sheet.getpixel((GAP + 1 * (THUMBNAIL + GAP) + 128, GAP + THUMBNAIL + GAP + 128)) != (255, 255, 255)
+
+
+def test_a_large_jpeg_is_decoded_small_with_the_crop_a_member_would_see() -> None:
+    # 3,000 x 2,000 stored sideways (EXIF orientation 6): far more than a 128 px crop needs.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = samples.encode(samples.varied_photo(21, (3000, 2000)), "JPEG", quality=95, exif=exif)
+    decoded = decode_photo(data, short_side=RESOLUTION)
+    assert decoded.image.size == (250, 375) and decoded.scale == 8  # 1/8 of the pixels on each axis
+    assert decoded.size == (2000, 3000)  # sizes stay in the upright photo's own pixels
+
+    [verdict] = screen([("big.jpg", data)])
+    photo = verdict.photo
+    assert photo is not None and verdict.status == "accepted"
+    assert (photo.width, photo.height) == (2000, 3000) and photo.crop == CropBox(left=0, top=500, size=2000)
+    everything = decode_photo(data).image  # every pixel decoded, as before
+    expected = prepare_square(everything, photo.crop, RESOLUTION)
+    difference = ImageStat.Stat(ImageChops.difference(prepared(verdict), expected)).mean
+    assert max(difference) < 2.0, difference  # the same picture, within JPEG's own rounding
+    # Sent again, it is an exact duplicate; a copy taught from every pixel still matches its dHash.
+    [again] = screen([("again.jpg", data)], [KnownPhoto(photo.sha256, photo.phash, "big.jpg", taught_before=True)])
+    assert again.status == "skipped" and again.reason == "duplicate of big.jpg, taught before"
+    assert hash_distance(photo.phash, difference_hash(everything)) <= NEAR_DUPLICATE_BITS

@@ -3,10 +3,15 @@
 Slash-command attachment options carry one file each, so `/teach` takes up to ten; the
 message command takes every photo of a message (up to ten), so 15 photos are two
 messages, not fifteen commands. Decoding and cropping run in a thread (engine.teach).
+
+Photos are big (ten 24 MB files a command), so the bot bounds what intake may hold: a member
+starts one batch per PAWTRAIT_TEACH_COOLDOWN_S, and at most INTAKE_BATCHES batches are
+downloaded and decoded at once across the bot; later ones wait their turn, deferred.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import discord
@@ -14,6 +19,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.checks import UserError, guild_key
+from bot.cooldown import MemberCooldown
 from bot.formatting import clip, listing
 from engine.teach import MIN_GOOD_PHOTOS, TeachError, TeachReport, clean_class_noun, clean_pet_name, teach_photos
 from storage.pets import PetNameTaken, find_pet, list_pets
@@ -24,6 +30,10 @@ if TYPE_CHECKING:
 _MARKS = {"accepted": "✅", "warning": "⚠️", "rejected": "❌", "skipped": "⏭️"}
 # Discord's own limit for a bot upload is 25 MB; intake refuses bigger files too.
 MAX_FILE_BYTES = 25 * 1024 * 1024
+# Batches downloaded and decoded at once. A batch holds up to 240 MB of files until they are
+# stored, so eight at once held 1.9 GB of bytes alone; two keep the bot under 1.5 GB and still
+# use both cores of a small host (benchmarks/teach_flood.py, docs/BENCHMARKS.md).
+INTAKE_BATCHES = 2
 
 
 def report_text(report: TeachReport, pet_name: str, refused: list[str]) -> str:
@@ -86,6 +96,8 @@ class Teach(commands.Cog):
         self.bot = bot
         self.menu = app_commands.ContextMenu(name="Teach Pawtrait", callback=self.teach_message)
         bot.tree.add_command(self.menu)
+        self.cooldown = MemberCooldown(bot.settings.teach_cooldown_s)
+        self.intake = asyncio.Semaphore(INTAKE_BATCHES)
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
@@ -121,12 +133,20 @@ class Teach(commands.Cog):
         """Message command: ask for the pet (prefilled with the member's latest) in a form."""
         if not message.attachments:
             raise UserError("That message has no files. Use this on a message that carries your pet's photos.")
+        self.refuse_while_cooling_down(interaction)
         db = self.bot.db
         mine = await list_pets(db, guild_key(interaction), str(interaction.user.id))
         latest = mine[0] if mine else None
         await interaction.response.send_modal(
             TeachModal(self, message, latest.name if latest else "", latest.class_noun if latest else "")
         )
+
+    def refuse_while_cooling_down(self, interaction: discord.Interaction) -> None:
+        wait = self.cooldown.wait_s(interaction.user.id)
+        if wait:
+            raise UserError(
+                f"You just sent photos to teach; send the next ones in {wait} second{'s' * (wait != 1)}."
+            )
 
     async def teach_from(
         self, interaction: discord.Interaction, name: str, noun: str, attachments: list[discord.Attachment]
@@ -143,16 +163,19 @@ class Teach(commands.Cog):
         existing = await find_pet(db, guild_id, name)
         if existing is not None and existing.owner_id != str(interaction.user.id):
             raise UserError(f"**{existing.name}** is <@{existing.owner_id}>'s pet; choose another name for yours.")
+        self.refuse_while_cooling_down(interaction)
+        self.cooldown.start(interaction.user.id)
         await interaction.response.defer(thinking=True)
-        files, refused = await download(attachments)
-        try:
-            db = self.bot.db
-            report = await teach_photos(
-                db, self.bot.store, self.bot.settings, guild_id, str(interaction.user.id), name, noun, files,
-                str(interaction.user.id),
-            )
-        except (TeachError, PetNameTaken) as error:
-            raise UserError(f"{str(error)[:1].upper()}{str(error)[1:]}.") from None
+        async with self.intake:
+            files, refused = await download(attachments)
+            try:
+                db = self.bot.db
+                report = await teach_photos(
+                    db, self.bot.store, self.bot.settings, guild_id, str(interaction.user.id), name, noun, files,
+                    str(interaction.user.id),
+                )
+            except (TeachError, PetNameTaken) as error:
+                raise UserError(f"{str(error)[:1].upper()}{str(error)[1:]}.") from None
         text = report_text(report, name, refused)
         sheet = [discord.File(report.contact_sheet, "contact-sheet.png")] if report.contact_sheet else []
         await interaction.edit_original_response(

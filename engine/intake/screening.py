@@ -90,16 +90,17 @@ def screen_files(
 
 def screen_one(name: str, data: bytes, seen: Sequence[KnownPhoto], resolution: int) -> Verdict:
     try:
-        decoded = decode_photo(data)
+        decoded = decode_photo(data, short_side=resolution)
     except PhotoRejected as error:
         return Verdict(name, "rejected", str(error))
     image = decoded.image
-    short_side = min(image.size)
+    width, height = decoded.size
+    short_side = min(width, height)
     if short_side < MIN_SHORT_SIDE:
         return Verdict(
             name,
             "rejected",
-            f"too small ({image.width}x{image.height}): photos need at least {MIN_SHORT_SIDE} px "
+            f"too small ({width}x{height}): photos need at least {MIN_SHORT_SIDE} px "
             f"on the short side ({GOOD_SHORT_SIDE}+ is best)",
         )
     sha256 = pixel_sha256(image)
@@ -107,22 +108,22 @@ def screen_one(name: str, data: bytes, seen: Sequence[KnownPhoto], resolution: i
     duplicate = find_duplicate(sha256, phash, seen)
     if duplicate is not None:
         return Verdict(name, "skipped", duplicate)
-    crop = centred_box(image.width, image.height)
+    crop = centred_box(width, height)
     prepared = io.BytesIO()
-    prepare_square(image, crop, resolution).save(prepared, format="PNG", compress_level=3)
+    prepare_square(image, crop, resolution, decoded.scale).save(prepared, format="PNG", compress_level=3)
     photo = PreparedPhoto(
         original=data,
         extension=decoded.extension,
         prepared_png=prepared.getvalue(),
         sha256=sha256,
         phash=phash,
-        width=image.width,
-        height=image.height,
+        width=width,
+        height=height,
         crop=crop,
     )
     if short_side < GOOD_SHORT_SIDE:
         reason = (
-            f"accepted, but it is small ({image.width}x{image.height}); photos of {GOOD_SHORT_SIDE} px "
+            f"accepted, but it is small ({width}x{height}); photos of {GOOD_SHORT_SIDE} px "
             "or more on the short side train sharper"
         )
         return Verdict(name, "warning", reason, photo)

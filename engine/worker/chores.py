@@ -1,4 +1,4 @@
-"""Housekeeping the scheduler runs beside the GPU work: temporary files, retention, orphans."""
+"""Housekeeping the scheduler runs beside the GPU work: temporary files, retention, orphans, stale copies."""
 
 from __future__ import annotations
 
@@ -64,3 +64,11 @@ async def sweep(db: Queries, store: FileStore) -> int:
     if removed:
         log.info("removed %d files no record points at (left by a crash)", len(removed))
     return len(removed)
+
+
+async def drop_deleted_copies(store: FileStore) -> int:
+    """Remove this host's cached copies of objects any host deleted (a `/forget` on the bot's host, retention)."""
+    dropped = await store.drop_deleted_copies()
+    if dropped:
+        log.info("removed %d local copies of deleted files", len(dropped))
+    return len(dropped)

@@ -87,7 +87,7 @@ class Worker:
         retention = self._retention if self.settings.keep_generations_days > 0 else None
         self.scheduler = build_scheduler(
             recover_interval_s(self.settings.worker_timeout_s), self._heartbeat, self._recover, self._clean_tmp,
-            self._sweep, retention,
+            self._sweep, retention, self._drop_copies, self.settings.cache_sweep_s,
         )
         self.scheduler.start()
         self._loop_task = asyncio.create_task(self._work(), name="pawtrait-gpu-loop")
@@ -132,6 +132,9 @@ class Worker:
 
     async def _sweep(self) -> None:
         await chores.sweep(self.db, self.store)
+
+    async def _drop_copies(self) -> None:
+        await chores.drop_deleted_copies(self.store)
 
     async def _retention(self) -> None:
         await chores.prune_generations(self.db, self.store, self.settings.keep_generations_days)

@@ -34,8 +34,11 @@ def build_scheduler(
     clean_tmp: Callable[[], Awaitable[None]],
     sweep: Callable[[], Awaitable[None]],
     retention: Callable[[], Awaitable[None]] | None,
+    drop_copies: Callable[[], Awaitable[None]],
+    drop_copies_s: float,
 ) -> AsyncIOScheduler:
-    """A scheduler (not started) with the chores; `retention` None = keep everything."""
+    """A scheduler (not started) with the chores; `retention` None = keep everything; `drop_copies`
+    every `drop_copies_s` (PAWTRAIT_CACHE_SWEEP_S) bounds how long a deleted object's copy stays here."""
     # "Running job ... executed successfully" every two seconds says nothing the job log does not.
     logging.getLogger("apscheduler.executors.default").setLevel(logging.WARNING)
     scheduler = AsyncIOScheduler(timezone=UTC, job_defaults={"max_instances": 1, "coalesce": True})
@@ -45,6 +48,7 @@ def build_scheduler(
     scheduler.add_job(recover, "interval", seconds=recover_s, id="recover", misfire_grace_time=None)
     scheduler.add_job(clean_tmp, "interval", seconds=CLEAN_TMP_S, id="clean-tmp", next_run_time=now)
     scheduler.add_job(sweep, "interval", seconds=SWEEP_S, id="sweep", next_run_time=now)
+    scheduler.add_job(drop_copies, "interval", seconds=drop_copies_s, id="drop-copies", next_run_time=now)
     if retention is not None:
         scheduler.add_job(retention, "interval", seconds=RETENTION_S, id="retention", next_run_time=now)
     return scheduler

@@ -1,0 +1,167 @@
+"""A flood of big photos through the real bot: peak memory of the bot and how fast it still answers.
+
+    python benchmarks/teach_flood.py [--teaches 8] [--photos 10] [--out flood.json]
+
+Runs `pawtrait bot` (embedded: SQLite and a data folder, no worker) against the tests' fake
+Discord (tests/fake_discord), which serves attachments from loopback. `--teaches` members each
+send `/teach` with `--photos` JPEGs of 9,728 x 6,480 (63 megapixels, noise over shapes, quality
+95: about 24 MB each, just under Discord's 25 MB), all at once. Meanwhile another member sends
+`/queue` and `/pets` in turn, each as soon as the last was answered.
+
+Reported: the bot process's peak resident memory (VmHWM of /proc/PID/status), the slowest and
+median answer to the other commands while the flood ran, and the time until every /teach was
+answered. The photos are made once with Pillow and cached in a temporary folder. The bot is
+stopped if its memory passes --max-rss-gib (the code before the limits could take the machine's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from config.settings import Settings  # noqa: E402
+
+from bot_harness import BotProcess  # noqa: E402
+from conftest import settings_env  # noqa: E402
+from fake_discord import FakeDiscord  # noqa: E402
+
+SIZE = (9728, 6480)
+CACHE = Path(tempfile.gettempdir()) / "pawtrait-teach-flood"
+ADDED = re.compile(r"(\d+) photos? added|Nothing was added()")
+
+
+def big_jpeg(seed: int) -> Path:
+    """A 63-megapixel JPEG of about 24 MB (cached): coloured shapes under grain, as a noisy phone shot."""
+    path = CACHE / f"flood-{seed}.jpg"
+    if path.is_file():
+        return path
+    rng = np.random.default_rng(seed)
+    small = Image.new("RGB", (SIZE[0] // 8, SIZE[1] // 8), tuple(int(v) for v in rng.integers(0, 256, 3)))
+    draw = ImageDraw.Draw(small)
+    for _ in range(40):
+        x, y = int(rng.integers(0, small.width)), int(rng.integers(0, small.height))
+        w, h = int(rng.integers(50, 600)), int(rng.integers(50, 400))
+        draw.ellipse((x, y, x + w, y + h), fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
+    pixels = np.asarray(small.resize(SIZE, Image.Resampling.BILINEAR), dtype=np.int16)
+    pixels += rng.integers(-11, 12, size=pixels.shape, dtype=np.int16)  # grain: what makes it 24 MB
+    CACHE.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".tmp")
+    Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(partial, format="JPEG", quality=95)
+    partial.replace(path)
+    return path
+
+
+def memory_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+async def run(args: argparse.Namespace) -> dict:
+    photos = [(f"IMG_{seed:04d}.jpg", big_jpeg(seed).read_bytes()) for seed in range(args.photos)]
+    sizes = [len(data) for _, data in photos]
+    fake = FakeDiscord()
+    await fake.start()
+    guild = fake.add_guild("Flood Club", owner="owner")
+    members = [fake.add_member(guild, f"member{index}") for index in range(args.teaches)]
+    watcher = fake.add_member(guild, "watcher")
+    folder = Path(tempfile.mkdtemp(prefix="teach-flood-"))
+    settings = Settings(data_dir=folder / "data", model="unused", vae=None, device="cpu", resolution=1024)
+    env = dict(settings_env(settings), **fake.bot_env(), PAWTRAIT_WORKERS="0", PAWTRAIT_MAX_PETS_PER_USER="5")
+    env.pop("PAWTRAIT_DEV_GUILD", None)
+    bot = BotProcess(env, folder / "bot.log")
+    await bot.start(fake)
+    assert bot.process is not None
+    pid = bot.process.pid
+    idle_kib = memory_kib(pid, "VmRSS")
+    answers: list[float] = []
+    stopped = ""
+    try:
+        start = time.perf_counter()
+        records = [
+            await fake.slash(guild, member, "teach", name=f"Pet{index}", **{"class": "cat"},
+                             **{f"photo{n + 1}": photo for n, photo in enumerate(photos)})
+            for index, member in enumerate(members)
+        ]
+
+        async def teach_done(record) -> tuple[float, int]:
+            reply = await fake.reply(record, timeout=args.timeout, check=lambda m: ADDED.search(m.text()))
+            return time.perf_counter() - start, int(ADDED.search(reply.text()).group(1) or 0)
+
+        flood = asyncio.gather(*(teach_done(record) for record in records))
+        command = 0
+        while not flood.done():
+            if memory_kib(pid, "VmRSS") > args.max_rss_gib * 1024 * 1024:
+                stopped = f"stopped: resident memory passed {args.max_rss_gib} GiB"
+                break
+            asked = time.perf_counter()
+            record = await fake.slash(guild, watcher, ("queue", "pets")[command % 2])
+            command += 1
+            await fake.reply(record, timeout=args.timeout)
+            answers.append(time.perf_counter() - asked)
+            await asyncio.sleep(0.2)
+        peak_kib = memory_kib(pid, "VmHWM")
+        if stopped:
+            flood.cancel()
+            await asyncio.gather(flood, return_exceptions=True)
+            finished = []
+        else:
+            finished = await flood
+    finally:
+        if stopped:
+            bot.process.kill()
+        await bot.stop()
+        await fake.stop()
+        subprocess.run(["rm", "-rf", str(folder)], check=False)
+    return {
+        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                 text=True).stdout.strip(),
+        "cpus": os.cpu_count(),
+        "teaches": args.teaches,
+        "photos_per_teach": args.photos,
+        "photo_mb": round(statistics.mean(sizes) / 1e6, 1),
+        "photo_pixels": f"{SIZE[0]}x{SIZE[1]}",
+        "bot_idle_rss_mib": round(idle_kib / 1024),
+        "bot_peak_rss_mib": round(peak_kib / 1024),
+        "other_commands": len(answers),
+        "other_commands_slowest_s": round(max(answers), 2) if answers else None,
+        "other_commands_median_s": round(statistics.median(answers), 2) if answers else None,
+        "all_teaches_answered_s": round(max(at for at, _ in finished), 1) if finished else None,
+        "photos_added_per_teach": sorted({added for _, added in finished}),
+        "stopped": stopped,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teaches", type=int, default=8)
+    parser.add_argument("--photos", type=int, default=10)
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for any one answer")
+    parser.add_argument("--max-rss-gib", type=float, default=6.0)
+    parser.add_argument("--out", type=Path)
+    result = asyncio.run(run(parser.parse_args()))
+    text = json.dumps(result, indent=2)
+    print(text)
+    if parser.parse_args().out:
+        parser.parse_args().out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
