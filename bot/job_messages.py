@@ -4,14 +4,19 @@ Cogs call `status` for a job's one message (a training's status in its thread, a
 generation's preview and result under the command) and `send` for other posts. Edits are
 rate limited per job (Discord limits edits); the newest state is kept and shown once the
 interval has passed (`flush_due`, called by the relay), so the last state always lands.
-A message pings nobody unless `ping` names the one member it is for (bot.mentions), and
-its text is cut to Discord's limit, since it quotes prompts and names members typed.
+A message pings nobody unless `ping` names the one member it is for (bot.mentions), its
+text is cut to Discord's limit, since it quotes prompts and names members typed, and its
+files are made to fit the server's upload limit (bot.uploads), which Discord tells each
+interaction and the bot remembers per server.
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +25,7 @@ import discord
 
 from bot.formatting import MESSAGE_LIMIT, clip
 from bot.mentions import only
+from bot.uploads import Upload, fit
 from storage.discord_posts import DiscordJob, get_discord_job
 
 if TYPE_CHECKING:
@@ -44,6 +50,36 @@ class JobMessages:
         self._last_edit: dict[int, float] = {}
         self._pending: dict[int, PendingEdit] = {}
         self._shown_progress: set[int] = set()
+        self._upload_limits: dict[int, int] = {}  # guild id -> bytes, as its interactions last said
+        bot.add_listener(self._learn_upload_limit, "on_interaction")
+
+    async def _learn_upload_limit(self, interaction: discord.Interaction) -> None:
+        """Discord sends the server's upload limit with every interaction; `guild.filesize_limit`
+        is only discord.py's guess from the boost tier."""
+        if interaction.guild_id is not None:
+            self._upload_limits[interaction.guild_id] = interaction.filesize_limit
+
+    def upload_limit(self, channel: discord.abc.Messageable) -> int:
+        """Bytes of files one message may carry in this channel's server."""
+        guild = getattr(channel, "guild", None)
+        learned = self._upload_limits.get(guild.id) if guild is not None else None
+        return learned or getattr(guild, "filesize_limit", discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES)
+
+    async def _fitted(
+        self, channel: discord.abc.Messageable, content: str, files: Sequence[Path | discord.File]
+    ) -> tuple[str, list[discord.File]]:
+        """The message's text and files within Discord's limits: files over the server's upload
+        limit are made smaller (in a thread: re-encoding takes a while), any left out is said."""
+        if not files:
+            return clip(content, MESSAGE_LIMIT), []
+        uploads, left_out = await asyncio.to_thread(_fit, files, self.upload_limit(channel))
+        attached = [discord.File(io.BytesIO(upload.data), upload.filename) for upload in uploads]
+        if not left_out:
+            return clip(content, MESSAGE_LIMIT), attached
+        note = (f"⚠️ {left_out} picture{'s' * (left_out > 1)} did not fit this server's upload limit, even made "
+                f"smaller; {'they are' if left_out > 1 else 'it is'} kept, and the bot's operator can send "
+                f"{'them' if left_out > 1 else 'it'} to you.")
+        return clip(content, MESSAGE_LIMIT - len(note) - 1) + "\n" + note, attached
 
     def first_progress(self, job_id: int) -> bool:
         """The first progress (or preview) of a job shows at once, even right after "started";
@@ -64,8 +100,8 @@ class JobMessages:
     ) -> discord.Message | None:
         """Post a message; `ping` is the member id it notifies (nobody else, whatever the text says)."""
         channel = await self.channel(channel_id)
-        attached = [item if isinstance(item, discord.File) else discord.File(item) for item in files or []]
-        return await channel.send(clip(content, MESSAGE_LIMIT), files=attached, allowed_mentions=_mentions(ping))
+        content, attached = await self._fitted(channel, content, files or [])
+        return await channel.send(content, files=attached, allowed_mentions=_mentions(ping))
 
     async def status(
         self,
@@ -89,19 +125,17 @@ class JobMessages:
     async def _edit(
         self, target: DiscordJob, content: str, files: list[Path], view: discord.ui.View | None, ping: str | None
     ) -> discord.Message | None:
-        content, mentions = clip(content, MESSAGE_LIMIT), _mentions(ping)
+        mentions = _mentions(ping)
         kwargs: dict[str, Any] = {"view": view} if view is not None else {}
         if target.status_message_id is None:
             channel = await self.channel(target.post_channel_id)
-            return await channel.send(
-                content, files=[discord.File(p) for p in files], allowed_mentions=mentions, **kwargs
-            )
+            content, attached = await self._fitted(channel, content, files)
+            return await channel.send(content, files=attached, allowed_mentions=mentions, **kwargs)
         channel = await self.channel(target.post_channel_id if target.thread_id else target.channel_id)
+        content, attached = await self._fitted(channel, content, files)
         message = channel.get_partial_message(int(target.status_message_id))  # type: ignore[attr-defined]
         try:
-            return await message.edit(
-                content=content, attachments=[discord.File(p) for p in files], allowed_mentions=mentions, **kwargs
-            )
+            return await message.edit(content=content, attachments=attached, allowed_mentions=mentions, **kwargs)
         except discord.NotFound:
             return None
 
@@ -120,6 +154,12 @@ class JobMessages:
                 await self._edit(target, pending.content, [p for p in pending.files if p.is_file()], None, None)
             except discord.HTTPException as error:
                 log.warning("could not update the status of job %s: %s", job_id, error)
+
+
+def _fit(files: Sequence[Path | discord.File], limit: int) -> tuple[list[Upload], int]:
+    """`bot.uploads.fit` of the files' bytes (read here, in the thread, too)."""
+    uploads = [Upload(f.name, f.read_bytes()) if isinstance(f, Path) else Upload(f.filename, f.fp.read()) for f in files]
+    return fit(uploads, limit)
 
 
 def _mentions(ping: str | None) -> discord.AllowedMentions:

@@ -180,3 +180,49 @@ async def test_a_server_full_of_pets_is_listed_within_the_upload_limit(world: Wo
     assert len(listing.embeds) == 10 and "…and 3 more." in listing.content
     assert listing.files and sum(len(data) for data in listing.files.values()) <= limit
     assert_discord_accepted_everything(fake)
+
+
+async def test_pictures_and_the_chart_fit_a_small_upload_limit(world: World) -> None:
+    """A server whose limit is below one picture of the tiny model (64 px PNGs of about 12 KB):
+    before, the relay's posts and edits were refused (413) and the member saw no picture."""
+    fake, dave = world.fake, world.dave
+    await teach(world, dave, "Pixel", range(300, 303))  # its contact sheet is larger still
+    limit = 8 * 1024
+    fake.attachment_size_limit = limit  # what Discord tells each interaction, and what it refuses beyond
+    try:
+        await answer(world, await fake.slash(world.guild, dave, "train", pet="Pixel", steps=2))
+        await fake.wait_until(  # the finish message, or a refusal (then no message comes)
+            lambda: fake.refused or any("**Pixel** is trained!" in m.content for m in fake.messages.values()),
+            300, "the training to finish\n" + world.bot.log_tail(),
+        )
+        assert_discord_accepted_everything(fake)
+        queued = await answer(world, await fake.slash(world.guild, dave, "imagine", prompt="a red barn", count=4, steps=2))
+        await fake.wait_until(lambda: fake.refused or "seeds" in fake.messages[queued.id].content,
+                              180, "the four pictures\n" + world.bot.log_tail())
+    finally:
+        fake.attachment_size_limit = 25 * 1024 * 1024
+    assert_discord_accepted_everything(fake)
+    trained = next(m for m in fake.messages.values() if "**Pixel** is trained!" in m.content)
+    painted = fake.messages[queued.id]
+    thread = next(t for t in fake.threads(world.guild) if "Pixel" in t.name)
+    validation = [m for m in fake.channel_messages(thread) if m.content.startswith("🖼️")]
+    assert {"before training", "step 2"} <= {m.content.split("**")[1] for m in validation}
+    assert all(len(m.files) == 1 for m in validation), "a validation image is missing"
+    assert len(painted.files) == 4 and "did not fit" not in painted.content
+    assert trained.files, "the chart of scores is missing"
+
+
+async def test_pictures_that_cannot_fit_are_left_out_with_a_line_saying_so(world: World) -> None:
+    fake = world.fake
+    fake.attachment_size_limit = 1024  # not even one of four 64 px pictures at the lowest quality and size
+    try:
+        queued = await answer(world, await fake.slash(world.guild, world.dave, "imagine", prompt="a barn", count=4, steps=1))
+        await fake.wait_until(lambda: fake.refused or "seeds" in fake.messages[queued.id].content,
+                              180, "the pictures\n" + world.bot.log_tail())
+    finally:
+        fake.attachment_size_limit = 25 * 1024 * 1024
+    assert_discord_accepted_everything(fake)
+    painted = fake.messages[queued.id]
+    left_out = re.search(r"⚠️ (\d) pictures? did not fit this server's upload limit, even made smaller; (it is|they are) kept",
+                         painted.content)
+    assert left_out and len(painted.files) + int(left_out[1]) == 4, painted.content
