@@ -124,6 +124,7 @@ class Settings:
     workers: str = "auto"
     max_job_attempts: int = 3
     keep_generations_days: int = 0
+    audit_days: int = 90  # the audit log's lines are deleted after this many days (0 = kept forever)
     database: str | None = field(default=None, repr=False)  # None: the SQLite file in the data folder; has a password
     files: str | None = None  # None: the data folder itself
     host_id: str = field(default_factory=socket.gethostname)
@@ -177,6 +178,7 @@ class Settings:
             keep_generations_days=read(
                 env, "PAWTRAIT_KEEP_GENERATIONS_DAYS", 0, non_negative_int, "a whole number of days (0 = forever)"
             ),
+            audit_days=read(env, "PAWTRAIT_AUDIT_DAYS", 90, non_negative_int, "a whole number of days (0 = forever)"),
             database=read(
                 env, "PAWTRAIT_DATABASE_URL", None, _database_url,
                 "empty (the SQLite file in the data folder), sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DATABASE",
