@@ -11,12 +11,14 @@ from typing import Any
 
 from config.settings import Settings
 from engine.generation.request import GenerationRequest, untrained
+from engine.moderation.prompts import PromptRefused, screen_prompt
 from engine.training.create import TrainingInputError, create_run
 from engine.training.params import TrainingParams
 from storage import jobs, runs
 from storage.db import Queries
 from storage.files import FileStore
 from storage.generations import default_checkpoint
+from storage.moderation import list_block_words
 from storage.pets import Pet
 
 
@@ -61,14 +63,27 @@ async def queue_generation(
     user_id: str,
     extra: Mapping[str, Any] | None = None,
 ) -> jobs.Job:
-    """Check the request (and that its pet has a finished training) and queue it.
+    """Check the request (its values, its prompt, and that its pet has a finished training) and queue it.
 
     `extra` travels with the job for the front end (e.g. the Discord channel). Raises
-    GenerationError or QueueLimitReached.
+    GenerationError (PromptRefused for a screened prompt) or QueueLimitReached.
     """
     if pet is not None:
         request.pet_id = pet.id
     request.validate()
+    await check_prompt(db, request, guild_id)
     if pet is not None and await default_checkpoint(db, pet.id, pet.active_checkpoint_id) is None:
         raise untrained(pet.name)
     return await jobs.submit_job(db, settings, "generate", guild_id, user_id, {"request": request.to_dict(), **(extra or {})})
+
+
+async def check_prompt(db: Queries, request: GenerationRequest, guild_id: str) -> None:
+    """Screen the prompt with the built-in lists and the server's own words; raises PromptRefused.
+
+    The negative prompt is not screened: it lists what to keep out of a picture, and
+    "nsfw, nude" there is the usual way to keep a picture clean.
+    """
+    verdict = screen_prompt(request.prompt, age_restricted=request.age_restricted,
+                            server_words=await list_block_words(db, guild_id))
+    if not verdict.allowed:
+        raise PromptRefused(verdict)

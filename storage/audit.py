@@ -70,10 +70,12 @@ async def record_audit(
 
 
 async def audit_lines(
-    db: Queries, guild_id: str, *, user_id: str | None = None, pet: str | None = None, limit: int = 20
+    db: Queries, guild_id: str | None, *, user_id: str | None = None, pet: str | None = None, limit: int = 20
 ) -> list[AuditLine]:
-    """A server's lines, newest first, optionally of one member or one pet (by name, any case)."""
-    statement = select(audit_log).where(audit_log.c.guild_id == guild_id)
+    """A server's lines (None: every server's), newest first, optionally of one member or one pet (by name, any case)."""
+    statement = select(audit_log)
+    if guild_id is not None:
+        statement = statement.where(audit_log.c.guild_id == guild_id)
     if user_id is not None:
         statement = statement.where(audit_log.c.user_id == user_id)
     if pet is not None:

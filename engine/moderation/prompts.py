@@ -98,14 +98,17 @@ def _folded(text: str) -> str:
     return "".join(char for char in decomposed if not unicodedata.combining(char)).casefold()
 
 
-def _joined(words: list[str]) -> list[str]:
-    """Runs of single characters become one word ('s e x' -> 'sex'); other words stay."""
+def _joined(words: list[str], article_first: bool) -> list[str]:
+    """Runs of single characters become one word ('s e x' -> 'sex'); other words stay. With
+    `article_first`, a run's leading 'a' or 'i' stays a word of its own ('a s e x' -> 'a sex')."""
     result: list[str] = []
     run: list[str] = []
     for word in words + [""]:
         if len(word) == 1:
             run.append(word)
             continue
+        if article_first and len(run) > 2 and run[0] in ("a", "i"):
+            result.append(run.pop(0))
         if run:
             result.append("".join(run))
             run = []
@@ -122,9 +125,14 @@ def _unswapped(word: str, one: str) -> str:
 
 
 def normalised_readings(text: str) -> list[tuple[str, ...]]:
-    """The text's words after folding, joining and undoing swaps; one reading per meaning of '1'."""
-    words = _joined(_WORD.findall(_folded(text)))
-    readings = {tuple(_unswapped(word, one) for word in words) for one in _ONE_AS}
+    """The text's words after folding, joining and undoing swaps; one reading per meaning of '1'
+    and of a spelled-out run's first letter."""
+    words = _WORD.findall(_folded(text))
+    readings = {
+        tuple(_unswapped(word, one) for word in _joined(words, article_first))
+        for one in _ONE_AS
+        for article_first in (False, True)
+    }
     return sorted(readings)
 
 
