@@ -43,7 +43,12 @@ async def test_the_audit_log_lists_a_servers_lines_newest_first_by_member_or_pet
     assert [line.command for line in await audit_lines(db, "g1", pet="mochi")] == ["imagine", "teach"]
     assert [line.command for line in await audit_lines(db, "g1", user_id="alice", pet="MOCHI", limit=1)] == ["imagine"]
     assert not await audit_lines(db, "g1", pet="Rex")  # another server's pet
-    assert (await audit_line_of_job(db, 12)).id == newest.id and await audit_line_of_job(db, 99) is None
+    assert len(await audit_lines(db, None)) == 4  # every server (pawtrait audit)
+    assert (await audit_line_of_job(db, "g1", 12)).id == newest.id and await audit_line_of_job(db, "g1", 99) is None
+    assert await audit_line_of_job(db, "g2", 12) is None
+    # SQLite may give a deleted job's id to a new job: the newest line is the living job's.
+    reused = await record_audit(db, "g1", "bob", "imagine", "prompt allowed", job_id=12)
+    assert (await audit_line_of_job(db, "g1", 12)).id == reused
 
 
 async def test_old_audit_lines_are_pruned_by_the_chore(db: Database) -> None:
