@@ -112,8 +112,8 @@ class PawtraitBot(commands.Bot):
             log.error("command %s failed", interaction.command and interaction.command.name, exc_info=original)
             text = "Something went wrong on my side; nothing was changed. Please try again in a minute."
             verdict = "failed"
+        await audit_log.record(self, interaction, verdict, text)  # first: the line is there once the member sees why
         await send_ephemeral(interaction, text)
-        await audit_log.record(self, interaction, verdict, text)
 
 
 async def send_ephemeral(interaction: discord.Interaction, text: str) -> None:

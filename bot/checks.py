@@ -59,8 +59,8 @@ async def member_allowed(interaction: discord.Interaction) -> bool:
     if not await is_denied(bot.db, str(interaction.guild_id), str(interaction.user.id)):
         return True
     if interaction.type is not discord.InteractionType.autocomplete:  # autocomplete cannot show a message
+        await audit_log.record(bot, interaction, "denied")  # first: the line is there once the member sees why
         await interaction.response.send_message(DENIED, ephemeral=True)
-        await audit_log.record(bot, interaction, "denied")
     return False
 
 
