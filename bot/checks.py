@@ -92,7 +92,7 @@ def require_owner(interaction: discord.Interaction, pet: Pet, doing: str) -> Non
 async def require_may_train(db: Queries, interaction: discord.Interaction) -> None:
     settings = await get_guild_settings(db, guild_key(interaction))
     if settings.who_may_train == "managers" and not is_manager(interaction):
-        raise UserError("In this server only members with Manage Server can start trainings (see `/settings`).")
+        raise UserError("In this server only members with Manage Server can start trainings (`/settings change who_may_train:` sets it).")
 
 
 async def pet_choices(

@@ -329,21 +329,23 @@ async def _share(bot: PawtraitBot, interaction: discord.Interaction, generation:
     await interaction.edit_original_response(content=f"Shared to <#{settings.gallery_channel_id}>.")
 
 
-def is_moderator(interaction: discord.Interaction) -> bool:
+def _is_moderator(interaction: discord.Interaction) -> bool:
     return interaction.permissions.manage_messages or interaction.permissions.manage_guild
 
 
 async def _delete(bot: PawtraitBot, interaction: discord.Interaction, generation: Generation) -> None:
     """Remove the images everywhere Pawtrait posted them: this message and the gallery copy."""
-    if generation.requested_by != str(interaction.user.id) and not is_moderator(interaction):
+    if generation.requested_by != str(interaction.user.id) and not _is_moderator(interaction):
         raise UserError("Only the member who asked for these images (or a moderator) can delete them.")
     await interaction.response.defer(ephemeral=True, thinking=True)
     if interaction.message is not None:
         await _remove(interaction.message)
-    if generation.gallery_channel_id and generation.gallery_message_id:
-        channel = bot.get_partial_messageable(int(generation.gallery_channel_id), guild_id=interaction.guild_id)
-        await _remove(channel.get_partial_message(int(generation.gallery_message_id)))
-        await set_gallery_message(bot.db, generation.id, None, None)
+    if generation.gallery_channel_id is None or generation.gallery_message_id is None:
+        await interaction.edit_original_response(content="🗑️ Deleted.")
+        return
+    channel = bot.get_partial_messageable(int(generation.gallery_channel_id), guild_id=interaction.guild_id)
+    await _remove(channel.get_partial_message(int(generation.gallery_message_id)))
+    await set_gallery_message(bot.db, generation.id, None, None)
     await interaction.edit_original_response(content="🗑️ Deleted, the gallery copy too.")
 
 
@@ -358,6 +360,7 @@ async def _report(bot: PawtraitBot, interaction: discord.Interaction, generation
     """Record the report (its audit line) and show the moderators the picture and how it was made."""
     settings = await get_guild_settings(bot.db, str(interaction.guild_id))
     if settings.mod_channel_id is None:
+        note(interaction, verdict="reported (no moderators' channel)")
         await interaction.response.send_message(
             "🚩 Thank you: your report was recorded. This server has no moderators' channel, so no moderator was "
             "told yet; someone with Manage Server can set one with `/settings mod-channel`.", ephemeral=True,
@@ -376,10 +379,12 @@ async def _report(bot: PawtraitBot, interaction: discord.Interaction, generation
     try:
         await channel.send(cut(text), allowed_mentions=NO_MENTIONS)
     except discord.HTTPException:
+        note(interaction, verdict="reported (could not post to the moderators' channel)")
         await interaction.edit_original_response(
             content="🚩 Your report was recorded, but I could not post in the moderators' channel; please tell a moderator."
         )
         return
+    note(interaction, verdict="reported to the moderators")
     await interaction.edit_original_response(content="🚩 Thank you: the moderators were told.")
 
 

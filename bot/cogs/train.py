@@ -124,7 +124,7 @@ class Train(commands.Cog):
         await require_may_train(db, interaction)
         limit = (await get_guild_settings(db, guild_id)).max_steps
         if steps > limit:
-            raise UserError(f"This server allows at most {limit} steps per training (see `/settings`).")
+            raise UserError(f"This server allows at most {limit} steps per training (`/settings change max_steps:` sets it).")
         params = training_params(self.bot, steps, prior_preservation)
         try:
             job = await queue_training(db, self.bot.store, self.bot.settings, found, params, user_id)
