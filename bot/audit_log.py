@@ -86,6 +86,6 @@ async def record(bot: PawtraitBot, interaction: discord.Interaction, verdict: st
         fields["seed"] = int(fields["seed"])
     try:
         await record_audit(bot.db, str(interaction.guild_id), str(interaction.user.id), command, verdict,
-                           detail=detail, **fields)
+                           detail=detail, at=interaction.created_at, **fields)
     except Exception:  # the action itself happened; a missing line is logged, not shown to the member
         log.exception("could not record the audit line of %s", command)

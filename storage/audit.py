@@ -12,11 +12,12 @@ with `verdict` a short word ("passed", "flagged", "withheld") and `detail` what 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import delete, func, insert, select
 
 from storage.db import Queries
-from storage.dialects import utc_now, utc_now_minus
+from storage.dialects import iso, utc_now, utc_now_minus
 from storage.schema import audit_log
 
 _DAY_S = 86400
@@ -58,11 +59,14 @@ async def record_audit(
     seed: int | None = None,
     job_id: int | None = None,
     generation_id: int | None = None,
+    at: datetime | None = None,
 ) -> int:
-    """Add one line (stamped with the database's clock); returns its id."""
+    """Add one line; returns its id. `at`: when the member acted (Discord's time of the
+    interaction), so lines keep the members' order even when a slow command's line is
+    written after a quicker later one's; None: now, on the database's clock."""
     return int(await db.scalar(
         insert(audit_log).values(
-            guild_id=guild_id, user_id=user_id, created_at=utc_now(), command=command, verdict=verdict,
+            guild_id=guild_id, user_id=user_id, created_at=iso(at) if at else utc_now(), command=command, verdict=verdict,
             detail=_cut(detail), prompt=_cut(prompt), pet=pet, checkpoint_id=checkpoint_id, seed=seed,
             job_id=job_id, generation_id=generation_id,
         ).returning(audit_log.c.id)
@@ -80,7 +84,7 @@ async def audit_lines(
         statement = statement.where(audit_log.c.user_id == user_id)
     if pet is not None:
         statement = statement.where(func.lower(audit_log.c.pet) == pet.strip().lower())
-    rows = await db.all(statement.order_by(audit_log.c.id.desc()).limit(limit))
+    rows = await db.all(statement.order_by(audit_log.c.created_at.desc(), audit_log.c.id.desc()).limit(limit))
     return [AuditLine(**row) for row in rows]
 
 

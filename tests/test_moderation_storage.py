@@ -3,6 +3,8 @@ a server's block words and denied members, its moderators' channel and gallery c
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import pytest
 
 from engine.worker import chores
@@ -44,6 +46,10 @@ async def test_the_audit_log_lists_a_servers_lines_newest_first_by_member_or_pet
     assert [line.command for line in await audit_lines(db, "g1", user_id="alice", pet="MOCHI", limit=1)] == ["imagine"]
     assert not await audit_lines(db, "g1", pet="Rex")  # another server's pet
     assert len(await audit_lines(db, None)) == 4  # every server (pawtrait audit)
+    # A line written late for an action taken earlier (a slow command) is listed where the action was.
+    late = await record_audit(db, "g1", "carol", "train", "done", at=datetime.now(UTC) - timedelta(minutes=1))
+    assert [line.id for line in await audit_lines(db, "g1")][-2:] == [lines[-1].id, late]  # the oldest
+    assert (await audit_lines(db, "g1", user_id="carol"))[0].created_at.endswith("Z")
     assert (await audit_line_of_job(db, "g1", 12)).id == newest.id and await audit_line_of_job(db, "g1", 99) is None
     assert await audit_line_of_job(db, "g2", 12) is None
     # SQLite may give a deleted job's id to a new job: the newest line is the living job's.

@@ -49,7 +49,7 @@ def upgrade() -> None:
         sa.Column("generation_id", sa.Integer),
         sqlite_autoincrement=True,
     )
-    op.create_index("audit_log_guild", "audit_log", ["guild_id", "id"])
+    op.create_index("audit_log_guild", "audit_log", ["guild_id", "created_at"])
     op.create_index("audit_log_created", "audit_log", ["created_at"])
     op.create_index("audit_log_generation", "audit_log", ["generation_id"])
     op.create_table(
