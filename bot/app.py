@@ -16,7 +16,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.checks import UserError
+from bot import audit_log
+from bot.checks import UserError, member_allowed
 from bot.command_sync import sync_if_changed
 from bot.copies_sweep import drop_deleted_copies_forever
 from bot.formatting import MESSAGE_LIMIT, clip
@@ -38,6 +39,7 @@ COGS = (
     "bot.cogs.pets",
     "bot.cogs.queue",
     "bot.cogs.settings",
+    "bot.cogs.audit",
 )
 COMMANDS_HASH_FILE = "discord-commands.sha256"
 
@@ -50,13 +52,18 @@ def intents() -> discord.Intents:
     return chosen
 
 
+class PawtraitTree(app_commands.CommandTree):
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        return await member_allowed(interaction)
+
+
 class PawtraitBot(commands.Bot):
     def __init__(self, settings: Settings, bot_settings: BotSettings, *, relay_interval_s: float = 1.0) -> None:
         # Pings nobody unless a message allows its one member (bot.mentions): member text such as
         # a pet called "@everyone" must never notify a server.
         super().__init__(
             command_prefix=commands.when_mentioned, intents=intents(), help_command=None,
-            allowed_mentions=discord.AllowedMentions.none(),
+            allowed_mentions=discord.AllowedMentions.none(), tree_cls=PawtraitTree,
         )
         self.settings = settings
         self.bot_settings = bot_settings
@@ -101,9 +108,14 @@ class PawtraitBot(commands.Bot):
     async def on_ready(self) -> None:
         log.info("connected as %s to %d servers", self.user, len(self.guilds))
 
+    async def on_app_command_completion(self, interaction: discord.Interaction, command: object) -> None:
+        await audit_log.record(self, interaction, "done")
+
     async def on_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
-        """Plain words, to the member alone; unexpected errors are logged and apologised for."""
+        """Plain words, to the member alone; unexpected errors are logged and apologised for.
+        Buttons and forms answer their refusals here too, so every refusal is recorded once."""
         original = getattr(error, "original", error)
+        verdict = "refused"
         if isinstance(original, UserError):
             text = str(original)
         elif isinstance(error, app_commands.CheckFailure):
@@ -111,6 +123,8 @@ class PawtraitBot(commands.Bot):
         else:
             log.error("command %s failed", interaction.command and interaction.command.name, exc_info=original)
             text = "Something went wrong on my side; nothing was changed. Please try again in a minute."
+            verdict = "failed"
+        await audit_log.record(self, interaction, verdict, text)  # first: the line is there once the member sees why
         await send_ephemeral(interaction, text)
 
 

@@ -6,13 +6,22 @@ the member alone (ephemeral), so a mistake never clutters the channel.
 
 from __future__ import annotations
 
+from typing import Any
+
 import discord
 from discord import app_commands
 
+from bot import audit_log
 from bot.formatting import clip
 from storage.db import Queries
 from storage.guild_settings import get_guild_settings
+from storage.moderation import is_denied
 from storage.pets import Pet, find_pet, list_pets
+
+DENIED = (
+    "A moderator of this server has stopped you from using Pawtrait here. "
+    "If you think that is a mistake, ask one of them (someone with Manage Server)."
+)
 
 
 class UserError(app_commands.AppCommandError):
@@ -28,6 +37,43 @@ def guild_key(interaction: discord.Interaction) -> str:
 def is_manager(interaction: discord.Interaction) -> bool:
     """Manage Server (or administrator, which implies it)."""
     return interaction.permissions.manage_guild
+
+
+def require_manager(interaction: discord.Interaction) -> None:
+    """Checked again in code: a command's default permission is only what a server starts with."""
+    if not is_manager(interaction):
+        raise UserError("Only members with Manage Server can do that.")
+
+
+def in_age_restricted_channel(interaction: discord.Interaction) -> bool:
+    """An age-restricted channel, or a thread of one (discord.py's Thread.is_nsfw follows its parent)."""
+    is_nsfw = getattr(interaction.channel, "is_nsfw", None)
+    return bool(is_nsfw and is_nsfw())
+
+
+async def member_allowed(interaction: discord.Interaction) -> bool:
+    """The one check for members a moderator denied (`/settings deny`): the command tree and
+    every button run it first. A denied member is told so in plain words; their attempt is recorded."""
+    if interaction.guild_id is None:
+        return True
+    bot: Any = interaction.client
+    if not await is_denied(bot.db, str(interaction.guild_id), str(interaction.user.id)):
+        return True
+    if interaction.type is not discord.InteractionType.autocomplete:  # autocomplete cannot show a message
+        await audit_log.record(bot, interaction, "denied")  # first: the line is there once the member sees why
+        await interaction.response.send_message(DENIED, ephemeral=True)
+    return False
+
+
+class MemberCheck:
+    """Mixed into every button (a discord.py dynamic item): names its audit line, then runs the
+    same check as the commands'."""
+
+    audit_command: str  # e.g. 'imagine reroll'
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        audit_log.begin(interaction, self.audit_command)
+        return await member_allowed(interaction)
 
 
 async def pet_named(db: Queries, interaction: discord.Interaction, name: str) -> Pet:
@@ -47,7 +93,7 @@ def require_owner(interaction: discord.Interaction, pet: Pet, doing: str) -> Non
 async def require_may_train(db: Queries, interaction: discord.Interaction) -> None:
     settings = await get_guild_settings(db, guild_key(interaction))
     if settings.who_may_train == "managers" and not is_manager(interaction):
-        raise UserError("In this server only members with Manage Server can start trainings (see `/settings`).")
+        raise UserError("In this server only members with Manage Server can start trainings (`/settings change who_may_train:` sets it).")
 
 
 async def pet_choices(

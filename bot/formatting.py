@@ -1,5 +1,5 @@
 """How text and numbers look in Discord messages: member text cut to fit, listings that end
-with "…and N more", progress bars, durations, queue positions, scores.
+with "…and N more", progress bars, durations, queue positions, scores, audit lines.
 
 Discord refuses a message over 2,000 characters outright (the member sees nothing), and
 members can type thousands of characters into prompts, negatives and file names; every
@@ -9,9 +9,15 @@ echo of member text goes through `clip`, every listing through `listing`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
+
+import discord
+
+from storage.audit import AuditLine
 
 MESSAGE_LIMIT = 2000  # characters of a message's content (Discord answers 400 beyond it)
 ECHO_LIMIT = 300  # a prompt, negative or file name quoted inside a longer message
+PROMPT_SHOWN = 120  # characters of a prompt or detail an audit line shows
 
 
 def clip(text: str, limit: int = ECHO_LIMIT) -> str:
@@ -65,3 +71,22 @@ def scores_text(likeness: float | None, adherence: float | None) -> str:
     if likeness is None or adherence is None:
         return ""
     return f"likeness {likeness:.2f} · prompts {adherence:.2f}"
+
+
+def audit_text(line: AuditLine) -> str:
+    """`#12` <time> @member **imagine** · done · pet Mochi · seed 7 · job 3 · “prompt”"""
+    when = int(datetime.fromisoformat(line.created_at.replace("Z", "+00:00")).timestamp())
+    parts = [f"`#{line.id}` <t:{when}:f> <@{line.user_id}> **{line.command}**", line.verdict]
+    if line.pet:
+        parts.append(f"pet {discord.utils.escape_markdown(line.pet)}")
+    if line.checkpoint_id is not None:
+        parts.append(f"checkpoint {line.checkpoint_id}")
+    if line.seed is not None:
+        parts.append(f"seed {line.seed}")
+    if line.job_id is not None:
+        parts.append(f"job #{line.job_id}")
+    if line.prompt:
+        parts.append(f"“{discord.utils.escape_markdown(clip(line.prompt, PROMPT_SHOWN))}”")
+    if line.detail:
+        parts.append(discord.utils.escape_markdown(clip(line.detail, PROMPT_SHOWN)))
+    return " · ".join(parts)

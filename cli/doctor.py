@@ -177,6 +177,12 @@ def _database_problem(error: BaseException, settings: Settings) -> str:
     return f"not usable ({reason}); check the user, password and database name in PAWTRAIT_DATABASE_URL"
 
 
+def _audit_line(days: int) -> str:
+    if days == 0:
+        return "kept forever (PAWTRAIT_AUDIT_DAYS=0)"
+    return f"lines deleted after {days} day{'s' * (days != 1)} (PAWTRAIT_AUDIT_DAYS)"
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     worker_needs: list[str] = []
     print(f"Python {platform.python_version()}")
@@ -209,6 +215,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 shared_needs.append(f"{what} ({variable})")
     else:
         shared_needs.append("a writable data folder (PAWTRAIT_DATA_DIR)")
+    print(f"audit log: {_audit_line(settings.audit_days)}")
     token_set = bool(environment().get("DISCORD_TOKEN", "").strip())
     print(f"Discord token: {'set' if token_set else 'not set'}")
     needs = shared_needs + worker_needs

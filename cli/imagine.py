@@ -66,6 +66,7 @@ async def _imagine(args: argparse.Namespace, settings: Settings) -> int:
     from engine.generation.generator import Generator
     from engine.generation.service import generate_and_record
     from engine.models import load_base_model
+    from engine.queueing import check_prompt
     from storage.connect import open_storage
     from storage.files import DataDir
     from storage.pets import LOCAL_GUILD, find_pet, list_pets
@@ -88,6 +89,7 @@ async def _imagine(args: argparse.Namespace, settings: Settings) -> int:
             variation_strength=args.variation_strength,
         )
         request.validate()
+        await check_prompt(db, request, LOCAL_GUILD)  # before loading the model (--detach: queueing screens too)
         if args.detach:
             return await _detach(db, settings, request, pet)
         print("loading the model...", file=sys.stderr)

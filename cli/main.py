@@ -8,12 +8,12 @@ import sys
 from collections.abc import Sequence
 from types import ModuleType
 
-from cli import bot, doctor, evaluate, export, imagine, jobs, migrate, pets, tiny_model, train
+from cli import audit, bot, doctor, evaluate, export, imagine, jobs, migrate, pets, tiny_model, train
 from config.redaction import scrub_logs
 from config.settings import Settings, SettingsError, environment
 
 # Each module has register(subparsers) that adds its subcommands with a `run(args, settings) -> int`.
-COMMAND_MODULES: list[ModuleType] = [doctor, tiny_model, pets, train, imagine, jobs, bot, migrate, export, evaluate]
+COMMAND_MODULES: list[ModuleType] = [doctor, tiny_model, pets, train, imagine, jobs, bot, migrate, export, evaluate, audit]
 
 
 def build_parser() -> argparse.ArgumentParser:

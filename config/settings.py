@@ -143,6 +143,7 @@ class Settings:
     teach_cooldown_s: float = 15.0  # a member's next /teach waits this long after the last one started
     cache_gib: float = 20.0  # local copies of a bucket's objects kept on this host, least recently used first
     cache_sweep_s: float = 600.0  # how often a worker drops its copies of objects deleted on any host
+    audit_days: int = 90  # the audit log's lines are deleted after this many days (0 = kept forever)
     database: str | None = field(default=None, repr=False)  # None: the SQLite file in the data folder; has a password
     files: str | None = None  # None: the data folder itself
     host_id: str = field(default_factory=socket.gethostname)
@@ -203,6 +204,7 @@ class Settings:
             cache_sweep_s=read(
                 env, "PAWTRAIT_CACHE_SWEEP_S", 600.0, bounded_float(1, 86_400), "seconds from 1 to 86400 (e.g. 600)"
             ),
+            audit_days=read(env, "PAWTRAIT_AUDIT_DAYS", 90, non_negative_int, "a whole number of days (0 = forever)"),
             database=read(
                 env, "PAWTRAIT_DATABASE_URL", None, _database_url,
                 "empty (the SQLite file in the data folder), sqlite:///PATH or postgresql://USER:PASSWORD@HOST/DATABASE",

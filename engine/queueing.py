@@ -12,11 +12,13 @@ from typing import Any
 from config.settings import Settings
 from engine.generation.checkpoint_choice import checkpoint_to_paint
 from engine.generation.request import GenerationRequest
+from engine.moderation.prompts import PromptRefused, screen_prompt
 from engine.training.create import TrainingInputError, create_run
 from engine.training.params import TrainingParams
 from storage import jobs, runs
 from storage.db import Queries
 from storage.files import FileStore
+from storage.moderation import list_block_words
 from storage.pets import Pet
 
 
@@ -61,15 +63,28 @@ async def queue_generation(
     user_id: str,
     extra: Mapping[str, Any] | None = None,
 ) -> jobs.Job:
-    """Check the request (and that its pet has a finished training) and queue it, with the
-    checkpoint it paints with: the one asked for, else the pet's current one.
+    """Check the request (its values, its prompt, and that its pet has a finished training) and
+    queue it, with the checkpoint it paints with: the one asked for, else the pet's current one.
 
     `extra` travels with the job for the front end (e.g. the Discord channel). Raises
-    GenerationError or QueueLimitReached.
+    GenerationError (PromptRefused for a screened prompt) or QueueLimitReached.
     """
     if pet is not None:
         request.pet_id = pet.id
     request.validate()
+    await check_prompt(db, request, guild_id)
     if pet is not None:
         request.checkpoint_id = (await checkpoint_to_paint(db, pet, request.checkpoint_id)).id
     return await jobs.submit_job(db, settings, "generate", guild_id, user_id, {"request": request.to_dict(), **(extra or {})})
+
+
+async def check_prompt(db: Queries, request: GenerationRequest, guild_id: str) -> None:
+    """Screen the prompt with the built-in lists and the server's own words; raises PromptRefused.
+
+    The negative prompt is not screened: it lists what to keep out of a picture, and
+    "nsfw, nude" there is the usual way to keep a picture clean.
+    """
+    verdict = screen_prompt(request.prompt, age_restricted=request.age_restricted,
+                            server_words=await list_block_words(db, guild_id))
+    if not verdict.allowed:
+        raise PromptRefused(verdict)

@@ -99,6 +99,14 @@ async def set_generation_message(db: Queries, generation_id: int, message_id: st
     await db.execute(update(generations).where(generations.c.id == generation_id).values(message_id=message_id))
 
 
+async def set_gallery_message(db: Queries, generation_id: int, channel_id: str | None, message_id: str | None) -> None:
+    """Remember (or, with None, forget) the gallery copy of a generation, so 🗑 can remove it too."""
+    await db.execute(
+        update(generations).where(generations.c.id == generation_id)
+        .values(gallery_channel_id=channel_id, gallery_message_id=message_id)
+    )
+
+
 async def job_for_generation(db: Queries, generation_id: int) -> int | None:
     """The job that produced a generation: its payload holds the full request for a reroll."""
     job_id = await db.scalar(

@@ -59,6 +59,8 @@ class Generation:
     source_generation_id: int | None = None  # set for a variation (see VariationSource)
     source_image: int | None = None
     variation_strength: float | None = None
+    gallery_channel_id: str | None = None  # where 📌 shared it, if it was
+    gallery_message_id: str | None = None
 
 
 def _generation(row: RowMapping | None) -> Generation | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from storage.db import Queries
 from storage.dialects import insert_for
@@ -23,6 +23,7 @@ class GuildSettings:
     vote_emoji: str = "⭐"
     who_may_train: str = "everyone"  # 'managers': only members with Manage Server start trainings
     max_steps: int = 2000
+    mod_channel_id: str | None = None  # where 🚩 reports go; None: reports are only recorded
 
 
 async def get_guild_settings(db: Queries, guild_id: str) -> GuildSettings:
@@ -58,6 +59,16 @@ async def update_guild_settings(
                 "max_steps": statement.excluded.max_steps,
             },
         ))
+        return await get_guild_settings(tx, guild_id)
+
+
+async def set_mod_channel(db: Queries, guild_id: str, channel_id: str | None) -> GuildSettings:
+    """Set (or, with None, clear) the moderators' channel; returns the settings now in force."""
+    async with db.transaction() as tx:
+        await update_guild_settings(tx, guild_id)  # the row exists from here on
+        await tx.execute(
+            update(guild_settings).where(guild_settings.c.guild_id == guild_id).values(mod_channel_id=channel_id)
+        )
         return await get_guild_settings(tx, guild_id)
 
 

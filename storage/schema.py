@@ -140,6 +140,9 @@ generations = Table(
     Column("source_generation_id", Integer, ForeignKey("generations.id", ondelete="SET NULL")),
     Column("source_image", Integer),
     Column("variation_strength", Float),
+    # The copy 📌 posted to the gallery, so a moderator's 🗑 removes it too.
+    Column("gallery_channel_id", Text),
+    Column("gallery_message_id", Text),
     sqlite_autoincrement=True,
 )
 
@@ -188,6 +191,7 @@ guild_settings = Table(
     Column("vote_emoji", Text, nullable=False),
     Column("who_may_train", Text, nullable=False),
     Column("max_steps", Integer, nullable=False),
+    Column("mod_channel_id", Text),  # where 🚩 reports go
 )
 
 pet_sharing = Table(
@@ -237,4 +241,45 @@ workers = Table(
     Column("job_id", Integer),
     Column("started_at", Timestamp, nullable=False),
     Column("heartbeat_at", Timestamp, nullable=False),
+)
+
+# One line per member action and screening verdict (storage/audit.py). No foreign keys: a
+# line outlives /forget and retention; PAWTRAIT_AUDIT_DAYS prunes it.
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("guild_id", Text, nullable=False),
+    Column("user_id", Text, nullable=False),
+    _created(),
+    Column("command", Text, nullable=False),
+    Column("verdict", Text, nullable=False),
+    Column("detail", Text),
+    Column("prompt", Text),
+    Column("pet", Text),
+    Column("checkpoint_id", Integer),
+    Column("seed", BigInteger),
+    Column("job_id", Integer),
+    Column("generation_id", Integer),
+    sqlite_autoincrement=True,
+)
+
+# A server's own words refused in prompts (/settings block-words), kept as the moderator typed them.
+block_words = Table(
+    "block_words",
+    metadata,
+    Column("guild_id", Text, primary_key=True),
+    Column("word", Text, primary_key=True),
+    Column("added_by", Text, nullable=False),
+    _created(),
+)
+
+# Members a server's moderators denied the bot (/settings deny).
+denied_members = Table(
+    "denied_members",
+    metadata,
+    Column("guild_id", Text, primary_key=True),
+    Column("user_id", Text, primary_key=True),
+    Column("denied_by", Text, nullable=False),
+    _created(),
 )

@@ -109,7 +109,7 @@ async def test_commands_are_synced_once(world: World) -> None:
     fake = world.fake
     assert len(fake.command_syncs) == 1 and fake.command_syncs[0][0] is None  # one global upload
     names = {command["name"] for command in fake.global_commands}
-    assert {"teach", "train", "pick", "lora", "imagine", "pets", "queue", "cancel", "forget", "settings",
+    assert {"teach", "train", "pick", "lora", "imagine", "pets", "queue", "cancel", "forget", "settings", "audit",
             "Teach Pawtrait"} <= names
 
 
@@ -303,7 +303,7 @@ async def test_imagine_reroll_share_and_delete(world: World) -> None:
 
     no_gallery = await answer(world, await fake.click(world.bob, art, art.button("Share")))
     assert no_gallery.ephemeral and "no gallery channel" in no_gallery.text()
-    configured = await answer(world, await fake.slash(world.cats, world.mod, "settings", gallery=world.gallery))
+    configured = await answer(world, await fake.slash(world.cats, world.mod, "settings change", gallery=world.gallery))
     assert f"<#{world.gallery.id}>" in configured.text()
     shared = await answer(world, await fake.click(world.bob, art, art.button("Share")))
     assert "Shared to" in shared.text()

@@ -129,3 +129,15 @@ async def test_the_bot_attaches_local_copies_of_stored_files_and_skips_deleted_o
     assert copy.read_bytes() == f"picture {kept}".encode()
     assert copy.is_relative_to(shared.data_dir)  # this host's cache, not the bucket
     assert await bot.local_copies([deleted]) == []
+
+
+def test_an_audit_line_shows_a_long_prompt_cut_and_its_markdown_inert() -> None:
+    from bot.formatting import MESSAGE_LIMIT, audit_text, clip
+    from storage.audit import AuditLine
+
+    line = AuditLine(7, "g1", "42", "2026-12-07T10:00:00.000Z", "imagine", "prompt allowed",
+                     prompt="**bold** " + "cat " * 500, pet="Mochi", seed=3, job_id=9)
+    text = audit_text(line)
+    assert text.startswith("`#7` <t:1796637600:f> <@42> **imagine** · prompt allowed · pet Mochi · seed 3 · job #9")
+    assert "\\*\\*bold\\*\\*" in text and len(text) < 300 and text.endswith("…”")
+    assert len(clip("x" * 5000, MESSAGE_LIMIT)) == MESSAGE_LIMIT and clip("short") == "short"

@@ -29,10 +29,11 @@ def test_without_a_token_it_says_so_and_fails(env: dict[str, str], settings: Set
     assert result.returncode == 1
     assert "Discord token: not set" in result.stdout
     assert "missing for `pawtrait bot`: DISCORD_TOKEN" in result.stdout
+    assert line(result.stdout, "audit log: ") == "audit log: lines deleted after 90 days (PAWTRAIT_AUDIT_DAYS)"
     assert "base model: " in result.stdout and "local folder" in result.stdout
     assert line(result.stdout, "database: ") == (
         f"database: sqlite+aiosqlite:///{(settings.data_dir / 'pawtrait.db').resolve()} - "
-        "schema 0003, written and read back"
+        "schema 0007, written and read back"
     )
     assert line(result.stdout, "file store: ") == f"file store: folder {settings.data_dir} - written and read back"
     assert "torch " in result.stdout and "CPU" in result.stdout
@@ -42,8 +43,9 @@ def test_without_a_token_it_says_so_and_fails(env: dict[str, str], settings: Set
 
 
 def test_a_worker_needs_no_discord_token(env: dict[str, str], tmp_path: Path) -> None:
-    result = doctor(env, tmp_path, "--for", "worker")
+    result = doctor({**env, "PAWTRAIT_AUDIT_DAYS": "0"}, tmp_path, "--for", "worker")
     assert result.returncode == 0, result.stdout + result.stderr
+    assert line(result.stdout, "audit log: ") == "audit log: kept forever (PAWTRAIT_AUDIT_DAYS=0)"
     assert "Discord token: not set" in result.stdout
     assert "ready: `pawtrait worker` has what it needs" in result.stdout
 
@@ -83,7 +85,7 @@ async def test_postgresql_and_a_bucket_are_written_and_read_back_without_printin
     assert result.returncode == 0, output
     database = line(result.stdout, "database: ")
     assert database.startswith(f"database: postgresql+asyncpg://pawtrait:***@127.0.0.1:{postgres_server.port}/")
-    assert database.endswith(" - schema 0003, written and read back")
+    assert database.endswith(" - schema 0007, written and read back")
     bucket = shared.files.removeprefix("s3://").partition("/")[0]
     assert line(result.stdout, "file store: ") == (
         f"file store: s3://{bucket}/pawtrait at {s3_server.endpoint} - written and read back"

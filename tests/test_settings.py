@@ -59,6 +59,11 @@ def test_the_guidance_interval_can_be_set_or_switched_off() -> None:
     assert Settings.from_env({"PAWTRAIT_GUIDANCE_INTERVAL": "off"}).guidance_interval is None
 
 
+def test_the_audit_log_is_kept_90_days_unless_configured() -> None:
+    assert Settings.from_env({}).audit_days == 90
+    assert Settings.from_env({"PAWTRAIT_AUDIT_DAYS": "0"}).audit_days == 0
+
+
 def test_empty_vae_means_the_models_own() -> None:
     assert Settings.from_env({"PAWTRAIT_VAE": ""}).vae is None
 
@@ -86,6 +91,8 @@ def test_empty_vae_means_the_models_own() -> None:
         ("PAWTRAIT_DTYPE", "fp32", "auto, bf16 or fp16"),
         ("PAWTRAIT_GPU_MEMORY_GIB", "12GB", "GiB from 4 to 1024"),
         ("PAWTRAIT_GPU_MEMORY_GIB", "2", "GiB from 4 to 1024"),
+        ("PAWTRAIT_AUDIT_DAYS", "-1", "a whole number of days (0 = forever)"),
+        ("PAWTRAIT_AUDIT_DAYS", "a year", "a whole number of days (0 = forever)"),
     ],
 )
 def test_a_bad_value_names_variable_value_and_what_is_allowed(name: str, value: str, allowed: str) -> None:

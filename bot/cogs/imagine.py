@@ -1,5 +1,10 @@
 """Pictures: `/imagine`, the job's message (preview while painting, then the images), and the
-buttons under the images (🔁 reroll, 📌 share, 🗑️ delete, V1…V4 variations).
+buttons under the images (🔁 reroll, 📌 share, 🗑️ delete, 🚩 report, V1…V4 variations).
+
+Prompts are screened where the engine queues them (engine.queueing), with whether this
+channel is age-restricted. 🗑️ (the requester or a moderator) removes the picture and its
+gallery copy; 🚩 records a report and posts it, with the picture's audit line, to the
+server's moderators' channel.
 
 The member gets an answer at once (queue position and expected wait); that answer is the
 message the painting's events (`on_pawtrait_generate_<event>`, from bot.job_relay) edit.
@@ -17,8 +22,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.checks import UserError, guild_key, pet_choices, pet_named
-from bot.formatting import clip, progress_bar, queue_line
+from bot.audit_log import note, record
+from bot.checks import MemberCheck, UserError, guild_key, in_age_restricted_channel, pet_choices, pet_named
+from bot.formatting import MESSAGE_LIMIT, audit_text, clip, progress_bar, queue_line
 from bot.job_relay import JobUpdate
 from engine.generation.request import (
     DEFAULT_VARIATION_STRENGTH,
@@ -28,9 +34,17 @@ from engine.generation.request import (
     GenerationError,
     GenerationRequest,
 )
+from engine.moderation.prompts import ALLOWED, PromptRefused
 from engine.queueing import queue_generation as queue_job
+from storage.audit import audit_line_of_job
 from storage.db import Queries
-from storage.discord_posts import add_discord_job, job_for_generation, set_generation_message, set_status_message
+from storage.discord_posts import (
+    add_discord_job,
+    job_for_generation,
+    set_gallery_message,
+    set_generation_message,
+    set_status_message,
+)
 from storage.generations import Generation, get_generation
 from storage.guild_settings import get_guild_settings, others_may_imagine
 from storage.jobs import Job, QueueLimitReached, estimate_wait_s, get_job, queue_position
@@ -42,7 +56,8 @@ if TYPE_CHECKING:
 # The same word the generation engine replaces with the pet's trigger token.
 TOK = re.compile(r"\bTOK\b")
 PREVIEW_EDIT_INTERVAL_S = 2.0
-_ACTIONS = {"reroll": ("🔁", "Reroll"), "share": ("📌", "Share"), "delete": ("🗑️", "Delete")}
+_ACTIONS = {"reroll": ("🔁", "Reroll"), "share": ("📌", "Share"), "delete": ("🗑️", "Delete"), "report": ("🚩", "Report")}
+NO_MENTIONS = discord.AllowedMentions.none()
 
 
 async def default_pet(db: Queries, interaction: discord.Interaction) -> Pet:
@@ -67,14 +82,22 @@ async def require_may_imagine(db: Queries, interaction: discord.Interaction, pet
 async def queue_generation(
     bot: PawtraitBot, interaction: discord.Interaction, request: GenerationRequest, pet: Pet | None
 ) -> None:
-    """Queue the request (the engine checks it) and answer with its place in the queue."""
+    """Queue the request (the engine checks it and screens its prompt for this channel) and
+    answer with its place in the queue."""
     guild_id = guild_key(interaction)
     db = bot.db
+    request.age_restricted = in_age_restricted_channel(interaction)
+    note(interaction, prompt=request.prompt, seed=request.seed, pet=pet.name if pet else None,
+         checkpoint_id=request.checkpoint_id or (pet.active_checkpoint_id if pet else None))
     try:
         job = await queue_job(db, bot.settings, request, pet, guild_id, str(interaction.user.id),
                               {"discord": {"channel_id": str(interaction.channel_id)}})
+    except PromptRefused as error:
+        note(interaction, verdict=error.verdict.audit_text)
+        raise UserError(str(error)) from None
     except (GenerationError, QueueLimitReached) as error:
         raise UserError(str(error)) from None
+    note(interaction, job_id=job.id, verdict=ALLOWED.audit_text)
     await add_discord_job(db, job.id, guild_id, str(interaction.channel_id), str(interaction.user.id))
     position = await queue_position(db, job.id)
     wait = await estimate_wait_s(db, job.id)
@@ -84,7 +107,7 @@ async def queue_generation(
     await interaction.response.send_message(
         f"🎨 **{clip(request.prompt)}**{who}{seed}{varied} · {request.count} image{'s' * (request.count != 1)} · "
         f"{queue_line(position, wait)} (job #{job.id})",
-        allowed_mentions=discord.AllowedMentions.none(),
+        allowed_mentions=NO_MENTIONS,
     )
     message = await interaction.original_response()
     await set_status_message(db, job.id, str(message.id))
@@ -212,7 +235,8 @@ def generation_view(generation_id: int, image_count: int) -> discord.ui.View:
     return view
 
 
-class GenerationButton(discord.ui.DynamicItem[discord.ui.Button], template=r"pawtrait:gen:(?P<action>reroll|share|delete):(?P<id>\d+)"):
+class GenerationButton(MemberCheck, discord.ui.DynamicItem[discord.ui.Button],
+                       template=r"pawtrait:gen:(?P<action>reroll|share|delete|report):(?P<id>\d+)"):
     def __init__(self, action: str, generation_id: int) -> None:
         emoji, label = _ACTIONS[action]
         style = discord.ButtonStyle.danger if action == "delete" else discord.ButtonStyle.secondary
@@ -221,6 +245,7 @@ class GenerationButton(discord.ui.DynamicItem[discord.ui.Button], template=r"paw
         )
         self.action = action
         self.generation_id = generation_id
+        self.audit_command = f"imagine {action}"
 
     @classmethod
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]):
@@ -230,18 +255,25 @@ class GenerationButton(discord.ui.DynamicItem[discord.ui.Button], template=r"paw
         bot: PawtraitBot = interaction.client  # type: ignore[assignment]
         try:
             generation = await _generation_here(bot, interaction, self.generation_id)
+            note(interaction, prompt=generation.prompt, seed=generation.seed, checkpoint_id=generation.checkpoint_id,
+                 generation_id=generation.id)
             if self.action == "reroll":
                 request, pet = await _request_again(bot, interaction, generation, "reroll them")
                 await queue_generation(bot, interaction, request, pet)
             elif self.action == "share":
                 await _share(bot, interaction, generation)
+            elif self.action == "report":
+                await _report(bot, interaction, generation)
             else:
-                await _delete(interaction, generation)
+                await _delete(bot, interaction, generation)
         except UserError as error:
-            await bot.on_app_command_error(interaction, error)
+            await bot.on_app_command_error(interaction, error)  # answers and records the refusal
+            return
+        await record(bot, interaction, "done")
 
 
-class VariationButton(discord.ui.DynamicItem[discord.ui.Button], template=r"pawtrait:vary:(?P<id>\d+):(?P<image>\d+)"):
+class VariationButton(MemberCheck, discord.ui.DynamicItem[discord.ui.Button],
+                      template=r"pawtrait:vary:(?P<id>\d+):(?P<image>\d+)"):
     """V1…V4 (as in Midjourney): new pictures close to one image, same prompt and pet, new seed."""
 
     def __init__(self, generation_id: int, image: int) -> None:
@@ -253,6 +285,7 @@ class VariationButton(discord.ui.DynamicItem[discord.ui.Button], template=r"pawt
         )
         self.generation_id = generation_id
         self.image = image
+        self.audit_command = "imagine variation"
 
     @classmethod
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]):
@@ -266,34 +299,93 @@ class VariationButton(discord.ui.DynamicItem[discord.ui.Button], template=r"pawt
             request.source_generation_id = generation.id
             request.source_image = self.image
             request.variation_strength = DEFAULT_VARIATION_STRENGTH
+            note(interaction, generation_id=generation.id)
             await queue_generation(bot, interaction, request, pet)
         except UserError as error:
-            await bot.on_app_command_error(interaction, error)
+            await bot.on_app_command_error(interaction, error)  # answers and records the refusal
+            return
+        await record(bot, interaction, "done")
 
 
 async def _share(bot: PawtraitBot, interaction: discord.Interaction, generation: Generation) -> None:
     settings = await get_guild_settings(bot.db, str(interaction.guild_id))
     if settings.gallery_channel_id is None:
-        raise UserError("This server has no gallery channel yet; someone with Manage Server can set one with `/settings gallery:`.")
+        raise UserError(
+            "This server has no gallery channel yet; someone with Manage Server can set one with `/settings change gallery:`."
+        )
+    if generation.gallery_message_id is not None:
+        raise UserError(f"These images are in the gallery already: <#{generation.gallery_channel_id}>.")
     await interaction.response.defer(ephemeral=True, thinking=True)
     gallery = bot.get_channel(int(settings.gallery_channel_id)) or await bot.fetch_channel(int(settings.gallery_channel_id))
     files = [discord.File(path) for path in await bot.local_copies(generation.files)]
     source = f" · [original]({interaction.message.jump_url})" if interaction.message else ""
-    await gallery.send(  # type: ignore[union-attr]
+    copy = await gallery.send(  # type: ignore[union-attr]
         f"📌 **{clip(generation.prompt)}** by <@{generation.requested_by}>, shared by <@{interaction.user.id}> "
         f"· seed {generation.seed}{source}",
         files=files,
-        allowed_mentions=discord.AllowedMentions.none(),
+        allowed_mentions=NO_MENTIONS,
     )
+    await set_gallery_message(bot.db, generation.id, str(copy.channel.id), str(copy.id))
     await interaction.edit_original_response(content=f"Shared to <#{settings.gallery_channel_id}>.")
 
 
-async def _delete(interaction: discord.Interaction, generation: Generation) -> None:
-    if generation.requested_by != str(interaction.user.id) and not interaction.permissions.manage_messages:
+def _is_moderator(interaction: discord.Interaction) -> bool:
+    return interaction.permissions.manage_messages or interaction.permissions.manage_guild
+
+
+async def _delete(bot: PawtraitBot, interaction: discord.Interaction, generation: Generation) -> None:
+    """Remove the images everywhere Pawtrait posted them: this message and the gallery copy."""
+    if generation.requested_by != str(interaction.user.id) and not _is_moderator(interaction):
         raise UserError("Only the member who asked for these images (or a moderator) can delete them.")
-    await interaction.response.defer(ephemeral=True)
+    await interaction.response.defer(ephemeral=True, thinking=True)
     if interaction.message is not None:
-        await interaction.message.delete()
+        await _remove(interaction.message)
+    if generation.gallery_channel_id is None or generation.gallery_message_id is None:
+        await interaction.edit_original_response(content="🗑️ Deleted.")
+        return
+    channel = bot.get_partial_messageable(int(generation.gallery_channel_id), guild_id=interaction.guild_id)
+    await _remove(channel.get_partial_message(int(generation.gallery_message_id)))
+    await set_gallery_message(bot.db, generation.id, None, None)
+    await interaction.edit_original_response(content="🗑️ Deleted, the gallery copy too.")
+
+
+async def _remove(message: discord.Message | discord.PartialMessage) -> None:
+    try:
+        await message.delete()
+    except discord.NotFound:
+        pass  # someone deleted it by hand already
+
+
+async def _report(bot: PawtraitBot, interaction: discord.Interaction, generation: Generation) -> None:
+    """Record the report (its audit line) and show the moderators the picture and how it was made."""
+    settings = await get_guild_settings(bot.db, str(interaction.guild_id))
+    if settings.mod_channel_id is None:
+        note(interaction, verdict="reported (no moderators' channel)")
+        await interaction.response.send_message(
+            "🚩 Thank you: your report was recorded. This server has no moderators' channel, so no moderator was "
+            "told yet; someone with Manage Server can set one with `/settings mod-channel`.", ephemeral=True,
+        )
+        return
+    await interaction.response.defer(ephemeral=True, thinking=True)
+    job_id = await job_for_generation(bot.db, generation.id)
+    line = await audit_line_of_job(bot.db, generation.guild_id, job_id) if job_id is not None else None
+    link = interaction.message.jump_url if interaction.message else f"generation #{generation.id}"
+    text = (
+        f"🚩 <@{interaction.user.id}> reported [a picture]({link}) asked for by <@{generation.requested_by}> "
+        f"(generation #{generation.id}, seed {generation.seed}).\n"
+        + (f"🧾 {audit_text(line)}" if line else "🧾 Its audit line is gone (older than the log keeps).")
+    )
+    channel = bot.get_partial_messageable(int(settings.mod_channel_id), guild_id=interaction.guild_id)
+    try:
+        await channel.send(clip(text, MESSAGE_LIMIT), allowed_mentions=NO_MENTIONS)
+    except discord.HTTPException:
+        note(interaction, verdict="reported (could not post to the moderators' channel)")
+        await interaction.edit_original_response(
+            content="🚩 Your report was recorded, but I could not post in the moderators' channel; please tell a moderator."
+        )
+        return
+    note(interaction, verdict="reported to the moderators")
+    await interaction.edit_original_response(content="🚩 Thank you: the moderators were told.")
 
 
 async def _generation_here(bot: PawtraitBot, interaction: discord.Interaction, generation_id: int) -> Generation:
@@ -318,7 +410,7 @@ async def _request_again(
     if job is None:
         raise UserError(f"I no longer know how these images were made, so I can't {what}.")
     request = GenerationRequest.from_dict(job.payload["request"])
-    request.seed = None
+    request.seed = None  # queue_generation sets age_restricted again, for the channel pressed in
     if pet is not None:
         # The checkpoint these images were painted with, whatever the pet uses now; the row
         # loses it (NULL) when the checkpoint is deleted.

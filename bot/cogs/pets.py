@@ -15,7 +15,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.checks import guild_key, is_manager, pet_choices, pet_named, require_owner
+from bot.audit_log import note, record
+from bot.checks import MemberCheck, UserError, guild_key, is_manager, pet_choices, pet_named, require_owner
 from bot.thumbnails import thumbnail_png
 from storage.guild_settings import others_may_imagine, set_others_may_imagine
 from storage.pet_deletion import PetBusy, PetFootprint, forget_pet, pet_footprint
@@ -104,7 +105,8 @@ class Pets(commands.Cog):
         return await pet_choices(db, interaction, current)
 
 
-class ForgetButton(discord.ui.DynamicItem[discord.ui.Button], template=r"pawtrait:forget:(?P<pet>\d+):(?P<user>\d+)"):
+class ForgetButton(MemberCheck, discord.ui.DynamicItem[discord.ui.Button],
+                   template=r"pawtrait:forget:(?P<pet>\d+):(?P<user>\d+)"):
     """The confirm button of `/forget`: only the member who asked can press it."""
 
     def __init__(self, pet_id: int, user_id: int) -> None:
@@ -116,6 +118,7 @@ class ForgetButton(discord.ui.DynamicItem[discord.ui.Button], template=r"pawtrai
         )
         self.pet_id = pet_id
         self.user_id = user_id
+        self.audit_command = "forget confirm"
 
     @classmethod
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]):
@@ -123,26 +126,32 @@ class ForgetButton(discord.ui.DynamicItem[discord.ui.Button], template=r"pawtrai
 
     async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
         bot: PawtraitBot = interaction.client  # type: ignore[assignment]
+        try:
+            await self._forget(bot, interaction)
+        except UserError as error:
+            await bot.on_app_command_error(interaction, error)  # answers and records the refusal
+
+    async def _forget(self, bot: PawtraitBot, interaction: discord.Interaction) -> None:
         if interaction.user.id != self.user_id:
-            await interaction.response.send_message("Only the member who asked to forget this pet can confirm.", ephemeral=True)
-            return
+            raise UserError("Only the member who asked to forget this pet can confirm.")
         db = bot.db
         pet = await get_pet(db, self.pet_id)
         if pet is None or pet.guild_id != str(interaction.guild_id):
-            await interaction.response.edit_message(content="That pet is already gone.", view=None)
-            return
+            raise UserError("That pet is already gone.")
+        note(interaction, pet=pet.name)
         if pet.owner_id != str(interaction.user.id) and not is_manager(interaction):
-            await interaction.response.send_message("Only the owner or someone with Manage Server can do that.", ephemeral=True)
-            return
+            raise UserError("Only the owner or someone with Manage Server can do that.")
         await interaction.response.defer()
         try:
             footprint = await forget_pet(db, bot.store, pet)
         except PetBusy as error:
             await interaction.edit_original_response(content=f"❌ {error}", view=None)
+            await record(bot, interaction, "refused", str(error))
             return
         await interaction.edit_original_response(
             content=f"🗑️ Forgot **{pet.name}**: {_footprint(footprint)} deleted.", view=None
         )
+        await record(bot, interaction, "done")
 
 
 def _footprint(footprint: PetFootprint) -> str:

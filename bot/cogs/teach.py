@@ -18,6 +18,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.audit_log import begin, note, record
 from bot.checks import UserError, guild_key
 from bot.cooldown import MemberCooldown
 from bot.formatting import clip, listing
@@ -85,7 +86,9 @@ class TeachModal(discord.ui.Modal, title="Teach Pawtrait these photos"):
         self.class_noun.default = noun or None
 
     async def on_submit(self, interaction: discord.Interaction) -> None:
+        begin(interaction, "teach form")
         await self.cog.teach_from(interaction, str(self.pet_name), str(self.class_noun), list(self.message.attachments))
+        await record(self.cog.bot, interaction, "done")
 
     async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:  # type: ignore[override]
         await self.cog.bot.on_app_command_error(interaction, error)  # type: ignore[arg-type]
@@ -159,6 +162,7 @@ class Teach(commands.Cog):
             name, noun = clean_pet_name(name), clean_class_noun(noun)
         except TeachError as error:
             raise UserError(f"{str(error)[:1].upper()}{str(error)[1:]}.") from None
+        note(interaction, pet=name)
         db = self.bot.db
         existing = await find_pet(db, guild_id, name)
         if existing is not None and existing.owner_id != str(interaction.user.id):

@@ -18,6 +18,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.audit_log import note
 from bot.checks import UserError, guild_key, pet_choices, pet_named, require_may_train, require_owner
 from bot.formatting import MESSAGE_LIMIT, clip, duration, progress_bar, queue_line, scores_text
 from bot.job_relay import JobUpdate
@@ -31,6 +32,7 @@ from engine.training.params import TrainingParams
 from storage.discord_posts import add_discord_job
 from storage.guild_settings import get_guild_settings
 from storage.jobs import Job, QueueLimitReached, estimate_wait_s, queue_position
+from storage.moderation import is_denied
 from storage.pets import Pet, get_pet, set_active_checkpoint
 from storage.runs import (
     add_vote,
@@ -122,12 +124,13 @@ class Train(commands.Cog):
         await require_may_train(db, interaction)
         limit = (await get_guild_settings(db, guild_id)).max_steps
         if steps > limit:
-            raise UserError(f"This server allows at most {limit} steps per training (see `/settings`).")
+            raise UserError(f"This server allows at most {limit} steps per training (`/settings change max_steps:` sets it).")
         params = training_params(self.bot, steps, prior_preservation)
         try:
             job = await queue_training(db, self.bot.store, self.bot.settings, found, params, user_id)
         except (TrainingInputError, QueueLimitReached) as error:
             raise UserError(str(error)) from None
+        note(interaction, job_id=job.id)
         await add_discord_job(db, job.id, guild_id, str(interaction.channel_id), user_id)
         position = await queue_position(db, job.id)
         wait = await estimate_wait_s(db, job.id)
@@ -166,6 +169,7 @@ class Train(commands.Cog):
             chosen = await find_checkpoint(db, found, step)
         except ExportError as error:
             raise UserError(str(error)) from None
+        note(interaction, checkpoint_id=chosen.checkpoint.id)
         await set_active_checkpoint(db, found.id, chosen.checkpoint.id)
         await set_chosen_checkpoint(db, chosen.run.id, chosen.checkpoint.id)
         await interaction.response.send_message(
@@ -226,8 +230,8 @@ class Train(commands.Cog):
             return
         db = self.bot.db
         images = await validation_image_by_message(db, str(payload.message_id))
-        if not images:
-            return
+        if not images or await is_denied(db, str(payload.guild_id), str(payload.user_id)):
+            return  # not a vote, or a member a moderator denied (/settings deny)
         emoji = (await get_guild_settings(db, str(payload.guild_id))).vote_emoji
         if str(payload.emoji) != emoji:
             return

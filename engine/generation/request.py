@@ -65,6 +65,9 @@ class GenerationRequest:
     source_generation_id: int | None = None
     source_image: int = 1
     variation_strength: float = DEFAULT_VARIATION_STRENGTH
+    # Asked in an age-restricted channel (or a thread of one): prompt screening allows sexual
+    # terms only there (engine.moderation.prompts). Front ends other than Discord leave it off.
+    age_restricted: bool = False
 
     def validate(self) -> None:
         """Raise `GenerationError` naming the first thing wrong and what is allowed."""

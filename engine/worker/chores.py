@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from storage import keys, retention
+from storage import audit, keys, retention
 from storage.db import Queries
 from storage.files import DataDir, FileStore
 from storage.pet_deletion import sweep_orphans
@@ -72,3 +72,13 @@ async def drop_deleted_copies(store: FileStore) -> int:
     if dropped:
         log.info("removed %d local copies of deleted files", len(dropped))
     return len(dropped)
+
+
+async def prune_audit(db: Queries, days: int) -> int:
+    """Delete audit lines older than `days` (PAWTRAIT_AUDIT_DAYS); 0 days keeps everything."""
+    if days <= 0:
+        return 0
+    removed = await audit.delete_old_audit_lines(db, days)
+    if removed:
+        log.info("deleted %d audit lines older than %d days", removed, days)
+    return removed

@@ -84,7 +84,8 @@ class Worker:
             return  # told to stop while loading: nothing was claimed yet
         self.executor = Executor(self.settings, self.db, self.store, self.data, base, self.worker_id)
         self.wakeup = open_wakeup(self.db)
-        retention = self._retention if self.settings.keep_generations_days > 0 else None
+        keeps_all = self.settings.keep_generations_days == 0 and self.settings.audit_days == 0
+        retention = None if keeps_all else self._retention
         self.scheduler = build_scheduler(
             recover_interval_s(self.settings.worker_timeout_s), self._heartbeat, self._recover, self._clean_tmp,
             self._sweep, retention, self._drop_copies, self.settings.cache_sweep_s,
@@ -137,8 +138,10 @@ class Worker:
         await chores.drop_deleted_copies(self.store)
 
     async def _retention(self) -> None:
-        await chores.prune_generations(self.db, self.store, self.settings.keep_generations_days)
-        await chores.prune_events(self.db)
+        if self.settings.keep_generations_days > 0:
+            await chores.prune_generations(self.db, self.store, self.settings.keep_generations_days)
+            await chores.prune_events(self.db)
+        await chores.prune_audit(self.db, self.settings.audit_days)
 
     async def stop(self) -> None:
         """Hand running jobs back to the queue and end the process without waiting for them.

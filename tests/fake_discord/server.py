@@ -293,8 +293,9 @@ class FakeDiscord:
     def add_moderator(self, guild: Guild, name: str) -> Member:
         return self.add_member(guild, name, MEMBER_PERMISSIONS | MANAGE_GUILD | MANAGE_MESSAGES)
 
-    def add_channel(self, guild: Guild, name: str) -> Channel:
-        channel = Channel(snowflake(), name, guild.id)
+    def add_channel(self, guild: Guild, name: str, nsfw: bool = False) -> Channel:
+        """A text channel (`nsfw`: age-restricted); add it before the bot connects, as a server's setup."""
+        channel = Channel(snowflake(), name, guild.id, nsfw=nsfw)
         guild.channels[channel.id] = channel
         self.channels[channel.id] = channel
         return channel
@@ -659,6 +660,10 @@ class FakeDiscord:
         await self.dispatch("THREAD_CREATE", dict(thread.payload(), newly_created=True))
         return thread
 
+    async def add_thread(self, parent: Channel, name: str) -> Channel:
+        """A member opens a public thread in `parent` (the bot sees it created)."""
+        return await self._new_thread(parent, name)
+
     async def _thread_from_message(self, request: web.Request) -> web.Response:
         parent = self._channel_or_404(request)
         stored = self._message_in(request)
@@ -741,6 +746,12 @@ class FakeDiscord:
             elif kind == 7:  # channel: pass the Channel
                 resolved.setdefault("channels", {})[value.id] = dict(value.payload(), permissions=str(ALL_PERMISSIONS))
                 value = value.id
+            elif kind == 6:  # user: pass the Member (Discord resolves the user and their membership)
+                resolved.setdefault("users", {})[value.id] = value.user.payload()
+                member = value.payload(with_permissions=True)
+                member.pop("user")
+                resolved.setdefault("members", {})[value.id] = member
+                value = value.id
             option = {"name": name, "type": kind, "value": value}
             if name == focused:
                 option["focused"] = True
@@ -748,13 +759,26 @@ class FakeDiscord:
         return options
 
     async def slash(self, guild: Guild, member: Member, name: str, /, channel: Channel | None = None,
-                    **values: Any) -> InteractionRecord:
-        """Run `/name` as `member` in `guild`; attachment options take (filename, bytes)."""
-        command = self.command(name, guild.id)
+                    options: dict[str, Any] | None = None, **values: Any) -> InteractionRecord:
+        """Run `/name` as `member` in `guild` (a subcommand: `/settings block-words add`), in `channel`
+        (default #general); attachment options take (filename, bytes), channel options a Channel, user
+        options a Member; `options` holds those whose name clashes with these parameters (`channel`)."""
+        values.update(options or {})
+        top, *path = name.split()
+        command = self.command(top, guild.id)
         channel = channel or self.channel(guild, "general")
         record = self._interaction_base(guild, member, channel, 2)
         resolved: dict[str, Any] = {}
-        data = {"id": command["id"], "name": name, "type": 1, "options": self._options(values, resolved, command)}
+        chain = [command]
+        for part in path:  # down the groups to the subcommand, as Discord declared them
+            found = next((o for o in chain[-1].get("options", []) if o["name"] == part and o["type"] in (1, 2)), None)
+            if found is None:
+                raise AssertionError(f"/{name}: /{top} has no subcommand or group {part!r}")
+            chain.append(found)
+        options = self._options(values, resolved, chain[-1])
+        for node in reversed(chain[1:]):
+            options = [{"name": node["name"], "type": node["type"], "options": options}]
+        data = {"id": command["id"], "name": top, "type": 1, "options": options}
         if command.get("guild_id"):
             data["guild_id"] = command["guild_id"]
         if resolved:
@@ -820,9 +844,12 @@ class FakeDiscord:
         return submit
 
     async def post(self, member: Member, channel: Channel, content: str = "",
-                   files: list[tuple[str, bytes]] | None = None) -> StoredMessage:
-        """A member posts a message (with files) in a channel."""
-        return await self._store_message(channel, member.user, {"content": content}, dict(files or []))
+                   files: list[tuple[str, bytes]] | None = None,
+                   components: list[dict[str, Any]] | None = None) -> StoredMessage:
+        """A member posts a message (with files) in a channel; `components` gives it another
+        message's buttons, as a forged click from elsewhere would carry them."""
+        body = {"content": content, "components": components or []}
+        return await self._store_message(channel, member.user, body, dict(files or []))
 
     async def react(self, member: Member, message: StoredMessage, emoji: str, add: bool = True) -> None:
         """A member adds (or removes) a unicode emoji reaction; the bot gets the raw gateway event."""
