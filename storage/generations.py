@@ -59,6 +59,11 @@ class Generation:
     source_generation_id: int | None = None  # set for a variation (see VariationSource)
     source_image: int | None = None
     variation_strength: float | None = None
+    flagged: list[bool] | None = None  # the safety check's verdict per file; None when unscreened
+
+    def is_flagged(self, index: int) -> bool:
+        """Whether picture `index` (0 = first) was flagged; an unscreened picture was not."""
+        return bool(self.flagged and self.flagged[index])
 
 
 def _generation(row: RowMapping | None) -> Generation | None:
@@ -66,6 +71,7 @@ def _generation(row: RowMapping | None) -> Generation | None:
         return None
     values = dict(row)
     values["files"] = json.loads(values["files"])
+    values["flagged"] = json.loads(values["flagged"]) if values["flagged"] else None
     return Generation(**values)
 
 
@@ -119,6 +125,7 @@ async def record_generation(
     lora_scale: float,
     requested_by: str,
     variation: VariationSource | None = None,
+    flagged: list[bool] | None = None,
 ) -> Generation:
     """Insert the row of a generation whose pictures are already in the file store under `files`."""
     generation_id = await db.scalar(
@@ -130,6 +137,7 @@ async def record_generation(
             source_generation_id=variation.generation_id if variation else None,
             source_image=variation.image if variation else None,
             variation_strength=variation.strength if variation else None,
+            flagged=json.dumps(flagged) if flagged is not None else None,
         )
         .returning(generations.c.id)
     )

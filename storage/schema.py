@@ -95,6 +95,7 @@ validation_images = Table(
     Column("dino", Float),
     Column("clip_i", Float),
     Column("clip_t", Float),
+    Column("flagged", Integer),  # the safety check's verdict: 1 flagged, 0 passed, empty unscreened
 )
 
 votes = Table(
@@ -130,6 +131,7 @@ generations = Table(
     Column("source_generation_id", Integer, ForeignKey("generations.id", ondelete="SET NULL")),
     Column("source_image", Integer),
     Column("variation_strength", Float),
+    Column("flagged", Text),  # JSON list of the safety check's verdicts, one per file; empty unscreened
 )
 
 jobs = Table(
@@ -175,6 +177,7 @@ guild_settings = Table(
     Column("vote_emoji", Text, nullable=False),
     Column("who_may_train", Text, nullable=False),
     Column("max_steps", Integer, nullable=False),
+    Column("safety", Text, nullable=False),  # what happens to flagged pictures (storage.guild_settings.SAFETY)
 )
 
 pet_sharing = Table(

@@ -82,6 +82,7 @@ class Worker:
         if self._stopping:
             return  # told to stop while loading: nothing was claimed yet
         self.executor = Executor(self.settings, self.db, self.store, self.data, base, self.worker_id)
+        await asyncio.to_thread(self.executor.screening.load_at_start)  # says in the log whether pictures are screened
         self.wakeup = open_wakeup(self.db)
         retention = self._retention if self.settings.keep_generations_days > 0 else None
         self.scheduler = build_scheduler(
