@@ -67,7 +67,7 @@ class JobMessages:
         self,
         target: DiscordJob,
         content: str,
-        files: list[Path] | None = None,
+        files: list[Path | discord.File] | None = None,
         force: bool = False,
         interval_s: float = STATUS_EDIT_INTERVAL_S,
         view: discord.ui.View | None = None,
@@ -76,28 +76,27 @@ class JobMessages:
         """Edit the job's status message now, or remember the newest state for later."""
         now = time.monotonic()
         if not force and now - self._last_edit.get(target.job_id, 0.0) < interval_s:
-            self._pending[target.job_id] = PendingEdit(content, list(files or []))
+            self._pending[target.job_id] = PendingEdit(content, [item for item in files or [] if isinstance(item, Path)])
             return None
         self._pending.pop(target.job_id, None)
         self._last_edit[target.job_id] = now
         return await self._edit(target, content, files or [], view, allowed)
 
     async def _edit(
-        self, target: DiscordJob, content: str, files: list[Path], view: discord.ui.View | None, allowed: bool
+        self, target: DiscordJob, content: str, files: list[Path | discord.File], view: discord.ui.View | None,
+        allowed: bool,
     ) -> discord.Message | None:
         mentions = discord.AllowedMentions(users=True) if allowed else discord.AllowedMentions.none()
         kwargs: dict[str, Any] = {"view": view} if view is not None else {}
+        # A discord.File as given keeps its name (a SPOILER_ one); a path is attached under its own.
+        attached = [item if isinstance(item, discord.File) else discord.File(item) for item in files]
         if target.status_message_id is None:
             channel = await self.channel(target.post_channel_id)
-            return await channel.send(
-                content, files=[discord.File(p) for p in files], allowed_mentions=mentions, **kwargs
-            )
+            return await channel.send(content, files=attached, allowed_mentions=mentions, **kwargs)
         channel = await self.channel(target.post_channel_id if target.thread_id else target.channel_id)
         message = channel.get_partial_message(int(target.status_message_id))  # type: ignore[attr-defined]
         try:
-            return await message.edit(
-                content=content, attachments=[discord.File(p) for p in files], allowed_mentions=mentions, **kwargs
-            )
+            return await message.edit(content=content, attachments=attached, allowed_mentions=mentions, **kwargs)
         except discord.NotFound:
             return None
 

@@ -102,6 +102,7 @@ class Channel:
     parent_id: str | None = None
     owner_id: str | None = None
     recipient: User | None = None
+    nsfw: bool = False  # age-restricted; a thread has no flag of its own (clients follow its parent)
 
     @property
     def is_thread(self) -> bool:
@@ -118,7 +119,7 @@ class Channel:
             "guild_id": self.guild_id,
             "position": 0,
             "permission_overwrites": [],
-            "nsfw": False,
+            "nsfw": self.nsfw,
             "parent_id": self.parent_id,
             "topic": None,
             "last_message_id": None,

@@ -223,14 +223,19 @@ class FakeDiscord:
     def add_moderator(self, guild: Guild, name: str) -> Member:
         return self.add_member(guild, name, MEMBER_PERMISSIONS | MANAGE_GUILD | MANAGE_MESSAGES)
 
-    def add_channel(self, guild: Guild, name: str) -> Channel:
-        channel = Channel(snowflake(), name, guild.id)
+    def add_channel(self, guild: Guild, name: str, nsfw: bool = False) -> Channel:
+        """A text channel; `nsfw`: age-restricted, as Discord serves it (threads in it follow it)."""
+        channel = Channel(snowflake(), name, guild.id, nsfw=nsfw)
         guild.channels[channel.id] = channel
         self.channels[channel.id] = channel
         return channel
 
     def channel(self, guild: Guild, name: str) -> Channel:
         return next(c for c in guild.channels.values() if c.name == name)
+
+    async def add_thread(self, parent: Channel, name: str) -> Channel:
+        """A thread in `parent` started by a member (the bot hears of it as THREAD_CREATE)."""
+        return await self._new_thread(parent, name)
 
     # ---- gateway -----------------------------------------------------------------------------
 

@@ -1,0 +1,148 @@
+"""End to end: pictures the safety check flags, as members see them in Discord.
+
+`pawtrait bot` with its worker (real processes, the tiny SDXL) against the fake Discord, embedded.
+The story first paints two pictures with a checker that flags nothing, then restarts the bot
+with a tiny checker whose one concept is the first picture's own embedding: painted again,
+exactly that picture is flagged, and the server's `safety` setting and the channel decide
+what members see. The tests run in order and share one server and one bot process.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from PIL import Image
+
+from config.settings import Settings
+from engine.safety.checker import load_safety_checker
+from engine.safety.tiny import make_safety_checker
+
+from bot_harness import BotProcess
+from conftest import settings_env
+from fake_discord import FakeDiscord, StoredMessage
+from fake_discord.payloads import Channel, Guild, Member
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+PNG = b"\x89PNG\r\n\x1a\n"
+PROMPT = "a castle on a hill"
+
+
+@dataclass
+class World:
+    fake: FakeDiscord
+    bot: BotProcess
+    folder: Path
+    cats: Guild
+    alice: Member
+    mod: Member
+    general: Channel
+    after_dark: Channel  # age-restricted
+    gallery: Channel
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def world(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> AsyncIterator[World]:
+    fake = FakeDiscord()
+    await fake.start()
+    cats = fake.add_guild("Cat Club", owner="alice")
+    folder = tmp_path_factory.mktemp("bot")
+    settings = Settings(data_dir=folder / "data", model=str(tiny_model_dir), vae=None, device="cpu", resolution=64)
+    env = settings_env(settings)
+    env.update(fake.bot_env(), PAWTRAIT_WORKERS="1", PAWTRAIT_TEST_THREADS="1")
+    env.pop("PAWTRAIT_DEV_GUILD", None)
+    bot = BotProcess(env, folder / "bot.log")
+    world = World(
+        fake=fake, bot=bot, folder=folder, cats=cats, alice=cats.members[cats.owner_id],
+        mod=fake.add_moderator(cats, "mod"), general=fake.channel(cats, "general"),
+        after_dark=fake.add_channel(cats, "after-dark", nsfw=True), gallery=fake.add_channel(cats, "gallery"),
+    )
+    await bot.start(fake)
+    try:
+        yield world
+    finally:
+        await bot.stop()
+        await fake.stop()
+        print(bot.log_tail(200))
+
+
+async def paint(world: World, channel: Channel, member: Member | None = None, **options) -> tuple[StoredMessage, object]:
+    """/imagine PROMPT in `channel`; returns its message once it shows the finished pictures, and the command."""
+    fake = world.fake
+    record = await fake.slash(world.cats, member or world.alice, "imagine", channel=channel, prompt=PROMPT, steps=2,
+                              **options)
+    queued = await fake.reply(record, timeout=30)
+    done = await fake.wait_until(
+        lambda: "pawtrait:gen:reroll" in " ".join(fake.messages[queued.id].custom_ids()) and fake.messages[queued.id],
+        120, "the finished pictures",
+    )
+    return done, record
+
+
+def variation_buttons(message: StoredMessage) -> list[str]:
+    return [custom_id for custom_id in message.custom_ids() if custom_id.startswith("pawtrait:vary:")]
+
+
+async def test_the_first_picture_is_flagged_once_the_checker_knows_it(world: World) -> None:
+    art, _ = await paint(world, world.general, seed=7, count=2)
+    assert sorted(art.files) == ["1-seed-7.png", "2-seed-8.png"]  # nothing is flagged by the default checker
+    first = Image.open(io.BytesIO(art.files["1-seed-7.png"])).convert("RGB")
+    plain = load_safety_checker(str(make_safety_checker(world.folder / "plain")))
+    flags = make_safety_checker(world.folder / "flags", flag=plain.embeddings([first]))
+    await world.bot.stop()
+    await world.bot.start(world.fake, PAWTRAIT_SAFETY_MODEL=str(flags))
+
+
+async def test_standard_withholds_a_flagged_picture_outside_age_restricted_channels(world: World) -> None:
+    art, _ = await paint(world, world.general, seed=7, count=2)
+    assert list(art.files) == ["2-seed-8.png"] and art.files["2-seed-8.png"].startswith(PNG)
+    assert "🚫 Image 1 was withheld." in art.text() and "safety" not in art.text()  # only that it was withheld
+    assert variation_buttons(art) == [f"pawtrait:vary:{art.button('Reroll').rsplit(':', 1)[1]}:2"]
+
+    configured = await world.fake.reply(await world.fake.slash(world.cats, world.mod, "settings", gallery=world.gallery))
+    assert "safety: standard" in configured.text()
+    shared = await world.fake.reply(await world.fake.click(world.alice, art, art.button("Share")))
+    assert "Shared to" in shared.text()
+    [posted] = world.fake.channel_messages(world.gallery)
+    assert list(posted.files) == ["2-seed-8.png"]  # the flagged picture never goes to the gallery
+
+
+async def test_standard_shows_it_as_a_spoiler_in_an_age_restricted_channel_and_its_threads(world: World) -> None:
+    art, _ = await paint(world, world.after_dark, seed=7, count=2)
+    assert sorted(art.files) == ["2-seed-8.png", "SPOILER_1-seed-7.png"] and "withheld" not in art.text()
+    thread = await world.fake.add_thread(world.after_dark, "cats at night")
+    in_thread, _ = await paint(world, thread, seed=7)
+    assert list(in_thread.files) == ["SPOILER_1-seed-7.png"]
+    refused = await world.fake.reply(await world.fake.click(world.alice, in_thread, in_thread.button("Share")))
+    assert refused.ephemeral and "flagged these images" in refused.text() and "can't be shared" in refused.text()
+    assert len(world.fake.channel_messages(world.gallery)) == 1
+
+
+async def test_a_reroll_of_a_flagged_picture_is_screened_on_its_own(world: World) -> None:
+    art, _ = await paint(world, world.general, seed=7)
+    assert not art.files and "🚫 Image 1 was withheld." in art.text() and not variation_buttons(art)
+    fake = world.fake
+    reroll = await fake.reply(await fake.click(world.alice, art, art.button("Reroll")), timeout=30)
+    again = await fake.wait_until(
+        lambda: "pawtrait:gen:reroll" in " ".join(fake.messages[reroll.id].custom_ids()) and fake.messages[reroll.id],
+        120, "the rerolled picture",
+    )
+    [(name, data)] = again.files.items()
+    assert re.fullmatch(r"1-seed-\d+\.png", name) and name != "1-seed-7.png" and data.startswith(PNG)
+    assert "withheld" not in again.text()
+
+
+async def test_strict_never_posts_it_and_tells_the_member_alone(world: World) -> None:
+    fake = world.fake
+    strict = await fake.reply(await fake.slash(world.cats, world.mod, "settings", safety="strict"))
+    assert strict.ephemeral and "safety: strict" in strict.text()
+    art, record = await paint(world, world.after_dark, seed=7, count=2)
+    assert list(art.files) == ["2-seed-8.png"] and "🚫 Image 1 was withheld." in art.text()
+    [notice] = await fake.wait_until(lambda: fake.followups(record), 20, "the ephemeral notice")
+    assert notice.ephemeral and "flagged image 1" in notice.text() and "strict" in notice.text()
