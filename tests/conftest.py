@@ -78,9 +78,12 @@ def data(settings: Settings) -> DataDir:
 def scoring_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """Tiny random DINO and CLIP folders (engine/scoring/tiny.py), configured for every process the
     tests start, so no test downloads the real scoring models; yields (dino folder, clip folder)."""
+    from people_helpers import see_no_people
+
     from engine.scoring.tiny import make_scoring_models
 
     dino, clip = make_scoring_models(tmp_path_factory.mktemp("scoring"))
+    see_no_people((dino, clip))  # every training's photo check passes, as for real photos of pets
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PAWTRAIT_SCORE_DINO", str(dino))
         patch.setenv("PAWTRAIT_SCORE_CLIP", str(clip))

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from people_helpers import person_clip
 from PIL import Image
-from transformers import CLIPProcessor
 
 from config.settings import Settings
 from engine.generation.generator import Generator
@@ -22,10 +22,9 @@ from engine.generation.request import GenerationRequest
 from engine.generation.service import generate_and_record
 from engine.models import BaseModel
 from engine.safety.checker import load_safety_checker
-from engine.safety.people import NOT_PERSON, PERSON, PeopleInPhotos, refuse_people
+from engine.safety.people import NOT_PERSON, PeopleInPhotos, refuse_people
 from engine.safety.screening import Screening, ScreeningUnavailable
 from engine.safety.tiny import make_safety_checker
-from engine.scoring.models import load_models
 from engine.scoring.scorer import Scorer
 from engine.worker.events import LoopBridge
 from engine.worker.executor import Executor, JobReporter
@@ -147,23 +146,6 @@ async def test_a_validation_round_is_screened_recorded_and_announced_with_its_ve
 
 
 # --- pets, not people ---------------------------------------------------------------------------
-
-
-def person_clip(scoring: tuple[Path, Path], target: Path, photos: list[Image.Image], person: int, class_noun: str) -> Path:
-    """A copy of the tiny CLIP whose image projection maps photo `person` onto the text embedding of
-    "a photo of a person" and every other photo onto that of "a photo of a <class_noun>"."""
-    dino, clip_folder = scoring
-    models = load_models(str(dino), str(clip_folder))
-    clip = models.clip
-    with torch.no_grad():
-        pixels = models._pixels(models.clip_processor.image_processor, photos)
-        pooled = clip.vision_model(pixel_values=pixels).pooler_output
-        texts = models.clip_text_embeddings([PERSON[0] if i == person else f"a photo of a {class_noun}"
-                                             for i in range(len(photos))])
-        clip.visual_projection.weight.copy_((torch.linalg.pinv(pooled) @ texts).T)
-    clip.save_pretrained(target)
-    CLIPProcessor.from_pretrained(clip_folder).save_pretrained(target)
-    return target
 
 
 async def test_a_photo_of_a_person_stops_the_training_and_is_named(

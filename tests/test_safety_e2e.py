@@ -17,16 +17,19 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from people_helpers import person_clip
 from PIL import Image
 
 from config.settings import Settings
 from engine.safety.checker import load_safety_checker
 from engine.safety.tiny import make_safety_checker
+from storage.db import open_database
 
-from bot_harness import BotProcess
+from bot_harness import BotProcess, query
 from conftest import settings_env
 from fake_discord import FakeDiscord, StoredMessage
 from fake_discord.payloads import Channel, Guild, Member
+from photo_samples import jpeg
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -39,6 +42,7 @@ class World:
     fake: FakeDiscord
     bot: BotProcess
     folder: Path
+    settings: Settings
     cats: Guild
     alice: Member
     mod: Member
@@ -59,7 +63,7 @@ async def world(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) 
     env.pop("PAWTRAIT_DEV_GUILD", None)
     bot = BotProcess(env, folder / "bot.log")
     world = World(
-        fake=fake, bot=bot, folder=folder, cats=cats, alice=cats.members[cats.owner_id],
+        fake=fake, bot=bot, folder=folder, settings=settings, cats=cats, alice=cats.members[cats.owner_id],
         mod=fake.add_moderator(cats, "mod"), general=fake.channel(cats, "general"),
         after_dark=fake.add_channel(cats, "after-dark", nsfw=True), gallery=fake.add_channel(cats, "gallery"),
     )
@@ -87,6 +91,13 @@ async def paint(world: World, channel: Channel, member: Member | None = None, **
 
 def variation_buttons(message: StoredMessage) -> list[str]:
     return [custom_id for custom_id in message.custom_ids() if custom_id.startswith("pawtrait:vary:")]
+
+
+async def test_teach_says_when_the_photos_are_checked_for_people(world: World) -> None:
+    record = await world.fake.slash(world.cats, world.alice, "teach", name="Mochi", photo1=("mochi.jpg", jpeg(1)),
+                                    photo2=("me-and-mochi.jpg", jpeg(2)), **{"class": "cat"})
+    text = (await world.fake.reply(record, timeout=30)).text()
+    assert "When a training starts, the GPU first checks that the photos show your pet, not a person" in text
 
 
 async def test_the_first_picture_is_flagged_once_the_checker_knows_it(world: World) -> None:
@@ -146,3 +157,28 @@ async def test_strict_never_posts_it_and_tells_the_member_alone(world: World) ->
     assert list(art.files) == ["2-seed-8.png"] and "🚫 Image 1 was withheld." in art.text()
     [notice] = await fake.wait_until(lambda: fake.followups(record), 20, "the ephemeral notice")
     assert notice.ephemeral and "flagged image 1" in notice.text() and "strict" in notice.text()
+
+
+async def test_a_training_with_a_photo_of_a_person_does_not_start_and_names_it(
+    world: World, scoring_models: tuple[Path, Path]
+) -> None:
+    fake = world.fake
+    db = await open_database(world.settings.database_url)
+    try:
+        photos = await query(db, "SELECT original_name, prepared_path FROM photos ORDER BY id")
+    finally:
+        await db.close()
+    assert [row["original_name"] for row in photos] == ["mochi.jpg", "me-and-mochi.jpg"]
+    crops = [Image.open(world.settings.data_dir / row["prepared_path"]).convert("RGB") for row in photos]
+    people = person_clip(scoring_models, world.folder / "people-clip", crops, person=1, class_noun="cat")
+    await world.bot.stop()
+    await world.bot.start(fake, PAWTRAIT_SCORE_CLIP=str(people), PAWTRAIT_SAFETY_MODEL=str(world.folder / "flags"))
+    reply = await fake.reply(await fake.slash(world.cats, world.alice, "train", pet="Mochi", steps=2), timeout=30)
+    assert "will train for 2 steps" in reply.text()
+    thread = await fake.wait_until(lambda: next((t for t in fake.threads(world.cats) if "Mochi" in t.name), None), 20,
+                                   "the training thread")
+    [failed] = await fake.wait_until(
+        lambda: [m for m in fake.channel_messages(thread) if "the training failed" in m.content], 120, "the refusal"
+    )
+    assert "pets, not people" in failed.content and "`me-and-mochi.jpg`: its subject looks like a person" in failed.content
+    assert "`mochi.jpg`" not in failed.content and "`/teach` it again without these photos" in failed.content

@@ -185,6 +185,8 @@ class Imagine(commands.Cog):
         policy = (await get_guild_settings(db, target.guild_id)).safety
         channel = await self.bot.job_messages.channel(target.post_channel_id)
         paths = [next(iter(await self.bot.local_copies([key])), None) for key in generation.files]
+        # Audit (issue 25 item 5, another branch): once storage has record_audit(...), each verdict in
+        # `generation.flagged` belongs in the audit log from here; this branch writes no audit table.
         flagged = [generation.is_flagged(index) for index in range(len(generation.files))]
         shown = showing(paths, flagged, policy, age_restricted(channel))
         if shown.withheld:

@@ -25,7 +25,8 @@ _MARKS = {"accepted": "✅", "warning": "⚠️", "rejected": "❌", "skipped": 
 MAX_FILE_BYTES = 25 * 1024 * 1024
 
 
-def report_text(report: TeachReport, pet_name: str) -> str:
+def report_text(report: TeachReport, pet_name: str, people_checked: bool = True) -> str:
+    """The answer to /teach; `people_checked`: the workers refuse photos of people (PAWTRAIT_SAFETY on)."""
     lines = []
     if report.pet is None:
         lines.append(f"❌ Nothing was added: none of these files could be used for **{pet_name}**.")
@@ -39,6 +40,9 @@ def report_text(report: TeachReport, pet_name: str) -> str:
         reason = f": {result.reason}" if result.reason else ""
         lines.append(f"{_MARKS.get(result.status, '•')} `{result.name}`{reason}")
     lines += [f"⚠️ {warning}" for warning in report.warnings]
+    if report.pet is not None and people_checked:
+        lines.append("🔎 When a training starts, the GPU first checks that the photos show your pet, not a person: "
+                     "a photo of a person stops the training, and you are told which.")
     if report.pet is not None and report.total_photos >= MIN_GOOD_PHOTOS:
         lines.append(f"Ready to learn: `/train pet:{report.pet.name}`")
     text = "\n".join(lines)
@@ -151,7 +155,7 @@ class Teach(commands.Cog):
             )
         except (TeachError, PetNameTaken) as error:
             raise UserError(f"{str(error)[:1].upper()}{str(error)[1:]}.") from None
-        text = report_text(report, name)
+        text = report_text(report, name, self.bot.settings.safety)
         if refused:
             text += "\n" + "\n".join(refused)
         sheet = [discord.File(report.contact_sheet, "contact-sheet.png")] if report.contact_sheet else []
