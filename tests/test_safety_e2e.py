@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+import torch
 from people_helpers import person_clip
 from PIL import Image
 
@@ -182,3 +183,30 @@ async def test_a_training_with_a_photo_of_a_person_does_not_start_and_names_it(
     )
     assert "pets, not people" in failed.content and "`me-and-mochi.jpg`: its subject looks like a person" in failed.content
     assert "`mochi.jpg`" not in failed.content and "`/teach` it again without these photos" in failed.content
+
+
+async def train_in(world: World, channel: Channel, name: str, photo_seed: int) -> list[StoredMessage]:
+    """Teach `name` from one photo and train it 2 steps from `channel`; the thread's validation posts."""
+    fake = world.fake
+    await fake.reply(await fake.slash(world.cats, world.alice, "teach", channel=channel, name=name,
+                                      photo1=(f"{name}.jpg", jpeg(photo_seed)), **{"class": "cat"}), timeout=30)
+    await fake.reply(await fake.slash(world.cats, world.alice, "train", channel=channel, pet=name, steps=2), timeout=30)
+    thread = await fake.wait_until(lambda: next((t for t in fake.threads(world.cats) if name in t.name), None), 20,
+                                   f"{name}'s training thread")
+    await fake.wait_until(lambda: [m for m in fake.channel_messages(thread) if "is trained" in m.content], 180,
+                          f"{name}'s finish message")
+    return [m for m in fake.channel_messages(thread) if m.content.startswith("🖼️")]
+
+
+async def test_validation_images_follow_the_policy_and_the_thread_follows_its_channel(world: World) -> None:
+    fake = world.fake
+    everything = make_safety_checker(world.folder / "flags-everything", flag=torch.ones(1, 16), threshold=-1.0)
+    await world.bot.stop()
+    await world.bot.start(fake, PAWTRAIT_SAFETY_MODEL=str(everything))
+    strict = await train_in(world, world.general, "Tom", 70)  # the server is strict since an earlier test
+    assert strict and all(not m.files and "🚫 This picture was withheld." in m.content for m in strict)
+    assert all("react" not in m.content and not m.reactions for m in strict)  # nothing to vote on
+
+    await fake.reply(await fake.slash(world.cats, world.mod, "settings", safety="standard"))
+    spoilers = await train_in(world, world.after_dark, "Luna", 71)
+    assert spoilers and all(list(m.files)[0].startswith("SPOILER_") and "withheld" not in m.content for m in spoilers)
