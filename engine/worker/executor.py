@@ -129,7 +129,8 @@ class JobReporter:
             if stop():
                 raise JobCancelled()
             image = preview()
-            if self.screening is not None and (self.screening.flags([image]) or [False])[0]:
+            verdicts = self.screening.flags([image]) if self.screening is not None else None  # None: unscreened
+            if verdicts and verdicts[0]:
                 self._previews_withheld = True
             else:
                 buffer = io.BytesIO()
