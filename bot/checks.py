@@ -13,6 +13,7 @@ from discord import app_commands
 
 from bot import audit_log
 from bot.formatting import clip
+from bot.safety import age_restricted
 from storage.db import Queries
 from storage.guild_settings import get_guild_settings
 from storage.moderation import is_denied
@@ -47,8 +48,7 @@ def require_manager(interaction: discord.Interaction) -> None:
 
 def in_age_restricted_channel(interaction: discord.Interaction) -> bool:
     """An age-restricted channel, or a thread of one (discord.py's Thread.is_nsfw follows its parent)."""
-    is_nsfw = getattr(interaction.channel, "is_nsfw", None)
-    return bool(is_nsfw and is_nsfw())
+    return age_restricted(interaction.channel)
 
 
 async def member_allowed(interaction: discord.Interaction) -> bool:

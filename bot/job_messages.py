@@ -107,7 +107,7 @@ class JobMessages:
         self,
         target: DiscordJob,
         content: str,
-        files: list[Path] | None = None,
+        files: list[Path | discord.File] | None = None,
         force: bool = False,
         interval_s: float = STATUS_EDIT_INTERVAL_S,
         view: discord.ui.View | None = None,
@@ -116,14 +116,15 @@ class JobMessages:
         """Edit the job's status message now, or remember the newest state for later."""
         now = time.monotonic()
         if not force and now - self._last_edit.get(target.job_id, 0.0) < interval_s:
-            self._pending[target.job_id] = PendingEdit(content, list(files or []))
+            self._pending[target.job_id] = PendingEdit(content, [item for item in files or [] if isinstance(item, Path)])
             return None
         self._pending.pop(target.job_id, None)
         self._last_edit[target.job_id] = now
         return await self._edit(target, content, files or [], view, ping)
 
     async def _edit(
-        self, target: DiscordJob, content: str, files: list[Path], view: discord.ui.View | None, ping: str | None
+        self, target: DiscordJob, content: str, files: list[Path | discord.File], view: discord.ui.View | None,
+        ping: str | None,
     ) -> discord.Message | None:
         mentions = _mentions(ping)
         kwargs: dict[str, Any] = {"view": view} if view is not None else {}

@@ -203,6 +203,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(line + ("" if ok else " (trainings go on without scores)"))
     else:
         print("checkpoint scores: off (PAWTRAIT_SCORES)")
+    # Without its classifier a worker paints nothing: pictures are never posted unscreened.
+    if settings.safety:
+        line, ok = _source_line(settings.safety_model, "picture safety")
+        print(line + ("" if ok else " (the worker refuses to paint until it can screen)"))
+        if not ok:
+            worker_needs.append("the picture safety model (PAWTRAIT_SAFETY_MODEL is neither a model folder nor a hub id)")
+    else:
+        print("picture safety: OFF (PAWTRAIT_SAFETY=off): pictures are posted unscreened and photos of people are "
+              "trained on; for private servers only")
     shared_needs: list[str] = []
     line, ok = _data_dir_line(settings.data_dir)
     print(line)

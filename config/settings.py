@@ -32,6 +32,8 @@ DEFAULT_GUIDANCE_INTERVAL = (0.28, 5.42)
 # Checkpoint scores: the models the DreamBooth paper measured subject fidelity and prompt fidelity with.
 DEFAULT_SCORE_DINO = "facebook/dino-vits16"
 DEFAULT_SCORE_CLIP = "openai/clip-vit-base-patch32"
+# Pictures are screened before they are posted (engine/safety/checker.py says why this model).
+DEFAULT_SAFETY_MODEL = "CompVis/stable-diffusion-safety-checker"
 
 
 class SettingsError(ValueError):
@@ -151,6 +153,8 @@ class Settings:
     scores: bool = True  # DINO / CLIP-I / CLIP-T of every validation round (engine/scoring)
     score_dino: str = DEFAULT_SCORE_DINO
     score_clip: str = DEFAULT_SCORE_CLIP
+    safety: bool = True  # pictures screened before posting, photos of people refused (engine/safety)
+    safety_model: str = DEFAULT_SAFETY_MODEL
     extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -223,6 +227,8 @@ class Settings:
             scores=read(env, "PAWTRAIT_SCORES", True, boolean, "on or off"),
             score_dino=read(env, "PAWTRAIT_SCORE_DINO", DEFAULT_SCORE_DINO, _model_source, MODEL_SOURCE),
             score_clip=read(env, "PAWTRAIT_SCORE_CLIP", DEFAULT_SCORE_CLIP, _model_source, MODEL_SOURCE),
+            safety=read(env, "PAWTRAIT_SAFETY", True, boolean, "on or off"),
+            safety_model=read(env, "PAWTRAIT_SAFETY_MODEL", DEFAULT_SAFETY_MODEL, _model_source, MODEL_SOURCE),
             extra={name: value for name, value in env.items() if name not in BOT_ONLY_VARIABLES},
         )
 

@@ -61,6 +61,11 @@ class Generation:
     variation_strength: float | None = None
     gallery_channel_id: str | None = None  # where 📌 shared it, if it was
     gallery_message_id: str | None = None
+    flagged: list[bool] | None = None  # the safety check's verdict per file; None when unscreened
+
+    def is_flagged(self, index: int) -> bool:
+        """Whether picture `index` (0 = first) was flagged; an unscreened picture was not."""
+        return bool(self.flagged and self.flagged[index])
 
 
 def _generation(row: RowMapping | None) -> Generation | None:
@@ -68,6 +73,7 @@ def _generation(row: RowMapping | None) -> Generation | None:
         return None
     values = dict(row)
     values["files"] = json.loads(values["files"])
+    values["flagged"] = json.loads(values["flagged"]) if values["flagged"] else None
     return Generation(**values)
 
 
@@ -121,6 +127,7 @@ async def record_generation(
     lora_scale: float,
     requested_by: str,
     variation: VariationSource | None = None,
+    flagged: list[bool] | None = None,
 ) -> Generation:
     """Insert the row of a generation whose pictures are already in the file store under `files`."""
     generation_id = await db.scalar(
@@ -132,6 +139,7 @@ async def record_generation(
             source_generation_id=variation.generation_id if variation else None,
             source_image=variation.image if variation else None,
             variation_strength=variation.strength if variation else None,
+            flagged=json.dumps(flagged) if flagged is not None else None,
         )
         .returning(generations.c.id)
     )

@@ -14,6 +14,9 @@ from storage.dialects import insert_for
 from storage.schema import guild_settings, pet_sharing
 
 WHO_MAY_TRAIN = ("everyone", "managers")
+# What happens to a picture the safety check flagged: 'standard' posts it only in an
+# age-restricted channel, as a spoiler; 'strict' never posts it.
+SAFETY = ("standard", "strict")
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class GuildSettings:
     who_may_train: str = "everyone"  # 'managers': only members with Manage Server start trainings
     max_steps: int = 2000
     mod_channel_id: str | None = None  # where 🚩 reports go; None: reports are only recorded
+    safety: str = "standard"
 
 
 async def get_guild_settings(db: Queries, guild_id: str) -> GuildSettings:
@@ -39,6 +43,7 @@ async def update_guild_settings(
     vote_emoji: str | None = None,
     who_may_train: str | None = None,
     max_steps: int | None = None,
+    safety: str | None = None,
 ) -> GuildSettings:
     """Change the given values (None = keep); returns the settings now in force."""
     async with db.transaction() as tx:
@@ -49,6 +54,7 @@ async def update_guild_settings(
             vote_emoji=vote_emoji if vote_emoji is not None else current.vote_emoji,
             who_may_train=who_may_train if who_may_train is not None else current.who_may_train,
             max_steps=max_steps if max_steps is not None else current.max_steps,
+            safety=safety if safety is not None else current.safety,
         )
         await tx.execute(statement.on_conflict_do_update(
             index_elements=[guild_settings.c.guild_id],
@@ -57,6 +63,7 @@ async def update_guild_settings(
                 "vote_emoji": statement.excluded.vote_emoji,
                 "who_may_train": statement.excluded.who_may_train,
                 "max_steps": statement.excluded.max_steps,
+                "safety": statement.excluded.safety,
             },
         ))
         return await get_guild_settings(tx, guild_id)

@@ -85,6 +85,7 @@ class ValidationImage:
     dino: float | None = None
     clip_i: float | None = None
     clip_t: float | None = None
+    flagged: bool | None = None  # the safety check's verdict; None when unscreened
 
     @property
     def scores(self) -> ImageScores | None:
@@ -106,7 +107,8 @@ def _run(row: RowMapping | None) -> Run | None:
 
 
 def _images(rows: list[RowMapping]) -> list[ValidationImage]:
-    return [ValidationImage(**row) for row in rows]
+    return [ValidationImage(**{**row, "flagged": None if row["flagged"] is None else bool(row["flagged"])})
+            for row in rows]
 
 
 # --- runs -------------------------------------------------------------------------------
@@ -272,6 +274,10 @@ async def delete_validation_after(db: Queries, run_id: int, step: int) -> list[V
 
 async def set_validation_message(db: Queries, image_id: int, message_id: str) -> None:
     await db.execute(update(validation_images).where(validation_images.c.id == image_id).values(message_id=message_id))
+
+
+async def set_validation_verdict(db: Queries, image_id: int, flagged: bool) -> None:
+    await db.execute(update(validation_images).where(validation_images.c.id == image_id).values(flagged=int(flagged)))
 
 
 async def validation_image_by_message(db: Queries, message_id: str) -> list[ValidationImage]:

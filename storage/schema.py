@@ -105,6 +105,7 @@ validation_images = Table(
     Column("dino", Float),
     Column("clip_i", Float),
     Column("clip_t", Float),
+    Column("flagged", Integer),  # the safety check's verdict: 1 flagged, 0 passed, empty unscreened
 )
 
 votes = Table(
@@ -143,6 +144,7 @@ generations = Table(
     # The copy 📌 posted to the gallery, so a moderator's 🗑 removes it too.
     Column("gallery_channel_id", Text),
     Column("gallery_message_id", Text),
+    Column("flagged", Text),  # JSON list of the safety check's verdicts, one per file; empty unscreened
     sqlite_autoincrement=True,
 )
 
@@ -192,6 +194,7 @@ guild_settings = Table(
     Column("who_may_train", Text, nullable=False),
     Column("max_steps", Integer, nullable=False),
     Column("mod_channel_id", Text),  # where 🚩 reports go
+    Column("safety", Text, nullable=False),  # what happens to flagged pictures (storage.guild_settings.SAFETY)
 )
 
 pet_sharing = Table(

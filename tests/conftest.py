@@ -78,13 +78,28 @@ def data(settings: Settings) -> DataDir:
 def scoring_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """Tiny random DINO and CLIP folders (engine/scoring/tiny.py), configured for every process the
     tests start, so no test downloads the real scoring models; yields (dino folder, clip folder)."""
+    from people_helpers import see_no_people
+
     from engine.scoring.tiny import make_scoring_models
 
     dino, clip = make_scoring_models(tmp_path_factory.mktemp("scoring"))
+    see_no_people((dino, clip))  # every training's photo check passes, as for real photos of pets
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("PAWTRAIT_SCORE_DINO", str(dino))
         patch.setenv("PAWTRAIT_SCORE_CLIP", str(clip))
         yield dino, clip
+
+
+@pytest.fixture(scope="session", autouse=True)
+def safety_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A tiny random safety checker that flags nothing (engine/safety/tiny.py), configured for
+    every process the tests start, so every picture is screened as in production; yields its folder."""
+    from engine.safety.tiny import make_safety_checker
+
+    folder = make_safety_checker(tmp_path_factory.mktemp("safety") / "checker")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PAWTRAIT_SAFETY_MODEL", str(folder))
+        yield folder
 
 
 # One PostgreSQL database per test module, emptied before each test: creating and migrating a
@@ -113,7 +128,9 @@ def distributed(settings: Settings, request: pytest.FixtureRequest) -> Settings:
 @pytest.fixture
 def settings(tmp_path: Path, tiny_model_dir: Path, mode: str, request: pytest.FixtureRequest) -> Settings:
     """Settings for a fresh installation using the tiny model (and its own VAE) on the CPU."""
-    local = Settings(data_dir=tmp_path / "data", model=str(tiny_model_dir), vae=None, device="cpu", resolution=128)
+    local = Settings(data_dir=tmp_path / "data", model=str(tiny_model_dir), vae=None, device="cpu", resolution=128,
+                     score_dino=os.environ["PAWTRAIT_SCORE_DINO"], score_clip=os.environ["PAWTRAIT_SCORE_CLIP"],
+                     safety_model=os.environ["PAWTRAIT_SAFETY_MODEL"])
     return distributed(local, request) if mode == "distributed" else local
 
 

@@ -101,7 +101,9 @@ async def lines_since(world: World, since: int, count: int) -> list[dict]:
     """The audit lines written after `since`, once there are `count` of them, checking no more follow."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 20
-    sql = "SELECT * FROM audit_log WHERE id > :since ORDER BY created_at, id"  # the order members acted in
+    # What members did, in the order they acted; the worker's screening verdicts are lines of their own.
+    sql = ("SELECT * FROM audit_log WHERE id > :since AND command NOT IN ('picture screening', 'training round', "
+           "'photo screening') ORDER BY created_at, id")
     while len(found := await query(world.db, sql, since=since)) < count and loop.time() < deadline:
         await asyncio.sleep(0.1)
     await asyncio.sleep(0.5)

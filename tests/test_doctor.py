@@ -33,7 +33,7 @@ def test_without_a_token_it_says_so_and_fails(env: dict[str, str], settings: Set
     assert "base model: " in result.stdout and "local folder" in result.stdout
     assert line(result.stdout, "database: ") == (
         f"database: sqlite+aiosqlite:///{(settings.data_dir / 'pawtrait.db').resolve()} - "
-        "schema 0007, written and read back"
+        "schema 0008, written and read back"
     )
     assert line(result.stdout, "file store: ") == f"file store: folder {settings.data_dir} - written and read back"
     assert "torch " in result.stdout and "CPU" in result.stdout
@@ -85,7 +85,7 @@ async def test_postgresql_and_a_bucket_are_written_and_read_back_without_printin
     assert result.returncode == 0, output
     database = line(result.stdout, "database: ")
     assert database.startswith(f"database: postgresql+asyncpg://pawtrait:***@127.0.0.1:{postgres_server.port}/")
-    assert database.endswith(" - schema 0007, written and read back")
+    assert database.endswith(" - schema 0008, written and read back")
     bucket = shared.files.removeprefix("s3://").partition("/")[0]
     assert line(result.stdout, "file store: ") == (
         f"file store: s3://{bucket}/pawtrait at {s3_server.endpoint} - written and read back"

@@ -6,6 +6,10 @@ channel is age-restricted. 🗑️ (the requester or a moderator) removes the pi
 gallery copy; 🚩 records a report and posts it, with the picture's audit line, to the
 server's moderators' channel.
 
+The worker screened every picture (and published no flagged preview); which pictures the
+message shows follows the server's `safety` setting and the channel (bot.safety). A flagged
+picture never goes to the gallery and gets no variation button.
+
 The member gets an answer at once (queue position and expected wait); that answer is the
 message the painting's events (`on_pawtrait_generate_<event>`, from bot.job_relay) edit.
 Each button's custom_id carries what it acts on (`pawtrait:gen:<action>:<generation id>`,
@@ -26,6 +30,7 @@ from bot.audit_log import note, record
 from bot.checks import MemberCheck, UserError, guild_key, in_age_restricted_channel, pet_choices, pet_named
 from bot.formatting import MESSAGE_LIMIT, audit_text, clip, progress_bar, queue_line
 from bot.job_relay import JobUpdate
+from bot.safety import age_restricted, showing, strict_notice, withheld_notice
 from engine.generation.request import (
     DEFAULT_VARIATION_STRENGTH,
     MAX_COUNT,
@@ -111,6 +116,7 @@ async def queue_generation(
     )
     message = await interaction.original_response()
     await set_status_message(db, job.id, str(message.id))
+    bot.asked.remember(job.id, interaction)  # for an ephemeral word about withheld pictures
 
 
 class Imagine(commands.Cog):
@@ -199,15 +205,29 @@ class Imagine(commands.Cog):
             lines.append(f"🔀 variation of image {generation.source_image} of generation #{generation.source_generation_id}"
                          f" · strength {generation.variation_strength:g}")
         lines += [f"⚠️ {warning}" for warning in result.get("warnings", [])]
+        policy = (await get_guild_settings(db, target.guild_id)).safety
+        channel = await self.bot.job_messages.channel(target.post_channel_id)
+        paths = [next(iter(await self.bot.local_copies([key])), None) for key in generation.files]
+        flagged = [generation.is_flagged(index) for index in range(len(generation.files))]
+        shown = showing(paths, flagged, policy, age_restricted(channel))
+        if shown.withheld:
+            lines.append(withheld_notice(shown.withheld))
         message = await self.bot.job_messages.status(
-            target, "\n".join(lines), files=await self.bot.local_copies(generation.files), force=True,
-            view=generation_view(generation.id, len(generation.files)), ping=target.requested_by,
+            target, "\n".join(lines), files=shown.files, force=True,
+            view=generation_view(generation.id, shown.shown), ping=target.requested_by,
         )
         if message is not None:
             await set_generation_message(db, generation.id, str(message.id))
+        asked = self.bot.asked.take(job.id)
+        if shown.withheld and policy == "strict" and asked is not None:
+            try:
+                await asked.followup.send(strict_notice(shown.withheld, f"**{clip(generation.prompt)}**"), ephemeral=True)
+            except discord.HTTPException:
+                pass  # the member's command expired meanwhile: the public notice stands
 
     @commands.Cog.listener()
     async def on_pawtrait_generate_failed(self, update: JobUpdate) -> None:
+        self.bot.asked.take(update.job.id)
         why = update.event.data.get("error") or update.job.error or "no reason was given"
         await self.bot.job_messages.status(
             update.target, f"❌ Could not paint **{_prompt(update.job)}**: {why} (job #{update.job.id})", force=True
@@ -215,6 +235,7 @@ class Imagine(commands.Cog):
 
     @commands.Cog.listener()
     async def on_pawtrait_generate_cancelled(self, update: JobUpdate) -> None:
+        self.bot.asked.take(update.job.id)
         await self.bot.job_messages.status(update.target, f"⏹️ Cancelled: **{_prompt(update.job)}**", force=True)
 
 
@@ -225,12 +246,12 @@ def _prompt(job: Job) -> str:
 # ---- the buttons under the images ------------------------------------------------------
 
 
-def generation_view(generation_id: int, image_count: int) -> discord.ui.View:
-    """🔁 📌 🗑️ on the first row, one variation button per image on the second."""
+def generation_view(generation_id: int, images: list[int]) -> discord.ui.View:
+    """🔁 📌 🗑️ on the first row, one variation button per shown image (numbers from 1) on the second."""
     view = discord.ui.View(timeout=None)
     for action in _ACTIONS:
         view.add_item(GenerationButton(action, generation_id))
-    for image in range(1, image_count + 1):
+    for image in images:
         view.add_item(VariationButton(generation_id, image))
     return view
 
@@ -315,9 +336,12 @@ async def _share(bot: PawtraitBot, interaction: discord.Interaction, generation:
         )
     if generation.gallery_message_id is not None:
         raise UserError(f"These images are in the gallery already: <#{generation.gallery_channel_id}>.")
+    passed = [key for index, key in enumerate(generation.files) if not generation.is_flagged(index)]
+    if not passed:
+        raise UserError("The safety check flagged these images, so they can't be shared to the gallery.")
     await interaction.response.defer(ephemeral=True, thinking=True)
     gallery = bot.get_channel(int(settings.gallery_channel_id)) or await bot.fetch_channel(int(settings.gallery_channel_id))
-    files = [discord.File(path) for path in await bot.local_copies(generation.files)]
+    files = [discord.File(path) for path in await bot.local_copies(passed)]
     source = f" · [original]({interaction.message.jump_url})" if interaction.message else ""
     copy = await gallery.send(  # type: ignore[union-attr]
         f"📌 **{clip(generation.prompt)}** by <@{generation.requested_by}>, shared by <@{interaction.user.id}> "

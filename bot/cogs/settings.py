@@ -1,7 +1,7 @@
 """`/settings`: a server's Pawtrait settings and its moderators' tools, one subcommand each.
 
 Discord does not let a command be both a plain command and a group, so everything is a
-subcommand: `show`, `change` (gallery, who may train, step limit, vote emoji),
+subcommand: `show`, `change` (gallery, who may train, step limit, vote emoji, safety),
 `block-words add|remove|list`, `deny`, `allow` and `mod-channel`. The group's default
 permission is Manage Server (a server can change that in its integration settings), so
 every subcommand checks Manage Server again in code.
@@ -41,7 +41,7 @@ def _channel(channel_id: str | None) -> str:
 def settings_text(current: GuildSettings) -> str:
     return (
         f"⚙️ Gallery: {_channel(current.gallery_channel_id)} · who may train: {current.who_may_train} · "
-        f"max steps: {current.max_steps} · vote emoji: {current.vote_emoji} · "
+        f"max steps: {current.max_steps} · vote emoji: {current.vote_emoji} · safety: {current.safety} · "
         f"moderators' channel: {_channel(current.mod_channel_id)}"
     )
 
@@ -68,16 +68,21 @@ class Settings(commands.Cog):
         require_manager(interaction)
         await _answer(interaction, settings_text(await get_guild_settings(self.bot.db, guild_key(interaction))))
 
-    @settings.command(name="change", description="Change the gallery channel, who may train, the step limit or the vote emoji")
+    @settings.command(name="change", description="Change the gallery channel, who may train, the step limit, the vote emoji or the safety policy")
     @app_commands.describe(
         gallery="Channel where 📌 shares pictures",
         who_may_train="Who may start trainings",
         max_steps="The most steps one training may ask for",
         vote_emoji="The reaction that votes for a validation image",
+        safety="Pictures the safety check flags: standard shows them only in age-restricted channels, strict never",
     )
     @app_commands.choices(who_may_train=[
         app_commands.Choice(name="everyone (for their own pets)", value="everyone"),
         app_commands.Choice(name="only members with Manage Server", value="managers"),
+    ])
+    @app_commands.choices(safety=[
+        app_commands.Choice(name="standard: only in age-restricted channels, as spoilers", value="standard"),
+        app_commands.Choice(name="strict: never posted", value="strict"),
     ])
     async def change(
         self,
@@ -86,16 +91,17 @@ class Settings(commands.Cog):
         who_may_train: str | None = None,
         max_steps: app_commands.Range[int, 1, 10000] | None = None,
         vote_emoji: app_commands.Range[str, 1, 8] | None = None,
+        safety: str | None = None,
     ) -> None:
         require_manager(interaction)
-        if gallery is None and who_may_train is None and max_steps is None and vote_emoji is None:
+        if all(option is None for option in (gallery, who_may_train, max_steps, vote_emoji, safety)):
             raise UserError("Nothing to change: give at least one option. `/settings show` shows the settings now.")
         if vote_emoji is not None and (vote_emoji.isascii() or " " in vote_emoji):
             raise UserError("The vote emoji must be one emoji, such as ⭐ or 👍.")
         current = await update_guild_settings(
             self.bot.db, guild_key(interaction),
             gallery_channel_id=str(gallery.id) if gallery else None,
-            who_may_train=who_may_train, max_steps=max_steps, vote_emoji=vote_emoji,
+            who_may_train=who_may_train, max_steps=max_steps, vote_emoji=vote_emoji, safety=safety,
         )
         await _answer(interaction, settings_text(current))
 

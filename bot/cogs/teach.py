@@ -37,9 +37,10 @@ MAX_FILE_BYTES = 25 * 1024 * 1024
 INTAKE_BATCHES = 2
 
 
-def report_text(report: TeachReport, pet_name: str, refused: list[str]) -> str:
+def report_text(report: TeachReport, pet_name: str, refused: list[str], people_checked: bool = True) -> str:
     """The answer to a `/teach`: what was added, one line per file (those not even downloaded
-    last), warnings and the next step; a long list of files ends with "…and N more"."""
+    last), warnings and the next step; a long list of files ends with "…and N more".
+    `people_checked`: the workers refuse photos of people (PAWTRAIT_SAFETY on)."""
     if report.pet is None:
         head = f"❌ Nothing was added: none of these files could be used for **{pet_name}**."
     else:
@@ -53,6 +54,9 @@ def report_text(report: TeachReport, pet_name: str, refused: list[str]) -> str:
         reason = f": {result.reason}" if result.reason else ""
         files.append(f"{_MARKS.get(result.status, '•')} `{clip(result.name, 100)}`{reason}")
     tail = [f"⚠️ {warning}" for warning in report.warnings]
+    if report.pet is not None and people_checked:
+        tail.append("🔎 When a training starts, the GPU first checks that the photos show your pet, not a person: "
+                    "a photo of a person stops the training, and you are told which.")
     if report.pet is not None and report.total_photos >= MIN_GOOD_PHOTOS:
         tail.append(f"Ready to learn: `/train pet:{report.pet.name}`")
     return listing([head], files + refused, tail)
@@ -180,7 +184,7 @@ class Teach(commands.Cog):
                 )
             except (TeachError, PetNameTaken) as error:
                 raise UserError(f"{str(error)[:1].upper()}{str(error)[1:]}.") from None
-        text = report_text(report, name, refused)
+        text = report_text(report, name, refused, self.bot.settings.safety)
         sheet = [discord.File(report.contact_sheet, "contact-sheet.png")] if report.contact_sheet else []
         await interaction.edit_original_response(
             content=text, attachments=sheet, allowed_mentions=discord.AllowedMentions.none()

@@ -1,5 +1,7 @@
 """Training a pet: `/train`, its thread (status with the latest scores, validation images, the
 finish message with the scores chart), ⭐ votes on the validation images, and `/pick`.
+A validation image the safety check flagged is shown as the server's `safety` setting and the
+thread's channel allow (bot.safety); in its place a notice says it was withheld.
 
 `/train` queues the run (engine.queueing, free of torch) with the installation's training
 defaults and opens a thread; the GPU worker does the rest, and its events reach this cog
@@ -22,6 +24,7 @@ from bot.audit_log import note
 from bot.checks import UserError, guild_key, pet_choices, pet_named, require_may_train, require_owner
 from bot.formatting import MESSAGE_LIMIT, clip, duration, progress_bar, queue_line, scores_text
 from bot.job_relay import JobUpdate
+from bot.safety import age_restricted, showing
 from engine.export.choice import ExportError, find_checkpoint
 from engine.queueing import queue_training
 from engine.scoring.chart import score_chart
@@ -275,24 +278,28 @@ class Train(commands.Cog):
         step = int(data.get("step", 0))
         if (run_id := run_id_of(update.job)) is not None:
             self._score_lines[update.job.id] = latest_scores_line(await run_scores(db, run_id))
-        emoji = (await get_guild_settings(db, target.guild_id)).vote_emoji
+        settings = await get_guild_settings(db, target.guild_id)
+        emoji = settings.vote_emoji
+        restricted = age_restricted(await self.bot.job_messages.channel(target.post_channel_id))
         for image in data.get("images", []):
             if await validation_is_posted(db, int(image["id"])):
                 continue  # announced again by a resumed worker after we posted it
             found = await self.bot.local_copies([image["path"]])
             if not found:
                 continue  # deleted meanwhile (a pruned checkpoint)
+            shown = showing(list(found), [bool(image.get("flagged"))], settings.safety, restricted)
             label = "before training" if step == 0 else f"step {step}"
-            vote = "" if step == 0 else f" · react {emoji} if this looks like your pet"
+            vote = "" if step == 0 or shown.withheld else f" · react {emoji} if this looks like your pet"
+            withheld = "\n🚫 This picture was withheld." if shown.withheld else ""
             message = await self.bot.job_messages.send(
                 target.post_channel_id,
-                f"🖼️ **{label}** · `{clip(str(image.get('prompt', '')))}` · seed {image.get('seed', '?')}{vote}",
-                files=found,
+                f"🖼️ **{label}** · `{clip(str(image.get('prompt', '')))}` · seed {image.get('seed', '?')}{vote}{withheld}",
+                files=list(shown.files),
             )
             if message is None:
                 continue
             await set_validation_message(db, int(image["id"]), str(message.id))
-            if step > 0:
+            if step > 0 and not shown.withheld:
                 try:
                     await message.add_reaction(emoji)
                 except discord.HTTPException:

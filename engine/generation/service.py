@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,10 +40,17 @@ class GenerationOutcome:
     files: list[str]  # file-store keys, one PNG per image
     seeds: list[int]
     warnings: list[str] = field(default_factory=list)
+    flagged: list[bool] | None = None  # the safety check's verdict per picture; None when unscreened
 
     def to_result(self) -> dict:
         """The job result the worker stores (see the team contract)."""
-        return {"generation_id": self.generation_id, "files": self.files, "seeds": self.seeds, "warnings": self.warnings}
+        return {"generation_id": self.generation_id, "files": self.files, "seeds": self.seeds, "warnings": self.warnings,
+                "flagged": self.flagged}
+
+
+# The safety check of finished pictures (engine.safety.screening.Screening.flags): True per
+# flagged picture, None when screening is off.
+Screen = Callable[[Sequence[Image.Image]], list[bool] | None]
 
 
 async def resolve_pet(
@@ -82,14 +90,14 @@ async def load_source(
             "make a variation of an image that is still here."
         )
     try:
-        return await asyncio.to_thread(_open_rgb, await store.local_path(key))
+        return await asyncio.to_thread(open_rgb, await store.local_path(key))
     except (OSError, UnidentifiedImageError):
         raise GenerationError(
             f"Image {number} of generation #{generation_id} was deleted or damaged, so it cannot be varied."
         ) from None
 
 
-def _open_rgb(path: Path) -> Image.Image:
+def open_rgb(path: Path) -> Image.Image:
     with Image.open(path) as image:
         return image.convert("RGB")
 
@@ -132,18 +140,21 @@ async def generate_and_record(
     guild_id: str,
     requested_by: str,
     on_step: StepCallback | None = None,
+    screen: Screen | None = None,
 ) -> GenerationOutcome:
     """Paint `request` for `guild_id`, put the PNGs in the file store and record the row.
 
     Raises `GenerationError` (plain words for the user) before any GPU work when the request
     is invalid or its pet cannot be painted. `on_step(step, total, preview)` runs in the
-    generation thread.
+    generation thread. With `screen`, the pictures' verdicts go into the row and the outcome,
+    so whoever posts them decides per picture.
     """
     request.validate()
     pet, checkpoint = await resolve_pet(db, request, guild_id)
     source = await load_source(db, store, request, guild_id)
     lora = await fetch_lora(store, pet, checkpoint) if pet is not None and checkpoint is not None else None
     result = await asyncio.to_thread(generator.generate, request, pet, lora, on_step, source)
+    flagged = await asyncio.to_thread(screen, result.images) if screen is not None else None
     variation = (
         VariationSource(request.source_generation_id, request.source_image, request.variation_strength)
         if request.source_generation_id is not None
@@ -161,12 +172,12 @@ async def generate_and_record(
             checkpoint_id=checkpoint.id if checkpoint else None, prompt=request.prompt,
             negative_prompt=request.negative_prompt, seed=result.seeds[0], steps=request.steps,
             guidance=request.guidance, width=result.width, height=result.height,
-            lora_scale=request.lora_scale, requested_by=requested_by, variation=variation,
+            lora_scale=request.lora_scale, requested_by=requested_by, variation=variation, flagged=flagged,
         )
     except BaseException:
         await store.delete(files)  # no row lists them: they would only be orphans
         raise
-    return GenerationOutcome(generation.id, generation.files, result.seeds, result.warnings)
+    return GenerationOutcome(generation.id, generation.files, result.seeds, result.warnings, flagged)
 
 
 def _write_pngs(

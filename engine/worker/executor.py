@@ -11,6 +11,11 @@ Every write about a job goes through its lease (storage.fencing): if the job was
 over by another worker while this one was frozen, nothing more is written and the job is
 dropped here. Any exception fails only its job, with a plain-words reason; the worker
 frees what the job left on the GPU and goes on with the next job.
+
+Every picture is screened here before any front end can show it (engine.safety): finished
+pictures and validation rounds carry their verdicts in their rows and events, and a flagged
+preview is never published. A training's photos are checked for people before it starts.
+A worker that cannot screen refuses its jobs instead of painting unscreened pictures.
 """
 
 from __future__ import annotations
@@ -25,8 +30,10 @@ from typing import Any
 from config.settings import Settings
 from engine.generation.generator import Generator, Preview
 from engine.generation.request import GenerationRequest
-from engine.generation.service import generate_and_record
+from engine.generation.service import generate_and_record, open_rgb
 from engine.models import BaseModel
+from engine.safety.people import refuse_people
+from engine.safety.screening import Screening
 from engine.scoring.scorer import Scorer
 from engine.training.compile_ahead import TrainingCompileAhead
 from engine.training.hooks import TrainingHooks
@@ -36,11 +43,13 @@ from engine.training.service import execute_run
 from engine.worker.events import PREVIEW_INTERVAL_S, PROGRESS_INTERVAL_S, LoopBridge, Throttle
 from engine.worker.failures import describe_failure, is_out_of_memory, release_memory
 from storage import jobs, keys, runs, workers
-from storage.db import Database
+from storage.audit import record_audit
+from storage.db import Database, Queries
 from storage.fencing import FencedDatabase
 from storage.files import DataDir, FileStore
 from storage.job_kinds import KINDS
-from storage.runs import ValidationImage
+from storage.pets import get_pet
+from storage.runs import ValidationImage, set_validation_verdict
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +74,15 @@ def _format_eta(seconds: float | None) -> str:
 class JobReporter:
     """One job's progress, previews and milestones as fenced job-row updates and events, from any thread."""
 
-    def __init__(self, db: Database, store: FileStore, job: jobs.Job, bridge: LoopBridge) -> None:
+    def __init__(
+        self, db: Database, store: FileStore, job: jobs.Job, bridge: LoopBridge, screening: Screening | None = None
+    ) -> None:
         self.db, self.store, self.job, self.bridge = db, store, job, bridge
+        self.screening = screening  # None: pictures are reported without verdicts
         self.lease = job.lease
         self._progress = Throttle(PROGRESS_INTERVAL_S)
         self._preview = Throttle(PREVIEW_INTERVAL_S)
+        self._previews_withheld = False  # a flagged preview stops the job's previews: the picture converges
 
     def event(self, kind: str, data: dict[str, Any]) -> None:
         self.bridge.submit(jobs.record_job_event(self.db, self.lease, kind, data))
@@ -88,21 +101,44 @@ class JobReporter:
         self.event("checkpoint", {"step": int(step), "checkpoint_id": int(checkpoint_id)})
 
     def validation(self, step: int, images: list[ValidationImage]) -> None:
+        """Screen a stored round, record the verdicts and announce it (on the loop, without waiting)."""
+        self.bridge.submit(self._announce_validation(step, images))
+
+    async def _announce_validation(self, step: int, images: list[ValidationImage]) -> None:
+        verdicts = await self._validation_verdicts(images)
         rows = [
             {"id": image.id, "path": image.path, "prompt": image.prompt, "seed": image.seed,
-             "dino": image.dino, "clip_i": image.clip_i, "clip_t": image.clip_t}
-            for image in images
+             "dino": image.dino, "clip_i": image.clip_i, "clip_t": image.clip_t, "flagged": flagged}
+            for image, flagged in zip(images, verdicts)
         ]
-        self.event("validation", {"step": int(step), "images": rows})
+        await jobs.record_job_event(self.db, self.lease, "validation", {"step": int(step), "images": rows})
+
+    async def _validation_verdicts(self, images: list[ValidationImage]) -> list[bool | None]:
+        """Each picture's verdict: the stored one (a round announced again), else screened now."""
+        unscreened = [image for image in images if image.flagged is None]
+        if self.screening is None or not self.screening.enabled or not unscreened:
+            return [image.flagged for image in images]
+        pictures = [await asyncio.to_thread(open_rgb, await self.store.local_path(image.path)) for image in unscreened]
+        found = dict(zip((image.id for image in unscreened), await asyncio.to_thread(self.screening.flags, pictures)))
+        for image_id, flagged in found.items():
+            await set_validation_verdict(self.db, image_id, flagged)
+        await audit_verdicts(self.db, self.job, "training round", list(found.values()),
+                             f"validation images of step {unscreened[0].step}")
+        return [found.get(image.id, image.flagged) for image in images]
 
     def generation_step(self, step: int, total: int, preview: Preview, stop: Callable[[], bool]) -> None:
         """Progress and a preview at most once a second; raises JobCancelled once the job is cancelled."""
-        if step < total and self._preview.ready():
+        if step < total and not self._previews_withheld and self._preview.ready():
             if stop():
                 raise JobCancelled()
-            buffer = io.BytesIO()
-            preview().save(buffer, format="PNG")
-            self.bridge.submit(self._publish_preview(buffer.getvalue(), step, total))
+            image = preview()
+            verdicts = self.screening.flags([image]) if self.screening is not None else None  # None: unscreened
+            if verdicts and verdicts[0]:
+                self._previews_withheld = True
+            else:
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG")
+                self.bridge.submit(self._publish_preview(buffer.getvalue(), step, total))
         if self._progress.ready(force=step >= total):
             text = f"step {step}/{total}"
             self.bridge.submit(
@@ -137,6 +173,9 @@ class Executor:
             self.training_ahead = TrainingCompileAhead(base)
             self.training_ahead.want(TrainingParams(resolution=settings.resolution, mode=settings.train_mode))
         self.scorer = Scorer.from_settings(settings)  # its models load at the first validation round
+        self.screening = Screening.from_settings(settings, base.device)
+        # The people check needs the scoring CLIP model even where scores are off.
+        self.photo_checker = (self.scorer or Scorer(settings.score_dino, settings.score_clip)) if settings.safety else None
         self.running: set[int] = set()
         self.lost: set[int] = set()  # jobs whose lease another worker holds now
 
@@ -170,7 +209,7 @@ class Executor:
         if self.training_ahead is not None:
             await asyncio.to_thread(self.training_ahead.pause)  # its rehearsal adapter off the UNet
         bridge = LoopBridge(self.loop)
-        reporter = JobReporter(self.db, self.store, job, bridge)
+        reporter = JobReporter(self.db, self.store, job, bridge, self.screening)
         fenced = FencedDatabase(self.db, job.lease)
         self.running.add(job.id)
         log.info("job #%s (%s) started, attempt %s", job.id, job.kind, job.attempts)
@@ -214,14 +253,20 @@ class Executor:
 
     async def _generate(self, db: FencedDatabase, job: jobs.Job, reporter: JobReporter):
         request = GenerationRequest.from_dict(job.payload["request"])
+        await asyncio.to_thread(self.screening.require)
 
         def on_step(step: int, total: int, preview: Preview) -> None:
             reporter.generation_step(step, total, preview, lambda: self._stopped(job.id))
 
         outcome = await generate_and_record(
-            db, self.store, self.data, self.generator, request, job.guild_id, job.user_id, on_step=on_step
+            db, self.store, self.data, self.generator, request, job.guild_id, job.user_id, on_step=on_step,
+            screen=self.screening.flags,
         )
         await jobs.set_links(self.db, job.lease, generation_id=outcome.generation_id)
+        if outcome.flagged is not None:
+            await audit_verdicts(db, job, "picture screening", outcome.flagged, "pictures",
+                                 prompt=request.prompt, seed=outcome.seeds[0] if outcome.seeds else None,
+                                 generation_id=outcome.generation_id)
         return "succeeded", outcome.to_result(), None
 
     async def _train(self, db: FencedDatabase, job: jobs.Job, reporter: JobReporter):
@@ -231,6 +276,14 @@ class Executor:
         if run is not None and run.status == "succeeded":
             # The worker died after the run ended but before the job did: nothing left to do.
             return "succeeded", {"run_id": run_id, "status": run.status, "step": run.step}, None
+        if run is not None:
+            try:
+                await self._screen_training(db, run)
+            except ValueError as refusal:  # people in the photos, or no way to screen: the run cannot start
+                await runs.finish_run(db, run_id, "failed", run.step, str(refusal))
+                await record_audit(db, job.guild_id, job.user_id, "photo screening", "refused", detail=str(refusal),
+                                   job_id=job.id)
+                return "failed", {"run_id": run_id, "status": "failed", "step": run.step}, str(refusal)
         # A worker that died between writing validation images and announcing them leaves them
         # unseen: announce what no front end has posted yet (front ends skip what they posted).
         for step, images in groupby(await runs.unposted_validation_images(db, run_id), key=lambda image: image.step):
@@ -250,6 +303,13 @@ class Executor:
             release_memory(self.base, (TRAINING_ADAPTER,))
         result = {"run_id": run_id, "status": outcome.status, "step": outcome.step}
         return outcome.status, result, outcome.error
+
+    async def _screen_training(self, db: FencedDatabase, run: runs.Run) -> None:
+        """Before the first step: its pictures can be screened, and its photos show no person."""
+        await asyncio.to_thread(self.screening.require)
+        pet = await get_pet(db, run.pet_id)
+        if self.photo_checker is not None and pet is not None:
+            await refuse_people(db, self.store, pet, self.photo_checker, self.base.device)
 
     # --- called from the training thread at optimizer-step boundaries ---------------------
 
@@ -272,3 +332,13 @@ class Executor:
             self.db, self.worker_id, kinds=SERVED_BETWEEN_STEPS, running=self.running
         )) is not None:
             await self.run(job)
+
+
+async def audit_verdicts(
+    db: Queries, job: jobs.Job, command: str, flagged: list[bool], what: str, **line: Any
+) -> None:
+    """One audit line for the safety check's verdicts on a set of pictures: which were flagged, if any."""
+    numbers = [str(index + 1) for index, hit in enumerate(flagged) if hit]
+    verdict = "flagged" if numbers else "passed"
+    detail = f"{what}: {len(flagged)} screened" + (f", flagged: {', '.join(numbers)}" if numbers else ", none flagged")
+    await record_audit(db, job.guild_id, job.user_id, command, verdict, detail=detail, job_id=job.id, **line)

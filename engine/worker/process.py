@@ -83,6 +83,7 @@ class Worker:
         if self._stopping:
             return  # told to stop while loading: nothing was claimed yet
         self.executor = Executor(self.settings, self.db, self.store, self.data, base, self.worker_id)
+        await asyncio.to_thread(self.executor.screening.load_at_start)  # says in the log whether pictures are screened
         self.wakeup = open_wakeup(self.db)
         keeps_all = self.settings.keep_generations_days == 0 and self.settings.audit_days == 0
         retention = None if keeps_all else self._retention

@@ -303,6 +303,10 @@ class FakeDiscord:
     def channel(self, guild: Guild, name: str) -> Channel:
         return next(c for c in guild.channels.values() if c.name == name)
 
+    async def add_thread(self, parent: Channel, name: str) -> Channel:
+        """A thread in `parent` started by a member (the bot hears of it as THREAD_CREATE)."""
+        return await self._new_thread(parent, name)
+
     # ---- gateway -----------------------------------------------------------------------------
 
     async def _gateway(self, request: web.Request) -> web.WebSocketResponse:
@@ -659,10 +663,6 @@ class FakeDiscord:
         self.guilds[parent.guild_id].channels[thread.id] = thread  # type: ignore[index]
         await self.dispatch("THREAD_CREATE", dict(thread.payload(), newly_created=True))
         return thread
-
-    async def add_thread(self, parent: Channel, name: str) -> Channel:
-        """A member opens a public thread in `parent` (the bot sees it created)."""
-        return await self._new_thread(parent, name)
 
     async def _thread_from_message(self, request: web.Request) -> web.Response:
         parent = self._channel_or_404(request)

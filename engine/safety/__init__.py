@@ -1,0 +1,1 @@
+"""Moderation on the worker: pictures screened before anyone sees them, photos of people refused."""
