@@ -38,7 +38,7 @@ class Messages:
     async def status(self, target, content: str, **_) -> None:
         return None
 
-    async def send(self, channel_id: str, content: str, files=None, allowed: bool = False) -> None:
+    async def send(self, channel_id: str, content: str, files=None, ping: str | None = None) -> None:
         self.sent.append(content)
 
 
