@@ -68,19 +68,7 @@ class JobMessages:
     async def _fitted(
         self, channel: discord.abc.Messageable, content: str, files: Sequence[Path | discord.File]
     ) -> tuple[str, list[discord.File]]:
-        """The message's text and files within Discord's limits: files over the server's upload
-        limit are made smaller (in a thread: re-encoding takes a while), any left out is said."""
-        if not files:
-            return clip(content, MESSAGE_LIMIT), []
-        uploads, left_out = await asyncio.to_thread(_fit, files, self.upload_limit(channel))
-        attached = [discord.File(io.BytesIO(upload.data), upload.filename) for upload in uploads]
-        if not left_out:
-            return clip(content, MESSAGE_LIMIT), attached
-        note = (f"⚠️ {left_out} picture{'s' * (left_out > 1)} did not fit this server's upload limit, even made "
-                f"smaller; {'they are' if left_out > 1 else 'it is'} kept, and the bot's operator can send "
-                f"{'them' if left_out > 1 else 'it'} to you.")
-        return clip(content, MESSAGE_LIMIT - len(note) - 1) + "\n" + note, attached
-
+        return await fitted(content, files, self.upload_limit(channel))
     def first_progress(self, job_id: int) -> bool:
         """The first progress (or preview) of a job shows at once, even right after "started";
         later ones are rate-limited."""
@@ -155,6 +143,21 @@ class JobMessages:
                 await self._edit(target, pending.content, [p for p in pending.files if p.is_file()], None, None)
             except discord.HTTPException as error:
                 log.warning("could not update the status of job %s: %s", job_id, error)
+
+
+async def fitted(content: str, files: Sequence[Path | discord.File], limit: int) -> tuple[str, list[discord.File]]:
+    """A message's text and files within Discord's limits: files over the upload `limit` (bytes,
+    all files together) are made smaller (in a thread: re-encoding takes a while), any left out is said."""
+    if not files:
+        return clip(content, MESSAGE_LIMIT), []
+    uploads, left_out = await asyncio.to_thread(_fit, files, limit)
+    attached = [discord.File(io.BytesIO(upload.data), upload.filename) for upload in uploads]
+    if not left_out:
+        return clip(content, MESSAGE_LIMIT), attached
+    note = (f"⚠️ {left_out} picture{'s' * (left_out > 1)} did not fit this server's upload limit, even made "
+            f"smaller; {'they are' if left_out > 1 else 'it is'} kept, and the bot's operator can send "
+            f"{'them' if left_out > 1 else 'it'} to you.")
+    return clip(content, MESSAGE_LIMIT - len(note) - 1) + "\n" + note, attached
 
 
 def _fit(files: Sequence[Path | discord.File], limit: int) -> tuple[list[Upload], int]:

@@ -184,12 +184,14 @@ async def test_a_server_full_of_pets_is_listed_within_the_upload_limit(world: Wo
 
 async def test_pictures_and_the_chart_fit_a_small_upload_limit(world: World) -> None:
     """A server whose limit is below one picture of the tiny model (64 px PNGs of about 12 KB):
-    before, the relay's posts and edits were refused (413) and the member saw no picture."""
+    before, the relay's posts and edits were refused (413) and the member saw no picture; the
+    contact sheet of /teach and the gallery's copy of a share were refused too."""
     fake, dave = world.fake, world.dave
-    await teach(world, dave, "Pixel", range(300, 303))  # its contact sheet is larger still
     limit = 8 * 1024
     fake.attachment_size_limit = limit  # what Discord tells each interaction, and what it refuses beyond
     try:
+        taught = await teach(world, dave, "Pixel", range(300, 303))  # its contact sheet is larger still
+        assert "3 photos added" in taught.text() and taught.files, taught.text()
         await answer(world, await fake.slash(world.guild, dave, "train", pet="Pixel", steps=2))
         await fake.wait_until(  # the finish message, or a refusal (then no message comes)
             lambda: fake.refused or any("**Pixel** is trained!" in m.content for m in fake.messages.values()),
@@ -199,9 +201,16 @@ async def test_pictures_and_the_chart_fit_a_small_upload_limit(world: World) -> 
         queued = await answer(world, await fake.slash(world.guild, dave, "imagine", prompt="a red barn", count=4, steps=2))
         await fake.wait_until(lambda: fake.refused or "seeds" in fake.messages[queued.id].content,
                               180, "the four pictures\n" + world.bot.log_tail())
+        owner = world.guild.members[world.guild.owner_id]
+        await answer(world, await fake.slash(world.guild, owner, "settings change", gallery=world.general))
+        painted = fake.messages[queued.id]
+        shared = await fake.reply(await fake.click(dave, painted, painted.button("Share")))
+        assert "Shared to" in shared.text(), shared.text()
     finally:
         fake.attachment_size_limit = 25 * 1024 * 1024
     assert_discord_accepted_everything(fake)
+    [copy] = [m for m in fake.channel_messages(world.general) if m.content.startswith("📌")]
+    assert len(copy.files) == 4 and sum(len(data) for data in copy.files.values()) <= limit
     trained = next(m for m in fake.messages.values() if "**Pixel** is trained!" in m.content)
     painted = fake.messages[queued.id]
     thread = next(t for t in fake.threads(world.guild) if "Pixel" in t.name)

@@ -340,14 +340,12 @@ async def _share(bot: PawtraitBot, interaction: discord.Interaction, generation:
     if not passed:
         raise UserError("The safety check flagged these images, so they can't be shared to the gallery.")
     await interaction.response.defer(ephemeral=True, thinking=True)
-    gallery = bot.get_channel(int(settings.gallery_channel_id)) or await bot.fetch_channel(int(settings.gallery_channel_id))
-    files = [discord.File(path) for path in await bot.local_copies(passed)]
     source = f" · [original]({interaction.message.jump_url})" if interaction.message else ""
-    copy = await gallery.send(  # type: ignore[union-attr]
+    copy = await bot.job_messages.send(  # pings nobody; the pictures made to fit the server's upload limit
+        settings.gallery_channel_id,
         f"📌 **{clip(generation.prompt)}** by <@{generation.requested_by}>, shared by <@{interaction.user.id}> "
         f"· seed {generation.seed}{source}",
-        files=files,
-        allowed_mentions=NO_MENTIONS,
+        files=list(await bot.local_copies(passed)),
     )
     await set_gallery_message(bot.db, generation.id, str(copy.channel.id), str(copy.id))
     await interaction.edit_original_response(content=f"Shared to <#{settings.gallery_channel_id}>.")

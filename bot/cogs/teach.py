@@ -22,6 +22,7 @@ from bot.audit_log import begin, note, record
 from bot.checks import UserError, guild_key
 from bot.cooldown import MemberCooldown
 from bot.formatting import clip, listing
+from bot.job_messages import fitted
 from engine.teach import MIN_GOOD_PHOTOS, TeachError, TeachReport, clean_class_noun, clean_pet_name, teach_photos
 from storage.pets import PetNameTaken, find_pet, list_pets
 
@@ -186,6 +187,7 @@ class Teach(commands.Cog):
                 raise UserError(f"{str(error)[:1].upper()}{str(error)[1:]}.") from None
         text = report_text(report, name, refused, self.bot.settings.safety)
         sheet = [discord.File(report.contact_sheet, "contact-sheet.png")] if report.contact_sheet else []
+        text, sheet = await fitted(text, sheet, interaction.filesize_limit)
         await interaction.edit_original_response(
             content=text, attachments=sheet, allowed_mentions=discord.AllowedMentions.none()
         )
