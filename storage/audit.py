@@ -88,15 +88,14 @@ async def audit_lines(
     return [AuditLine(**row) for row in rows]
 
 
-async def audit_line_of_job(db: Queries, guild_id: str, job_id: int) -> AuditLine | None:
-    """The line of the command that queued a job that still exists (e.g. the /imagine that painted
-    a picture). The newest such line: SQLite may give a deleted job's id to a new job, and the
-    new job's line is written after every line of the old one."""
-    row = await db.one(
-        select(audit_log).where(audit_log.c.guild_id == guild_id, audit_log.c.job_id == job_id)
-        .order_by(audit_log.c.id.desc()).limit(1)
+async def audit_lines_of_job(db: Queries, guild_id: str, job_id: int) -> list[AuditLine]:
+    """The lines of a job, oldest first: the command that queued it (e.g. the /imagine that
+    painted a picture), then the worker's safety verdict on what it made. Job ids are never
+    handed out twice (migration 0004), so every line is this job's."""
+    rows = await db.all(
+        select(audit_log).where(audit_log.c.guild_id == guild_id, audit_log.c.job_id == job_id).order_by(audit_log.c.id)
     )
-    return None if row is None else AuditLine(**row)
+    return [AuditLine(**row) for row in rows]
 
 
 async def delete_old_audit_lines(db: Queries, days: int) -> int:

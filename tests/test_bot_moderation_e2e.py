@@ -246,6 +246,7 @@ async def test_reports_moderator_delete_and_strangers(world: World) -> None:
     assert f"/channels/{world.cats.id}/{world.general.id}/{art.id}" in post.content
     assert f"<@{world.bob.id}> reported" in post.content and "a cat in a top hat" in post.content
     assert "**imagine**" in post.content and "prompt allowed" in post.content  # the picture's audit line
+    assert "**picture screening** · passed" in post.content  # and the safety check's verdict on it
 
     await answer(world, await fake.slash(world.cats, world.mod, "settings change", gallery=world.gallery))
     shared = await answer(world, await fake.click(world.bob, art, art.button("Share")))

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from engine.worker import chores
-from storage.audit import audit_line_of_job, audit_lines, record_audit
+from storage.audit import audit_lines, audit_lines_of_job, record_audit
 from storage.db import Database
 from storage.dialects import utc_now_minus
 from storage.discord_posts import set_gallery_message
@@ -50,11 +50,11 @@ async def test_the_audit_log_lists_a_servers_lines_newest_first_by_member_or_pet
     late = await record_audit(db, "g1", "carol", "train", "done", at=datetime.now(UTC) - timedelta(minutes=1))
     assert [line.id for line in await audit_lines(db, "g1")][-2:] == [lines[-1].id, late]  # the oldest
     assert (await audit_lines(db, "g1", user_id="carol"))[0].created_at.endswith("Z")
-    assert (await audit_line_of_job(db, "g1", 12)).id == newest.id and await audit_line_of_job(db, "g1", 99) is None
-    assert await audit_line_of_job(db, "g2", 12) is None
-    # SQLite may give a deleted job's id to a new job: the newest line is the living job's.
-    reused = await record_audit(db, "g1", "bob", "imagine", "prompt allowed", job_id=12)
-    assert (await audit_line_of_job(db, "g1", 12)).id == reused
+    assert [line.id for line in await audit_lines_of_job(db, "g1", 12)] == [newest.id]
+    assert await audit_lines_of_job(db, "g1", 99) == [] and await audit_lines_of_job(db, "g2", 12) == []
+    # The worker's verdict on what the job painted follows the command's line.
+    verdict = await record_audit(db, "g1", "alice", "picture screening", "passed", job_id=12)
+    assert [line.id for line in await audit_lines_of_job(db, "g1", 12)] == [newest.id, verdict]
 
 
 async def test_old_audit_lines_are_pruned_by_the_chore(db: Database) -> None:

@@ -41,7 +41,7 @@ from engine.generation.request import (
 )
 from engine.moderation.prompts import ALLOWED, PromptRefused
 from engine.queueing import queue_generation as queue_job
-from storage.audit import audit_line_of_job
+from storage.audit import audit_lines_of_job
 from storage.db import Queries
 from storage.discord_posts import (
     add_discord_job,
@@ -390,12 +390,12 @@ async def _report(bot: PawtraitBot, interaction: discord.Interaction, generation
         return
     await interaction.response.defer(ephemeral=True, thinking=True)
     job_id = await job_for_generation(bot.db, generation.id)
-    line = await audit_line_of_job(bot.db, generation.guild_id, job_id) if job_id is not None else None
+    lines = await audit_lines_of_job(bot.db, generation.guild_id, job_id) if job_id is not None else []
     link = interaction.message.jump_url if interaction.message else f"generation #{generation.id}"
     text = (
         f"🚩 <@{interaction.user.id}> reported [a picture]({link}) asked for by <@{generation.requested_by}> "
         f"(generation #{generation.id}, seed {generation.seed}).\n"
-        + (f"🧾 {audit_text(line)}" if line else "🧾 Its audit line is gone (older than the log keeps).")
+        + ("\n".join(f"🧾 {audit_text(line)}" for line in lines) or "🧾 Its audit line is gone (older than the log keeps).")
     )
     channel = bot.get_partial_messageable(int(settings.mod_channel_id), guild_id=interaction.guild_id)
     try:
