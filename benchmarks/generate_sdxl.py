@@ -44,6 +44,7 @@ from sdxl_random import build_sdxl
 from engine.compile import compiled_blocks
 from engine.generation.generator import Generator, PetLora
 from engine.generation.guidance import GuidanceInterval
+from engine.generation.recipe import Recipe
 from engine.generation.request import GenerationRequest
 from engine.models import BaseModel
 from storage.pets import Pet
@@ -447,7 +448,7 @@ def main() -> int:
         full_image = None
         for label, setting in (("guidance at every step (PAWTRAIT_GUIDANCE_INTERVAL=off)", None),
                                ("guidance interval 0.28-5.42 (product default)", GuidanceInterval())):
-            gen.guidance_interval = setting
+            gen.recipe = Recipe(interval=setting)
             b1, peak = per_image(gen, 1, 5, lora=a)
             b4, peak4 = per_image(gen, 4, 2, lora=a)
             image = gen.generate(request(seed=7), pet=PET, lora=a).images[0]
@@ -457,7 +458,7 @@ def main() -> int:
             else:
                 note += f"; mean |pixel diff| vs guidance everywhere {mean_pixel_diff(image, full_image):.2f} (random weights)"
             bench.row(f"CUDA graphs, pet merged, {label}", b1, b4, peak, note)
-        gen.guidance_interval = GuidanceInterval()
+        gen.recipe = Recipe()
 
     def timeline() -> None:
         """Where one request's wall time goes: prompt encoding, the denoising loop, VAE decode, PIL conversion."""

@@ -255,7 +255,7 @@ async def failover(installation: Installation, trials: int) -> list[dict]:
     await ready(db, 1)
     for trial in range(trials):
         pet = await pet_with_photos(db, store, name=f"Pet{trial}")
-        params = TrainingParams(steps=400, checkpoint_every=20, validate_every=0, validation_steps=1, resolution=64,
+        params = TrainingParams(steps=400, checkpoint_every=20, validate_every=0, resolution=64,
                                 gradient_accumulation=1)
         run_id = await create_run(db, store, pet, params)
         job = await jobs.submit_job(db, installation.settings, "train", LOCAL_GUILD, "bench",

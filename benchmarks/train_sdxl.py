@@ -299,7 +299,7 @@ def check_kept_round_graph(base: BaseModel, generator: Generator, cache, res: in
     """A round replayed from the UNet graph the previous round kept (fast mode) against the same round
     from a freshly captured graph, the LoRA trained 3 more steps in between: the same pictures?"""
     trainer = LoraTrainer(base, TrainingParams(resolution=res), cache, LoopPlan("fast", False, 4, False, "benchmark"))
-    job = Render(cache.validation, cache.validation_negative, [42, 43, 44], res, 25, 5.0, 3)
+    job = Render(cache.validation, cache.validation_negative, [42, 43, 44], res, 3)
 
     def round_(keep: bool) -> list[Image.Image]:
         pictures = generator.render(job, adapter=TRAINING_ADAPTER, keep_graphs=keep)
@@ -385,7 +385,7 @@ def bench_validation(
             trainer.train_step(step)
         trainer.make_room()
         for batch in (3,) if ahead else (3, 1):
-            job = Render(cache.validation, cache.validation_negative, seeds, res, 25, 5.0, batch)
+            job = Render(cache.validation, cache.validation_negative, seeds, res, batch)
             row = {}
             if batch == 3 and not ahead:
                 reset_peak()
@@ -422,7 +422,7 @@ def draw_class_images(generator: Generator, folder: Path, count: int, res: int) 
             return False
 
         try:
-            return await ensure_class_images(db, store, generator, "cat", count, res, steps=25, should_stop=never)
+            return await ensure_class_images(db, store, generator, "cat", count, res, should_stop=never)
         finally:
             await db.close()
 

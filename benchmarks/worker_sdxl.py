@@ -115,7 +115,7 @@ async def scenario(
     del executor.generator.generate
 
     params = TrainingParams(
-        steps=args.steps, checkpoint_every=args.steps, validate_every=0, validation_steps=1, resolution=args.resolution,
+        steps=args.steps, checkpoint_every=args.steps, validate_every=0, resolution=args.resolution,
         mode=args.train_mode, prior_preservation=args.prior > 0, class_images=max(args.prior, 1),
     )
     run_id = await create_run(db, store, pet, params)

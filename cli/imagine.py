@@ -10,7 +10,14 @@ import sys
 from pathlib import Path
 
 from config.settings import Settings
-from engine.generation.request import DEFAULT_VARIATION_STRENGTH, SIZE_PRESETS, GenerationError, GenerationRequest
+from engine.generation.request import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_STEPS,
+    DEFAULT_VARIATION_STRENGTH,
+    SIZE_PRESETS,
+    GenerationError,
+    GenerationRequest,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,10 +32,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--pet", metavar="NAME", help="pet whose LoRA to use (a local pet, see `pawtrait pets`)")
     parser.add_argument("--count", type=int, default=1, help="images to make in one batch, 1-4 (default 1)")
     parser.add_argument("--seed", type=int, help="seed of the first image (image i uses seed+i); random if left out")
-    parser.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
+    parser.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"denoising steps (default {DEFAULT_STEPS})")
     parser.add_argument("--size", default="1:1", choices=list(SIZE_PRESETS), help="aspect ratio preset (default 1:1)")
     parser.add_argument("--negative", default="", metavar="TEXT", help="what to keep out of the picture")
-    parser.add_argument("--guidance", type=float, default=5.0, help="how closely to follow the prompt (default 5)")
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
+                        help=f"how closely to follow the prompt (default {DEFAULT_GUIDANCE:g})")
     parser.add_argument("--strength", type=float, default=1.0, help="LoRA strength 0-2 (default 1; 0 = base model)")
     parser.add_argument("--checkpoint", type=int, metavar="ID", help="use this checkpoint instead of the pet's active one")
     parser.add_argument("--vary", type=_source, metavar="GEN[:N]",

@@ -41,8 +41,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--validate-every", type=int, default=defaults.validate_every, metavar="N",
                         help=f"render validation images every N steps, 0 = start and end only "
                         f"(default {defaults.validate_every})")
-    parser.add_argument("--validation-steps", type=int, default=defaults.validation_steps, metavar="N",
-                        help=f"denoising steps per validation image (default {defaults.validation_steps})")
     parser.add_argument("--keep-checkpoints", type=int, default=0, metavar="K",
                         help="keep only the newest K checkpoints (default 0 = all)")
     parser.add_argument("--resolution", type=int, help="training resolution (default PAWTRAIT_RESOLUTION)")
@@ -71,7 +69,6 @@ def params_from_args(args: argparse.Namespace, settings: Settings) -> TrainingPa
         class_images=args.class_images,
         checkpoint_every=args.checkpoint_every,
         validate_every=args.validate_every,
-        validation_steps=args.validation_steps,
         keep_checkpoints=args.keep_checkpoints,
         resolution=args.resolution or settings.resolution,
         mode=args.mode or settings.train_mode,

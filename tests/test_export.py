@@ -42,7 +42,7 @@ from training_helpers import pet_with_photos
 REPO = Path(__file__).parent.parent
 # Rank 4 with alpha 2: a LoRA scale other than 1, which a file that lost its alpha would get wrong.
 PARAMS = TrainingParams(
-    steps=2, rank=4, alpha=2, checkpoint_every=1, validate_every=2, validation_steps=1, resolution=64,
+    steps=2, rank=4, alpha=2, checkpoint_every=1, validate_every=2, resolution=64,
     gradient_accumulation=1,
 )
 

@@ -24,6 +24,7 @@ from config.settings import Settings
 from engine.generation.generator import Generator, PetLora
 from engine.generation.guidance import GuidanceInterval
 from engine.generation.metadata import CHUNK, Parameters, format_parameters, parse_parameters
+from engine.generation.recipe import Recipe
 from engine.generation.request import SIZE_PRESETS, GenerationError, GenerationRequest
 from engine.generation.service import generate_and_record
 from engine.models import load_base_model
@@ -265,7 +266,7 @@ def test_guidance_runs_only_inside_its_interval(tiny_model_dir: Path) -> None:
     base = load_tiny(tiny_model_dir)
 
     def paint(interval: GuidanceInterval | None, guidance: float = 5.0, count: int = 1):
-        gen = Generator(base, memory="full", size_scale=SMALL, guidance_interval=interval)
+        gen = Generator(base, memory="full", size_scale=SMALL, recipe=Recipe(interval=interval))
         batches, hook = unet_batches(gen)
         result = gen.generate(quick(negative_prompt="blurry", steps=30, guidance=guidance, count=count))
         hook.remove()

@@ -50,7 +50,7 @@ def test_detach_then_worker_then_wait(
     assert code == 0, err
     painting = int(out.strip())
     train_args = ["train", "Thor", "--steps", "4", "--checkpoint-every", "2", "--validate-every", "0",
-                  "--validation-steps", "1", "--resolution", "64", "--detach"]
+                  "--resolution", "64", "--detach"]
     code, out, err = pawtrait(capsys, *train_args)
     assert code == 0, err
     training = int(out.strip())

@@ -287,7 +287,7 @@ async def test_two_hosts_training_cats_at_once_draw_the_class_images_once(
     db: Database, store: FileStore, settings: Settings, hosts
 ) -> None:
     params = dataclasses.replace(
-        tiny_training(4, 2), prior_preservation=True, class_images=4, class_image_steps=2
+        tiny_training(4, 2), prior_preservation=True, class_images=4
     )
     settings = dataclasses.replace(settings, max_queued_trainings_per_user=5)
     submitted = [await submit_training(db, store, settings, params, owner, name)

@@ -43,7 +43,7 @@ async def test_a_one_host_installation_moves_to_postgresql_and_a_bucket_and_pain
     photos = [(f"IMG_{seed}.jpg", samples.jpeg(seed)) for seed in range(3)]
     report = await teach_photos(db, store, settings, LOCAL_GUILD, "alice", "Thor", "cat", photos, "alice")
     run_id = await create_run(db, store, report.pet, TrainingParams(
-        steps=2, checkpoint_every=2, validate_every=2, validation_steps=1, resolution=64, gradient_accumulation=1))
+        steps=2, checkpoint_every=2, validate_every=2, resolution=64, gradient_accumulation=1))
     generator = Generator.from_settings(load_base_model(settings), settings)
     outcome = await execute_run(db, store, DataDir(settings.data_dir), generator, run_id)
     assert outcome.status == "succeeded", outcome.error

@@ -30,7 +30,7 @@ from cli_helpers import pawtrait
 from training_helpers import pet_with_photos
 
 CPU = torch.device("cpu")
-QUICK = dict(resolution=64, gradient_accumulation=1, validation_steps=1, learning_rate=1e-2)
+QUICK = dict(resolution=64, gradient_accumulation=1, learning_rate=1e-2)
 
 
 def picture(seed: int, side: int = 64) -> Image.Image:

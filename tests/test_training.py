@@ -15,9 +15,10 @@ from safetensors.torch import load_file
 from torch._dynamo.backends.common import aot_autograd
 
 from config.settings import Settings
-from engine.generation.generator import Generator
+from engine.generation.generator import Generator, PetLora
 from engine.generation.loras import has_tuner_layers
 from engine.generation.renders import Render
+from engine.generation.request import GenerationRequest
 from engine.models import BaseModel, load_base_model
 from engine.training import TrainingHooks, TrainingInputError, TrainingParams, create_run, execute_run
 from engine.training.checkpoints import STATE_FILE, state_key
@@ -31,8 +32,8 @@ from storage.photos import list_photos
 
 from training_helpers import pet_with_photos
 
-# Small and quick: 64 px photos (8x8 latents), 2 images per optimizer step, 2-step validation renders.
-QUICK = dict(resolution=64, gradient_accumulation=2, validation_steps=2, learning_rate=1e-2)
+# Small and quick: 64 px photos (8x8 latents), 2 images per optimizer step.
+QUICK = dict(resolution=64, gradient_accumulation=2, learning_rate=1e-2)
 KOHYA_KEY = re.compile(r"^lora_unet_(\w+)\.(lora_down\.weight|lora_up\.weight|alpha)$")
 
 
@@ -332,7 +333,7 @@ async def test_prior_preservation_generates_class_images_once_per_class(
     db, store: FileStore, data: DataDir, generator: Generator
 ) -> None:
     params = TrainingParams(
-        steps=1, prior_preservation=True, class_images=2, class_image_steps=1, validate_every=0, **QUICK
+        steps=1, prior_preservation=True, class_images=2, validate_every=0, **QUICK
     )
 
     async def class_images() -> dict[str, float]:
@@ -362,7 +363,7 @@ async def test_class_nouns_in_other_scripts_get_class_images_of_their_own(
         return False
 
     for noun in ("猫", "犬"):
-        await ensure_class_images(db, store, generator, noun, 1, 64, steps=1, should_stop=never)
+        await ensure_class_images(db, store, generator, noun, 1, 64, should_stop=never)
     drawn = sorted(item.key for item in await store.list("class-images"))
     # The dog's prior was drawn for '犬' into a folder of its own, not taken from the cats'.
     assert drawn == sorted(keys.class_image(noun, 0) for noun in ("猫", "犬")) and len(set(drawn)) == 2
@@ -374,22 +375,12 @@ async def test_class_nouns_in_other_scripts_get_class_images_of_their_own(
     ]
 
 
-def diffusers_paints(base: BaseModel, prompt: str, negative: str | None, seed: int, steps: int) -> np.ndarray:
-    """What SDXL's diffusers pipeline paints from `seed`: validation and class images looked like
-    this when they were that pipeline's own calls."""
-    picture = base.pipe(
-        prompt=prompt, negative_prompt=negative, generator=torch.Generator("cpu").manual_seed(seed),
-        num_inference_steps=steps, guidance_scale=5.0, height=64, width=64,
-    ).images[0]
-    return np.asarray(picture, dtype=np.int16)
-
-
 async def picture(store: FileStore, key: str) -> np.ndarray:
     with Image.open(await store.local_path(key)) as image:
         return np.asarray(image.convert("RGB"), dtype=np.int16)
 
 
-async def test_validation_and_class_images_are_painted_by_the_generator_as_diffusers_paints_them(
+async def test_validation_rounds_and_class_images_are_what_imagine_paints(
     db, store: FileStore, data: DataDir, base: BaseModel, generator: Generator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     painted: list[tuple[int, object]] = []
@@ -401,30 +392,34 @@ async def test_validation_and_class_images_are_painted_by_the_generator_as_diffu
 
     monkeypatch.setattr(generator, "render", counted)
     pet = await pet_with_photos(db, store)
-    params = TrainingParams(
-        steps=2, checkpoint_every=2, validate_every=2, prior_preservation=True, class_images=5, class_image_steps=2,
-        **QUICK,
-    )
+    params = TrainingParams(steps=2, checkpoint_every=2, validate_every=2, prior_preservation=True, class_images=5, **QUICK)
     run_id = await create_run(db, store, pet, params)
     assert (await execute_run(db, store, data, generator, run_id)).status == "succeeded"
 
     # Class images four to a batch with no adapter, then one call per validation round with the LoRA merged.
     assert painted == [(4, None), (1, None), (3, TRAINING_ADAPTER), (3, TRAINING_ADAPTER)]
-    for index in range(5):
+    imagine = Generator(base, memory="full", size_scale=params.resolution / 1024)  # its 1:1 preset at the run's size
+
+    async def imagined(prompt: str, seed: int, checkpoint_id: int | None) -> np.ndarray:
+        """What `/imagine` paints with its defaults for this prompt and seed, with the checkpoint's LoRA."""
+        lora = None
+        if checkpoint_id is not None:
+            [checkpoint] = [row for row in await runs.list_checkpoints(db, run_id) if row.id == checkpoint_id]
+            lora = PetLora(checkpoint.diffusers_file, await store.local_path(checkpoint.diffusers_file))
+        result = imagine.generate(GenerationRequest(prompt=prompt, seed=seed), lora=lora)
+        return np.asarray(result.images[0], dtype=np.int16)
+
+    for index in range(5):  # the plain base model's "a photo of cat" from seed i
         drawn = await picture(store, keys.class_image("cat", index))
-        assert np.abs(drawn - diffusers_paints(base, "a photo of cat", None, index, 2)).max() <= 1
+        assert np.abs(drawn - await imagined("a photo of cat", index, None)).max() <= 1
     images = await runs.list_validation_images(db, run_id)
-    for image in (image for image in images if image.step == 0):  # the untrained LoRA adds nothing yet
-        reference = diffusers_paints(base, image.prompt, "", image.seed, params.validation_steps)
+    assert [image.checkpoint_id is not None for image in images] == [False] * 3 + [True] * 3
+    for image in images:  # step 0: the untrained LoRA adds nothing; step 2: its checkpoint's LoRA
+        reference = await imagined(image.prompt, image.seed, image.checkpoint_id)
         assert np.abs(await picture(store, image.path) - reference).max() <= 1
-    folder = (await store.local_path((await runs.list_checkpoints(db, run_id))[-1].diffusers_file)).parent
-    base.pipe.load_lora_weights(str(folder), adapter_name="check")
-    try:
-        for image in (image for image in images if image.step == 2):  # what the step-2 checkpoint paints
-            reference = diffusers_paints(base, image.prompt, "", image.seed, params.validation_steps)
-            assert np.abs(await picture(store, image.path) - reference).max() <= 1
-    finally:
-        base.pipe.unload_lora_weights()
+    # A LoRA that changes the pictures: the comparison above would notice a round painted without it.
+    trained = [image for image in images if image.checkpoint_id is not None]
+    assert np.abs(await picture(store, trained[0].path) - await imagined(trained[0].prompt, trained[0].seed, None)).max() > 1
 
 
 def counting_aot_backend() -> tuple[dict[str, int], object]:

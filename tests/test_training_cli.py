@@ -19,7 +19,7 @@ from storage.pets import LOCAL_GUILD, create_pet
 
 from training_helpers import pet_with_photos
 
-QUICK_ARGS = ["--resolution", "64", "--validate-every", "0", "--validation-steps", "1", "--checkpoint-every", "1"]
+QUICK_ARGS = ["--resolution", "64", "--validate-every", "0", "--checkpoint-every", "1"]
 
 
 def pawtrait(env: dict[str, str], *args: str) -> subprocess.Popen:

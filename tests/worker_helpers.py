@@ -61,7 +61,7 @@ async def ended(db, job_id: int) -> jobs.Job | None:
 
 def tiny_training(steps: int, checkpoint_every: int, validate_every: int = 0) -> TrainingParams:
     return TrainingParams(
-        steps=steps, checkpoint_every=checkpoint_every, validate_every=validate_every, validation_steps=1,
+        steps=steps, checkpoint_every=checkpoint_every, validate_every=validate_every,
         resolution=64, gradient_accumulation=1,
     )
 

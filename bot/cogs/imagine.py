@@ -32,6 +32,7 @@ from bot.formatting import MESSAGE_LIMIT, audit_text, clip, progress_bar, queue_
 from bot.job_relay import JobUpdate
 from bot.safety import age_restricted, showing, strict_notice, withheld_notice
 from engine.generation.request import (
+    DEFAULT_STEPS,
     DEFAULT_VARIATION_STRENGTH,
     MAX_COUNT,
     MAX_STEPS,
@@ -135,7 +136,7 @@ class Imagine(commands.Cog):
         seed="Seed for a repeatable picture (default: random)",
         size="Shape of the picture",
         negative="What to keep out of the picture",
-        steps="Denoising steps (default 30)",
+        steps=f"Denoising steps (default {DEFAULT_STEPS})",
     )
     @app_commands.choices(size=[app_commands.Choice(name=size, value=size) for size in SIZE_PRESETS])
     async def imagine(
@@ -147,7 +148,7 @@ class Imagine(commands.Cog):
         seed: app_commands.Range[int, 0, 2**32 - 1] | None = None,
         size: str = "1:1",
         negative: str = "",
-        steps: app_commands.Range[int, 1, MAX_STEPS] = 30,
+        steps: app_commands.Range[int, 1, MAX_STEPS] = DEFAULT_STEPS,
     ) -> None:
         chosen: Pet | None = None
         db = self.bot.db

@@ -51,6 +51,11 @@ class CompileAhead:
     def pending(self) -> bool:
         return bool(self._left or self._wanted)
 
+    def decodes_compiled(self, width: int, height: int) -> bool:
+        """Whether the VAE decoder is compiled for pictures of this size: a compiled shape of any count
+        compiled it (the VAE decodes one picture at a time)."""
+        return any((shape_width, shape_height) == (width, height) for _, shape_width, shape_height in self.ready)
+
     def step(self) -> bool:
         """Do one piece of the work: record the next shape's block calls, or compile one of them.
 

@@ -15,17 +15,17 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import DPMSolverMultistepScheduler, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
+from diffusers import StableDiffusionXLImg2ImgPipeline, StableDiffusionXLPipeline
 from PIL import Image
 
 from config.settings import Settings
-from engine.compile import CompiledBlocks
+from engine.compile import CompiledBlocks, compiled_blocks
 from engine.cuda_graphs import graphs_supported
 from engine.device import PICTURE_ROOM, free_memory_bytes
 from engine.generation.compile_ahead import CompileAhead
@@ -33,6 +33,7 @@ from engine.generation.guidance import GuidanceInterval
 from engine.generation.loras import DEFAULT_CAPACITY, LoraCache, has_adapters, merged_adapter, preserved_adapter_state
 from engine.generation.previews import preview_image
 from engine.generation.prompts import PreparedPrompt, prepare_prompts
+from engine.generation.recipe import DEFAULT_RECIPE, Recipe
 from engine.generation.renders import Render
 from engine.generation.request import MAX_SEED, GenerationRequest
 from engine.generation.text_graphs import TextEncoderGraphs
@@ -41,8 +42,6 @@ from engine.models import BaseModel
 from storage.pets import Pet
 
 log = logging.getLogger(__name__)
-
-SAMPLER_NAME = "DPM++ 2M Karras"  # what A1111 calls the scheduler built below
 
 # on_step(step, total, preview): `preview()` renders the cheap latent preview on demand, so a
 # caller that shows one a second does not pay a GPU sync and a copy at every step.
@@ -74,15 +73,6 @@ class GenerationResult:
     guidance_interval: GuidanceInterval | None = None  # set when guidance ran only inside it
 
 
-def karras_dpm_scheduler(pipe: StableDiffusionXLPipeline) -> DPMSolverMultistepScheduler:
-    """DPM++ 2M with Karras sigmas from the model's own noise schedule: sharp at 20-30 steps."""
-    return DPMSolverMultistepScheduler.from_config(
-        pipe.scheduler.config, algorithm_type="dpmsolver++", solver_order=2, use_karras_sigmas=True
-    )
-
-
-DEFAULT_GUIDANCE = GuidanceInterval()  # Kynkäänniemi et al.'s interval (engine/generation/guidance.py)
-
 def choose_memory_mode(setting: str, device: torch.device) -> str:
     """'full' or 'low': the setting when forced, else from the free memory left beside the weights."""
     if setting in ("full", "low"):
@@ -106,8 +96,9 @@ class Generator:
     eagerly meanwhile (compile_ahead.py). `cuda_graphs` replays the denoising loop's UNet calls
     and the prompt encoding from CUDA graphs (full memory mode on CUDA: see unet_graphs.py,
     text_graphs.py).
-    `guidance_interval` guides only the steps whose noise level lies inside it (guidance.py):
-    better pictures from 45 UNet passes instead of 60; None guides every step.
+    `recipe` (recipe.py): the sampler, and the guidance interval requests are painted with (better
+    pictures from 45 UNet passes instead of 60), and everything of how a training's validation
+    rounds and class images are painted.
     `size_scale` renders the size presets smaller (tests, drafts, a smaller native resolution).
     """
 
@@ -120,14 +111,14 @@ class Generator:
         lora_capacity: int = DEFAULT_CAPACITY,
         size_scale: float = 1.0,
         cuda_graphs: bool = True,
-        guidance_interval: GuidanceInterval | None = DEFAULT_GUIDANCE,
+        recipe: Recipe = DEFAULT_RECIPE,
     ) -> None:
         self.base = base
-        self.guidance_interval = guidance_interval
+        self.recipe = recipe
         # A second pipeline over the same modules with its own scheduler, so training keeps the
         # base pipe's. (Not `from_pipe`: it casts every shared module to float32 by default.)
         self.pipe = StableDiffusionXLPipeline(
-            **{**base.pipe.components, "scheduler": karras_dpm_scheduler(base.pipe)},
+            **{**base.pipe.components, "scheduler": recipe.scheduler(base.pipe)},
             force_zeros_for_empty_prompt=base.pipe.config.force_zeros_for_empty_prompt,
             add_watermarker=False,
         )
@@ -135,7 +126,7 @@ class Generator:
         # Variations: img2img over the same modules (no second copy of any weight), with its own
         # scheduler instance because img2img sets the scheduler's begin index for the skipped steps.
         self.variation_pipe = StableDiffusionXLImg2ImgPipeline(
-            **{**base.pipe.components, "scheduler": karras_dpm_scheduler(base.pipe)},
+            **{**base.pipe.components, "scheduler": recipe.scheduler(base.pipe)},
             requires_aesthetics_score=False,  # the base model's UNet; only the refiner takes aesthetic scores
             force_zeros_for_empty_prompt=base.pipe.config.force_zeros_for_empty_prompt,
             add_watermarker=False,
@@ -163,8 +154,7 @@ class Generator:
         side (PAWTRAIT_RESOLUTION, e.g. a small test model) paints them scaled to match."""
         return cls(
             base, memory=settings.generate_memory, compile=settings.compile, size_scale=settings.resolution / 1024,
-            cuda_graphs=settings.cuda_graphs,
-            guidance_interval=GuidanceInterval(*settings.guidance_interval) if settings.guidance_interval else None,
+            cuda_graphs=settings.cuda_graphs, recipe=Recipe.from_settings(settings),
         )
 
     def compile_ahead(self) -> bool:
@@ -237,10 +227,7 @@ class Generator:
                 on_step(index + 1, total, lambda: preview_image(latents))
                 return {}
 
-        # The pipelines run the negative pass only for guidance above 1 on a UNet without guidance
-        # embedding (as `do_classifier_free_guidance` decides); only then is there a pass to skip.
-        guided = request.guidance > 1 and pipe.unet.config.time_cond_proj_dim is None
-        interval = self.guidance_interval if guided else None
+        interval = self.recipe.interval_for(request.guidance, pipe)
         started = time.perf_counter()
         with self._lock, torch.no_grad():
             training_paused = has_adapters(pipe)  # a training between its steps keeps its adapter on the UNet
@@ -253,7 +240,7 @@ class Generator:
                     applied = nullcontext()  # strength 0 is exactly the base model, not a 0-scaled LoRA
                 running = self.variation_pipe if request.is_variation else pipe
                 in_interval = interval.applied(pipe.unet, running.scheduler) if interval else nullcontext()
-                with self._compiled_blocks(compiled):
+                with self._compiled_blocks(unet=compiled, decoder=compiled):
                     with applied, self._graphs_if_usable(training_paused, compiled), in_interval:
                         if request.is_variation:
                             latents = self._vary(prepared, request, seeds, self._encode(source), callback)
@@ -267,7 +254,7 @@ class Generator:
             negative_prompt=prepared.negative_prompt,
             width=width,
             height=height,
-            sampler=SAMPLER_NAME,
+            sampler=self.recipe.sampler,
             warnings=prepared.warnings,
             seconds=time.perf_counter() - started,
             denoising_strength=request.variation_strength if request.is_variation else None,
@@ -277,17 +264,22 @@ class Generator:
     def render(
         self, job: Render, *, adapter: str | None = None, blocks: CompiledBlocks | None = None, keep_graphs: bool = False,
     ) -> list[Image.Image]:
-        """Pictures from embeddings (renders.py): with a paused training's `adapter` merged into the
-        weights (a validation round: loras.merged_adapter) or with the plain base model (class images).
+        """Pictures from embeddings (renders.py) painted with `/imagine`'s recipe (recipe.py): with a
+        paused training's `adapter` merged into the weights as a pet's LoRA is (a validation round:
+        its picture for a prompt and seed is what `/imagine` paints with that checkpoint, prompt and
+        seed), or with the plain base model (class images).
 
         Replayed from the UNet's graphs; compiled where the shape was compiled ahead and no
         adapter is on the UNet, or in `blocks`, a training's compiled blocks, whose validation
-        variants were compiled with its step (engine/training/compile_ahead.py). With an adapter
-        on, the graphs go after the last picture (the training wants their memory back) unless
+        variants were compiled with its step (engine/training/compile_ahead.py); decoded by the
+        compiled VAE decoder where a request of this size compiled it. With an adapter on, the
+        graphs go after the last picture (the training wants their memory back) unless
         `keep_graphs`: then the next round replays them rather than warm up and capture again
         (0.2 s a round on an H200), and the caller releases them (`release_graphs`) when done.
         """
-        pipe = self.base.pipe  # the model's own pipeline and scheduler, as training's pictures always had
+        pipe, recipe = self.pipe, self.recipe
+        interval = recipe.interval_for(recipe.guidance, pipe)
+        decoder = self._compiled_decoder(job.size, training_compiled=blocks is not None)
         pictures: list[Image.Image] = []
         with self._lock, torch.no_grad():
             adapters = has_adapters(pipe)
@@ -295,20 +287,23 @@ class Generator:
                 with self._unet_for_pictures(adapters), merged_adapter(pipe, adapter) if adapter else nullcontext():
                     for prompts, negative, seeds in job.parts():
                         compiled = blocks is not None or self._runs_compiled((len(seeds), job.size, job.size), adapters)
-                        running = blocks.active() if blocks is not None else self._compiled_blocks(compiled)
-                        with running, self._graphs_if_usable(False, compiled):
+                        unet_blocks = blocks.active() if blocks is not None else self._compiled_blocks(unet=compiled, decoder=False)
+                        in_interval = interval.applied(pipe.unet, pipe.scheduler) if interval else nullcontext()
+                        with unet_blocks, self._graphs_if_usable(False, compiled), in_interval:
                             latents = pipe(
                                 prompt_embeds=prompts.embeds,
                                 pooled_prompt_embeds=prompts.pooled,
                                 negative_prompt_embeds=negative.embeds,
                                 negative_pooled_prompt_embeds=negative.pooled,
+                                # One CPU generator per picture, as `/imagine` seeds each of its images.
                                 generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
-                                num_inference_steps=job.steps,
-                                guidance_scale=job.guidance,
+                                num_inference_steps=recipe.steps,
+                                guidance_scale=recipe.guidance,
                                 height=job.size,
                                 width=job.size,
                                 output_type="latent",
                             ).images
+                        with decoder.active() if decoder is not None else nullcontext():
                             pictures += self._decode(latents)
             finally:
                 if adapters and not keep_graphs:
@@ -338,13 +333,26 @@ class Generator:
         return True
 
     @contextmanager
-    def _compiled_blocks(self, on: bool) -> Iterator[None]:
-        if not on:
+    def _compiled_blocks(self, *, unet: bool, decoder: bool) -> Iterator[None]:
+        """Inside, the UNet's and the VAE decoder's blocks run compiled as asked (both compiled ahead)."""
+        with ExitStack() as stack:
+            if unet:
+                assert self.ahead is not None
+                stack.enter_context(self.ahead.unet_blocks.active())
+            if decoder:
+                assert self.ahead is not None
+                stack.enter_context(self.ahead.decoder_blocks.active())
             yield
-            return
-        assert self.ahead is not None
-        with self.ahead.unet_blocks.active(), self.ahead.decoder_blocks.active():
-            yield
+
+    def _compiled_decoder(self, size: int, training_compiled: bool) -> CompiledBlocks | None:
+        """The VAE decoder's blocks if compiled for square pictures of this size: by a compiled training's
+        plan (engine/training/compile_ahead.py), or by a request of that size (any count: the VAE
+        decodes one picture at a time)."""
+        if training_compiled:
+            return compiled_blocks(self.pipe.vae.decoder)
+        if self.ahead is not None and self.ahead.decodes_compiled(size, size):
+            return self.ahead.decoder_blocks
+        return None
 
     @contextmanager
     def _graphs_if_usable(self, training_paused: bool, compiled: bool) -> Iterator[None]:

@@ -1,11 +1,9 @@
 """Pictures painted from prompt embeddings computed beforehand: a training's validation rounds and class images.
 
-Both used to call the diffusers pipeline directly, eagerly and one batch at a time: a
-validation round took 4.2-6.9 s on an H200 and a class image 3.3 s (docs/BENCHMARKS.md).
-`Generator.render` paints them on the same fast path as `/imagine` (its UNet CUDA graphs,
-its compiled blocks where the UNet's layers are the compiled ones, whole batches, its decode,
-a LoRA merged into the weights as pets are), but keeps what makes the pictures what they were:
-the model's own scheduler, guidance at every step, and one CPU generator per seed.
+`Generator.render` paints them with `/imagine`'s recipe (recipe.py) on `/imagine`'s fast path
+(its UNet CUDA graphs, its compiled blocks where the UNet's layers are the compiled ones, whole
+batches, its decode, a LoRA merged into the weights as pets are). The embeddings come from the
+training's cache: during a training the text encoders are off the GPU.
 """
 
 from __future__ import annotations
@@ -35,8 +33,6 @@ class Render:
     negative: PromptEmbeddings
     seeds: Sequence[int]
     size: int
-    steps: int
-    guidance: float
     batch: int
 
     def parts(self) -> Iterator[tuple[PromptEmbeddings, PromptEmbeddings, Sequence[int]]]:

@@ -30,6 +30,10 @@ MAX_SEED = 2**32 - 1  # A1111 and most tools show 32-bit seeds
 MIN_VARIATION_STRENGTH = 0.05
 MAX_VARIATION_STRENGTH = 1.0
 DEFAULT_VARIATION_STRENGTH = 0.6
+# /imagine's defaults, and so the recipe of a training's validation rounds and class images
+# (engine/generation/recipe.py). Plain numbers here: the bot offers them without importing torch.
+DEFAULT_STEPS = 30
+DEFAULT_GUIDANCE = 5.0
 
 
 class GenerationError(ValueError):
@@ -53,8 +57,8 @@ class GenerationRequest:
     pet_id: int | None = None
     negative_prompt: str = ""
     seed: int | None = None
-    steps: int = 30
-    guidance: float = 5.0
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
     size: str = "1:1"
     count: int = 1
     lora_scale: float = 1.0
@@ -79,9 +83,9 @@ class GenerationRequest:
             allowed = ", ".join(SIZE_PRESETS)
             raise GenerationError(f"Unknown size {self.size!r}: choose one of {allowed}.")
         if not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
-            raise GenerationError(f"Steps must be 1 to {MAX_STEPS} (got {self.steps}); 30 is a good default.")
+            raise GenerationError(f"Steps must be 1 to {MAX_STEPS} (got {self.steps}); {DEFAULT_STEPS} is a good default.")
         if not 1.0 <= self.guidance <= MAX_GUIDANCE:
-            raise GenerationError(f"Guidance must be 1 to {MAX_GUIDANCE:g} (got {self.guidance:g}); 5 is a good default.")
+            raise GenerationError(f"Guidance must be 1 to {MAX_GUIDANCE:g} (got {self.guidance:g}); {DEFAULT_GUIDANCE:g} is a good default.")
         if not 0.0 <= self.lora_scale <= MAX_LORA_SCALE:
             raise GenerationError(f"Strength must be 0 to {MAX_LORA_SCALE:g} (got {self.lora_scale:g}); 1 is the trained look.")
         if self.seed is not None and not 0 <= self.seed <= MAX_SEED:

@@ -122,7 +122,7 @@ def build_cache(
         cache.used_fp32_vae |= fp32_class
     if validation_prompts:
         cache.validation = encode_prompts(base, validation_prompts)
-        cache.validation_negative = encode_prompts(base, [""] * len(validation_prompts))
+        cache.validation_negative = no_negative(base, cache.validation)  # as `/imagine` paints without a negative prompt
     return cache
 
 

@@ -9,9 +9,9 @@ Two hosts training cats at the same moment must not both draw them: the drawing 
 the named lease 'class-images:<slug>' (renewed after every batch, expiring on the database's
 clock if that host dies) and the other waits for it, then finds the images there.
 
-They are painted by the worker's `Generator` (engine/generation/renders.py), several per
-pipeline call and compiled where its count-4 shape is: 3.3 s an image when each was its own
-eager pipeline call (docs/BENCHMARKS.md).
+They are painted by the worker's `Generator` with `/imagine`'s recipe (engine/generation/recipe.py),
+several per pipeline call and compiled where its count-4 shape is: 3.3 s an image when each was
+its own eager pipeline call (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -55,8 +55,6 @@ async def ensure_class_images(
     count: int,
     resolution: int,
     *,
-    steps: int = 25,
-    guidance: float = 5.0,
     should_stop: Callable[[], Awaitable[bool]],
     on_image: Callable[[int, int], None] | None = None,
 ) -> list[Path]:
@@ -79,8 +77,7 @@ async def ensure_class_images(
             await asyncio.sleep(WAIT_S)  # another worker is drawing this class: use its images
             continue
         try:
-            await _draw(db, store, generator, class_noun, missing, resolution, steps, guidance, lease, holder,
-                        should_stop, on_image)
+            await _draw(db, store, generator, class_noun, missing, resolution, lease, holder, should_stop, on_image)
         finally:
             await leases.release(db, lease, holder)
     return [await store.local_path(key) for key in wanted]
@@ -93,8 +90,6 @@ async def _draw(
     class_noun: str,
     missing: list[int],
     resolution: int,
-    steps: int,
-    guidance: float,
     lease: str,
     holder: str,
     should_stop: Callable[[], Awaitable[bool]],
@@ -107,7 +102,7 @@ async def _draw(
         if await should_stop():
             raise ClassImagesCancelled()
         indices = missing[start : start + batch]
-        pngs = await asyncio.to_thread(draw_class_images, generator, class_noun, indices, resolution, steps, guidance)
+        pngs = await asyncio.to_thread(draw_class_images, generator, class_noun, indices, resolution)
         for index, png in zip(indices, pngs, strict=True):
             await store.put_bytes(keys.class_image(class_noun, index), png)
             done += 1
@@ -117,9 +112,7 @@ async def _draw(
             return  # we stalled past the lease and another worker took over: it draws the rest
 
 
-def draw_class_images(
-    generator: Generator, class_noun: str, indices: list[int], resolution: int, steps: int, guidance: float
-) -> list[bytes]:
+def draw_class_images(generator: Generator, class_noun: str, indices: list[int], resolution: int) -> list[bytes]:
     """Images `indices` of the class (image i from seed i) by the plain base model, as PNG bytes.
 
     Any LoRA adapter on the UNet is switched off while drawing: the prior is the base model's
@@ -129,7 +122,7 @@ def draw_class_images(
     restore_encoders(base)
     prompts = encode_prompts(base, [class_prompt(class_noun)])
     prompts = prompts[[0] * len(indices)]
-    job = Render(prompts, no_negative(base, prompts), indices, resolution, steps, guidance, batch=len(indices))
+    job = Render(prompts, no_negative(base, prompts), indices, resolution, batch=len(indices))
     pngs = []
     for image in generator.render(job):
         buffer = io.BytesIO()

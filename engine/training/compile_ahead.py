@@ -6,10 +6,10 @@ CUDA graphs either way) and take 9 GiB less, but compiling them for a training t
 so compile was off. Now the worker compiles in its idle time, as it does for pictures
 (engine/generation/compile_ahead.py), one block variant per `step()`: a rehearsal trainer on
 synthetic latents (with the one adapter name every run uses, so the code fits every run)
-records one eager step's block calls and one UNet call of a validation round's, then each
-variant is compiled on its own (the step's forward and backward). A run whose plan is compiled
-runs its steps and its validation rounds compiled; any other trains eagerly (still from CUDA
-graphs) and has its plan queued for the next idle time: nobody waits.
+records one eager step's block calls, a validation round's UNet calls and its VAE decode, then
+each variant is compiled on its own (the step's forward and backward). A run whose plan is
+compiled runs its steps and its validation rounds compiled, their decode too; any other trains
+eagerly (still from CUDA graphs) and has its plan queued for the next idle time: nobody waits.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from engine.training.loop import (
     memory_for_training,
     plan_key,
     plan_memory,
-    validation_unet_batch,
+    validation_unet_batches,
 )
 from engine.training.params import TrainingParams
 
@@ -53,10 +53,11 @@ class TrainingCompileAhead:
     def __init__(self, base: BaseModel, backend: str | Callable[..., Any] = "inductor") -> None:
         self.base = base
         self.blocks = compiled_blocks(base.pipe.unet, backend)
+        self.decoder = compiled_blocks(base.pipe.vae.decoder, backend)  # shared with the Generator's
         self.ready: set[tuple[object, ...]] = set()
         self._wanted: deque[tuple[TrainingParams, LoopPlan]] = deque()
         self._trainer: LoraTrainer | None = None
-        self._left: list[tuple[BlockCall, bool]] = []  # (call, whether it is a training step's)
+        self._left: list[tuple[CompiledBlocks, BlockCall, bool]] = []  # (blocks, call, whether a training step's)
 
     def want(self, params: TrainingParams, plan: LoopPlan | None = None) -> None:
         """Queue a run's plan (by default the one `params` get with the memory free now)."""
@@ -87,13 +88,13 @@ class TrainingCompileAhead:
             log.info("compiling %d training block variants for %s", len(self._left), plan_key(params, plan))
             return True
         if self._left:
-            call, training = self._left.pop(0)
+            blocks, call, training = self._left.pop(0)
             if training:
                 with self._trainer.lora_inputs_uncast(), self._trainer.precision():
-                    self.blocks.compile_call(call, backward=True)
+                    blocks.compile_call(call, backward=True)
             else:
                 with painting(self._trainer):
-                    self.blocks.compile_call(call)
+                    blocks.compile_call(call)
             return True
         self.pause()
         self._wanted.popleft()
@@ -110,14 +111,18 @@ class TrainingCompileAhead:
             if self.base.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def _record(self, params: TrainingParams, plan: LoopPlan) -> tuple[LoraTrainer, list[tuple[BlockCall, bool]]]:
-        """A rehearsal trainer, eager, and the distinct block calls of one of its steps and of one
-        denoising step of its validation round."""
+    def _record(
+        self, params: TrainingParams, plan: LoopPlan,
+    ) -> tuple[LoraTrainer, list[tuple[CompiledBlocks, BlockCall, bool]]]:
+        """A rehearsal trainer, eager, and the distinct block calls of one of its steps, of its
+        validation round's denoising steps and of a round's decode."""
         rehearsal = dataclasses.replace(params, cuda_graphs=False, steps=1)
         trainer = LoraTrainer(self.base, rehearsal, synthetic_cache(self.base, params), plan)
         try:
-            calls = [(call, True) for call in self.blocks.record(lambda: trainer.train_step(0))]
-            calls += [(call, False) for call in self.blocks.record(lambda: validation_unet_call(trainer, params, plan))]
+            calls = [(self.blocks, call, True) for call in self.blocks.record(lambda: trainer.train_step(0))]
+            calls += [(self.blocks, call, False)
+                      for call in self.blocks.record(lambda: validation_unet_calls(trainer, params, plan))]
+            calls += [(self.decoder, call, False) for call in self.decoder.record(lambda: validation_decode(self.base, params))]
         except BaseException:
             trainer.close()
             raise
@@ -138,13 +143,23 @@ def painting(trainer: LoraTrainer) -> Iterator[None]:
         trainer.activate()
 
 
-def validation_unet_call(trainer: LoraTrainer, params: TrainingParams, plan: LoopPlan) -> None:
-    """One UNet call as a validation round's pipeline makes it (engine/generation/renders.py): its
-    batch, through the LoRA layers switched off."""
+def validation_unet_calls(trainer: LoraTrainer, params: TrainingParams, plan: LoopPlan) -> None:
+    """A UNet call of each batch a validation round's pipeline runs (`/imagine`'s recipe: guided
+    steps and steps outside the guidance interval), through the LoRA layers switched off."""
     pipe = trainer.base.pipe
     side = params.resolution // pipe.vae_scale_factor
     with painting(trainer):
-        pipe.unet(**blank_unet_inputs(pipe, validation_unet_batch(params, plan), (side, side)), return_dict=False)
+        for batch in validation_unet_batches(params, plan):
+            pipe.unet(**blank_unet_inputs(pipe, batch, (side, side)), return_dict=False)
+
+
+def validation_decode(base: BaseModel, params: TrainingParams) -> None:
+    """A validation picture's VAE decode (one picture at a time: the VAE decodes in slices)."""
+    vae = base.pipe.vae
+    side = params.resolution // base.pipe.vae_scale_factor
+    dtype = next(vae.post_quant_conv.parameters()).dtype
+    with torch.no_grad():
+        vae.decode(torch.zeros(1, vae.config.latent_channels, side, side, device=vae.device, dtype=dtype))
 
 
 def synthetic_cache(base: BaseModel, params: TrainingParams) -> TrainingCache:

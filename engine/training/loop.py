@@ -173,17 +173,18 @@ def photo_order(count: int, per_step: int, steps: int, seed: int, flip: bool) ->
     return torch.cat(order)[:needed].view(steps, per_step)
 
 
-def validation_unet_batch(params: TrainingParams, plan: LoopPlan) -> int:
-    """The UNet's batch in a validation round: its pictures per call, twice over when guided."""
+def validation_unet_batches(params: TrainingParams, plan: LoopPlan) -> tuple[int, int]:
+    """The UNet's batches in a validation round: its pictures per call twice over (the negative and
+    the prompt, inside the guidance interval), and once (the prompt alone, outside it)."""
     pictures = plan.render_batch(validation_prompt_count(params.validation_prompts))
-    return pictures * (2 if params.validation_guidance > 1 else 1)
+    return 2 * pictures, pictures
 
 
 def plan_key(params: TrainingParams, plan: LoopPlan) -> tuple[object, ...]:
     """What a run's compiled code depends on: the shapes of its micro-batches and validation
     rounds, its adapter's layers and how the UNet runs them (training/compile_ahead.py)."""
     return (params.resolution, params.rank, params.target_modules, plan.micro_batch, plan.gradient_checkpointing,
-            params.unet_images_per_step, validation_unet_batch(params, plan))
+            params.unet_images_per_step, validation_unet_batches(params, plan))
 
 
 class LoraTrainer:

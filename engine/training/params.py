@@ -37,14 +37,13 @@ class TrainingParams:
     prior_preservation: bool = False
     class_images: int = 100
     prior_loss_weight: float = 1.0
-    class_image_steps: int = 25  # inference steps per generated class image
     checkpoint_every: int = 100
     validate_every: int = 100  # 0 = only before the first and after the last step
     keep_checkpoints: int = 0  # 0 = keep all
     validation_prompts: tuple[str, ...] = ()  # empty = the instance prompt plus two creative ones; TOK = the pet
     validation_seed: int = 42  # prompt i uses validation_seed + i at every step, so steps compare like for like
-    validation_steps: int = 25
-    validation_guidance: float = 5.0
+    # Rounds and class images are painted with /imagine's recipe (engine/generation/recipe.py); a
+    # run stored with the steps and guidance they once had keeps those keys in `extra`.
     mode: str = "auto"  # fast (no gradient checkpointing, big micro-batches), lean, or auto from free memory
     gradient_checkpointing: bool | None = None  # None = decided by the mode
     micro_batch: int | None = None  # images per forward/backward; None = decided by the mode
@@ -85,11 +84,9 @@ class TrainingParams:
             (len(self.target_modules) > 0, "At least one target module is needed for the LoRA."),
             (not self.prior_preservation or self.class_images >= 1, "Prior preservation needs at least 1 class image."),
             (self.prior_loss_weight >= 0, "Prior loss weight cannot be negative."),
-            (self.class_image_steps >= 1, "Class image steps must be at least 1."),
             (self.checkpoint_every >= 1, "Checkpoint interval must be at least 1 step."),
             (self.validate_every >= 0, "Validation interval cannot be negative (0 = only at the start and end)."),
             (self.keep_checkpoints >= 0, "The number of checkpoints to keep cannot be negative (0 = keep all)."),
-            (self.validation_steps >= 1, "Validation steps must be at least 1."),
             (self.mode in MODES, f"The mode must be one of {', '.join(MODES)}."),
             (self.micro_batch is None or self.micro_batch >= 1, "Micro-batch must be at least 1."),
             (self.optimizer in OPTIMIZERS, f"The optimizer must be one of {', '.join(OPTIMIZERS)}."),

@@ -162,8 +162,7 @@ async def _class_images(
     if not params.prior_preservation:
         return []
     return await ensure_class_images(
-        db, store, generator, pet.class_noun, params.class_images, params.resolution,
-        steps=params.class_image_steps, should_stop=should_stop,
+        db, store, generator, pet.class_noun, params.class_images, params.resolution, should_stop=should_stop,
     )
 
 
@@ -367,8 +366,8 @@ class _Session:
         params, cache = self.params, self.cache
         assert cache.validation is not None and cache.validation_negative is not None
         seeds = [params.validation_seed + index for index in range(len(self.prompts))]
-        job = Render(cache.validation, cache.validation_negative, seeds, params.resolution, params.validation_steps,
-                     params.validation_guidance, self.plan.render_batch(len(self.prompts)))
+        job = Render(cache.validation, cache.validation_negative, seeds, params.resolution,
+                     self.plan.render_batch(len(self.prompts)))
         # Fast mode keeps the round's graph for the next round (its memory is in the plan's headroom);
         # lean mode gives it back to the training.
         pictures = self.generator.render(job, adapter=TRAINING_ADAPTER, blocks=self.trainer.compiled,
