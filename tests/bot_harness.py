@@ -6,6 +6,8 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +77,19 @@ class BotProcess:
         if not self.log_path.is_file():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@asynccontextmanager
+async def running(bot: BotProcess, fake: FakeDiscord) -> AsyncIterator[None]:
+    """A module's bot connected to the fake Discord while its stories run; afterwards both stop
+    and the bot's log is printed (pytest shows it when a story failed)."""
+    await bot.start(fake)
+    try:
+        yield
+    finally:
+        await bot.stop()
+        await fake.stop()
+        print(bot.log_tail(200))
 
 
 async def query(db: Database, sql: str, **params: Any) -> list[RowMapping]:

@@ -31,7 +31,7 @@ from storage.db import Database, open_database
 from storage.files import FileStore
 from storage.scores import run_scores
 
-from bot_harness import BotProcess, query, wait_for_rows
+from bot_harness import BotProcess, query, running, wait_for_rows
 from conftest import MODES, settings_env
 from fake_discord import FakeDiscord, StoredMessage
 from fake_discord.payloads import Channel, Guild, Member
@@ -87,14 +87,11 @@ async def world(
         carol=dogs.members[dogs.owner_id], general=fake.channel(cats, "general"),
         gallery=fake.add_channel(cats, "gallery"),
     )
-    await bot.start(fake)
     try:
-        yield world
+        async with running(bot, fake):
+            yield world
     finally:
-        await bot.stop()
-        await fake.stop()
         await db.close()
-        print(bot.log_tail(200))
 
 
 async def answer(world: World, record, timeout: float = 30, check=None) -> StoredMessage:

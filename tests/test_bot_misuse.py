@@ -20,7 +20,7 @@ import pytest_asyncio
 
 from config.settings import Settings
 
-from bot_harness import BotProcess
+from bot_harness import BotProcess, running
 from conftest import settings_env
 from fake_discord import FakeDiscord, StoredMessage
 from fake_discord.payloads import Channel, Guild, Member
@@ -55,13 +55,8 @@ async def world(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) 
     bot = BotProcess(env, folder / "bot.log")
     world = World(fake, bot, guild, fake.add_member(guild, "bob"), fake.add_member(guild, "mallory"),
                   fake.add_member(guild, "dave"), fake.channel(guild, "general"))
-    await bot.start(fake)
-    try:
+    async with running(bot, fake):
         yield world
-    finally:
-        await bot.stop()
-        await fake.stop()
-        print(bot.log_tail(200))
 
 
 async def answer(world: World, record, timeout: float = 60) -> StoredMessage:

@@ -21,7 +21,7 @@ import pytest_asyncio
 from config.settings import Settings
 from storage.db import Database, open_database
 
-from bot_harness import BotProcess, query
+from bot_harness import BotProcess, query, running
 from conftest import MODES, settings_env
 from fake_discord import FakeDiscord, StoredMessage
 from fake_discord.payloads import Channel, Guild, Member
@@ -74,14 +74,11 @@ async def world(
         general=fake.channel(cats, "general"), after_dark=fake.add_channel(cats, "after-dark", nsfw=True),
         gallery=fake.add_channel(cats, "gallery"), mods=fake.add_channel(cats, "mods"),
     )
-    await bot.start(fake)
     try:
-        yield world
+        async with running(bot, fake):
+            yield world
     finally:
-        await bot.stop()
-        await fake.stop()
         await db.close()
-        print(bot.log_tail(200))
 
 
 async def answer(world: World, record, timeout: float = 30) -> StoredMessage:

@@ -26,7 +26,7 @@ from engine.safety.checker import load_safety_checker
 from engine.safety.tiny import make_safety_checker
 from storage.db import open_database
 
-from bot_harness import BotProcess, query
+from bot_harness import BotProcess, query, running
 from conftest import settings_env
 from fake_discord import FakeDiscord, StoredMessage
 from fake_discord.payloads import Channel, Guild, Member
@@ -68,13 +68,8 @@ async def world(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) 
         mod=fake.add_moderator(cats, "mod"), general=fake.channel(cats, "general"),
         after_dark=fake.add_channel(cats, "after-dark", nsfw=True), gallery=fake.add_channel(cats, "gallery"),
     )
-    await bot.start(fake)
-    try:
+    async with running(bot, fake):
         yield world
-    finally:
-        await bot.stop()
-        await fake.stop()
-        print(bot.log_tail(200))
 
 
 async def paint(world: World, channel: Channel, member: Member | None = None, **options) -> tuple[StoredMessage, object]:
