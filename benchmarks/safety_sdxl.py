@@ -22,14 +22,13 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from measuring import pictures, timed
 
 from engine.safety.checker import SafetyChecker
 from engine.safety.tiny import build_safety_checker
@@ -40,23 +39,9 @@ TARGET_MS, TARGET_GB = 30.0, 1.5
 GB = 1e9
 
 
-def pictures(count: int, side: int, seed: int) -> list[Image.Image]:
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)) for _ in range(count)]
-
-
 def timed_ms(run, device: torch.device, repeats: int) -> float:
-    """Median wall time of `run()` in ms, the device synchronised around each."""
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        started = time.perf_counter()
-        run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+    """Median wall time of `run()` in ms over `repeats` calls."""
+    return statistics.median(timed(run, device) * 1000 for _ in range(repeats))
 
 
 def main() -> int:

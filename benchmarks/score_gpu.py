@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from measuring import pictures, timed
 
 from engine.scoring.scorer import Scorer, Subject, score_with
 from engine.scoring.tiny import make_scoring_models
@@ -38,21 +39,6 @@ GIB = 2**30
 TEXTS = ["a photo of cat", "an oil painting of cat in the style of van gogh, swirling starry sky",
          "cat wearing a tiny astronaut helmet, floating in space, digital art"]
 TARGET_ROUND_S, TARGET_EXTRA_GIB = 0.5, 1.5
-
-
-def pictures(count: int, side: int, seed: int) -> list[Image.Image]:
-    rng = np.random.default_rng(seed)
-    return [Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)) for _ in range(count)]
-
-
-def timed(run, device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    started = time.perf_counter()
-    run()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - started
 
 
 def main() -> int:
