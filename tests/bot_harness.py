@@ -14,8 +14,10 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import RowMapping
 
+from config.settings import Settings
 from storage.db import Database
 
+from conftest import settings_env
 from fake_discord import FakeDiscord
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,6 +79,16 @@ class BotProcess:
         if not self.log_path.is_file():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def bot_process(
+    settings: Settings, fake: FakeDiscord, folder: Path, worker_env: dict[str, str] | None = None, **extra: str
+) -> BotProcess:
+    """`pawtrait bot` for `settings` against `fake`: one worker of one thread, commands synced
+    globally (no development server), its log in `folder`; `extra` variables override these."""
+    env = {**settings_env(settings), **fake.bot_env(), "PAWTRAIT_WORKERS": "1", "PAWTRAIT_TEST_THREADS": "1", **extra}
+    env.pop("PAWTRAIT_DEV_GUILD", None)
+    return BotProcess(env, folder / "bot.log", worker_env)
 
 
 @asynccontextmanager

@@ -31,7 +31,7 @@ from storage.db import Database, open_database
 from storage.files import FileStore
 from storage.scores import run_scores
 
-from bot_harness import BotProcess, query, running, wait_for_rows
+from bot_harness import BotProcess, bot_process, query, running, wait_for_rows
 from conftest import MODES, settings_env
 from fake_discord import FakeDiscord, StoredMessage
 from fake_discord.payloads import Channel, Guild, Member
@@ -76,10 +76,7 @@ async def world(
         settings = distributed(settings, request)
         worker_env = dict(settings_env(settings), PAWTRAIT_DATA_DIR=str(folder / "worker-host"),
                           PAWTRAIT_TEST_THREADS="1")
-    env = settings_env(settings)
-    env.update(fake.bot_env(), PAWTRAIT_WORKERS="1", PAWTRAIT_TEST_THREADS="1")
-    env.pop("PAWTRAIT_DEV_GUILD", None)
-    bot = BotProcess(env, folder / "bot.log", worker_env)
+    bot = bot_process(settings, fake, folder, worker_env)
     db = await open_database(settings.database_url)
     world = World(
         fake=fake, bot=bot, db=db, store=file_store(settings), cats=cats, dogs=dogs,

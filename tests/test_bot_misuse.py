@@ -20,8 +20,7 @@ import pytest_asyncio
 
 from config.settings import Settings
 
-from bot_harness import BotProcess, running
-from conftest import settings_env
+from bot_harness import BotProcess, bot_process, running
 from fake_discord import FakeDiscord, StoredMessage
 from fake_discord.payloads import Channel, Guild, Member
 from photo_samples import encode, jpeg, varied_photo
@@ -49,10 +48,7 @@ async def world(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) 
     guild = fake.add_guild("Open Server", owner="owner")
     folder = tmp_path_factory.mktemp("bot")
     settings = Settings(data_dir=folder / "data", model=str(tiny_model_dir), vae=None, device="cpu", resolution=64)
-    env = settings_env(settings)
-    env.update(fake.bot_env(), PAWTRAIT_WORKERS="1", PAWTRAIT_TEST_THREADS="1")
-    env.pop("PAWTRAIT_DEV_GUILD", None)
-    bot = BotProcess(env, folder / "bot.log")
+    bot = bot_process(settings, fake, folder)
     world = World(fake, bot, guild, fake.add_member(guild, "bob"), fake.add_member(guild, "mallory"),
                   fake.add_member(guild, "dave"), fake.channel(guild, "general"))
     async with running(bot, fake):

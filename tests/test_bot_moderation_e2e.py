@@ -21,8 +21,8 @@ import pytest_asyncio
 from config.settings import Settings
 from storage.db import Database, open_database
 
-from bot_harness import BotProcess, query, running
-from conftest import MODES, settings_env
+from bot_harness import BotProcess, bot_process, query, running
+from conftest import MODES
 from fake_discord import FakeDiscord, StoredMessage
 from fake_discord.payloads import Channel, Guild, Member
 from photo_samples import jpeg
@@ -63,10 +63,7 @@ async def world(
         from conftest import distributed
 
         settings = distributed(settings, request)
-    env = settings_env(settings)
-    env.update(fake.bot_env(), PAWTRAIT_WORKERS="1", PAWTRAIT_TEST_THREADS="1", PAWTRAIT_MAX_QUEUED_GENERATIONS="20")
-    env.pop("PAWTRAIT_DEV_GUILD", None)
-    bot = BotProcess(env, folder / "bot.log")
+    bot = bot_process(settings, fake, folder, PAWTRAIT_MAX_QUEUED_GENERATIONS="20")
     db = await open_database(settings.database_url)
     world = World(
         fake=fake, bot=bot, db=db, cats=cats, dogs=dogs, alice=cats.members[cats.owner_id],

@@ -26,8 +26,7 @@ from engine.safety.checker import load_safety_checker
 from engine.safety.tiny import make_safety_checker
 from storage.db import open_database
 
-from bot_harness import BotProcess, query, running
-from conftest import settings_env
+from bot_harness import BotProcess, bot_process, query, running
 from fake_discord import FakeDiscord, StoredMessage
 from fake_discord.payloads import Channel, Guild, Member
 from photo_samples import jpeg
@@ -59,10 +58,7 @@ async def world(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) 
     cats = fake.add_guild("Cat Club", owner="alice")
     folder = tmp_path_factory.mktemp("bot")
     settings = Settings(data_dir=folder / "data", model=str(tiny_model_dir), vae=None, device="cpu", resolution=64)
-    env = settings_env(settings)
-    env.update(fake.bot_env(), PAWTRAIT_WORKERS="1", PAWTRAIT_TEST_THREADS="1")
-    env.pop("PAWTRAIT_DEV_GUILD", None)
-    bot = BotProcess(env, folder / "bot.log")
+    bot = bot_process(settings, fake, folder)
     world = World(
         fake=fake, bot=bot, folder=folder, settings=settings, cats=cats, alice=cats.members[cats.owner_id],
         mod=fake.add_moderator(cats, "mod"), general=fake.channel(cats, "general"),

@@ -8,8 +8,7 @@ from pathlib import Path
 
 from config.settings import Settings
 
-from bot_harness import BotProcess
-from conftest import settings_env
+from bot_harness import bot_process
 from fake_discord import FakeDiscord
 from photo_samples import jpeg
 
@@ -21,9 +20,7 @@ async def test_a_second_teach_within_the_cooldown_is_refused_in_plain_words(tmp_
     alice, bob = cats.members[cats.owner_id], fake.add_member(cats, "bob")
     general = fake.channel(cats, "general")
     settings = Settings(data_dir=tmp_path / "data", model=str(tiny_model_dir), vae=None, device="cpu", resolution=64)
-    env = dict(settings_env(settings), **fake.bot_env(), PAWTRAIT_WORKERS="0", PAWTRAIT_TEACH_COOLDOWN_S="600")
-    env.pop("PAWTRAIT_DEV_GUILD", None)
-    bot = BotProcess(env, tmp_path / "bot.log")
+    bot = bot_process(settings, fake, tmp_path, PAWTRAIT_WORKERS="0", PAWTRAIT_TEACH_COOLDOWN_S="600")
     await bot.start(fake)
     try:
         first = await fake.reply(await fake.slash(cats, alice, "teach", name="Mochi", photo1=("a.jpg", jpeg(1)),
