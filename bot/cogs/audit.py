@@ -40,7 +40,7 @@ class Audit(commands.Cog):
                 if len(text) + 1 + len(shown) > MESSAGE_LIMIT:
                     break
                 text += "\n" + shown
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
+        await interaction.response.send_message(text, ephemeral=True)
 
     @audit.autocomplete("pet")
     async def _pet_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:

@@ -63,7 +63,6 @@ if TYPE_CHECKING:
 TOK = re.compile(r"\bTOK\b")
 PREVIEW_EDIT_INTERVAL_S = 2.0
 _ACTIONS = {"reroll": ("🔁", "Reroll"), "share": ("📌", "Share"), "delete": ("🗑️", "Delete"), "report": ("🚩", "Report")}
-NO_MENTIONS = discord.AllowedMentions.none()
 
 
 async def default_pet(db: Queries, interaction: discord.Interaction) -> Pet:
@@ -113,7 +112,6 @@ async def queue_generation(
     await interaction.response.send_message(
         f"🎨 **{clip(request.prompt)}**{who}{seed}{varied} · {request.count} image{'s' * (request.count != 1)} · "
         f"{queue_line(position, wait)} (job #{job.id})",
-        allowed_mentions=NO_MENTIONS,
     )
     message = await interaction.original_response()
     await set_status_message(db, job.id, str(message.id))
@@ -400,7 +398,7 @@ async def _report(bot: PawtraitBot, interaction: discord.Interaction, generation
     )
     channel = bot.get_partial_messageable(int(settings.mod_channel_id), guild_id=interaction.guild_id)
     try:
-        await channel.send(clip(text, MESSAGE_LIMIT), allowed_mentions=NO_MENTIONS)
+        await channel.send(clip(text, MESSAGE_LIMIT))
     except discord.HTTPException:
         note(interaction, verdict="reported (could not post to the moderators' channel)")
         await interaction.edit_original_response(

@@ -37,7 +37,7 @@ class Queue(commands.Cog):
             mine = " ← yours" if job.user_id == str(interaction.user.id) else ""
             lines.append(f"`job {job.id}` {job.describe()} by <@{job.user_id}> · {where}{mine}")
         text = listing([], lines, left_out=len(jobs) - len(lines)) if lines else "Nothing queued or running: the GPU is free."
-        await interaction.response.send_message(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
+        await interaction.response.send_message(text, ephemeral=True)
 
     @app_commands.command(name="cancel", description="Cancel a queued or running job (default: your latest)")
     @app_commands.guild_only()
@@ -61,8 +61,7 @@ class Queue(commands.Cog):
             raise UserError(f"Job {target.id} already ended ({target.status}).")
         updated = await request_cancel(db, target.id)
         state = "cancelled" if updated.ended else "will stop at the next step; its checkpoints are kept"
-        await interaction.response.send_message(f"⏹️ Job {target.id} ({target.describe()}) {state}.",
-                                                allowed_mentions=discord.AllowedMentions.none())
+        await interaction.response.send_message(f"⏹️ Job {target.id} ({target.describe()}) {state}.")
 
 
 async def setup(bot: PawtraitBot) -> None:

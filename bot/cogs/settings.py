@@ -31,7 +31,6 @@ from storage.moderation import (
 if TYPE_CHECKING:
     from bot.app import PawtraitBot
 
-NO_MENTIONS = discord.AllowedMentions.none()
 
 
 def _channel(channel_id: str | None) -> str:
@@ -48,7 +47,7 @@ def settings_text(current: GuildSettings) -> str:
 
 async def _answer(interaction: discord.Interaction, text: str) -> None:
     """Privately, never pinging: the text may echo what a member typed."""
-    await interaction.response.send_message(clip(text, MESSAGE_LIMIT), ephemeral=True, allowed_mentions=NO_MENTIONS)
+    await interaction.response.send_message(clip(text, MESSAGE_LIMIT), ephemeral=True)
 
 
 class Settings(commands.Cog):

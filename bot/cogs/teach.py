@@ -189,7 +189,7 @@ class Teach(commands.Cog):
         sheet = [discord.File(report.contact_sheet, "contact-sheet.png")] if report.contact_sheet else []
         text, sheet = await fitted(text, sheet, interaction.filesize_limit)
         await interaction.edit_original_response(
-            content=text, attachments=sheet, allowed_mentions=discord.AllowedMentions.none()
+            content=text, attachments=sheet
         )
 
 

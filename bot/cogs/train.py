@@ -142,7 +142,6 @@ class Train(commands.Cog):
             + (" with prior preservation" if prior_preservation else "")
             + f": {queue_line(position, wait)} (job #{job.id}). Follow it in the thread; "
             f"react to the images you like best there.",
-            allowed_mentions=discord.AllowedMentions.none(),
         )
         reply = await interaction.original_response()
         status_text = f"⏳ Waiting for the GPU: {queue_line(position, wait)}."
@@ -178,7 +177,6 @@ class Train(commands.Cog):
         await interaction.response.send_message(
             f"📍 **{found.name}** now uses the checkpoint from step {step} (training #{chosen.run.id}), "
             f"as <@{interaction.user.id}> chose.",
-            allowed_mentions=discord.AllowedMentions.none(),
         )
 
     async def _checkpoint_list(self, pet: Pet) -> str:
