@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sdxl_random import UNET_CONFIG
 
-from engine.training.params import TrainingParams
+from engine.usecases.training.params import TrainingParams
 
 
 def unet_inputs(batch: int) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:

@@ -2,7 +2,7 @@
 
 No weights can be downloaded where this runs, so it builds the exact SDXL-base-1.0
 architecture with random weights directly on the GPU in bf16 (speed and memory do not
-depend on weight values) and drives the product's own `engine.generation.Generator`:
+depend on weight values) and drives the product's own `engine.gpu.generation.Generator`:
 1024², 30 steps, guidance 5. It measures batch 1 and 4, peak memory, pet LoRA loading and
 switching, the levers (CUDA graphs over the UNet calls vs eager, the guidance interval vs
 guiding every step, channels-last, cudnn.benchmark, cuDNN attention, fused QKV, fp32 vs bf16
@@ -41,12 +41,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sdxl_random import build_sdxl
 
-from engine.compile import compiled_blocks
-from engine.generation.generator import Generator, PetLora
-from engine.generation.guidance import GuidanceInterval
-from engine.generation.recipe import Recipe
-from engine.generation.request import GenerationRequest
-from engine.models import BaseModel
+from engine.gpu.compile import compiled_blocks
+from engine.gpu.generation.generator import Generator, PetLora
+from engine.gpu.generation.guidance import GuidanceInterval
+from engine.gpu.generation.recipe import Recipe
+from engine.gpu.models import BaseModel
+from engine.usecases.generation.request import GenerationRequest
 from storage.pets import Pet
 
 GIB = 2**30
@@ -149,7 +149,7 @@ def cold_start(model_dir: str, compile: bool = False) -> None:
     """In a fresh process: load the saved model from disk as the worker does, then one request."""
     started = time.perf_counter()
     from config.settings import Settings
-    from engine.models import load_base_model
+    from engine.gpu.models import load_base_model
 
     base = load_base_model(Settings(model=model_dir, vae=None, device="cuda"))
     loaded = time.perf_counter()

@@ -28,11 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train_sdxl import PROMPT, VALIDATION, build_base, write_photos
 
-from engine.compile import compiled_blocks
-from engine.cuda_graphs import CapturedCall, on_side_stream
-from engine.training.cache import build_cache
-from engine.training.loop import LoopPlan, LoraTrainer
-from engine.training.params import TrainingParams
+from engine.gpu.compile import compiled_blocks
+from engine.gpu.cuda_graphs import CapturedCall, on_side_stream
+from engine.gpu.training.cache import build_cache
+from engine.gpu.training.loop import LoopPlan, LoraTrainer
+from engine.usecases.training.params import TrainingParams
 
 # Kernel families, matched in this order on lower-cased kernel names.
 FAMILIES = (
@@ -242,7 +242,7 @@ def lora_ranks(base, cache, steps: int, ranks: tuple[int, ...], compiled: bool) 
 def aligned_rank(base, cache, steps: int) -> dict:
     """The product's rank-4 step trained 8 wide (loop.ALIGNED_RANK) against trained 4 wide as before,
     graphed, uncompiled, in fast and lean mode; and whether the widening stayed zero."""
-    import engine.training.loop as loop
+    import engine.gpu.training.loop as loop
 
     rows: dict = {}
     for mode, checkpointing, offload in (("fast", False, False), ("lean", True, True)):
@@ -274,7 +274,7 @@ def aligned_rank(base, cache, steps: int) -> dict:
 def optimizer_layouts(base, cache, steps: int) -> dict:
     """The step's clipping and 8-bit AdamW update over the LoRA's 1,120 tensors one by one (as the
     trainer runs them) against the same over one flat tensor: wall and host time per update."""
-    from engine.training.optimizer import build_optimizer
+    from engine.gpu.training.optimizer import build_optimizer
 
     params = TrainingParams(resolution=1024)
     trainer = LoraTrainer(base, params, cache, LoopPlan("fast", False, 4, False, "profile"))

@@ -5,7 +5,7 @@
 
 Servers are the tests' own (tests/services.py): a PostgreSQL cluster from the machine's binaries
 (fsync and synchronous_commit on: durable commits) and moto's S3 server, both on loopback.
-Workers are `python -m engine.worker` processes on the tiny random SDXL, each with its own
+Workers are `python -m engine.gpu.worker` processes on the tiny random SDXL, each with its own
 local folder and host id, as on separate machines.
 
 - pickup: an idle worker's delay from a job's commit to its claim (job row created_at ->
@@ -80,7 +80,7 @@ class Installation:
         folder = self.work / host if self.mode == "distributed" else self.work / "data"
         env = {**self.env, "PAWTRAIT_HOST_ID": host, "PAWTRAIT_DATA_DIR": str(folder), **extra}
         log = open(self.work / f"{host}.log", "ab")
-        process = subprocess.Popen([sys.executable, "-m", "engine.worker"], cwd=REPO, env=env, stdout=log, stderr=log)
+        process = subprocess.Popen([sys.executable, "-m", "engine.gpu.worker"], cwd=REPO, env=env, stdout=log, stderr=log)
         self.workers.append(process)
         return process
 
@@ -175,7 +175,7 @@ def release_pickup(release: Path, work: Path, model: Path, trials: int) -> dict:
            "PAWTRAIT_DEVICE": "cpu", "PAWTRAIT_RESOLUTION": "64", "OMP_NUM_THREADS": "1",
            "PAWTRAIT_DATA_DIR": str(work / "release-data"), "PAWTRAIT_MAX_QUEUED_GENERATIONS": "1000"}
     log = open(work / "release-worker.log", "ab")
-    worker = subprocess.Popen([sys.executable, "-m", "engine.worker"], cwd=release, env=env, stdout=log, stderr=log)
+    worker = subprocess.Popen([sys.executable, "-m", "engine.gpu.worker"], cwd=release, env=env, stdout=log, stderr=log)
     try:
         out = subprocess.run([sys.executable, "-c", RELEASE_PICKUP, str(trials)], cwd=release, env=env,
                              capture_output=True, text=True, check=True, timeout=3600).stdout
@@ -242,7 +242,7 @@ async def throughput(url: str, work: Path, jobs_count: int, processes: int) -> d
 
 
 async def failover(installation: Installation, trials: int) -> list[dict]:
-    from engine.training import TrainingParams, create_run
+    from engine.usecases.training import TrainingParams, create_run
     from storage import jobs, runs
     from storage.connect import open_storage
     from storage.pets import LOCAL_GUILD
@@ -427,7 +427,7 @@ def main() -> int:
     parser.add_argument("--release", type=Path, help="a checkout of the release (5e490ef) to measure its pickup too")
     args = parser.parse_args()
 
-    from engine.tiny_model import make_tiny_model
+    from engine.gpu.tiny_model import make_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="pawtrait-queue-bench-"))
     model = make_tiny_model(work / "tiny")

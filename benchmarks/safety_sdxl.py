@@ -2,7 +2,7 @@
 
 No weights can be downloaded where this runs, so it builds the Stable Diffusion safety checker
 (CLIP ViT-L/14 at 224², 17 + 3 concepts) with random weights directly on the device
-(engine/safety/tiny.py; time and memory do not depend on weight values) and screens pictures
+(engine/gpu/safety/tiny.py; time and memory do not depend on weight values) and screens pictures
 through the product's SafetyChecker, preprocessing on the device included, exactly as the worker
 does: half precision on CUDA, the PIL picture in, one verdict per picture out.
 
@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from measuring import pictures, timed
 
-from engine.safety.checker import SafetyChecker
-from engine.safety.tiny import build_safety_checker
+from engine.gpu.safety.checker import SafetyChecker
+from engine.gpu.safety.tiny import build_safety_checker
 
 # CLIPImageProcessor's defaults: what CompVis/stable-diffusion-safety-checker's preprocessor_config.json says.
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]

@@ -1,7 +1,7 @@
 """Checkpoint scoring on a GPU: one validation round through the product's Scorer.
 
 No weights can be downloaded where this runs, so it writes DINO ViT-S/16 and CLIP ViT-B/32
-with their real shapes and random weights (engine/scoring/tiny.py; time and memory do not
+with their real shapes and random weights (engine/gpu/scoring/tiny.py; time and memory do not
 depend on weight values), loads them the way a worker does, and scores validation rounds of
 3 pictures at 1024² against 15 reference photos whose embeddings are computed once and
 cached, as a training run does.
@@ -32,8 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from measuring import pictures, timed
 
-from engine.scoring.scorer import Scorer, Subject, score_with
-from engine.scoring.tiny import make_scoring_models
+from engine.gpu.scoring.scorer import Scorer, Subject, score_with
+from engine.gpu.scoring.tiny import make_scoring_models
 
 GIB = 2**30
 TEXTS = ["a photo of cat", "an oil painting of cat in the style of van gogh, swirling starry sky",

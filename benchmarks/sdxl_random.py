@@ -13,7 +13,7 @@ import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-from engine.tiny_model import write_tokenizer
+from engine.gpu.tiny_model import write_tokenizer
 
 SDXL_UNET_PARAMS = 2_567_463_684
 

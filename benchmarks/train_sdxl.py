@@ -36,17 +36,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sdxl_random import build_sdxl
 
 from config.settings import Settings
-from engine.compile import compiled_blocks
-from engine.generation.compile_ahead import CompileAhead
-from engine.generation.generator import Generator
-from engine.generation.renders import Render
-from engine.models import BaseModel, prepare_device
-from engine.training.cache import build_cache, offload_encoders, restore_encoders
-from engine.training.checkpoints import write_checkpoint
-from engine.training.class_images import BATCH, ensure_class_images
-from engine.training.compile_ahead import TrainingCompileAhead
-from engine.training.loop import TRAINING_ADAPTER, LoopPlan, LoraTrainer
-from engine.training.params import TrainingParams
+from engine.gpu.compile import compiled_blocks
+from engine.gpu.generation.compile_ahead import CompileAhead
+from engine.gpu.generation.generator import Generator
+from engine.gpu.generation.renders import Render
+from engine.gpu.models import BaseModel, prepare_device
+from engine.gpu.training.cache import build_cache, offload_encoders, restore_encoders
+from engine.gpu.training.checkpoints import write_checkpoint
+from engine.gpu.training.class_images import BATCH, ensure_class_images
+from engine.gpu.training.compile_ahead import TrainingCompileAhead
+from engine.gpu.training.loop import TRAINING_ADAPTER, LoopPlan, LoraTrainer
+from engine.usecases.training.params import TrainingParams
 from storage import keys, runs
 from storage.db import Database, open_database, sqlite_url
 from storage.files import DataDir, FileStore, LocalFiles
@@ -135,9 +135,9 @@ def timeline(seconds: dict[str, list[float]]) -> Iterator[None]:
     GPU (a loss read, pictures or a checkpoint copied to the host)."""
     from diffusers import StableDiffusionXLPipeline
 
-    import engine.cuda_graphs as graphs_module
-    import engine.generation.generator as generator_module
-    import engine.training.service as service_module
+    import engine.gpu.cuda_graphs as graphs_module
+    import engine.gpu.generation.generator as generator_module
+    import engine.gpu.training.service as service_module
 
     def add(label: str, start: float, synced: bool = True) -> None:
         if synced:
@@ -342,8 +342,8 @@ def diffusers_validation(base: BaseModel, cache, seeds: list[int], res: int, bat
 def previous_validation() -> Iterator[None]:
     """Validation as it was before its LoRA was merged (up to aee50af), for side-by-side figures: the
     training's adapter left live in the round, and compiled ahead live."""
-    import engine.generation.generator as generator_module
-    import engine.training.compile_ahead as compile_ahead_module
+    import engine.gpu.generation.generator as generator_module
+    import engine.gpu.training.compile_ahead as compile_ahead_module
 
     @contextmanager
     def live_adapter(pipe, _name: str) -> Iterator[None]:
@@ -485,8 +485,8 @@ def bench_end_to_end(
 ) -> dict:
     """execute_run itself, from photos to the last checkpoint, on a real SQLite database (its blocks
     compiled if `compile_ahead` is given); with `parts`, the time of each part of the run too."""
-    from engine.training.create import create_run
-    from engine.training.service import execute_run
+    from engine.gpu.training.service import execute_run
+    from engine.usecases.training.create import create_run
 
     async def run() -> dict:
         db, store, data = await embedded_install(work / f"e2e-{mode}-{compile_ahead is not None}-{label}")
@@ -495,7 +495,7 @@ def bench_end_to_end(
                                 compile=compile_ahead is not None)
         run_id = await create_run(db, store, pet, params)
         marks: list[tuple[str, float]] = []
-        from engine.training.hooks import TrainingHooks
+        from engine.usecases.training.hooks import TrainingHooks
 
         losses: list[float] = []
         hooks = TrainingHooks(
@@ -566,7 +566,7 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="pawtrait-bench-"))
     if args.tiny:
-        from engine.models import load_base_model
+        from engine.gpu.models import load_base_model
 
         build_s, base = timed(lambda: load_base_model(Settings(model=str(args.tiny), vae=None, device="cpu")))
     else:

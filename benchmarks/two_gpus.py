@@ -41,8 +41,8 @@ from sdxl_random import build_sdxl
 from train_sdxl import embedded_install, pet_with, write_photos
 
 from config.settings import Settings
-from engine.training import TrainingParams, create_run
-from engine.worker.supervisor import WorkerSupervisor
+from engine.gpu.worker.supervisor import WorkerSupervisor
+from engine.usecases.training import TrainingParams, create_run
 from storage import jobs, workers
 from storage.db import Database
 from storage.files import FileStore

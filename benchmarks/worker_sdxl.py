@@ -3,7 +3,7 @@
     python benchmarks/worker_sdxl.py --out worker_results.json [--steps 40] [--generations 3]
     python benchmarks/worker_sdxl.py --tiny MODEL_DIR   # a dry run on the CPU with the tiny model
 
-It drives the worker's own `Executor` (the code `python -m engine.worker` runs) over a real
+It drives the worker's own `Executor` (the code `python -m engine.gpu.worker` runs) over a real
 SQLite queue and the data folder as the file store (the one-host installation): a training job runs; while it trains, generation jobs (1024², 30 steps,
 guidance 5, the plain base model) are submitted one after another at arbitrary moments.
 For each one it reports the wait (submitted -> started, from the job rows) against one
@@ -37,10 +37,10 @@ from generate_sdxl import mean_pixel_diff
 from train_sdxl import build_base, embedded_install, peak_gib, pet_with, reset_peak, write_photos
 
 from config.settings import Settings
-from engine.generation.generator import Generator
-from engine.models import BaseModel
-from engine.training import TrainingParams, create_run
-from engine.worker.executor import Executor
+from engine.gpu.generation.generator import Generator
+from engine.gpu.models import BaseModel
+from engine.gpu.worker.executor import Executor
+from engine.usecases.training import TrainingParams, create_run
 from storage import jobs, runs
 from storage.pets import LOCAL_GUILD
 
@@ -69,15 +69,15 @@ class PlanLog(logging.Handler):
     def __init__(self) -> None:
         super().__init__()
         self.lines: list[str] = []
-        logging.getLogger("engine.training.service").addHandler(self)
-        logging.getLogger("engine.training.service").setLevel(logging.INFO)
+        logging.getLogger("engine.gpu.training.service").addHandler(self)
+        logging.getLogger("engine.gpu.training.service").setLevel(logging.INFO)
 
     def emit(self, record: logging.LogRecord) -> None:
         if " mode (" in (message := record.getMessage()):
             self.lines.append(message)
 
     def close(self) -> str | None:
-        logging.getLogger("engine.training.service").removeHandler(self)
+        logging.getLogger("engine.gpu.training.service").removeHandler(self)
         super().close()
         return self.lines[-1] if self.lines else None
 
@@ -190,7 +190,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="pawtrait-worker-bench-"))
     device = torch.device("cpu" if args.tiny else "cuda")
     if args.tiny:
-        from engine.models import load_base_model
+        from engine.gpu.models import load_base_model
 
         build = lambda: load_base_model(Settings(model=str(args.tiny), vae=None, device="cpu"))  # noqa: E731
     else:

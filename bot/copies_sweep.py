@@ -1,6 +1,6 @@
 """The bot's host keeps copies of a bucket's objects too (the pictures and contact sheets it
 posts): every PAWTRAIT_CACHE_SWEEP_S it drops the copies of objects any host deleted, as each
-worker's chore does (engine.worker.chores), so a bot-only host never keeps a forgotten pet."""
+worker's chore does (engine.gpu.worker.chores), so a bot-only host never keeps a forgotten pet."""
 
 from __future__ import annotations
 

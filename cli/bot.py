@@ -46,7 +46,7 @@ async def serve(settings: Settings, bot_settings: BotSettings) -> int:
     import discord
 
     from bot.app import PawtraitBot
-    from engine.worker.supervisor import WorkerSupervisor
+    from engine.gpu.worker.supervisor import WorkerSupervisor
 
     bot_settings.apply_endpoints()
     assert bot_settings.token is not None

@@ -36,7 +36,7 @@ def _torch_lines(settings: Settings) -> tuple[list[str], bool]:
     """torch and its device; the precision and memory the engine will use there."""
     import torch
 
-    from engine.device import PrecisionUnavailable, compute_dtype, describe, limit_gpu_memory, resolve_device
+    from engine.gpu.device import PrecisionUnavailable, compute_dtype, describe, limit_gpu_memory, resolve_device
 
     try:
         device = resolve_device(settings.device)
@@ -76,7 +76,7 @@ def _bitsandbytes_line() -> str:
 
 
 def _source_line(source: str | None, what: str) -> tuple[str, bool]:
-    from engine.models import describe_source
+    from engine.gpu.models import describe_source
 
     if source is None:
         return f"{what}: the base model's own", True

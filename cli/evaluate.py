@@ -76,8 +76,8 @@ def _score(value: float | None, digits: int = 2) -> str:
 
 
 async def _run_table(run_id: int, settings: Settings) -> int:
-    from engine.scoring.choice import run_standing, vote_emoji
-    from engine.scoring.suggest import RULE
+    from engine.usecases.scoring.choice import run_standing, vote_emoji
+    from engine.usecases.scoring.suggest import RULE
     from storage import runs
     from storage.db import open_database
     from storage.pets import get_pet
@@ -120,7 +120,7 @@ async def _run_table(run_id: int, settings: Settings) -> int:
 
 
 def _dreambench(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.scoring.dreambench import DreamBenchError, lora_file, loras_in, read_benchmark
+    from engine.gpu.scoring.dreambench import DreamBenchError, lora_file, loras_in, read_benchmark
 
     if args.images < 1 or args.steps < 1:
         return _fail("--images and --steps must be at least 1")
@@ -140,10 +140,10 @@ def _dreambench(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _paint_and_score(args: argparse.Namespace, settings: Settings, benchmark, loras: dict[str, Path]) -> int:
-    from engine.generation.generator import Generator, PetLora
-    from engine.models import ModelNotFound, load_base_model
-    from engine.scoring.dreambench import DreamBenchError, evaluate_subject, mean_of
-    from engine.scoring.scorer import Scorer
+    from engine.gpu.generation.generator import Generator, PetLora
+    from engine.gpu.models import ModelNotFound, load_base_model
+    from engine.gpu.scoring.dreambench import DreamBenchError, evaluate_subject, mean_of
+    from engine.gpu.scoring.scorer import Scorer
 
     print("loading the model...", file=sys.stderr)
     try:

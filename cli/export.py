@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from config.settings import Settings
-from engine.export import FORMATS
+from engine.usecases.export import FORMATS
 from storage.pets import LOCAL_GUILD
 
 
@@ -47,8 +47,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _export(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.export.choice import ExportError
-    from engine.export.folder import export_lora
+    from engine.usecases.export.choice import ExportError
+    from engine.usecases.export.folder import export_lora
     from storage.connect import open_storage
     from storage.pets import find_pet, list_pets
 

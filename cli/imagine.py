@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from config.settings import Settings
-from engine.generation.request import (
+from engine.usecases.generation.request import (
     DEFAULT_GUIDANCE,
     DEFAULT_STEPS,
     DEFAULT_VARIATION_STRENGTH,
@@ -71,10 +71,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 async def _imagine(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from engine.generation.generator import Generator
-    from engine.generation.service import generate_and_record
-    from engine.models import load_base_model
-    from engine.queueing import check_prompt
+    from engine.gpu.generation.generator import Generator
+    from engine.gpu.generation.service import generate_and_record
+    from engine.gpu.models import load_base_model
+    from engine.usecases.queueing import check_prompt
     from storage.connect import open_storage
     from storage.files import DataDir
     from storage.pets import LOCAL_GUILD, find_pet, list_pets
@@ -126,7 +126,7 @@ async def _detach(db, settings: Settings, request: GenerationRequest, pet) -> in
     import getpass
 
     from cli.jobs import print_detached
-    from engine.queueing import queue_generation
+    from engine.usecases.queueing import queue_generation
     from storage import jobs
     from storage.pets import LOCAL_GUILD
 

@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.worker.process import run_worker as serve
+    from engine.gpu.worker.process import run_worker as serve
 
     return asyncio.run(serve(settings, args.gpu))
 

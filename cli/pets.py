@@ -59,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def read_photo(path: Path) -> bytes:
     """At most one byte past the size limit: enough to refuse a huge video without reading all of it."""
-    from engine.intake.decode import MAX_FILE_BYTES
+    from engine.usecases.intake.decode import MAX_FILE_BYTES
 
     with open(path, "rb") as handle:
         return handle.read(MAX_FILE_BYTES + 1)
@@ -70,7 +70,7 @@ def run_teach(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _teach(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.teach import teach_photos
+    from engine.usecases.teach import teach_photos
 
     lines: dict[int, str] = {}
     files: list[tuple[str, bytes]] = []

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.tiny_model import make_tiny_model
+    from engine.gpu.tiny_model import make_tiny_model
 
     path = make_tiny_model(args.directory, seed=args.seed)
     print(f"wrote a tiny random SDXL pipeline to {path}")

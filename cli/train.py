@@ -14,7 +14,7 @@ import sys
 import threading
 
 from config.settings import Settings
-from engine.training.params import MODES, TrainingParams
+from engine.usecases.training.params import MODES, TrainingParams
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
 
@@ -93,8 +93,8 @@ async def _train(args: argparse.Namespace, settings: Settings) -> int:
     import getpass
 
     from cli.jobs import print_detached
-    from engine.queueing import queue_training
-    from engine.training.create import TrainingInputError, create_run
+    from engine.usecases.queueing import queue_training
+    from engine.usecases.training.create import TrainingInputError, create_run
     from storage import jobs, runs
     from storage.connect import open_storage
     from storage.pets import LOCAL_GUILD, find_pet, list_pets
@@ -130,12 +130,12 @@ async def _train(args: argparse.Namespace, settings: Settings) -> int:
 async def _execute(db, store, settings: Settings, run_id: int, pet_name: str) -> int:
     from tqdm import tqdm
 
-    from engine.generation.generator import Generator
-    from engine.models import ModelNotFound, load_base_model
-    from engine.scoring.scorer import Scorer
-    from engine.training.create import TrainingInputError
-    from engine.training.hooks import TrainingHooks
-    from engine.training.service import execute_run
+    from engine.gpu.generation.generator import Generator
+    from engine.gpu.models import ModelNotFound, load_base_model
+    from engine.gpu.scoring.scorer import Scorer
+    from engine.gpu.training.service import execute_run
+    from engine.usecases.training.create import TrainingInputError
+    from engine.usecases.training.hooks import TrainingHooks
     from storage import runs
     from storage.files import DataDir
 

@@ -27,12 +27,12 @@ BOT_ONLY_VARIABLES = frozenset({"DISCORD_TOKEN"})
 
 DEFAULT_MODEL = "stabilityai/stable-diffusion-xl-base-1.0"
 DEFAULT_VAE = "madebyollin/sdxl-vae-fp16-fix"
-# Guide only at SDXL noise levels in (0.28, 5.42]: Kynkäänniemi et al. 2024 (engine/generation/guidance.py).
+# Guide only at SDXL noise levels in (0.28, 5.42]: Kynkäänniemi et al. 2024 (engine/gpu/generation/guidance.py).
 DEFAULT_GUIDANCE_INTERVAL = (0.28, 5.42)
 # Checkpoint scores: the models the DreamBooth paper measured subject fidelity and prompt fidelity with.
 DEFAULT_SCORE_DINO = "facebook/dino-vits16"
 DEFAULT_SCORE_CLIP = "openai/clip-vit-base-patch32"
-# Pictures are screened before they are posted (engine/safety/checker.py says why this model).
+# Pictures are screened before they are posted (engine/gpu/safety/checker.py says why this model).
 DEFAULT_SAFETY_MODEL = "CompVis/stable-diffusion-safety-checker"
 
 
@@ -150,10 +150,10 @@ class Settings:
     files: str | None = None  # None: the data folder itself
     host_id: str = field(default_factory=socket.gethostname)
     worker_timeout_s: float = 20.0
-    scores: bool = True  # DINO / CLIP-I / CLIP-T of every validation round (engine/scoring)
+    scores: bool = True  # DINO / CLIP-I / CLIP-T of every validation round (engine/gpu/scoring)
     score_dino: str = DEFAULT_SCORE_DINO
     score_clip: str = DEFAULT_SCORE_CLIP
-    safety: bool = True  # pictures screened before posting, photos of people refused (engine/safety)
+    safety: bool = True  # pictures screened before posting, photos of people refused (engine/gpu/safety)
     safety_model: str = DEFAULT_SAFETY_MODEL
     extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 

@@ -2,7 +2,7 @@
 
 Front ends record a line for every command and button a member uses (bot/audit_log.py);
 the worker records a line per picture verdict. Lines outlive the pets and pictures they
-name (no foreign keys) until PAWTRAIT_AUDIT_DAYS prunes them (engine/worker/chores.py).
+name (no foreign keys) until PAWTRAIT_AUDIT_DAYS prunes them (engine/gpu/worker/chores.py).
 
 For a screening verdict on a picture, call
     record_audit(db, guild_id, user_id, "picture screening", "flagged", detail=..., job_id=..., generation_id=...)

@@ -3,7 +3,7 @@ which per-member limit applies, and how front ends and failures describe it.
 
 Everything that depends on a job's kind reads it here (the queue's order, `/queue`,
 `pawtrait jobs`, failure messages); the worker maps each kind to the function that runs
-it (engine.worker.executor.RUNNERS) and refuses to start if one is missing.
+it (engine.gpu.worker.executor.RUNNERS) and refuses to start if one is missing.
 """
 
 from __future__ import annotations

@@ -69,7 +69,7 @@ training_runs = Table(
     Column("started_at", Timestamp),
     Column("finished_at", Timestamp),
     Column("chosen_checkpoint_id", Integer, ForeignKey("checkpoints.id", ondelete="SET NULL", use_alter=True)),
-    # The rule's choice when the training ended (engine/scoring/choice.py), recorded once.
+    # The rule's choice when the training ended (engine/usecases/scoring/choice.py), recorded once.
     Column("choice_step", Integer),
     Column("choice_reason", Text),
     Column("choice_votes", Text),  # JSON: votes counted per checkpoint step
@@ -101,7 +101,7 @@ validation_images = Table(
     Column("path", Text, nullable=False),
     Column("message_id", Text),
     _created(),
-    # Scores of the picture (engine/scoring); empty when it was rendered without scoring.
+    # Scores of the picture (engine/gpu/scoring); empty when it was rendered without scoring.
     Column("dino", Float),
     Column("clip_i", Float),
     Column("clip_t", Float),

@@ -1,6 +1,6 @@
 """Checkpoint scores as stored: per validation picture, and averaged per step of a run.
 
-The numbers are the DreamBooth paper's (engine/scoring computes them): `dino` and `clip_i`
+The numbers are the DreamBooth paper's (engine/gpu/scoring computes them): `dino` and `clip_i`
 say how much a picture looks like the pet's own photos, `clip_t` how well it follows its
 prompt. A run's step 0 renders the same prompts and seeds with the untrained model: it is
 the reference every checkpoint is compared with.

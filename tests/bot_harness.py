@@ -43,7 +43,7 @@ class BotProcess:
         env = dict(self.env, **extra_env)
         if self.worker_env is not None:
             if env.get("PAWTRAIT_WORKERS") != "0":
-                self.worker = await self._spawn(["-m", "engine.worker"], self.worker_env)
+                self.worker = await self._spawn(["-m", "engine.gpu.worker"], self.worker_env)
             env["PAWTRAIT_WORKERS"] = "0"
         self.process = await self._spawn(["-m", "cli.main", "bot"], env)
         await fake.wait_until(

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from config.settings import Settings
-from engine.generation.generator import Generator
-from engine.models import BaseModel, load_base_model
+from engine.gpu.generation.generator import Generator
+from engine.gpu.models import BaseModel, load_base_model
 from storage.connect import file_store
 from storage.db import Database, open_database
 from storage.files import DataDir, FileStore
@@ -51,7 +51,7 @@ def mode(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny random SDXL, written once per test session with save_pretrained."""
-    from engine.tiny_model import make_tiny_model
+    from engine.gpu.tiny_model import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sdxl")
 
@@ -76,11 +76,11 @@ def data(settings: Settings) -> DataDir:
 
 @pytest.fixture(scope="session", autouse=True)
 def scoring_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
-    """Tiny random DINO and CLIP folders (engine/scoring/tiny.py), configured for every process the
+    """Tiny random DINO and CLIP folders (engine/gpu/scoring/tiny.py), configured for every process the
     tests start, so no test downloads the real scoring models; yields (dino folder, clip folder)."""
     from people_helpers import see_no_people
 
-    from engine.scoring.tiny import make_scoring_models
+    from engine.gpu.scoring.tiny import make_scoring_models
 
     dino, clip = make_scoring_models(tmp_path_factory.mktemp("scoring"))
     see_no_people((dino, clip))  # every training's photo check passes, as for real photos of pets
@@ -92,9 +92,9 @@ def scoring_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[P
 
 @pytest.fixture(scope="session", autouse=True)
 def safety_model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A tiny random safety checker that flags nothing (engine/safety/tiny.py), configured for
+    """A tiny random safety checker that flags nothing (engine/gpu/safety/tiny.py), configured for
     every process the tests start, so every picture is screened as in production; yields its folder."""
-    from engine.safety.tiny import make_safety_checker
+    from engine.gpu.safety.tiny import make_safety_checker
 
     folder = make_safety_checker(tmp_path_factory.mktemp("safety") / "checker")
     with pytest.MonkeyPatch.context() as patch:

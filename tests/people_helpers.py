@@ -1,4 +1,4 @@
-"""Tiny CLIP models that see people exactly where a test says (engine/safety/people.py).
+"""Tiny CLIP models that see people exactly where a test says (engine/gpu/safety/people.py).
 
 A random tiny CLIP has no idea what a person is: its nearest description of a photo is
 arbitrary. These helpers solve one of its projections (least squares, exact for a few inputs)
@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from transformers import CLIPProcessor
 
-from engine.safety.people import NOT_PERSON, PERSON
-from engine.scoring.models import ScoringModels, load_models
+from engine.gpu.safety.people import NOT_PERSON, PERSON
+from engine.gpu.scoring.models import ScoringModels, load_models
 
 from photo_samples import varied_photo
 

@@ -13,7 +13,7 @@ import zlib
 import numpy as np
 from PIL import Image, ImageDraw
 
-import engine.intake.decode  # noqa: F401  (registers the HEIF opener/saver)
+import engine.usecases.intake.decode  # noqa: F401  (registers the HEIF opener/saver)
 
 
 def varied_photo(seed: int, size: tuple[int, int] = (640, 560)) -> Image.Image:

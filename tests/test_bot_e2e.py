@@ -24,7 +24,7 @@ import pytest_asyncio
 from PIL import Image
 
 from config.settings import Settings
-from engine.scoring.suggest import suggest
+from engine.usecases.scoring.suggest import suggest
 from storage import keys, runs
 from storage.connect import file_store
 from storage.db import Database, open_database
@@ -477,7 +477,7 @@ async def test_with_no_votes_the_suggested_checkpoint_is_kept_and_the_owner_down
     assert "AUTOMATIC1111" in download.text() and "models/Lora" in download.text()
     checkpoint = (await query(world.db, "SELECT path FROM checkpoints WHERE run_id = :run AND step = :step",
                               run=run_id, step=suggested.step))[0]["path"]
-    # The file engine/export makes (test_export loads it in diffusers to the checkpoint's weights).
+    # The file engine/usecases/export makes (test_export loads it in diffusers to the checkpoint's weights).
     assert data == (await world.store.local_path(f"{checkpoint}/download-fp16.safetensors")).read_bytes()
     missing = await answer(world, await fake.slash(world.dogs, world.carol, "lora", pet="Bella", step=3))
     assert missing.ephemeral and "no checkpoint at step 3" in missing.text()

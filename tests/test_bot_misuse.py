@@ -107,7 +107,7 @@ async def test_pet_names_that_are_mentions_never_ping_anyone_but_the_owner(world
 async def test_a_worker_process_gets_no_discord_token(world: World) -> None:
     """The bot has DISCORD_TOKEN in its environment; the worker it starts must not."""
     bot_pid = world.bot.process.pid
-    workers = [pid for pid in _children(bot_pid) if b"engine.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    workers = [pid for pid in _children(bot_pid) if b"engine.gpu.worker" in Path(f"/proc/{pid}/cmdline").read_bytes()]
     assert workers, "the bot runs no worker process"
     for pid in workers:
         names = {entry.split(b"=", 1)[0] for entry in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")}

@@ -9,7 +9,7 @@ from discord import app_commands
 from bot.command_sync import command_payload, payload_hash
 from bot.settings import BotSettings
 from config.settings import SettingsError
-from engine.scoring.choice import pick_step
+from engine.usecases.scoring.choice import pick_step
 from storage.scores import RunScores
 
 UNSCORED = RunScores(reference=None, steps=[])
@@ -61,7 +61,7 @@ def test_endpoints_and_dev_guild_are_checked() -> None:
 
 
 async def test_votes_in_the_database_choose_and_activate_a_checkpoint(db) -> None:
-    from engine.scoring.choice import choose_checkpoint
+    from engine.usecases.scoring.choice import choose_checkpoint
     from storage.pets import create_pet, get_pet
     from storage.runs import add_checkpoint, add_validation_image, add_vote, insert_run
 

@@ -11,7 +11,7 @@ import pytest
 from bot.cogs.train import Train
 from bot.job_relay import JobUpdate
 from config.settings import Settings
-from engine.scoring.choice import choose_checkpoint
+from engine.usecases.scoring.choice import choose_checkpoint
 from storage import jobs
 from storage.db import Database
 from storage.discord_posts import add_discord_job, get_discord_job

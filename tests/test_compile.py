@@ -1,4 +1,4 @@
-"""Compiled blocks (engine/compile.py): what is recorded ahead is exactly what later calls need."""
+"""Compiled blocks (engine/gpu/compile.py): what is recorded ahead is exactly what later calls need."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 from diffusers.models.resnet import ResnetBlock2D
 from torch._dynamo.utils import counters
 
-from engine.compile import CompiledBlocks
+from engine.gpu.compile import CompiledBlocks
 
 
 def counting_backend() -> tuple[list[int], object]:

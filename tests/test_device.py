@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from engine.device import GIB, GpuNotVisible, capped, compute_dtype, pin_to_gpu
+from engine.gpu.device import GIB, GpuNotVisible, capped, compute_dtype, pin_to_gpu
 
 
 def test_a_cpu_computes_in_fp32_whatever_precision_is_asked_for() -> None:

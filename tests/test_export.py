@@ -23,13 +23,13 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from config.settings import Settings
-from engine.export.choice import ExportError
-from engine.export.download import download_caption, export_command, prepare_download, too_big_message
-from engine.export.folder import export_lora, validation_scores
-from engine.generation.generator import Generator
-from engine.models import load_base_model
-from engine.training import TrainingParams, create_run
-from engine.training.service import execute_run
+from engine.gpu.generation.generator import Generator
+from engine.gpu.models import load_base_model
+from engine.gpu.training.service import execute_run
+from engine.usecases.export.choice import ExportError
+from engine.usecases.export.download import download_caption, export_command, prepare_download, too_big_message
+from engine.usecases.export.folder import export_lora, validation_scores
+from engine.usecases.training import TrainingParams, create_run
 from storage import runs
 from storage.connect import open_storage
 from storage.files import DataDir
@@ -272,7 +272,7 @@ async def test_the_bot_prepares_a_download_without_torch(trained: Trained) -> No
     script = """
 import asyncio, sys
 from config.settings import Settings
-from engine.export.download import prepare_download
+from engine.usecases.export.download import prepare_download
 from storage.connect import open_storage
 from storage.pets import LOCAL_GUILD, find_pet
 
@@ -297,6 +297,6 @@ assert "torch" not in sys.modules, "torch was imported"
 
 def test_a_pet_has_its_own_download_name() -> None:
     pet = Pet(1, LOCAL_GUILD, "owner", "Señor Miau!", "qzxvk", "cat", None, "2025-01-01T00:00:00Z")
-    from engine.export.naming import download_filename
+    from engine.usecases.export.naming import download_filename
 
     assert download_filename(pet, 300) == "senor-miau-qzxvk-step300.safetensors"

@@ -21,13 +21,13 @@ from PIL import Image
 from sqlalchemy import func, select
 
 from config.settings import Settings
-from engine.generation.generator import Generator, PetLora
-from engine.generation.guidance import GuidanceInterval
-from engine.generation.metadata import CHUNK, Parameters, format_parameters, parse_parameters
-from engine.generation.recipe import Recipe
-from engine.generation.request import SIZE_PRESETS, GenerationError, GenerationRequest
-from engine.generation.service import generate_and_record
-from engine.models import load_base_model
+from engine.gpu.generation.generator import Generator, PetLora
+from engine.gpu.generation.guidance import GuidanceInterval
+from engine.gpu.generation.recipe import Recipe
+from engine.gpu.generation.service import generate_and_record
+from engine.gpu.models import load_base_model
+from engine.usecases.generation.metadata import CHUNK, Parameters, format_parameters, parse_parameters
+from engine.usecases.generation.request import SIZE_PRESETS, GenerationError, GenerationRequest
 from storage import keys, runs
 from storage.files import DataDir, FileStore
 from storage.generations import get_generation

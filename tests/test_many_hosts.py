@@ -1,7 +1,7 @@
 """Many hosts on one machine: worker processes with their own local folders and host ids,
 sharing one PostgreSQL and one S3 endpoint (both real servers), on the tiny model.
 
-A "host" is a `python -m engine.worker` process with its own PAWTRAIT_DATA_DIR (a cache) and
+A "host" is a `python -m engine.gpu.worker` process with its own PAWTRAIT_DATA_DIR (a cache) and
 PAWTRAIT_HOST_ID, so it can neither see the other's files nor its process ids: everything
 they share goes through the database and the bucket, as on separate machines.
 """

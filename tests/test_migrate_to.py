@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 
 from config.settings import Settings
-from engine.generation.generator import Generator
-from engine.generation.request import GenerationRequest
-from engine.generation.service import generate_and_record
-from engine.models import load_base_model
-from engine.teach import teach_photos
-from engine.training import TrainingParams, create_run
-from engine.training.service import execute_run
+from engine.gpu.generation.generator import Generator
+from engine.gpu.generation.service import generate_and_record
+from engine.gpu.models import load_base_model
+from engine.gpu.training.service import execute_run
+from engine.usecases.generation.request import GenerationRequest
+from engine.usecases.teach import teach_photos
+from engine.usecases.training import TrainingParams, create_run
 from storage import runs, transfer, workers
 from storage.connect import open_storage
 from storage.files import DataDir

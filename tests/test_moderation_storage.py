@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from engine.worker import chores
+from engine.gpu.worker import chores
 from storage.audit import audit_lines, audit_lines_of_job, record_audit
 from storage.db import Database
 from storage.dialects import utc_now_minus

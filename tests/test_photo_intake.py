@@ -8,11 +8,11 @@ from collections.abc import Callable
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
-from engine.intake.contact_sheet import GAP, THUMBNAIL, contact_sheet_png
-from engine.intake.crop import CropBox, prepare_square
-from engine.intake.decode import decode_photo
-from engine.intake.hashing import NEAR_DUPLICATE_BITS, difference_hash, hash_distance
-from engine.intake.screening import KnownPhoto, Verdict, screen_files
+from engine.usecases.intake.contact_sheet import GAP, THUMBNAIL, contact_sheet_png
+from engine.usecases.intake.crop import CropBox, prepare_square
+from engine.usecases.intake.decode import decode_photo
+from engine.usecases.intake.hashing import NEAR_DUPLICATE_BITS, difference_hash, hash_distance
+from engine.usecases.intake.screening import KnownPhoto, Verdict, screen_files
 
 import photo_samples as samples
 

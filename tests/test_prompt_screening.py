@@ -1,4 +1,4 @@
-"""Prompt screening (engine.moderation.prompts): what a member typing /imagine gets refused, and what passes."""
+"""Prompt screening (engine.usecases.moderation.prompts): what a member typing /imagine gets refused, and what passes."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.generation.request import GenerationRequest
-from engine.moderation.prompts import PromptRefused, block_word_problem, screen_prompt
-from engine.queueing import queue_generation
+from engine.usecases.generation.request import GenerationRequest
+from engine.usecases.moderation.prompts import PromptRefused, block_word_problem, screen_prompt
+from engine.usecases.queueing import queue_generation
 from storage import jobs
 from storage.audit import record_audit
 from storage.moderation import add_block_word

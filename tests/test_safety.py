@@ -17,17 +17,17 @@ from people_helpers import person_clip
 from PIL import Image
 
 from config.settings import Settings
-from engine.generation.generator import Generator
-from engine.generation.request import GenerationRequest
-from engine.generation.service import generate_and_record
-from engine.models import BaseModel
-from engine.safety.checker import load_safety_checker
-from engine.safety.people import NOT_PERSON, PeopleInPhotos, refuse_people
-from engine.safety.screening import Screening, ScreeningUnavailable
-from engine.safety.tiny import make_safety_checker
-from engine.scoring.scorer import Scorer
-from engine.worker.events import LoopBridge
-from engine.worker.executor import Executor, JobReporter
+from engine.gpu.generation.generator import Generator
+from engine.gpu.generation.service import generate_and_record
+from engine.gpu.models import BaseModel
+from engine.gpu.safety.checker import load_safety_checker
+from engine.gpu.safety.people import NOT_PERSON, PeopleInPhotos, refuse_people
+from engine.gpu.safety.screening import Screening, ScreeningUnavailable
+from engine.gpu.safety.tiny import make_safety_checker
+from engine.gpu.scoring.scorer import Scorer
+from engine.gpu.worker.events import LoopBridge
+from engine.gpu.worker.executor import Executor, JobReporter
+from engine.usecases.generation.request import GenerationRequest
 from storage import jobs, runs
 from storage.files import DataDir, FileStore
 from storage.generations import get_generation

@@ -22,8 +22,8 @@ from people_helpers import person_clip
 from PIL import Image
 
 from config.settings import Settings
-from engine.safety.checker import load_safety_checker
-from engine.safety.tiny import make_safety_checker
+from engine.gpu.safety.checker import load_safety_checker
+from engine.gpu.safety.tiny import make_safety_checker
 from storage.db import open_database
 
 from bot_harness import BotProcess, bot_process, query, running

@@ -13,14 +13,15 @@ import torch
 from PIL import Image
 
 from config.settings import DEFAULT_SCORE_CLIP, DEFAULT_SCORE_DINO, Settings, SettingsError
-from engine.generation.generator import Generator
-from engine.scoring.choice import choose_checkpoint
-from engine.scoring.prompts import without_token
-from engine.scoring.scorer import Scorer, Subject
-from engine.scoring.suggest import RULE, TOLERANCE, break_tie, suggest
-from engine.training import TrainingHooks, TrainingParams, create_run, execute_run
-from engine.worker.events import LoopBridge
-from engine.worker.executor import JobReporter
+from engine.gpu.generation.generator import Generator
+from engine.gpu.scoring.scorer import Scorer, Subject
+from engine.gpu.training.service import execute_run
+from engine.gpu.worker.events import LoopBridge
+from engine.gpu.worker.executor import JobReporter
+from engine.usecases.scoring.choice import choose_checkpoint
+from engine.usecases.scoring.prompts import without_token
+from engine.usecases.scoring.suggest import RULE, TOLERANCE, break_tie, suggest
+from engine.usecases.training import TrainingHooks, TrainingParams, create_run
 from storage import jobs, keys, runs
 from storage.files import DataDir, FileStore
 from storage.pets import LOCAL_GUILD, create_pet, get_pet
@@ -75,7 +76,7 @@ def test_models_that_cannot_be_loaded_warn_once_and_give_no_scores(
     not_a_model.mkdir()
     for dino in (str(tmp_path / "missing"), str(not_a_model)):
         broken = Scorer(dino, str(scoring_models[1]))
-        with caplog.at_level(logging.WARNING, logger="engine.scoring.scorer"):
+        with caplog.at_level(logging.WARNING, logger="engine.gpu.scoring.scorer"):
             caplog.clear()
             assert broken.score(Subject([picture(1)]), [picture(1)], ["a cat"], CPU) is None
             assert broken.score(Subject([picture(1)]), [picture(1)], ["a cat"], CPU) is None
@@ -416,7 +417,7 @@ async def test_eval_dreambench_paints_and_scores_each_subjects_prompts_with_its_
 def test_the_chart_is_a_picture_of_both_scores_by_step_and_nothing_without_scores() -> None:
     from io import BytesIO
 
-    from engine.scoring.chart import score_chart
+    from engine.usecases.scoring.chart import score_chart
     from storage.scores import RunScores
 
     steps = table([0.45, 0.58, 0.64, 0.70], [0.31, 0.30, 0.29, 0.24])

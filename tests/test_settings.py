@@ -153,12 +153,12 @@ def test_cli_stops_start_up_with_one_line(tmp_path: Path) -> None:
 
 
 def test_a_worker_stops_start_up_with_one_line(tmp_path: Path) -> None:
-    result = start(tmp_path, "engine.worker", PAWTRAIT_WORKER_TIMEOUT_S="1")
+    result = start(tmp_path, "engine.gpu.worker", PAWTRAIT_WORKER_TIMEOUT_S="1")
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "pawtrait worker: PAWTRAIT_WORKER_TIMEOUT_S='1' is not valid: expected seconds from 3 to 3600 (e.g. 20)"
     )
-    result = start(tmp_path, "engine.worker", PAWTRAIT_HOST_ID="gpu box 2")
+    result = start(tmp_path, "engine.gpu.worker", PAWTRAIT_HOST_ID="gpu box 2")
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "pawtrait worker: PAWTRAIT_HOST_ID='gpu box 2' is not valid: expected a name without spaces or ':'"
@@ -166,10 +166,10 @@ def test_a_worker_stops_start_up_with_one_line(tmp_path: Path) -> None:
 
 
 def test_a_worker_told_to_use_a_gpu_that_is_not_there_says_so(tmp_path: Path) -> None:
-    result = start(tmp_path, "engine.worker", "--gpu", "2", CUDA_VISIBLE_DEVICES="0,1")
+    result = start(tmp_path, "engine.gpu.worker", "--gpu", "2", CUDA_VISIBLE_DEVICES="0,1")
     assert result.returncode == 1
     assert "there is no GPU 2 here: CUDA_VISIBLE_DEVICES shows 2 GPUs (0,1); count from 0" in result.stderr
-    result = start(tmp_path, "engine.worker", "--gpu", "0", CUDA_VISIBLE_DEVICES="", PAWTRAIT_DEVICE="auto")
+    result = start(tmp_path, "engine.gpu.worker", "--gpu", "0", CUDA_VISIBLE_DEVICES="", PAWTRAIT_DEVICE="auto")
     assert result.returncode == 1 and "there is no GPU 0 here" in result.stderr
     assert not (tmp_path / "data").exists()  # stopped before touching anything
 

@@ -13,9 +13,9 @@ import pytest
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
-import engine.teach
+import engine.usecases.teach
 from config.settings import Settings
-from engine.teach import TeachError, teach_photos
+from engine.usecases.teach import TeachError, teach_photos
 from storage import jobs, keys, leases, retention, workers
 from storage.db import Database, open_database
 from storage.dialects import utc_now_minus
@@ -152,14 +152,14 @@ async def test_a_failure_while_adding_to_a_pet_keeps_exactly_what_it_had(db, sto
 
     # The database refuses the second new row (after its files were written): a real constraint
     # violation, its photo pointing at a pet that does not exist.
-    real_insert = engine.teach.insert_photo
+    real_insert = engine.usecases.teach.insert_photo
     calls = {"n": 0}
 
     async def second_row_refused(db, pet_id, **kwargs):
         calls["n"] += 1
         return await real_insert(db, 987654 if calls["n"] == 2 else pet_id, **kwargs)
 
-    monkeypatch.setattr(engine.teach, "insert_photo", second_row_refused)
+    monkeypatch.setattr(engine.usecases.teach, "insert_photo", second_row_refused)
     with pytest.raises(TeachError):
         await teach(db, store, settings, photos_of(3, 4, 5))
     assert await list_photos(db, report.pet.id) == before_rows

@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-import engine.teach
+import engine.usecases.teach
 from config.settings import Settings
-from engine.teach import TeachError, teach_photos
+from engine.usecases.teach import TeachError, teach_photos
 from storage import keys, runs
 from storage.connect import file_store
 from storage.db import open_database
@@ -134,7 +134,7 @@ async def test_a_failed_teach_keeps_the_new_pet_when_a_concurrent_teach_gave_it_
     shared = distributed(limited, request) if mode == "distributed" else limited
     db = await open_database(shared.database_url)
     store = file_store(shared)
-    put_photo, second = engine.teach._put_photo, []
+    put_photo, second = engine.usecases.teach._put_photo, []
 
     async def second_batch_first(*args):
         if not second:  # the first batch's first upload: the second batch runs to its end now
@@ -142,7 +142,7 @@ async def test_a_failed_teach_keeps_the_new_pet_when_a_concurrent_teach_gave_it_
             second[0] = await teach(db, shared, photos(4, 5))
         return await put_photo(*args)
 
-    monkeypatch.setattr(engine.teach, "_put_photo", second_batch_first)
+    monkeypatch.setattr(engine.usecases.teach, "_put_photo", second_batch_first)
     try:
         with pytest.raises(TeachError, match="Photos were added to Thor at the same time"):
             await teach(db, shared, photos(1, 2, 3))

@@ -9,7 +9,7 @@ from pathlib import Path
 from diffusers import EulerDiscreteScheduler
 
 from config.settings import Settings
-from engine.models import load_base_model
+from engine.gpu.models import load_base_model
 
 ROOT = Path(__file__).parents[1]
 

@@ -15,16 +15,17 @@ from safetensors.torch import load_file
 from torch._dynamo.backends.common import aot_autograd
 
 from config.settings import Settings
-from engine.generation.generator import Generator, PetLora
-from engine.generation.loras import has_tuner_layers
-from engine.generation.renders import Render
-from engine.generation.request import GenerationRequest
-from engine.models import BaseModel, load_base_model
-from engine.training import TrainingHooks, TrainingInputError, TrainingParams, create_run, execute_run
-from engine.training.checkpoints import STATE_FILE, state_key
-from engine.training.class_images import ensure_class_images
-from engine.training.compile_ahead import TrainingCompileAhead, synthetic_cache
-from engine.training.loop import TRAINING_ADAPTER, LoraTrainer, plan_memory
+from engine.gpu.generation.generator import Generator, PetLora
+from engine.gpu.generation.loras import has_tuner_layers
+from engine.gpu.generation.renders import Render
+from engine.gpu.models import BaseModel, load_base_model
+from engine.gpu.training.checkpoints import STATE_FILE, state_key
+from engine.gpu.training.class_images import ensure_class_images
+from engine.gpu.training.compile_ahead import TrainingCompileAhead, synthetic_cache
+from engine.gpu.training.loop import TRAINING_ADAPTER, LoraTrainer, plan_memory
+from engine.gpu.training.service import execute_run
+from engine.usecases.generation.request import GenerationRequest
+from engine.usecases.training import TrainingHooks, TrainingInputError, TrainingParams, create_run
 from storage import keys, runs
 from storage.files import DataDir, FileStore
 from storage.pets import LOCAL_GUILD, create_pet
@@ -543,7 +544,7 @@ async def test_vote_tally_counts_votes_per_checkpoint_step(db, store: FileStore)
 def test_mode_follows_free_memory_unless_forced() -> None:
     from types import SimpleNamespace
 
-    from engine.training.loop import plan_memory
+    from engine.gpu.training.loop import plan_memory
 
     gpu = SimpleNamespace(device=torch.device("cuda"))
     gib = 2**30

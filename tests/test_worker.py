@@ -1,6 +1,6 @@
 """The GPU worker with real worker processes on the tiny model: interleaving, cancel, crashes, sharing.
 
-Each test starts `python -m engine.worker` processes (or the supervisor the bot uses) on a
+Each test starts `python -m engine.gpu.worker` processes (or the supervisor the bot uses) on a
 fresh installation and drives them only through the job queue, as the bot and CLI do.
 Interleaving, cancel and failures run in both modes (SQLite + data folder, PostgreSQL + S3 with
 a local folder of its own per worker); crashes and sharing run embedded here, and distributed
@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from config.settings import Settings
-from engine.worker.supervisor import WorkerSupervisor
+from engine.gpu.worker.supervisor import WorkerSupervisor
 from storage import jobs, runs
 from storage.files import FileStore
 from storage.pet_deletion import forget_pet

@@ -16,18 +16,18 @@ import torch
 from sqlalchemy import event, select, update
 
 from config.settings import Settings
-from engine.generation.generator import Generator
-from engine.generation.loras import has_tuner_layers
-from engine.models import load_base_model
-from engine.teach import teach_photos
-from engine.training.compile_ahead import TrainingCompileAhead
-from engine.training.params import TrainingParams
-from engine.worker import chores
-from engine.worker.executor import Executor
-from engine.worker.failures import describe_failure
-from engine.worker.process import Worker
-from engine.worker.recovery import make_worker_id, recover_orphans, why_gone
-from engine.worker.supervisor import plan_workers
+from engine.gpu.generation.generator import Generator
+from engine.gpu.generation.loras import has_tuner_layers
+from engine.gpu.models import load_base_model
+from engine.gpu.training.compile_ahead import TrainingCompileAhead
+from engine.gpu.worker import chores
+from engine.gpu.worker.executor import Executor
+from engine.gpu.worker.failures import describe_failure
+from engine.gpu.worker.process import Worker
+from engine.gpu.worker.recovery import make_worker_id, recover_orphans, why_gone
+from engine.gpu.worker.supervisor import plan_workers
+from engine.usecases.teach import teach_photos
+from engine.usecases.training.params import TrainingParams
 from storage import jobs, keys, runs
 from storage.connect import file_store, open_storage
 from storage.db import Database

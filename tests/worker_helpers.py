@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from config.settings import Settings
-from engine.training import TrainingParams, create_run
+from engine.usecases.training import TrainingParams, create_run
 from storage import jobs
 from storage.files import FileStore
 from storage.pets import LOCAL_GUILD
@@ -29,7 +29,7 @@ def own_folder(env: dict[str, str], mode: str, folder: Path) -> dict[str, str]:
 
 def start_worker(env: dict[str, str], log: Path) -> subprocess.Popen:
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "engine.worker"], cwd=REPO, env=env, stdout=out, stderr=out)
+        return subprocess.Popen([sys.executable, "-m", "engine.gpu.worker"], cwd=REPO, env=env, stdout=out, stderr=out)
 
 
 def stop_worker(process: subprocess.Popen) -> None:

@@ -1,7 +1,7 @@
 """Pictures: `/imagine`, the job's message (preview while painting, then the images), and the
 buttons under the images (🔁 reroll, 📌 share, 🗑️ delete, 🚩 report, V1…V4 variations).
 
-Prompts are screened where the engine queues them (engine.queueing), with whether this
+Prompts are screened where the engine queues them (engine.usecases.queueing), with whether this
 channel is age-restricted. 🗑️ (the requester or a moderator) removes the picture and its
 gallery copy; 🚩 records a report and posts it, with the picture's audit line, to the
 server's moderators' channel.
@@ -31,7 +31,7 @@ from bot.checks import MemberCheck, UserError, guild_key, in_age_restricted_chan
 from bot.formatting import MESSAGE_LIMIT, audit_text, clip, progress_bar, queue_line
 from bot.job_relay import JobUpdate
 from bot.safety import age_restricted, showing, strict_notice, withheld_notice
-from engine.generation.request import (
+from engine.usecases.generation.request import (
     DEFAULT_STEPS,
     DEFAULT_VARIATION_STRENGTH,
     MAX_COUNT,
@@ -40,8 +40,8 @@ from engine.generation.request import (
     GenerationError,
     GenerationRequest,
 )
-from engine.moderation.prompts import ALLOWED, PromptRefused
-from engine.queueing import queue_generation as queue_job
+from engine.usecases.moderation.prompts import ALLOWED, PromptRefused
+from engine.usecases.queueing import queue_generation as queue_job
 from storage.audit import audit_lines_of_job
 from storage.db import Queries
 from storage.discord_posts import (

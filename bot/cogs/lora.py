@@ -1,6 +1,6 @@
 """`/lora`: a pet's LoRA as the file AUTOMATIC1111 and ComfyUI load, attached when Discord allows.
 
-The file (fp16 with kohya metadata, engine/export) is made on the first request for a
+The file (fp16 with kohya metadata, engine/usecases/export) is made on the first request for a
 checkpoint and kept beside it. The answer is deferred first: making the file takes a few
 seconds for a full-size LoRA, past Discord's 3 s deadline for a first reply. When it is over
 the upload limit Discord reports for the interaction (it grows with server boosts), the
@@ -16,8 +16,8 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.checks import UserError, pet_choices, pet_named, require_owner
-from engine.export.choice import ExportError
-from engine.export.download import download_caption, prepare_download, too_big_message
+from engine.usecases.export.choice import ExportError
+from engine.usecases.export.download import download_caption, prepare_download, too_big_message
 
 if TYPE_CHECKING:
     from bot.app import PawtraitBot

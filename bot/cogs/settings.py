@@ -17,7 +17,7 @@ from discord.ext import commands
 
 from bot.checks import UserError, guild_key, require_manager
 from bot.formatting import MESSAGE_LIMIT, clip
-from engine.moderation.prompts import block_word_problem
+from engine.usecases.moderation.prompts import block_word_problem
 from storage.guild_settings import GuildSettings, get_guild_settings, set_mod_channel, update_guild_settings
 from storage.moderation import (
     TooManyBlockWords,

@@ -2,7 +2,7 @@
 
 Slash-command attachment options carry one file each, so `/teach` takes up to ten; the
 message command takes every photo of a message (up to ten), so 15 photos are two
-messages, not fifteen commands. Decoding and cropping run in a thread (engine.teach).
+messages, not fifteen commands. Decoding and cropping run in a thread (engine.usecases.teach).
 
 Photos are big (ten 24 MB files a command), so the bot bounds what intake may hold: a member
 starts one batch per PAWTRAIT_TEACH_COOLDOWN_S, and at most INTAKE_BATCHES batches are
@@ -23,7 +23,14 @@ from bot.checks import UserError, guild_key
 from bot.cooldown import MemberCooldown
 from bot.formatting import clip, listing
 from bot.job_messages import fitted
-from engine.teach import MIN_GOOD_PHOTOS, TeachError, TeachReport, clean_class_noun, clean_pet_name, teach_photos
+from engine.usecases.teach import (
+    MIN_GOOD_PHOTOS,
+    TeachError,
+    TeachReport,
+    clean_class_noun,
+    clean_pet_name,
+    teach_photos,
+)
 from storage.pets import PetNameTaken, find_pet, list_pets
 
 if TYPE_CHECKING:

@@ -3,7 +3,7 @@ finish message with the scores chart), ⭐ votes on the validation images, and `
 A validation image the safety check flagged is shown as the server's `safety` setting and the
 thread's channel allow (bot.safety); in its place a notice says it was withheld.
 
-`/train` queues the run (engine.queueing, free of torch) with the installation's training
+`/train` queues the run (engine.usecases.queueing, free of torch) with the installation's training
 defaults and opens a thread; the GPU worker does the rest, and its events reach this cog
 as `on_pawtrait_train_<event>` (bot.job_relay). Votes come from raw reaction events, which
 carry only ids: the validation image is found by its message id in the database, so votes
@@ -25,13 +25,13 @@ from bot.checks import UserError, guild_key, pet_choices, pet_named, require_may
 from bot.formatting import MESSAGE_LIMIT, clip, duration, progress_bar, queue_line, scores_text
 from bot.job_relay import JobUpdate
 from bot.safety import age_restricted, showing
-from engine.export.choice import ExportError, find_checkpoint
-from engine.queueing import queue_training
-from engine.scoring.chart import score_chart
-from engine.scoring.choice import choose_checkpoint, run_standing, vote_emoji
-from engine.scoring.suggest import RULE
-from engine.training.create import TrainingInputError
-from engine.training.params import TrainingParams
+from engine.usecases.export.choice import ExportError, find_checkpoint
+from engine.usecases.queueing import queue_training
+from engine.usecases.scoring.chart import score_chart
+from engine.usecases.scoring.choice import choose_checkpoint, run_standing, vote_emoji
+from engine.usecases.scoring.suggest import RULE
+from engine.usecases.training.create import TrainingInputError
+from engine.usecases.training.params import TrainingParams
 from storage.discord_posts import add_discord_job
 from storage.guild_settings import get_guild_settings
 from storage.jobs import Job, QueueLimitReached, estimate_wait_s, queue_position

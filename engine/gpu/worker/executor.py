@@ -1,0 +1,344 @@
+"""Running one claimed job through the engines, and recording what happens to it.
+
+A training serves waiting generations between two optimizer steps (`between_steps`): the
+training thread pauses at a step boundary, the generations run on the same resident
+pipeline with their pets' LoRA adapters (the Generator restores the training adapter's
+state afterwards), and the training carries on. So a `/imagine` waits at most one
+optimizer step plus its own painting, never a whole training. When another worker is
+idle, the training leaves the generation to it instead of pausing.
+
+Every write about a job goes through its lease (storage.fencing): if the job was taken
+over by another worker while this one was frozen, nothing more is written and the job is
+dropped here. Any exception fails only its job, with a plain-words reason; the worker
+frees what the job left on the GPU and goes on with the next job.
+
+Every picture is screened here before any front end can show it (engine.gpu.safety): finished
+pictures and validation rounds carry their verdicts in their rows and events, and a flagged
+preview is never published. A training's photos are checked for people before it starts.
+A worker that cannot screen refuses its jobs instead of painting unscreened pictures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+from collections.abc import Callable, Coroutine
+from itertools import groupby
+from typing import Any
+
+from config.settings import Settings
+from engine.gpu.generation.generator import Generator, Preview
+from engine.gpu.generation.service import generate_and_record, open_rgb
+from engine.gpu.models import BaseModel
+from engine.gpu.safety.people import refuse_people
+from engine.gpu.safety.screening import Screening
+from engine.gpu.scoring.scorer import Scorer
+from engine.gpu.training.compile_ahead import TrainingCompileAhead
+from engine.gpu.training.loop import TRAINING_ADAPTER
+from engine.gpu.training.service import execute_run
+from engine.gpu.worker.events import PREVIEW_INTERVAL_S, PROGRESS_INTERVAL_S, LoopBridge, Throttle
+from engine.gpu.worker.failures import describe_failure, is_out_of_memory, release_memory
+from engine.usecases.generation.request import GenerationRequest
+from engine.usecases.training.hooks import TrainingHooks
+from engine.usecases.training.params import TrainingParams
+from storage import jobs, keys, runs, workers
+from storage.audit import record_audit
+from storage.db import Database, Queries
+from storage.fencing import FencedDatabase
+from storage.files import DataDir, FileStore
+from storage.job_kinds import KINDS
+from storage.pets import get_pet
+from storage.runs import ValidationImage, set_validation_verdict
+
+log = logging.getLogger(__name__)
+
+# The function that runs each job kind (storage.job_kinds is the registry of kinds).
+RUNNERS = {"generate": "_generate", "train": "_train"}
+SERVED_BETWEEN_STEPS = tuple(kind.name for kind in KINDS.values() if kind.served_between_steps)
+# An idle worker this recently seen takes a waiting generation itself (a few heartbeats).
+IDLE_FRESH_S = 6.0
+
+
+class JobCancelled(Exception):
+    """Raised inside a generation's step callback when its job was cancelled."""
+
+
+def _format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    minutes, secs = divmod(int(seconds), 60)
+    return f", about {minutes}m{secs:02d}s left" if minutes else f", about {secs}s left"
+
+
+class JobReporter:
+    """One job's progress, previews and milestones as fenced job-row updates and events, from any thread."""
+
+    def __init__(
+        self, db: Database, store: FileStore, job: jobs.Job, bridge: LoopBridge, screening: Screening | None = None
+    ) -> None:
+        self.db, self.store, self.job, self.bridge = db, store, job, bridge
+        self.screening = screening  # None: pictures are reported without verdicts
+        self.lease = job.lease
+        self._progress = Throttle(PROGRESS_INTERVAL_S)
+        self._preview = Throttle(PREVIEW_INTERVAL_S)
+        self._previews_withheld = False  # a flagged preview stops the job's previews: the picture converges
+
+    def event(self, kind: str, data: dict[str, Any]) -> None:
+        self.bridge.submit(jobs.record_job_event(self.db, self.lease, kind, data))
+
+    def training_progress(self, info: Any) -> None:
+        step, total = int(info.step), int(info.total)
+        if not self._progress.ready(force=step >= total):
+            return
+        loss = getattr(info, "loss", None)
+        eta = getattr(info, "eta_s", None)
+        text = f"step {step}/{total}" + (f", loss {loss:.4f}" if loss is not None else "") + _format_eta(eta)
+        event = {"step": step, "total": total, "loss": loss, "eta_s": eta}
+        self.bridge.submit(jobs.set_progress(self.db, self.lease, step / max(total, 1), text, event))
+
+    def checkpoint(self, step: int, checkpoint_id: int) -> None:
+        self.event("checkpoint", {"step": int(step), "checkpoint_id": int(checkpoint_id)})
+
+    def validation(self, step: int, images: list[ValidationImage]) -> None:
+        """Screen a stored round, record the verdicts and announce it (on the loop, without waiting)."""
+        self.bridge.submit(self._announce_validation(step, images))
+
+    async def _announce_validation(self, step: int, images: list[ValidationImage]) -> None:
+        verdicts = await self._validation_verdicts(images)
+        rows = [
+            {"id": image.id, "path": image.path, "prompt": image.prompt, "seed": image.seed,
+             "dino": image.dino, "clip_i": image.clip_i, "clip_t": image.clip_t, "flagged": flagged}
+            for image, flagged in zip(images, verdicts)
+        ]
+        await jobs.record_job_event(self.db, self.lease, "validation", {"step": int(step), "images": rows})
+
+    async def _validation_verdicts(self, images: list[ValidationImage]) -> list[bool | None]:
+        """Each picture's verdict: the stored one (a round announced again), else screened now."""
+        unscreened = [image for image in images if image.flagged is None]
+        if self.screening is None or not self.screening.enabled or not unscreened:
+            return [image.flagged for image in images]
+        pictures = [await asyncio.to_thread(open_rgb, await self.store.local_path(image.path)) for image in unscreened]
+        found = dict(zip((image.id for image in unscreened), await asyncio.to_thread(self.screening.flags, pictures)))
+        for image_id, flagged in found.items():
+            await set_validation_verdict(self.db, image_id, flagged)
+        await audit_verdicts(self.db, self.job, "training round", list(found.values()),
+                             f"validation images of step {unscreened[0].step}")
+        return [found.get(image.id, image.flagged) for image in images]
+
+    def generation_step(self, step: int, total: int, preview: Preview, stop: Callable[[], bool]) -> None:
+        """Progress and a preview at most once a second; raises JobCancelled once the job is cancelled."""
+        if step < total and not self._previews_withheld and self._preview.ready():
+            if stop():
+                raise JobCancelled()
+            image = preview()
+            verdicts = self.screening.flags([image]) if self.screening is not None else None  # None: unscreened
+            if verdicts and verdicts[0]:
+                self._previews_withheld = True
+            else:
+                buffer = io.BytesIO()
+                image.save(buffer, format="PNG")
+                self.bridge.submit(self._publish_preview(buffer.getvalue(), step, total))
+        if self._progress.ready(force=step >= total):
+            text = f"step {step}/{total}"
+            self.bridge.submit(
+                jobs.set_progress(self.db, self.lease, step / total, text, {"step": step, "total": total})
+            )
+
+    async def _publish_preview(self, png: bytes, step: int, total: int) -> None:
+        key = keys.preview(self.job.id, step)
+        await self.store.put_bytes(key, png)
+        await jobs.record_job_event(self.db, self.lease, "preview", {"path": key, "step": step, "total": total})
+
+
+class Executor:
+    """Runs jobs on one worker's resident base model."""
+
+    def __init__(
+        self, settings: Settings, db: Database, store: FileStore, data: DataDir, base: BaseModel, worker_id: str
+    ) -> None:
+        missing = set(KINDS) - set(RUNNERS)
+        if missing:
+            raise RuntimeError(f"no runner for job kinds {sorted(missing)}")
+        self.settings, self.db, self.store, self.data, self.base = settings, db, store, data, base
+        self.worker_id = worker_id
+        self.loop = asyncio.get_running_loop()
+        self.generator = Generator.from_settings(base, settings)
+        # The training step compiled in idle time for the plan a default run gets: on a GPU in full
+        # memory mode, as for pictures. In low memory mode (an 8 GB card) the offload hooks move
+        # the UNet between CPU and GPU under the blocks; trainings there were measured uncompiled
+        # (docs/BENCHMARKS.md, W8a-W8c) and compiling was never tried.
+        self.training_ahead = None
+        if settings.compile_training and base.device.type == "cuda" and self.generator.memory == "full":
+            self.training_ahead = TrainingCompileAhead(base)
+            self.training_ahead.want(TrainingParams(resolution=settings.resolution, mode=settings.train_mode))
+        self.scorer = Scorer.from_settings(settings)  # its models load at the first validation round
+        self.screening = Screening.from_settings(settings, base.device)
+        # The people check needs the scoring CLIP model even where scores are off.
+        self.photo_checker = (self.scorer or Scorer(settings.score_dino, settings.score_clip)) if settings.safety else None
+        self.running: set[int] = set()
+        self.lost: set[int] = set()  # jobs whose lease another worker holds now
+
+    def compile_ahead(self) -> bool:
+        """One piece of idle-time compiling (seconds at most): the pictures' shapes first, as people
+        wait on those, then the training step. False when there is nothing left to compile."""
+        if self.generator.compile_ahead():
+            return True
+        if self.training_ahead is None:
+            return False
+        try:
+            return self.training_ahead.step()
+        except Exception:
+            log.exception("compiling the training step ahead failed; trainings run uncompiled")
+            self.training_ahead.pause()
+            self.training_ahead = None
+            return False
+
+    def still_held(self, beat: set[int], held: set[int]) -> None:
+        """What the heartbeat renewed (`held` of the jobs `beat` for): a job missing from it was
+        taken over elsewhere (unless it ended meanwhile)."""
+        for job_id in (beat - held) & self.running:
+            if job_id not in self.lost:
+                log.warning("job #%s was given to another worker (this one was silent too long); stopping it", job_id)
+            self.lost.add(job_id)
+
+    async def run(self, job: jobs.Job) -> jobs.Job | None:
+        """Run a claimed job to its end and record the outcome (None: it moved to another worker).
+
+        Never raises for a job's own failure."""
+        if self.training_ahead is not None:
+            await asyncio.to_thread(self.training_ahead.pause)  # its rehearsal adapter off the UNet
+        bridge = LoopBridge(self.loop)
+        reporter = JobReporter(self.db, self.store, job, bridge, self.screening)
+        fenced = FencedDatabase(self.db, job.lease)
+        self.running.add(job.id)
+        log.info("job #%s (%s) started, attempt %s", job.id, job.kind, job.attempts)
+        try:
+            runner = getattr(self, RUNNERS[job.kind])
+            status, result, error = await runner(fenced, job, reporter)
+        except JobCancelled:
+            status, result, error = "cancelled", None, None
+        except jobs.LeaseLost:
+            self.lost.add(job.id)
+        except Exception as exc:
+            log.exception("job #%s (%s) failed", job.id, job.kind)
+            status, result, error = "failed", None, describe_failure(job.kind, exc)
+            self._free_after_failure(job, exc)
+        finally:
+            self.running.discard(job.id)
+        await bridge.flush()
+        if job.id in self.lost:
+            log.warning("job #%s (%s) dropped: another worker runs it now; nothing more was recorded here", job.id, job.kind)
+            return None
+        try:
+            finished = await jobs.finish_job(self.db, job.lease, status, result, error)
+        except jobs.LeaseLost:
+            log.warning("job #%s (%s) finished here after another worker took it over; its result is dropped",
+                        job.id, job.kind)
+            return None
+        log.info("job #%s (%s) %s%s", job.id, job.kind, status, f": {error}" if error else "")
+        return finished
+
+    def _free_after_failure(self, job: jobs.Job, error: Exception) -> None:
+        adapters = (TRAINING_ADAPTER,) if job.kind == "train" else ()
+        if is_out_of_memory(error):
+            self.generator.release_graphs()
+            for key in self.generator.loras.loaded():
+                self.generator.loras.evict(key)
+        release_memory(self.base, adapters)
+
+    def _stopped(self, job_id: int) -> bool:
+        """From an engine thread: was the job cancelled, or did it move to another worker?"""
+        return job_id in self.lost or bool(self._call(jobs.cancel_requested(self.db, job_id)))
+
+    async def _generate(self, db: FencedDatabase, job: jobs.Job, reporter: JobReporter):
+        request = GenerationRequest.from_dict(job.payload["request"])
+        await asyncio.to_thread(self.screening.require)
+
+        def on_step(step: int, total: int, preview: Preview) -> None:
+            reporter.generation_step(step, total, preview, lambda: self._stopped(job.id))
+
+        outcome = await generate_and_record(
+            db, self.store, self.data, self.generator, request, job.guild_id, job.user_id, on_step=on_step,
+            screen=self.screening.flags,
+        )
+        await jobs.set_links(self.db, job.lease, generation_id=outcome.generation_id)
+        if outcome.flagged is not None:
+            await audit_verdicts(db, job, "picture screening", outcome.flagged, "pictures",
+                                 prompt=request.prompt, seed=outcome.seeds[0] if outcome.seeds else None,
+                                 generation_id=outcome.generation_id)
+        return "succeeded", outcome.to_result(), None
+
+    async def _train(self, db: FencedDatabase, job: jobs.Job, reporter: JobReporter):
+        run_id = int(job.payload["run_id"])
+        await jobs.set_links(self.db, job.lease, run_id=run_id)
+        run = await runs.get_run(db, run_id)
+        if run is not None and run.status == "succeeded":
+            # The worker died after the run ended but before the job did: nothing left to do.
+            return "succeeded", {"run_id": run_id, "status": run.status, "step": run.step}, None
+        if run is not None:
+            try:
+                await self._screen_training(db, run)
+            except ValueError as refusal:  # people in the photos, or no way to screen: the run cannot start
+                await runs.finish_run(db, run_id, "failed", run.step, str(refusal))
+                await record_audit(db, job.guild_id, job.user_id, "photo screening", "refused", detail=str(refusal),
+                                   job_id=job.id)
+                return "failed", {"run_id": run_id, "status": "failed", "step": run.step}, str(refusal)
+        # A worker that died between writing validation images and announcing them leaves them
+        # unseen: announce what no front end has posted yet (front ends skip what they posted).
+        for step, images in groupby(await runs.unposted_validation_images(db, run_id), key=lambda image: image.step):
+            reporter.validation(step, list(images))
+        hooks = TrainingHooks(
+            on_progress=reporter.training_progress,
+            on_checkpoint=reporter.checkpoint,
+            on_validation=reporter.validation,
+            should_cancel=lambda: self._stopped(job.id),
+            between_steps=self._between_steps,
+        )
+        self.generator.release_graphs()  # the training plans its mode from the free memory
+        try:
+            outcome = await execute_run(db, self.store, self.data, self.generator, run_id, hooks, scorer=self.scorer,
+                                        compile_ahead=self.training_ahead)
+        finally:
+            release_memory(self.base, (TRAINING_ADAPTER,))
+        result = {"run_id": run_id, "status": outcome.status, "step": outcome.step}
+        return outcome.status, result, outcome.error
+
+    async def _screen_training(self, db: FencedDatabase, run: runs.Run) -> None:
+        """Before the first step: its pictures can be screened, and its photos show no person."""
+        await asyncio.to_thread(self.screening.require)
+        pet = await get_pet(db, run.pet_id)
+        if self.photo_checker is not None and pet is not None:
+            await refuse_people(db, self.store, pet, self.photo_checker, self.base.device)
+
+    # --- called from the training thread at optimizer-step boundaries ---------------------
+
+    def _call(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def _between_steps(self, make_room: Callable[[], None]) -> None:
+        """Serve every waiting generation now, on the same resident pipeline, then let training go on."""
+        if self._call(self._should_serve()):
+            make_room()
+            self._call(self._serve_generations())
+
+    async def _should_serve(self) -> bool:
+        if not await jobs.has_queued(self.db, SERVED_BETWEEN_STEPS):
+            return False
+        return await workers.idle_others(self.db, self.worker_id, IDLE_FRESH_S) == 0
+
+    async def _serve_generations(self) -> None:
+        while (job := await jobs.claim_next_job(
+            self.db, self.worker_id, kinds=SERVED_BETWEEN_STEPS, running=self.running
+        )) is not None:
+            await self.run(job)
+
+
+async def audit_verdicts(
+    db: Queries, job: jobs.Job, command: str, flagged: list[bool], what: str, **line: Any
+) -> None:
+    """One audit line for the safety check's verdicts on a set of pictures: which were flagged, if any."""
+    numbers = [str(index + 1) for index, hit in enumerate(flagged) if hit]
+    verdict = "flagged" if numbers else "passed"
+    detail = f"{what}: {len(flagged)} screened" + (f", flagged: {', '.join(numbers)}" if numbers else ", none flagged")
+    await record_audit(db, job.guild_id, job.user_id, command, verdict, detail=detail, job_id=job.id, **line)

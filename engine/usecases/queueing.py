@@ -1,0 +1,90 @@
+"""Queueing work for the GPU workers: what every front end (the bot, the CLI) calls.
+
+Each function checks what a member can get wrong and raises an error whose text a member
+can read as it is (a full sentence), then queues the job. Torch-free: the bot imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from config.settings import Settings
+from engine.usecases.generation.checkpoint_choice import checkpoint_to_paint
+from engine.usecases.generation.request import GenerationRequest
+from engine.usecases.moderation.prompts import PromptRefused, screen_prompt
+from engine.usecases.training.create import TrainingInputError, create_run
+from engine.usecases.training.params import TrainingParams
+from storage import jobs, runs
+from storage.db import Queries
+from storage.files import FileStore
+from storage.moderation import list_block_words
+from storage.pets import Pet
+
+
+async def queue_training(
+    db: Queries,
+    store: FileStore,
+    settings: Settings,
+    pet: Pet,
+    params: TrainingParams,
+    user_id: str,
+    *,
+    resume_run_id: int | None = None,
+) -> jobs.Job:
+    """Create the pet's run (or continue `resume_run_id`) and queue it.
+
+    Raises TrainingInputError (the pet, its photos or the parameters) or QueueLimitReached;
+    a run refused by the queue is cancelled, never left waiting.
+    """
+    if resume_run_id is None:
+        if any(run.status in ("queued", "running") for run in await runs.list_runs(db, pet.id)):
+            raise TrainingInputError(f"{pet.name} is already training or waiting to train.")
+        run_id = await create_run(db, store, pet, params)
+    else:
+        run_id = resume_run_id
+    try:
+        return await jobs.submit_job(
+            db, settings, "train", pet.guild_id, user_id, {"run_id": run_id, "pet_id": pet.id}, run_id=run_id
+        )
+    except jobs.QueueLimitReached as error:
+        run = await runs.get_run(db, run_id)
+        if run is not None and run.status == "queued":
+            await runs.finish_run(db, run_id, "cancelled", run.step, f"not queued: {error}")
+        raise
+
+
+async def queue_generation(
+    db: Queries,
+    settings: Settings,
+    request: GenerationRequest,
+    pet: Pet | None,
+    guild_id: str,
+    user_id: str,
+    extra: Mapping[str, Any] | None = None,
+) -> jobs.Job:
+    """Check the request (its values, its prompt, and that its pet has a finished training) and
+    queue it, with the checkpoint it paints with: the one asked for, else the pet's current one.
+
+    `extra` travels with the job for the front end (e.g. the Discord channel). Raises
+    GenerationError (PromptRefused for a screened prompt) or QueueLimitReached.
+    """
+    if pet is not None:
+        request.pet_id = pet.id
+    request.validate()
+    await check_prompt(db, request, guild_id)
+    if pet is not None:
+        request.checkpoint_id = (await checkpoint_to_paint(db, pet, request.checkpoint_id)).id
+    return await jobs.submit_job(db, settings, "generate", guild_id, user_id, {"request": request.to_dict(), **(extra or {})})
+
+
+async def check_prompt(db: Queries, request: GenerationRequest, guild_id: str) -> None:
+    """Screen the prompt with the built-in lists and the server's own words; raises PromptRefused.
+
+    The negative prompt is not screened: it lists what to keep out of a picture, and
+    "nsfw, nude" there is the usual way to keep a picture clean.
+    """
+    verdict = screen_prompt(request.prompt, age_restricted=request.age_restricted,
+                            server_words=await list_block_words(db, guild_id))
+    if not verdict.allowed:
+        raise PromptRefused(verdict)
