@@ -113,7 +113,7 @@ class PawtraitBot(commands.Bot):
     async def on_app_command_completion(self, interaction: discord.Interaction, command: object) -> None:
         await audit_log.record(self, interaction, "done")
 
-    async def on_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+    async def on_app_command_error(self, interaction: discord.Interaction, error: Exception) -> None:
         """Plain words, to the member alone; unexpected errors are logged and apologised for.
         Buttons and forms answer their refusals here too, so every refusal is recorded once."""
         original = getattr(error, "original", error)
@@ -123,7 +123,7 @@ class PawtraitBot(commands.Bot):
         elif isinstance(error, app_commands.CheckFailure):
             text = str(error) or "You can't use this command here."
         else:
-            log.error("command %s failed", interaction.command and interaction.command.name, exc_info=original)
+            log.error("%s failed", audit_log.command_name(interaction), exc_info=original)
             text = "Something went wrong on my side; nothing was changed. Please try again in a minute."
             verdict = "failed"
         await audit_log.record(self, interaction, verdict, text)  # first: the line is there once the member sees why

@@ -66,14 +66,29 @@ async def member_allowed(interaction: discord.Interaction) -> bool:
 
 
 class MemberCheck:
-    """Mixed into every button (a discord.py dynamic item): names its audit line, then runs the
-    same check as the commands'."""
+    """Mixed into every button (a discord.py dynamic item): names its audit line, runs the same
+    check as the commands', then answers whatever `act` ends in as a command's outcome is answered:
+    one audit line, and a refusal or an unexpected failure told to the member in plain words
+    (discord.py would only log a button's exception, and the member would see "interaction failed")."""
 
     audit_command: str  # e.g. 'imagine reroll'
 
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         audit_log.begin(interaction, self.audit_command)
         return await member_allowed(interaction)
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        bot: Any = interaction.client
+        try:
+            await self.act(interaction)
+        except Exception as error:  # noqa: BLE001 - answered and recorded as a command's error is
+            await bot.on_app_command_error(interaction, error)
+            return
+        await audit_log.record(bot, interaction, "done")
+
+    async def act(self, interaction: discord.Interaction) -> None:
+        """What the button does; raise `UserError` to refuse."""
+        raise NotImplementedError
 
 
 async def pet_named(db: Queries, interaction: discord.Interaction, name: str) -> Pet:

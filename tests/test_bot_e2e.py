@@ -202,6 +202,16 @@ async def test_training_thread_survives_a_bot_restart_and_votes_pick_the_checkpo
     await wait_for_rows(fake, world.db, "SELECT count(*) FROM votes HAVING count(*) = 3", 20, "three votes")
     await fake.react(world.mod, step2[1], "⭐", add=False)  # changed their mind
     await wait_for_rows(fake, world.db, "SELECT count(*) FROM votes HAVING count(*) = 2", 20, "two votes left")
+    # A member a moderator denied cannot vote: their star is not counted, before or after others'.
+    await answer(world, await fake.slash(world.cats, world.mod, "settings deny", member=world.bob))
+    await fake.react(world.bob, step2[1], "⭐")
+    await fake.react(world.mod, step2[1], "⭐")
+    await wait_for_rows(fake, world.db, "SELECT count(*) FROM votes HAVING count(*) = 3", 20, "the moderator's vote")
+    await fake.react(world.mod, step2[1], "⭐", add=False)
+    await wait_for_rows(fake, world.db, "SELECT count(*) FROM votes HAVING count(*) = 2", 20, "two votes again")
+    bob_votes = await query(world.db, "SELECT count(*) AS n FROM votes WHERE user_id = :user", user=str(world.bob.id))
+    assert bob_votes[0]["n"] == 1, "a denied member's vote was counted"
+    await answer(world, await fake.slash(world.cats, world.mod, "settings allow", member=world.bob))
     edits_before = len(fake.messages[status.id].history)
     await bot.stop()
 

@@ -302,3 +302,19 @@ async def test_a_denied_member_gets_nothing_until_allowed(world: World) -> None:
     assert "job #" in (await imagine(world, world.bob, "a cat again")).text()
     again = await answer(world, await fake.slash(world.cats, world.mod, "settings allow", member=world.bob))
     assert again.ephemeral and "was not denied" in again.text()
+
+
+async def test_a_button_that_fails_unexpectedly_answers_and_leaves_a_line(world: World) -> None:
+    fake = world.fake
+    art = await painted(world, await imagine(world, world.alice, "a cat on a boat"))
+    gone = fake.add_channel(world.cats, "old-gallery")
+    await fake.dispatch("CHANNEL_CREATE", gone.payload())
+    await answer(world, await fake.slash(world.cats, world.mod, "settings change", gallery=gone))
+    del fake.channels[gone.id], world.cats.channels[gone.id]  # deleted in Discord; the bot was not told
+    since = await last_line_id(world)
+    failed = await answer(world, await fake.click(world.alice, art, art.button("Share")))
+    assert failed.ephemeral and "Something went wrong on my side" in failed.text()  # not Discord's "interaction failed"
+    [line] = await lines_since(world, since, 1)
+    assert (line["command"], line["verdict"]) == ("imagine share", "failed")
+    assert "a cat on a boat" == line["prompt"]
+    await answer(world, await fake.slash(world.cats, world.mod, "settings change", gallery=world.gallery))

@@ -26,7 +26,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.audit_log import note, record
+from bot.audit_log import note
 from bot.checks import MemberCheck, UserError, guild_key, in_age_restricted_channel, pet_choices, pet_named
 from bot.formatting import MESSAGE_LIMIT, audit_text, clip, progress_bar, queue_line
 from bot.job_relay import JobUpdate
@@ -271,25 +271,20 @@ class GenerationButton(MemberCheck, discord.ui.DynamicItem[discord.ui.Button],
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]):
         return cls(match["action"], int(match["id"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+    async def act(self, interaction: discord.Interaction) -> None:
         bot: PawtraitBot = interaction.client  # type: ignore[assignment]
-        try:
-            generation = await _generation_here(bot, interaction, self.generation_id)
-            note(interaction, prompt=generation.prompt, seed=generation.seed, checkpoint_id=generation.checkpoint_id,
-                 generation_id=generation.id)
-            if self.action == "reroll":
-                request, pet = await _request_again(bot, interaction, generation, "reroll them")
-                await queue_generation(bot, interaction, request, pet)
-            elif self.action == "share":
-                await _share(bot, interaction, generation)
-            elif self.action == "report":
-                await _report(bot, interaction, generation)
-            else:
-                await _delete(bot, interaction, generation)
-        except UserError as error:
-            await bot.on_app_command_error(interaction, error)  # answers and records the refusal
-            return
-        await record(bot, interaction, "done")
+        generation = await _generation_here(bot, interaction, self.generation_id)
+        note(interaction, prompt=generation.prompt, seed=generation.seed, checkpoint_id=generation.checkpoint_id,
+             generation_id=generation.id)
+        if self.action == "reroll":
+            request, pet = await _request_again(bot, interaction, generation, "reroll them")
+            await queue_generation(bot, interaction, request, pet)
+        elif self.action == "share":
+            await _share(bot, interaction, generation)
+        elif self.action == "report":
+            await _report(bot, interaction, generation)
+        else:
+            await _delete(bot, interaction, generation)
 
 
 class VariationButton(MemberCheck, discord.ui.DynamicItem[discord.ui.Button],
@@ -311,20 +306,15 @@ class VariationButton(MemberCheck, discord.ui.DynamicItem[discord.ui.Button],
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]):
         return cls(int(match["id"]), int(match["image"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+    async def act(self, interaction: discord.Interaction) -> None:
         bot: PawtraitBot = interaction.client  # type: ignore[assignment]
-        try:
-            generation = await _generation_here(bot, interaction, self.generation_id)
-            request, pet = await _request_again(bot, interaction, generation, "make variations of them")
-            request.source_generation_id = generation.id
-            request.source_image = self.image
-            request.variation_strength = DEFAULT_VARIATION_STRENGTH
-            note(interaction, generation_id=generation.id)
-            await queue_generation(bot, interaction, request, pet)
-        except UserError as error:
-            await bot.on_app_command_error(interaction, error)  # answers and records the refusal
-            return
-        await record(bot, interaction, "done")
+        generation = await _generation_here(bot, interaction, self.generation_id)
+        request, pet = await _request_again(bot, interaction, generation, "make variations of them")
+        request.source_generation_id = generation.id
+        request.source_image = self.image
+        request.variation_strength = DEFAULT_VARIATION_STRENGTH
+        note(interaction, generation_id=generation.id)
+        await queue_generation(bot, interaction, request, pet)
 
 
 async def _share(bot: PawtraitBot, interaction: discord.Interaction, generation: Generation) -> None:

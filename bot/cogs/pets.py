@@ -15,7 +15,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.audit_log import note, record
+from bot.audit_log import note
 from bot.checks import MemberCheck, UserError, guild_key, is_manager, pet_choices, pet_named, require_owner
 from bot.thumbnails import thumbnail_png
 from storage.guild_settings import others_may_imagine, set_others_may_imagine
@@ -124,14 +124,8 @@ class ForgetButton(MemberCheck, discord.ui.DynamicItem[discord.ui.Button],
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: re.Match[str]):
         return cls(int(match["pet"]), int(match["user"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+    async def act(self, interaction: discord.Interaction) -> None:
         bot: PawtraitBot = interaction.client  # type: ignore[assignment]
-        try:
-            await self._forget(bot, interaction)
-        except UserError as error:
-            await bot.on_app_command_error(interaction, error)  # answers and records the refusal
-
-    async def _forget(self, bot: PawtraitBot, interaction: discord.Interaction) -> None:
         if interaction.user.id != self.user_id:
             raise UserError("Only the member who asked to forget this pet can confirm.")
         db = bot.db
@@ -145,13 +139,10 @@ class ForgetButton(MemberCheck, discord.ui.DynamicItem[discord.ui.Button],
         try:
             footprint = await forget_pet(db, bot.store, pet)
         except PetBusy as error:
-            await interaction.edit_original_response(content=f"❌ {error}", view=None)
-            await record(bot, interaction, "refused", str(error))
-            return
+            raise UserError(f"❌ {error}") from error  # replaces the question, as the answer below does
         await interaction.edit_original_response(
             content=f"🗑️ Forgot **{pet.name}**: {_footprint(footprint)} deleted.", view=None
         )
-        await record(bot, interaction, "done")
 
 
 def _footprint(footprint: PetFootprint) -> str:
