@@ -11,7 +11,7 @@ optimizer step of the training, and the generation's own time against the same r
 run on an idle worker. Peak GPU memory (`torch.cuda.max_memory_allocated`) is measured
 for the whole scenario twice: generations on the training's own resident SDXL (what the
 worker does), and on a second copy of SDXL (what a separate generation process would cost).
-The SDXL builder is the training benchmark's (`benchmarks/train_sdxl.py`).
+The SDXL builder is the training benchmark's (`benchmarks/sdxl_random.py`'s `random_base`).
 """
 
 from __future__ import annotations
