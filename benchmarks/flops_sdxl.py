@@ -41,23 +41,32 @@ def counted(run) -> tuple[float, dict[str, float]]:
     return counter.get_total_flops() / 1e12, by_op
 
 
-def main() -> int:
-    with torch.device("meta"):
-        unet = UNet2DConditionModel(**UNET_CONFIG).to(torch.bfloat16).requires_grad_(False)
+def phase_picture(unet: UNet2DConditionModel) -> tuple[float, dict[str, float]]:
+    """One forward over one 1024² image, as painting does it (no gradients)."""
     args, cond = unet_inputs(1)
     with torch.no_grad():
-        picture, picture_ops = counted(lambda: unet(*args, added_cond_kwargs=cond))
-    params = TrainingParams()
+        return counted(lambda: unet(*args, added_cond_kwargs=cond))
+
+
+def phase_training_step(unet: UNet2DConditionModel, params: TrainingParams) -> tuple[float, dict[str, float]]:
+    """A fast-mode step: forward and backward over its images with the product's LoRA added (for good)."""
     with torch.device("meta"):
         unet.add_adapter(LoraConfig(r=params.rank, lora_alpha=params.lora_alpha, init_lora_weights="gaussian",
                                     target_modules=list(params.target_modules)))
     unet.train()
-    images = params.unet_images_per_step
-    args, cond = unet_inputs(images)
-    step, step_ops = counted(lambda: unet(*args, added_cond_kwargs=cond).sample.float().square().mean().backward())
+    args, cond = unet_inputs(params.unet_images_per_step)
+    return counted(lambda: unet(*args, added_cond_kwargs=cond).sample.float().square().mean().backward())
+
+
+def main() -> int:
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**UNET_CONFIG).to(torch.bfloat16).requires_grad_(False)
+    params = TrainingParams()
+    picture, picture_ops = phase_picture(unet)
+    step, step_ops = phase_training_step(unet, params)
     print(f"one UNet pass over one 1024² image: {picture:.2f} TFLOP  {picture_ops}")
-    print(f"one fast-mode training step ({images} images, forward and backward, rank-{params.rank} LoRA): "
-          f"{step:.2f} TFLOP  {step_ops}")
+    print(f"one fast-mode training step ({params.unet_images_per_step} images, forward and backward, "
+          f"rank-{params.rank} LoRA): {step:.2f} TFLOP  {step_ops}")
     return 0
 
 

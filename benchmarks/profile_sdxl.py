@@ -10,7 +10,6 @@ top kernels, and the FLOPs the call does against the time it takes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -26,7 +25,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from train_sdxl import PROMPT, VALIDATION, build_base, write_photos
+import harness
+from sdxl_random import random_base
+from train_sdxl import PROMPT, VALIDATION
 
 from engine.gpu.compile import compiled_blocks
 from engine.gpu.cuda_graphs import CapturedCall, on_side_stream
@@ -77,12 +78,7 @@ def kernel_profile(run: Callable[[], object], calls: int) -> dict:
 
 
 def wall_ms(run: Callable[[], object], calls: int) -> float:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(calls):
-        run()
-    torch.cuda.synchronize()
-    return 1000 * (time.perf_counter() - start) / calls
+    return 1000 * harness.per_call_s(run, calls)
 
 
 def flops(run: Callable[[], object]) -> float:
@@ -303,34 +299,33 @@ def optimizer_layouts(base, cache, steps: int) -> dict:
         trainer.close()
 
 
+# --parts: the result's key and what measures it, from the model, the photos' cache and --steps.
+PARTS: dict[str, tuple[str, Callable[..., dict]]] = {
+    "training": ("training", profile_training),
+    "round": ("round_unet", lambda base, _cache, steps: profile_round_unet(base, 6, steps)),
+    "aligned": ("aligned_rank", aligned_rank),
+    "ranks": ("lora_ranks", lambda base, cache, steps: lora_ranks(base, cache, steps, (4, 8, 16), compiled=False)),
+    "ranks-compiled": ("lora_ranks_compiled", lambda base, cache, steps: lora_ranks(base, cache, steps, (4, 8), compiled=True)),
+    "optimizer": ("optimizer_layouts", optimizer_layouts),
+    "attention": ("attention_backends", attention_backends),
+}
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("profile.json"))
+    parser = harness.parser(__doc__, out="profile.json")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--parts", default="attention,training,round")
+    parser.add_argument("--parts", default="attention,training,round", help=f"comma-separated, of {', '.join(PARTS)}")
     args = parser.parse_args()
+    parts = harness.selected(args.parts, PARTS)
     work = Path(tempfile.mkdtemp(prefix="pawtrait-profile-"))
-    base = build_base(work / "tokenizer")
-    photos = write_photos(work / "photos", 15, 1024)
+    base = random_base(work / "tokenizer")
+    photos = harness.write_photos(work / "photos", 15, 1024)
     cache = build_cache(base, photos, PROMPT, 1024, flip=False, validation_prompts=VALIDATION)
-    results: dict = {"card": torch.cuda.get_device_name(), "torch": torch.__version__}
-    for part in args.parts.split(","):
-        if part == "training":
-            results["training"] = profile_training(base, cache, args.steps)
-        elif part == "round":
-            results["round_unet"] = profile_round_unet(base, 6, args.steps)
-        elif part == "aligned":
-            results["aligned_rank"] = aligned_rank(base, cache, args.steps)
-        elif part == "ranks":
-            results["lora_ranks"] = lora_ranks(base, cache, args.steps, (4, 8, 16), compiled=False)
-        elif part == "ranks-compiled":
-            results["lora_ranks_compiled"] = lora_ranks(base, cache, args.steps, (4, 8), compiled=True)
-        elif part == "optimizer":
-            results["optimizer_layouts"] = optimizer_layouts(base, cache, args.steps)
-        elif part == "attention":
-            results["attention_backends"] = attention_backends(base, cache, args.steps)
+    results = harness.Results(args.out, **harness.provenance(base.device))
+    for _name, (key, measure) in parts:
+        results[key] = measure(base, cache, args.steps)
         print(json.dumps(results, indent=1), flush=True)
-        args.out.write_text(json.dumps(results, indent=1))
+        results.save()
     return 0
 
 

@@ -33,12 +33,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+
+import harness  # noqa: E402
 
 from config.settings import Settings  # noqa: E402
 
@@ -47,13 +51,15 @@ from services import start_postgres, start_s3  # noqa: E402
 GENERATION = {"request": {"prompt": "a photo of a cat", "steps": 1, "seed": 7}}
 
 
-def parse(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
+
+
+def delay_figures(delays: list[float]) -> dict:
+    """The pickup delays (seconds) as reported: median, 99th percentile, worst and mean in ms."""
+    return {"trials": len(delays), "p50_ms": 1000 * statistics.median(delays), "p99_ms": 1000 * percentile(delays, 0.99),
+            "max_ms": 1000 * max(delays), "mean_ms": 1000 * statistics.mean(delays)}
 
 
 class Installation:
@@ -96,6 +102,16 @@ class Installation:
                 process.kill()
 
 
+@contextmanager
+def installed(mode: str, work: Path, model: Path, servers: dict) -> Iterator[Installation]:
+    """An installation whose workers are stopped however the phase on it ends."""
+    installation = Installation(mode, work, model, servers)
+    try:
+        yield installation
+    finally:
+        installation.stop()
+
+
 async def wait_for(check, timeout: float = 120.0, every: float = 0.01):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -136,10 +152,9 @@ async def pickup(installation: Installation, trials: int) -> dict:
             return found if found.ended else None
 
         done = await wait_for(finished)
-        delays.append((parse(done.started_at) - parse(done.created_at)).total_seconds())
+        delays.append(harness.seconds_between(done.created_at, done.started_at))
     await db.close()
-    return {"trials": trials, "p50_ms": 1000 * statistics.median(delays), "p99_ms": 1000 * percentile(delays, 0.99),
-            "max_ms": 1000 * max(delays), "mean_ms": 1000 * statistics.mean(delays)}
+    return delay_figures(delays)
 
 
 RELEASE_PICKUP = """
@@ -182,9 +197,7 @@ def release_pickup(release: Path, work: Path, model: Path, trials: int) -> dict:
     finally:
         worker.terminate()
         worker.wait(30)
-    delays = json.loads(out.strip().splitlines()[-1])
-    return {"trials": trials, "p50_ms": 1000 * statistics.median(delays), "p99_ms": 1000 * percentile(delays, 0.99),
-            "max_ms": 1000 * max(delays), "mean_ms": 1000 * statistics.mean(delays)}
+    return delay_figures(json.loads(out.strip().splitlines()[-1]))
 
 
 # --- throughput -----------------------------------------------------------------------------
@@ -359,8 +372,6 @@ def lora_sizes() -> tuple[int, int]:
     """Bytes of the diffusers and kohya files of a rank-4 SDXL attention LoRA in fp32 (the real layer sizes)."""
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
-
-    sys.path.insert(0, str(REPO / "benchmarks"))
     from sdxl_random import UNET_CONFIG
 
     with init_empty_weights():
@@ -415,10 +426,70 @@ async def objects(settings_by_mode: dict[str, Settings], work: Path, repeats: in
     return results
 
 
+@dataclass
+class Bench:
+    """What the phases share: the command line, the tiny model, the servers and the results."""
+
+    args: argparse.Namespace
+    work: Path
+    model: Path
+    servers: dict
+    results: harness.Results
+
+    @property
+    def modes(self) -> list[str]:
+        return self.args.modes.split(",")
+
+
+def phase_pickup(bench: Bench) -> dict:
+    found = {}
+    if bench.args.release:
+        found["release"] = release_pickup(bench.args.release, bench.work, bench.model, bench.args.pickups)
+        print("pickup release", found["release"], flush=True)
+    for mode in bench.modes:
+        with installed(mode, bench.work / f"pickup-{mode}", bench.model, bench.servers) as installation:
+            found[mode] = asyncio.run(pickup(installation, bench.args.pickups))
+        print("pickup", mode, found[mode], flush=True)
+    return found
+
+
+def phase_throughput(bench: Bench) -> list[dict]:
+    rows = []
+    for mode in bench.modes:
+        for processes in (1, 2, 4):
+            installation = Installation(mode, bench.work / f"throughput-{mode}-{processes}", bench.model, bench.servers)
+            url = installation.settings.database_url
+            rows.append({"mode": mode, **asyncio.run(throughput(url, installation.work, bench.args.jobs, processes))})
+            print("throughput", rows[-1], flush=True)
+    return rows
+
+
+def phase_failover(bench: Bench) -> list[dict]:
+    with installed("distributed", bench.work / "failover", bench.model, bench.servers) as installation:
+        return asyncio.run(failover(installation, bench.args.failovers))
+
+
+def phase_duplicates(bench: Bench) -> dict:
+    with installed("distributed", bench.work / "duplicates", bench.model, bench.servers) as installation:
+        return asyncio.run(duplicates(installation, bench.args.duplicate_trials))
+
+
+def phase_objects(bench: Bench) -> dict:
+    by_mode = {mode: Installation(mode, bench.work / f"objects-{mode}", bench.model, bench.servers).settings
+               for mode in bench.modes}
+    return asyncio.run(objects(by_mode, bench.work, 5))
+
+
+# In this order, whatever the order --phases names them in.
+PHASES: dict[str, Callable[[Bench], object]] = {
+    "pickup": phase_pickup, "throughput": phase_throughput, "failover": phase_failover,
+    "duplicates": phase_duplicates, "objects": phase_objects,
+}
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("queue.json"))
-    parser.add_argument("--phases", default="pickup,throughput,failover,duplicates,objects")
+    parser = harness.parser(__doc__, out="queue.json")
+    parser.add_argument("--phases", default=",".join(PHASES))
     parser.add_argument("--modes", default="embedded,distributed")
     parser.add_argument("--pickups", type=int, default=100)
     parser.add_argument("--jobs", type=int, default=2000)
@@ -426,61 +497,20 @@ def main() -> int:
     parser.add_argument("--duplicate-trials", type=int, default=50)
     parser.add_argument("--release", type=Path, help="a checkout of the release (5e490ef) to measure its pickup too")
     args = parser.parse_args()
+    chosen = dict(harness.selected(args.phases, PHASES))
 
     from engine.gpu.tiny_model import make_tiny_model
 
     work = Path(tempfile.mkdtemp(prefix="pawtrait-queue-bench-"))
     model = make_tiny_model(work / "tiny")
     servers = {"postgres": start_postgres(), "s3": start_s3()}
-    results: dict = {"machine": f"{os.cpu_count()} CPU cores", "date": time.strftime("%Y-%m-%d"), "phases": {}}
-    phases = args.phases.split(",")
-    modes = args.modes.split(",")
-
-    def save() -> None:
-        args.out.write_text(json.dumps(results, indent=2))
-
+    results = harness.Results(args.out, machine=f"{os.cpu_count()} CPU cores", date=harness.today(), phases={})
+    bench = Bench(args, work, model, servers, results)
     try:
-        if "pickup" in phases:
-            results["phases"]["pickup"] = {}
-            if args.release:
-                results["phases"]["pickup"]["release"] = release_pickup(args.release, work, model, args.pickups)
-                print("pickup release", results["phases"]["pickup"]["release"], flush=True)
-            for mode in modes:
-                installation = Installation(mode, work / f"pickup-{mode}", model, servers)
-                try:
-                    results["phases"]["pickup"][mode] = asyncio.run(pickup(installation, args.pickups))
-                finally:
-                    installation.stop()
-                print("pickup", mode, results["phases"]["pickup"][mode], flush=True)
-                save()
-        if "throughput" in phases:
-            rows = []
-            for mode in modes:
-                for processes in (1, 2, 4):
-                    installation = Installation(mode, work / f"throughput-{mode}-{processes}", model, servers)
-                    url = installation.settings.database_url
-                    rows.append({"mode": mode, **asyncio.run(throughput(url, installation.work, args.jobs, processes))})
-                    print("throughput", rows[-1], flush=True)
-            results["phases"]["throughput"] = rows
-            save()
-        if "failover" in phases:
-            installation = Installation("distributed", work / "failover", model, servers)
-            try:
-                results["phases"]["failover"] = asyncio.run(failover(installation, args.failovers))
-            finally:
-                installation.stop()
-            save()
-        if "duplicates" in phases:
-            installation = Installation("distributed", work / "duplicates", model, servers)
-            try:
-                results["phases"]["duplicates"] = asyncio.run(duplicates(installation, args.duplicate_trials))
-            finally:
-                installation.stop()
-            save()
-        if "objects" in phases:
-            by_mode = {mode: Installation(mode, work / f"objects-{mode}", model, servers).settings for mode in modes}
-            results["phases"]["objects"] = asyncio.run(objects(by_mode, work, 5))
-            save()
+        for name, phase in PHASES.items():
+            if name in chosen:
+                results["phases"][name] = phase(bench)
+                results.save()
     finally:
         servers["postgres"].close()
         servers["s3"].close()

@@ -18,17 +18,16 @@ minus what was allocated before. Targets: <= 30 ms per picture, <= 1.5 GB.
 
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from measuring import pictures, timed
+import harness
 
 from engine.gpu.safety.checker import SafetyChecker
 from engine.gpu.safety.tiny import build_safety_checker
@@ -37,63 +36,79 @@ from engine.gpu.safety.tiny import build_safety_checker
 CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
 TARGET_MS, TARGET_GB = 30.0, 1.5
 GB = 1e9
+BATCHES = {"1 picture": 1, "3 pictures (validation round)": 3, "4 pictures": 4}
 
 
 def timed_ms(run, device: torch.device, repeats: int) -> float:
     """Median wall time of `run()` in ms over `repeats` calls."""
-    return statistics.median(timed(run, device) * 1000 for _ in range(repeats))
+    return harness.median_s(run, repeats, device) * 1000
+
+
+def allocated(device: torch.device) -> int:
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+
+
+def phase_build(device: torch.device, dtype: torch.dtype, tiny: bool) -> tuple[SafetyChecker, int, int]:
+    """The checker, built on the device with random weights (real shapes unless `tiny`): it, the bytes
+    allocated before and the bytes its weights took."""
+    harness.reset_peak(device)
+    before = allocated(device)
+    with torch.device(device):
+        model = build_safety_checker(real=not tiny).to(dtype)
+    size = model.config.vision_config.image_size
+    checker = SafetyChecker(model, size, torch.tensor(CLIP_MEAN), torch.tensor(CLIP_STD))
+    return checker, before, allocated(device) - before
+
+
+def phase_timings(checker: SafetyChecker, four: list[Image.Image], device: torch.device, repeats: int) -> dict:
+    """Warm-up (cuDNN / cuBLAS choices, the first kernels), then ms for each batch and for the
+    preprocessing of one picture."""
+    for count in BATCHES.values():
+        checker.flags(four[:count])
+    results: dict = {}
+    for name, count in BATCHES.items():
+        ms = timed_ms(lambda count=count: checker.flags(four[:count]), device, repeats)
+        results[name] = {"ms": round(ms, 2), "ms_per_picture": round(ms / count, 2)}
+    results["preprocessing of 1 picture (ms)"] = round(timed_ms(lambda: checker.pixels(four[:1]), device, repeats), 2)
+    return results
+
+
+def phase_memory(checker: SafetyChecker, four: list[Image.Image], device: torch.device, before: int, weights: int) -> dict:
+    """The weights, and the peak while screening 4 pictures above what was allocated before."""
+    harness.sync(device)
+    resident = allocated(device)
+    harness.reset_peak(device)
+    checker.flags(four)
+    harness.sync(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    return {"weights (GB)": round(weights / GB, 3),
+            "peak while screening 4, above the weights (GB)": round((peak - resident) / GB, 3),
+            "peak in all (GB)": round((peak - before) / GB, 3)}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cpu", action="store_true", help="run on the CPU (a dry run; no memory figure)")
-    parser.add_argument("--tiny", action="store_true", help="a tiny checker (32² input): checks the script, not the cost")
+    parser = harness.parser(__doc__, out=None)
+    harness.add_cpu_dry_run(parser, "a tiny checker (32² input): checks the script, not the cost")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--side", type=int, default=1024, help="the pictures' side in pixels")
-    parser.add_argument("--out", type=Path, help="also write the numbers as JSON here")
     args = parser.parse_args()
-    device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
+    device = harness.cpu_or_cuda(args.cpu)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
 
-    # 1. The checker, built on the device with random weights (real shapes unless --tiny).
+    checker, before, weights = phase_build(device, dtype, args.tiny)
+    size = checker.size
+    four = harness.pictures(4, args.side, seed=1)
+    results = harness.Results(args.out, device=harness.card(device, cpu="cpu"), dtype=str(dtype).removeprefix("torch."),
+                              input=f"{args.side}x{args.side} -> {size}x{size}")
+    results.update(phase_timings(checker, four, device, args.repeats))
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-    with torch.device(device):
-        model = build_safety_checker(real=not args.tiny).to(dtype)
-    size = model.config.vision_config.image_size
-    checker = SafetyChecker(model, size, torch.tensor(CLIP_MEAN), torch.tensor(CLIP_STD))
-    weights = (torch.cuda.memory_allocated(device) - before) if device.type == "cuda" else 0
-
-    # 2. Warm-up (cuDNN / cuBLAS choices, the first kernels), then the timings.
-    four = pictures(4, args.side, seed=1)
-    for batch in (four[:1], four[:3], four):
-        checker.flags(batch)
-    results = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-               "dtype": str(dtype).removeprefix("torch."), "input": f"{args.side}x{args.side} -> {size}x{size}"}
-    for name, batch in (("1 picture", four[:1]), ("3 pictures (validation round)", four[:3]), ("4 pictures", four)):
-        ms = timed_ms(lambda batch=batch: checker.flags(batch), device, args.repeats)
-        results[name] = {"ms": round(ms, 2), "ms_per_picture": round(ms / len(batch), 2)}
-    preprocessing = timed_ms(lambda: checker.pixels(four[:1]), device, args.repeats)
-    results["preprocessing of 1 picture (ms)"] = round(preprocessing, 2)
-
-    # 3. Memory: the weights, and the peak while screening 4 pictures above what was allocated before.
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        resident = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        checker.flags(four)
-        torch.cuda.synchronize(device)
-        results["weights (GB)"] = round(weights / GB, 3)
-        results["peak while screening 4, above the weights (GB)"] = round((torch.cuda.max_memory_allocated(device) - resident) / GB, 3)
-        results["peak in all (GB)"] = round((torch.cuda.max_memory_allocated(device) - before) / GB, 3)
+        results.update(phase_memory(checker, four, device, before, weights))
 
     print(json.dumps(results, indent=2))
-    worst = max(results[name]["ms_per_picture"] for name in ("1 picture", "3 pictures (validation round)", "4 pictures"))
+    worst = max(results[name]["ms_per_picture"] for name in BATCHES)
     print(f"worst ms per picture: {worst:.2f} (target <= {TARGET_MS:g})"
           + ("" if device.type != "cuda" else f"; peak GB: {results['peak in all (GB)']:.3f} (target <= {TARGET_GB:g})"))
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+    results.save()
     return 0
 
 

@@ -18,8 +18,6 @@ allocated minus what was allocated before). Targets: <= 0.5 s per round,
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import tempfile
 import time
@@ -27,85 +25,108 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from measuring import pictures, timed
+import harness
 
+from engine.gpu.scoring.models import ScoringModels
 from engine.gpu.scoring.scorer import Scorer, Subject, score_with
 from engine.gpu.scoring.tiny import make_scoring_models
 
-GIB = 2**30
 TEXTS = ["a photo of cat", "an oil painting of cat in the style of van gogh, swirling starry sky",
          "cat wearing a tiny astronaut helmet, floating in space, digital art"]
 TARGET_ROUND_S, TARGET_EXTRA_GIB = 0.5, 1.5
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cpu", action="store_true", help="run on the CPU (a dry run; no memory figure)")
-    parser.add_argument("--tiny", action="store_true", help="tiny models instead of the real shapes (a dry run)")
-    parser.add_argument("--rounds", type=int, default=10, help="timed rounds after the warm-up (default 10)")
-    parser.add_argument("--side", type=int, default=1024, help="side of the validation pictures (default 1024)")
-    parser.add_argument("--photos", type=int, default=15, help="reference photos (default 15)")
-    parser.add_argument("--out", type=Path, help="also write the results as JSON")
-    args = parser.parse_args()
-    device = torch.device("cpu" if args.cpu or not torch.cuda.is_available() else "cuda")
-
+def phase_load(tiny: bool) -> tuple[Scorer, ScoringModels, dict]:
+    """The models written with random weights (real shapes unless `tiny`) and loaded as a worker loads them."""
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
-        dino, clip = make_scoring_models(Path(folder), real=not args.tiny)
+        dino, clip = make_scoring_models(Path(folder), real=not tiny)
         write_s = time.perf_counter() - started
         scorer = Scorer(str(dino), str(clip))
-        load_s = timed(scorer.models, torch.device("cpu"))
-    models = scorer.models()
+        load_s, models = harness.timed(scorer.models, torch.device("cpu"))
     assert models is not None
-    subject = Subject(pictures(args.photos, args.side, seed=1))
-    round_pictures = pictures(len(TEXTS), args.side, seed=2)
+    return scorer, models, {"write_s": round(write_s, 2), "load_s": round(load_s, 2)}
 
-    reference_s = timed(lambda: scorer.score(subject, round_pictures, TEXTS, device), device)  # warm-up + cache
+
+def phase_rounds(scorer: Scorer, subject: Subject, round_pictures: list[Image.Image], device: torch.device,
+                 rounds: int) -> tuple[float, list[float], float | None]:
+    """The first round (warm-up, the photos' embeddings cached), then `rounds` as training pays them
+    (models to the GPU, scoring, GPU copy dropped) and the extra GPU memory of a round."""
+    def round_() -> object:
+        return scorer.score(subject, round_pictures, TEXTS, device)
+
+    first_s, _ = harness.timed(round_, device)
     before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    rounds = [timed(lambda: scorer.score(subject, round_pictures, TEXTS, device), device) for _ in range(args.rounds)]
-    extra_gib = (torch.cuda.max_memory_allocated(device) - before) / GIB if device.type == "cuda" else None
+    harness.reset_peak(device)
+    seconds = [harness.timed(round_, device)[0] for _ in range(rounds)]
+    extra_gib = (torch.cuda.max_memory_allocated(device) - before) / harness.GIB if device.type == "cuda" else None
+    return first_s, seconds, extra_gib
 
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+
+def phase_scoring(models: ScoringModels, subject: Subject, round_pictures: list[Image.Image], device: torch.device,
+                  dtype: torch.dtype, rounds: int) -> list[float]:
+    """The scoring alone, the models already on the device."""
     models.place(device, dtype)
-    scoring = [timed(lambda: score_with(models, subject, round_pictures, TEXTS), device) for _ in range(args.rounds)]
-    models.home()
+    try:
+        return [harness.timed(lambda: score_with(models, subject, round_pictures, TEXTS), device)[0] for _ in range(rounds)]
+    finally:
+        models.home()
 
+
+def phase_copy_back(models: ScoringModels, subject: Subject, round_pictures: list[Image.Image], device: torch.device,
+                    dtype: torch.dtype, rounds: int) -> list[float]:
+    """The first version's round: the models copied out and back again (module.to)."""
     def copy_back_round() -> None:
-        """The first version's round: the models copied out and back again (module.to)."""
         for module in (models.dino, models.clip):
             module.to(device=device, dtype=dtype)
         score_with(models, subject, round_pictures, TEXTS)
         for module in (models.dino, models.clip):
             module.to(device=torch.device("cpu"))
 
-    copy_back = [timed(copy_back_round, device) for _ in range(args.rounds)]
+    return [harness.timed(copy_back_round, device)[0] for _ in range(rounds)]
 
-    results = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "models": "tiny" if args.tiny else "DINO ViT-S/16 + CLIP ViT-B/32 (random weights)",
-        "parameters_m": round(sum(p.numel() for p in [*models.dino.parameters(), *models.clip.parameters()]) / 1e6, 1),
-        "pictures": f"{len(TEXTS)} x {args.side}² against {args.photos} photos",
-        "write_s": round(write_s, 2),
-        "load_s": round(load_s, 2),
-        "first_round_s (with the photos' embeddings)": round(reference_s, 3),
-        "round_s (median: to GPU, score, drop)": round(float(np.median(rounds)), 3),
-        "round_s copying back (median, the first version)": round(float(np.median(copy_back)), 3),
-        "score_s (median, models on the device)": round(float(np.median(scoring)), 3),
-        "extra_gib": None if extra_gib is None else round(extra_gib, 3),
-    }
+
+def main() -> int:
+    parser = harness.parser(__doc__, out=None)
+    harness.add_cpu_dry_run(parser, "tiny models instead of the real shapes (a dry run)")
+    parser.add_argument("--rounds", type=int, default=10, help="timed rounds after the warm-up (default 10)")
+    parser.add_argument("--side", type=int, default=1024, help="side of the validation pictures (default 1024)")
+    parser.add_argument("--photos", type=int, default=15, help="reference photos (default 15)")
+    args = parser.parse_args()
+    device = harness.cpu_or_cuda(args.cpu)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+
+    scorer, models, loading = phase_load(args.tiny)
+    subject = Subject(harness.pictures(args.photos, args.side, seed=1))
+    round_pictures = harness.pictures(len(TEXTS), args.side, seed=2)
+    first_s, rounds, extra_gib = phase_rounds(scorer, subject, round_pictures, device, args.rounds)
+    scoring = phase_scoring(models, subject, round_pictures, device, dtype, args.rounds)
+    copy_back = phase_copy_back(models, subject, round_pictures, device, dtype, args.rounds)
+
+    results = harness.Results(
+        args.out,
+        device=harness.card(device, cpu="cpu"),
+        models="tiny" if args.tiny else "DINO ViT-S/16 + CLIP ViT-B/32 (random weights)",
+        parameters_m=round(sum(p.numel() for p in [*models.dino.parameters(), *models.clip.parameters()]) / 1e6, 1),
+        pictures=f"{len(TEXTS)} x {args.side}² against {args.photos} photos",
+        **loading,
+        **{"first_round_s (with the photos' embeddings)": round(first_s, 3),
+           "round_s (median: to GPU, score, drop)": round(float(np.median(rounds)), 3),
+           "round_s copying back (median, the first version)": round(float(np.median(copy_back)), 3),
+           "score_s (median, models on the device)": round(float(np.median(scoring)), 3),
+           "extra_gib": None if extra_gib is None else round(extra_gib, 3)},
+    )
     for key, value in results.items():
         print(f"{key}: {value}")
     round_s = results["round_s (median: to GPU, score, drop)"]
     print(f"target: <= {TARGET_ROUND_S} s per round ({'met' if round_s <= TARGET_ROUND_S else 'MISSED'}), "
           f"<= {TARGET_EXTRA_GIB} GiB extra"
           + ("" if extra_gib is None else f" ({'met' if extra_gib <= TARGET_EXTRA_GIB else 'MISSED'})"))
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    results.save()
     return 0
 
 

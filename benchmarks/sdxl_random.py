@@ -1,4 +1,5 @@
-"""SDXL-base-1.0's exact architecture with random weights, built directly on the device.
+"""The models the benchmarks drive: SDXL-base-1.0's exact architecture with random weights, built
+directly on the device, or the product's tiny model for a dry run on the CPU.
 
 No weights can be downloaded where the benchmarks run, and speed and memory do not depend
 on weight values. The numbers are SDXL-base-1.0's (shared/README.md); the UNet's parameter
@@ -7,12 +8,15 @@ count is asserted so a typo cannot make a benchmark measure a different model.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
+from config.settings import Settings
+from engine.gpu.models import BaseModel, load_base_model, prepare_device
 from engine.gpu.tiny_model import write_tokenizer
 
 SDXL_UNET_PARAMS = 2_567_463_684
@@ -66,3 +70,33 @@ def build_sdxl(device: torch.device, dtype: torch.dtype, tokenizer_dir: Path) ->
                                      add_watermarker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def random_base(tokenizer_dir: Path) -> BaseModel:
+    """Random SDXL-base-1.0 on the GPU, as the resident base model the worker would hold: on the
+    device, in the precision (PAWTRAIT_DTYPE) and under the memory cap (PAWTRAIT_GPU_MEMORY_GIB)
+    `load_base_model` would use."""
+    device, dtype = prepare_device(Settings.from_env())
+    pipe = build_sdxl(device, dtype, tokenizer_dir)
+    return BaseModel(pipe=pipe, device=device, dtype=dtype, model_id="random SDXL-base-1.0", vae_id=None)
+
+
+def base_model(tiny: Path | None, work: Path) -> BaseModel:
+    """The tiny model in `tiny` loaded on the CPU as the worker loads a model (a dry run), else
+    `random_base` with its tokenizer written in `work`."""
+    if tiny:
+        return load_base_model(Settings(model=str(tiny), vae=None, device="cpu"))
+    return random_base(work / "tokenizer")
+
+
+def save_random_sdxl(model_dir: Path, tokenizer_dir: Path) -> float:
+    """Random SDXL-base-1.0 in bf16 saved as `save_pretrained` writes a downloaded one; returns the
+    seconds the saving took. The GPU copy is dropped: a worker or command started after gets the GPU
+    to itself (this process keeps only its context)."""
+    pipe = build_sdxl(torch.device("cuda"), torch.bfloat16, tokenizer_dir)
+    started = time.perf_counter()
+    pipe.save_pretrained(model_dir)
+    seconds = time.perf_counter() - started
+    del pipe
+    torch.cuda.empty_cache()
+    return seconds

@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,8 @@ from PIL import Image, ImageDraw
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+
+import harness  # noqa: E402
 
 from config.settings import Settings  # noqa: E402
 
@@ -67,100 +70,116 @@ def big_jpeg(seed: int) -> Path:
     return path
 
 
-def memory_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
+@dataclass
+class Flood:
+    """The fake Discord, its members and the bot process the phases drive."""
+
+    args: argparse.Namespace
+    fake: FakeDiscord
+    guild: object
+    members: list
+    watcher: object
+    bot: BotProcess
+    pid: int
+    answers: list[float] = field(default_factory=list)  # seconds to each other command's answer
+    peak_kib: int = 0  # the bot's peak resident memory once the flood was answered (or stopped)
+    stopped: str = ""
 
 
-async def run(args: argparse.Namespace) -> dict:
-    photos = [(f"IMG_{seed:04d}.jpg", big_jpeg(seed).read_bytes()) for seed in range(args.photos)]
-    sizes = [len(data) for _, data in photos]
+async def phase_start(args: argparse.Namespace, folder: Path) -> Flood:
+    """The fake Discord with the members, and `pawtrait bot` (embedded, no worker) connected to it."""
     fake = FakeDiscord()
     await fake.start()
     guild = fake.add_guild("Flood Club", owner="owner")
     members = [fake.add_member(guild, f"member{index}") for index in range(args.teaches)]
     watcher = fake.add_member(guild, "watcher")
-    folder = Path(tempfile.mkdtemp(prefix="teach-flood-"))
     settings = Settings(data_dir=folder / "data", model="unused", vae=None, device="cpu", resolution=1024)
     env = dict(settings_env(settings), **fake.bot_env(), PAWTRAIT_WORKERS="0", PAWTRAIT_MAX_PETS_PER_USER="5")
     env.pop("PAWTRAIT_DEV_GUILD", None)
     bot = BotProcess(env, folder / "bot.log")
     await bot.start(fake)
     assert bot.process is not None
-    pid = bot.process.pid
-    idle_kib = memory_kib(pid, "VmRSS")
-    answers: list[float] = []
-    stopped = ""
+    return Flood(args, fake, guild, members, watcher, bot, bot.process.pid)
+
+
+async def phase_flood(flood: Flood, photos: list[tuple[str, bytes]]) -> list[tuple[float, int]]:
+    """Every member's /teach at once while the watcher asks /queue and /pets in turn: when each /teach
+    was answered and how many photos it added (none if the bot's memory passed the limit)."""
+    args, fake, guild = flood.args, flood.fake, flood.guild
+    start = time.perf_counter()
+    records = [
+        await fake.slash(guild, member, "teach", name=f"Pet{index}", **{"class": "cat"},
+                         **{f"photo{n + 1}": photo for n, photo in enumerate(photos)})
+        for index, member in enumerate(flood.members)
+    ]
+
+    async def teach_done(record) -> tuple[float, int]:
+        reply = await fake.reply(record, timeout=args.timeout, check=lambda m: ADDED.search(m.text()))
+        return time.perf_counter() - start, int(ADDED.search(reply.text()).group(1) or 0)
+
+    teaches = asyncio.gather(*(teach_done(record) for record in records))
+    command = 0
+    while not teaches.done():
+        if harness.status_kib(flood.pid, "VmRSS") > args.max_rss_gib * 1024 * 1024:
+            flood.stopped = f"stopped: resident memory passed {args.max_rss_gib} GiB"
+            break
+        asked = time.perf_counter()
+        record = await fake.slash(guild, flood.watcher, ("queue", "pets")[command % 2])
+        command += 1
+        await fake.reply(record, timeout=args.timeout)
+        flood.answers.append(time.perf_counter() - asked)
+        await asyncio.sleep(0.2)
+    flood.peak_kib = harness.status_kib(flood.pid, "VmHWM")
+    if flood.stopped:
+        teaches.cancel()
+        await asyncio.gather(teaches, return_exceptions=True)
+        return []
+    return await teaches
+
+
+async def run(args: argparse.Namespace) -> dict:
+    photos = [(f"IMG_{seed:04d}.jpg", big_jpeg(seed).read_bytes()) for seed in range(args.photos)]
+    sizes = [len(data) for _, data in photos]
+    folder = Path(tempfile.mkdtemp(prefix="teach-flood-"))
+    flood = await phase_start(args, folder)
+    idle_kib = harness.status_kib(flood.pid, "VmRSS")
     try:
-        start = time.perf_counter()
-        records = [
-            await fake.slash(guild, member, "teach", name=f"Pet{index}", **{"class": "cat"},
-                             **{f"photo{n + 1}": photo for n, photo in enumerate(photos)})
-            for index, member in enumerate(members)
-        ]
-
-        async def teach_done(record) -> tuple[float, int]:
-            reply = await fake.reply(record, timeout=args.timeout, check=lambda m: ADDED.search(m.text()))
-            return time.perf_counter() - start, int(ADDED.search(reply.text()).group(1) or 0)
-
-        flood = asyncio.gather(*(teach_done(record) for record in records))
-        command = 0
-        while not flood.done():
-            if memory_kib(pid, "VmRSS") > args.max_rss_gib * 1024 * 1024:
-                stopped = f"stopped: resident memory passed {args.max_rss_gib} GiB"
-                break
-            asked = time.perf_counter()
-            record = await fake.slash(guild, watcher, ("queue", "pets")[command % 2])
-            command += 1
-            await fake.reply(record, timeout=args.timeout)
-            answers.append(time.perf_counter() - asked)
-            await asyncio.sleep(0.2)
-        peak_kib = memory_kib(pid, "VmHWM")
-        if stopped:
-            flood.cancel()
-            await asyncio.gather(flood, return_exceptions=True)
-            finished = []
-        else:
-            finished = await flood
+        finished = await phase_flood(flood, photos)
     finally:
-        if stopped:
-            bot.process.kill()
-        await bot.stop()
-        await fake.stop()
+        if flood.stopped:
+            flood.bot.process.kill()
+        await flood.bot.stop()
+        await flood.fake.stop()
         subprocess.run(["rm", "-rf", str(folder)], check=False)
+    answers = flood.answers
     return {
-        "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                 text=True).stdout.strip(),
+        "commit": harness.commit(),
         "cpus": os.cpu_count(),
         "teaches": args.teaches,
         "photos_per_teach": args.photos,
         "photo_mb": round(statistics.mean(sizes) / 1e6, 1),
         "photo_pixels": f"{SIZE[0]}x{SIZE[1]}",
         "bot_idle_rss_mib": round(idle_kib / 1024),
-        "bot_peak_rss_mib": round(peak_kib / 1024),
+        "bot_peak_rss_mib": round(flood.peak_kib / 1024),
         "other_commands": len(answers),
         "other_commands_slowest_s": round(max(answers), 2) if answers else None,
         "other_commands_median_s": round(statistics.median(answers), 2) if answers else None,
         "all_teaches_answered_s": round(max(at for at, _ in finished), 1) if finished else None,
         "photos_added_per_teach": sorted({added for _, added in finished}),
-        "stopped": stopped,
+        "stopped": flood.stopped,
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = harness.parser(__doc__, out=None)
     parser.add_argument("--teaches", type=int, default=8)
     parser.add_argument("--photos", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for any one answer")
     parser.add_argument("--max-rss-gib", type=float, default=6.0)
-    parser.add_argument("--out", type=Path)
-    result = asyncio.run(run(parser.parse_args()))
-    text = json.dumps(result, indent=2)
-    print(text)
-    if parser.parse_args().out:
-        parser.parse_args().out.write_text(text + "\n")
+    args = parser.parse_args()
+    results = harness.Results(args.out, **asyncio.run(run(args)))
+    print(json.dumps(results, indent=2))
+    results.save()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ process and records when each line of its output appeared and when it exited.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -25,27 +24,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from sdxl_random import build_sdxl
-from train_sdxl import write_photos
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def save_random_sdxl(folder: Path) -> float:
-    """Random SDXL-base-1.0 in bf16, saved as a diffusers folder; returns the seconds it took to save."""
-    pipe = build_sdxl(torch.device("cuda"), torch.bfloat16, folder.parent / "tokenizer")
-    started = time.perf_counter()
-    pipe.save_pretrained(folder)
-    seconds = time.perf_counter() - started
-    del pipe
-    torch.cuda.empty_cache()  # the command's process gets the GPU to itself (this one keeps only its context)
-    return seconds
+import harness
+from sdxl_random import save_random_sdxl
 
 
 def pawtrait(env: dict[str, str], *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "cli.main", *args], env=env, cwd=ROOT, text=True,
+    return subprocess.Popen([sys.executable, "-m", "cli.main", *args], env=env, cwd=harness.REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -71,46 +56,60 @@ def timed_lines(process: subprocess.Popen, started: float) -> list[tuple[float, 
     return lines
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("train_command.json"))
-    parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--resolution", type=int, default=1024)
-    parser.add_argument("--tiny", type=Path, help="use this tiny model folder on the CPU instead (a dry run)")
-    args = parser.parse_args()
+def phase_model(tiny: Path | None, work: Path, results: harness.Results) -> Path:
+    """The tiny model of a dry run, or random SDXL-base-1.0 in bf16 saved as a diffusers folder."""
+    if tiny:
+        results["card"] = harness.DRY_RUN_CARD
+        return tiny
+    results["card"] = torch.cuda.get_device_name()
+    results["save_model_s"] = save_random_sdxl(work / "model", work / "tokenizer")
+    return work / "model"
 
-    work = Path(tempfile.mkdtemp(prefix="pawtrait-train-command-"))
-    results: dict = {"steps": args.steps, "resolution": args.resolution}
-    if args.tiny:
-        model, results["card"] = args.tiny, "CPU (dry run)"
-    else:
-        model, results["card"] = work / "model", torch.cuda.get_device_name()
-        results["save_model_s"] = save_random_sdxl(model)
-    photos = write_photos(work / "photos", 15, 1024)  # what members send: intake takes 512 px and up
-    env = {**os.environ, "PAWTRAIT_DATA_DIR": str(work / "data"), "PAWTRAIT_MODEL": str(model), "PAWTRAIT_VAE": "",
-           "PAWTRAIT_RESOLUTION": str(args.resolution), "PAWTRAIT_SCORES": "off", "HF_HUB_OFFLINE": "1"}
-    if args.tiny:
-        env["PAWTRAIT_DEVICE"] = "cpu"
 
+def phase_teach(env: dict[str, str], work: Path) -> bool:
+    """`pawtrait teach Thor` with 15 random 1024² photos (what members send: intake takes 512 px and up)."""
+    photos = harness.write_photos(work / "photos", 15, 1024)
     teach = pawtrait(env, "teach", "Thor", "--class", "cat", *map(str, photos))
     out, _ = teach.communicate()
     if teach.returncode != 0:
         print(out)
-        return 1
+    return teach.returncode == 0
 
+
+def phase_train(env: dict[str, str], steps: int) -> dict:
+    """`pawtrait train Thor`, timed from the command to its exit, with when each line appeared."""
     started = time.perf_counter()
-    train = pawtrait(env, "train", "Thor", "--steps", str(args.steps))
+    train = pawtrait(env, "train", "Thor", "--steps", str(steps))
     lines = timed_lines(train, started)
-    results.update(
+    return dict(
         returncode=train.returncode, wall_s=time.perf_counter() - started,
         # The service logs its memory plan once the model is loaded, just before it caches the photos.
         model_loaded_s=next((at for at, line in lines if " mode (" in line and "run " in line), None),
         trained_s=next((at for at, line in lines if " is trained " in line), None),
         messages=[(at, line) for at, line in lines if "%|" not in line],  # what it said besides the bar
     )
-    args.out.write_text(json.dumps(results, indent=2))
+
+
+def main() -> int:
+    parser = harness.parser(__doc__, out="train_command.json")
+    parser.add_argument("--steps", type=int, default=500)
+    harness.add_resolution(parser)
+    harness.add_tiny_model(parser)
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="pawtrait-train-command-"))
+    results = harness.Results(args.out, steps=args.steps, resolution=args.resolution)
+    model = phase_model(args.tiny, work, results)
+    env = {**os.environ, "PAWTRAIT_DATA_DIR": str(work / "data"), "PAWTRAIT_MODEL": str(model), "PAWTRAIT_VAE": "",
+           "PAWTRAIT_RESOLUTION": str(args.resolution), "PAWTRAIT_SCORES": "off", "HF_HUB_OFFLINE": "1"}
+    if args.tiny:
+        env["PAWTRAIT_DEVICE"] = "cpu"
+    if not phase_teach(env, work):
+        return 1
+    results.update(phase_train(env, args.steps))
+    results.save()
     print(json.dumps(results, indent=2))
-    return 0 if train.returncode == 0 else 1
+    return 0 if results["returncode"] == 0 else 1
 
 
 if __name__ == "__main__":

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,27 +33,24 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sdxl_random import build_sdxl
+import harness
+from harness import embedded_install, mean_levels_apart, peak_gib, pet_with, reset_peak, sync, timed
+from sdxl_random import base_model
 
 from config.settings import Settings
 from engine.gpu.compile import compiled_blocks
 from engine.gpu.generation.compile_ahead import CompileAhead
 from engine.gpu.generation.generator import Generator
 from engine.gpu.generation.renders import Render
-from engine.gpu.models import BaseModel, prepare_device
+from engine.gpu.models import BaseModel
 from engine.gpu.training.cache import build_cache, offload_encoders, restore_encoders
 from engine.gpu.training.checkpoints import write_checkpoint
 from engine.gpu.training.class_images import BATCH, ensure_class_images
 from engine.gpu.training.compile_ahead import TrainingCompileAhead
 from engine.gpu.training.loop import TRAINING_ADAPTER, LoopPlan, LoraTrainer
 from engine.usecases.training.params import TrainingParams
-from storage import keys, runs
-from storage.db import Database, open_database, sqlite_url
-from storage.files import DataDir, FileStore, LocalFiles
-from storage.pets import LOCAL_GUILD, Pet, create_pet
-from storage.photos import insert_photo
+from storage import runs
 
-GIB = 2**30
 PROMPT = "a photo of zqxjv cat"
 VALIDATION = [PROMPT, "an oil painting of zqxjv cat", "zqxjv cat in space"]
 
@@ -79,50 +76,6 @@ CONFIGS = {
     "lean4-compile": (True, 4, True, {"compile": True}, False),
     "fast4-compile-eager": (False, 0, False, {"compile": True, **EAGER}, False),
 }
-
-
-def build_base(tokenizer_dir: Path) -> BaseModel:
-    """Random SDXL-base-1.0 on the GPU, as the resident base model the worker would hold: on the
-    device, in the precision (PAWTRAIT_DTYPE) and under the memory cap (PAWTRAIT_GPU_MEMORY_GIB)
-    `load_base_model` would use."""
-    device, dtype = prepare_device(Settings.from_env())
-    pipe = build_sdxl(device, dtype, tokenizer_dir)
-    return BaseModel(pipe=pipe, device=device, dtype=dtype, model_id="random SDXL-base-1.0", vae_id=None)
-
-
-def write_photos(folder: Path, count: int, size: int) -> list[Path]:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    paths = []
-    for index in range(count):
-        path = folder / f"{index}.png"
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
-        paths.append(path)
-    return paths
-
-
-def sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def peak_gib() -> float:
-    return torch.cuda.max_memory_allocated() / GIB if torch.cuda.is_available() else 0.0
-
-
-def reset_peak() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats()
-
-
-def timed(fn):
-    sync()
-    start = time.perf_counter()
-    result = fn()
-    sync()
-    return time.perf_counter() - start, result
 
 
 PNG = "round: PNG encode (each picture)"
@@ -220,7 +173,7 @@ def bench_config(base: BaseModel, cache, name: str, steps: int, prior: bool, res
         float8_base(unet)
     if offload:
         offload_encoders(base)
-    reset_peak()
+    reset_peak(empty_cache=True)
     # Compiled on first use, as the worker's idle time does it (training/compile_ahead.py).
     compiled = compiled_blocks(base.pipe.unet) if params.compile else None
     trainer = LoraTrainer(base, params, cache, plan, compiled)
@@ -274,27 +227,6 @@ def check_graphs(base: BaseModel, cache, res: int, steps: int = 6) -> dict:
             "losses": {name: losses for name, (_, losses) in loras.items()}}
 
 
-async def embedded_install(folder: Path) -> tuple[Database, FileStore, DataDir]:
-    """A one-host installation in `folder`: the SQLite file and the folder as the file store."""
-    return await open_database(sqlite_url(folder / "pawtrait.db")), LocalFiles(folder), DataDir(folder)
-
-
-async def pet_with(db: Database, store: FileStore, photos: list[Path], res: int, name: str = "Thor") -> Pet:
-    """A pet whose prepared photos are `photos`, put in the file store as the intake would."""
-    pet = await create_pet(db, LOCAL_GUILD, "bench", name, "cat")
-    for index, path in enumerate(photos):
-        key = keys.photo(pet.id, f"{index}-crop.png")
-        await store.put_file(key, path)
-        await insert_photo(db, pet.id, sha256=str(index), phash="0", original_name="p", original_path=key,
-                           prepared_path=key, width=res, height=res, crop=(0, 0, res), added_by="bench")
-    return pet
-
-
-def level_difference(a: list[Image.Image], b: list[Image.Image]) -> float:
-    """Mean absolute difference of two picture lists in 0-255 levels."""
-    return float(np.mean([np.abs(np.asarray(x, np.int16) - np.asarray(y, np.int16)).mean() for x, y in zip(a, b)]))
-
-
 def check_kept_round_graph(base: BaseModel, generator: Generator, cache, res: int) -> dict:
     """A round replayed from the UNet graph the previous round kept (fast mode) against the same round
     from a freshly captured graph, the LoRA trained 3 more steps in between: the same pictures?"""
@@ -319,8 +251,8 @@ def check_kept_round_graph(base: BaseModel, generator: Generator, cache, res: in
         trainer.close()
         generator.release_graphs()
     return {"first_s": first_s, "kept_s": kept_s, "fresh_s": fresh_s,
-            "kept_vs_fresh_levels": level_difference(kept, fresh),
-            "kept_vs_first_round_levels": level_difference(first, kept)}
+            "kept_vs_fresh_levels": mean_levels_apart(kept, fresh),
+            "kept_vs_first_round_levels": mean_levels_apart(first, kept)}
 
 
 def diffusers_validation(base: BaseModel, cache, seeds: list[int], res: int, batch: int) -> list[Image.Image]:
@@ -388,12 +320,12 @@ def bench_validation(
             job = Render(cache.validation, cache.validation_negative, seeds, res, batch)
             row = {}
             if batch == 3 and not ahead:
-                reset_peak()
+                reset_peak(empty_cache=True)
                 row["diffusers_s"], diffusers = timed(lambda: diffusers_validation(base, cache, seeds, res, batch))
                 row["diffusers_peak_gib"] = peak_gib()
                 trainer.activate()
             for way in ("live", "merged"):
-                reset_peak()
+                reset_peak(empty_cache=True)
                 with previous_validation() if way == "live" else nullcontext():
                     first_s, _ = timed(lambda: generator.render(job, adapter=TRAINING_ADAPTER, blocks=trainer.compiled))
                     trainer.activate()
@@ -401,9 +333,9 @@ def bench_validation(
                         lambda: generator.render(job, adapter=TRAINING_ADAPTER, blocks=trainer.compiled))
                     trainer.activate()
                 row[f"{way}_first_s"], row[f"{way}_peak_gib"] = first_s, peak_gib()
-            row["merged_vs_live_levels"] = level_difference(row.pop("live"), row["merged"])
+            row["merged_vs_live_levels"] = mean_levels_apart(row.pop("live"), row["merged"])
             if "diffusers_s" in row:
-                row["merged_vs_diffusers_levels"] = level_difference(diffusers, row["merged"])
+                row["merged_vs_diffusers_levels"] = mean_levels_apart(diffusers, row["merged"])
             pictures[batch] = row.pop("merged")
             rows[f"batch{batch}"] = row
             print(f"validation batch {batch}{' compiled' if ahead else ''}: {row}", flush=True)
@@ -442,7 +374,7 @@ def bench_class_images(base: BaseModel, generator: Generator, work: Path, count:
     new_s, paths = draw_class_images(generator, work / "data", count, res)
     new = [Image.open(path).convert("RGB") for path in paths[:before]]
     return {"diffusers_count": before, "diffusers_s_each": old_s / before, "count": count, "s": new_s,
-            "s_each": new_s / count, "levels_apart": level_difference(old, new), "paths": paths}
+            "s_each": new_s / count, "levels_apart": mean_levels_apart(old, new), "paths": paths}
 
 
 def timed_steps(step: Callable[[], bool]) -> list[float]:
@@ -464,7 +396,7 @@ def bench_class_images_compiled(base: BaseModel, work: Path, count: int, res: in
     before_s, before = draw_class_images(generator, work / "class-uncompiled", uncompiled, res)
     steps = timed_steps(generator.compile_ahead)
     after_s, after = draw_class_images(generator, work / "class-compiled", count, res)
-    apart = level_difference(*([Image.open(path).convert("RGB") for path in paths[:uncompiled]] for paths in (before, after)))
+    apart = mean_levels_apart(*([Image.open(path).convert("RGB") for path in paths[:uncompiled]] for paths in (before, after)))
     return {"uncompiled_count": uncompiled, "uncompiled_s_each": before_s / uncompiled,
             "compile_s": sum(steps), "compile_steps": len(steps), "count": count, "s": after_s,
             "s_each": after_s / count, "levels_apart": apart}
@@ -503,7 +435,7 @@ def bench_end_to_end(
             on_checkpoint=lambda step, _id: marks.append((f"checkpoint {step}", time.perf_counter())),
             on_validation=lambda step, _rows: marks.append((f"validation {step}", time.perf_counter())),
         )
-        reset_peak()
+        reset_peak(empty_cache=True)
         seconds: dict[str, list[float]] = {}
         start = time.perf_counter()
         with timeline(seconds) if parts else nullcontext():
@@ -527,9 +459,169 @@ def bench_end_to_end(
     return asyncio.run(run())
 
 
+@dataclass
+class Session:
+    """What the phases share: the model, the 15 photos and their cache, and the results so far."""
+
+    args: argparse.Namespace
+    results: harness.Results
+    work: Path
+    base: BaseModel
+    photos: list[Path]
+    cache: object
+    generator: Generator = field(init=False)  # made by phase_painter
+    # Validation pictures by batch, painted uncompiled: the compiled run's are compared with them.
+    eager_pictures: dict[int, list[Image.Image]] = field(default_factory=dict)
+
+    def record(self, key: str, value: object, label: str | None = None) -> None:
+        self.results[key] = value
+        if label:
+            print(f"{label}: {value}", flush=True)
+        self.results.save()
+
+
+def phase_setup(args: argparse.Namespace) -> Session:
+    """The model (tiny on the CPU, or random SDXL on the GPU), 15 photos and their training cache."""
+    res = args.resolution
+    device = torch.device("cpu" if args.tiny else "cuda")
+    results = harness.Results(args.out, **harness.provenance(device), resolution=res, configs=[])
+    work = Path(tempfile.mkdtemp(prefix="pawtrait-bench-"))
+    build_s, base = timed(lambda: base_model(args.tiny, work))
+    results.update(build_s=build_s, dtype=str(base.dtype), gpu_memory_gib=Settings.from_env().gpu_memory_gib)
+    photos = harness.write_photos(work / "photos", 15, res)
+    reset_peak(empty_cache=True)
+    cache_s, cache = timed(lambda: build_cache(base, photos, PROMPT, res, flip=False, validation_prompts=VALIDATION))
+    results["cache"] = {"photos": 15, "s": cache_s, "peak_gib": peak_gib()}
+    print(f"built in {build_s:.1f} s; cached 15 photos in {cache_s:.2f} s", flush=True)
+    results.save()
+    return Session(args, results, work, base, photos, cache)
+
+
+def phase_painter(session: Session) -> None:
+    """The worker's painter, as `Generator.from_settings` makes it (compile ahead is the worker's idle work:
+    none here, so its blocks run eagerly, replayed from CUDA graphs). Made after the configurations:
+    its memory mode is chosen from the memory free then."""
+    session.generator = Generator(session.base)
+
+
+def phase_configs(session: Session, names: str, cache: object = None, prior: bool = False) -> None:
+    """Each named configuration's steps (with prior preservation on `cache` if `prior`); one that
+    fails records its error and the rest go on."""
+    for name in [c for c in names.split(",") if c]:
+        try:
+            row = bench_config(session.base, cache or session.cache, name, session.args.steps, prior=prior,
+                               res=session.args.resolution)
+        except Exception as error:  # noqa: BLE001 - record and go on
+            traceback.print_exc()
+            row = {"config": name + ("+prior" if prior else ""), "error": harness.failure(error)}
+            reset_peak(empty_cache=True)
+        print(row, flush=True)
+        session.results["configs"].append(row)
+        session.results.save()
+
+
+def phase_graph_check(session: Session) -> None:
+    session.record("graph_check", check_graphs(session.base, session.cache, session.args.resolution), "graph check")
+
+
+def phase_validation(session: Session) -> None:
+    rows, session.eager_pictures = bench_validation(session.base, session.generator, session.cache,
+                                                    session.args.resolution, session.args.validation_steps)
+    session.record("validation", rows)
+
+
+def phase_kept_graph_check(session: Session) -> None:
+    session.record("kept_round_graph", check_kept_round_graph(session.base, session.generator, session.cache,
+                                                              session.args.resolution), "kept round graph")
+
+
+def phase_class_images_compiled(session: Session) -> None:
+    args = session.args
+    session.record("class_images_compiled", bench_class_images_compiled(
+        session.base, session.work, args.class_images_compiled, args.resolution, args.class_images_before),
+        "class images compiled")
+
+
+def phase_checkpoint(session: Session) -> None:
+    """Writing one checkpoint (the LoRA after a step, in both formats, with its resume state)."""
+    trainer = LoraTrainer(session.base, TrainingParams(resolution=session.args.resolution), session.cache,
+                          LoopPlan("fast", False, 4, False, "benchmark"))
+    trainer.train_step(0)
+    lora = trainer.lora_state_dict()
+    seconds, _ = timed(lambda: write_checkpoint(session.work / "ckpt", lora, trainer.lora_config.to_dict(), rank=4,
+                                                alpha=4.0, kohya_name="bench", state=trainer.state_dict(1, lora)))
+    trainer.close()
+    session.record("checkpoint_s", seconds)
+
+
+def phase_prior(session: Session) -> None:
+    """Class images drawn (as before and by the Generator), then the prior-preservation configurations."""
+    args, res = session.args, session.args.resolution
+    drawn = bench_class_images(session.base, session.generator, session.work, args.class_images, res,
+                               args.class_images_before)
+    class_paths = drawn.pop("paths")
+    session.record("class_images", drawn, "class images")
+    prior_cache = build_cache(session.base, session.photos, PROMPT, res, flip=False, class_paths=class_paths,
+                              class_prompt="a photo of cat")
+    phase_configs(session, args.prior_configs, prior_cache, prior=True)
+
+
+def end_to_end_mode(session: Session, mode: str, compiled: bool) -> None:
+    """One mode's end-to-end run; `compiled`: its step compiled ahead first (and the validation rounds of a
+    compiled run measured), then the run, and with --full-previous the run with validation as before."""
+    args, res, generator = session.args, session.args.resolution, session.generator
+    every = min(args.full_every, args.full_steps)
+    ahead = None
+    if compiled:
+        ahead, session.results["training_compile_ahead"] = bench_compile_ahead(session.base, res, mode)
+        print("compiled ahead:", session.results["training_compile_ahead"], flush=True)
+        if mode != "lean" and session.eager_pictures:
+            rows, pictures = bench_validation(session.base, generator, session.cache, res, args.validation_steps, ahead)
+            rows["compiled_vs_uncompiled_levels"] = mean_levels_apart(session.eager_pictures[3], pictures[3])
+            session.record("validation_compiled", rows)
+    if compiled or not args.full_compile_only:
+        row = bench_end_to_end(generator, session.work, session.photos, args.full_steps, mode, res, ahead, every,
+                               parts=args.full_parts)
+        print(row, flush=True)
+        session.results["end_to_end"].append(row)
+    if compiled and args.full_previous:
+        with previous_validation():
+            ahead, session.results["training_compile_ahead_previous"] = bench_compile_ahead(session.base, res, mode)
+            row = bench_end_to_end(generator, session.work, session.photos, args.full_steps, mode, res, ahead, every,
+                                   label="previous validation")
+        print(row, flush=True)
+        session.results["end_to_end"].append(row)
+
+
+def phase_end_to_end(session: Session) -> None:
+    """execute_run in each --full-modes mode, uncompiled and (with --full-compile) compiled; a mode that
+    fails records its error and the rest go on."""
+    session.results["end_to_end"] = []
+    for mode in session.args.full_modes.split(","):
+        for compiled in (False, True) if session.args.full_compile else (False,):
+            try:
+                end_to_end_mode(session, mode, compiled)
+            except Exception as error:  # noqa: BLE001
+                traceback.print_exc()
+                session.results["end_to_end"].append({"mode": mode, "error": harness.failure(error)})
+            session.results.save()
+
+
+def print_table(results: harness.Results) -> None:
+    print(f"\n{results['card']}, torch {results['torch']}")
+    print(harness.columns(("config", "<22"), ("ckpt", ">5"), ("mb", ">4"), ("s/step", ">9"), ("ms/img", ">9"),
+                          ("peak GiB", ">10")))
+    for row in results["configs"]:
+        if "error" in row:
+            print(f"{row['config']:<22} {row['error'][:60]}")
+        else:
+            print(harness.columns((row["config"], "<22"), ("on" if row["checkpointing"] else "off", ">5"),
+                                  (row["micro_batch"], ">4"), (row["s_per_step"], ">9.3f"), (row["ms_per_image"], ">9.1f"),
+                                  (row["peak_gib"], ">10.2f")))
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("train_results.json"))
+    parser = harness.parser(__doc__, out="train_results.json")
     parser.add_argument("--configs", default="lean2,lean4,fast4")
     parser.add_argument("--prior-configs", default="lean4")
     parser.add_argument("--late-configs", default="", help="run after everything else (compiled ones: slow to start)")
@@ -552,139 +644,28 @@ def main() -> int:
                         help="training steps before the validation rounds are measured (so the LoRA has moved); -1: no rounds")
     parser.add_argument("--class-images-compiled", type=int, default=0,
                         help="this many class images drawn after compiling their shape ahead (beside --class-images-before uncompiled)")
-    parser.add_argument("--resolution", type=int, default=1024)
-    parser.add_argument("--tiny", type=Path, help="use this tiny model folder on the CPU instead (a dry run)")
+    harness.add_resolution(parser)
+    harness.add_tiny_model(parser)
     args = parser.parse_args()
 
-    res = args.resolution
-    device = torch.device("cpu" if args.tiny else "cuda")
-    card = "CPU (dry run)" if args.tiny else torch.cuda.get_device_name(device)
-    results: dict = {"card": card, "torch": torch.__version__, "resolution": res, "configs": []}
-
-    def save() -> None:
-        args.out.write_text(json.dumps(results, indent=2))
-
-    work = Path(tempfile.mkdtemp(prefix="pawtrait-bench-"))
-    if args.tiny:
-        from engine.gpu.models import load_base_model
-
-        build_s, base = timed(lambda: load_base_model(Settings(model=str(args.tiny), vae=None, device="cpu")))
-    else:
-        build_s, base = timed(lambda: build_base(work / "tokenizer"))
-    results.update(build_s=build_s, dtype=str(base.dtype), gpu_memory_gib=Settings.from_env().gpu_memory_gib)
-    photos = write_photos(work / "photos", 15, res)
-    reset_peak()
-    cache_s, cache = timed(lambda: build_cache(base, photos, PROMPT, res, flip=False, validation_prompts=VALIDATION))
-    results["cache"] = {"photos": 15, "s": cache_s, "peak_gib": peak_gib()}
-    print(f"built in {build_s:.1f} s; cached 15 photos in {cache_s:.2f} s", flush=True)
-    save()
-
-    def run_configs(names: str) -> None:
-        for name in [c for c in names.split(",") if c]:
-            try:
-                row = bench_config(base, cache, name, args.steps, prior=False, res=res)
-            except Exception as error:  # noqa: BLE001 - record and go on
-                traceback.print_exc()
-                row = {"config": name, "error": f"{type(error).__name__}: {error}"}
-                reset_peak()
-            print(row, flush=True)
-            results["configs"].append(row)
-            save()
-
+    session = phase_setup(args)
     if args.graph_check:
-        results["graph_check"] = check_graphs(base, cache, res)
-        print("graph check:", results["graph_check"], flush=True)
-        save()
-
-    run_configs(args.configs)
-
-    # The worker's painter, as `Generator.from_settings` makes it (compile ahead is the worker's idle work:
-    # none here, so its blocks run eagerly, replayed from CUDA graphs).
-    generator = Generator(base)
-    eager_pictures: dict[int, list[Image.Image]] = {}
+        phase_graph_check(session)
+    phase_configs(session, args.configs)
+    phase_painter(session)
     if args.validation_steps >= 0:
-        results["validation"], eager_pictures = bench_validation(base, generator, cache, res, args.validation_steps)
-        save()
+        phase_validation(session)
     if args.kept_graph_check:
-        results["kept_round_graph"] = check_kept_round_graph(base, generator, cache, res)
-        print("kept round graph:", results["kept_round_graph"], flush=True)
-        save()
+        phase_kept_graph_check(session)
     if args.class_images_compiled:
-        results["class_images_compiled"] = bench_class_images_compiled(
-            base, work, args.class_images_compiled, res, args.class_images_before)
-        print(f"class images compiled: {results['class_images_compiled']}", flush=True)
-        save()
-    params = TrainingParams(resolution=res)
-    trainer = LoraTrainer(base, params, cache, LoopPlan("fast", False, 4, False, "benchmark"))
-    trainer.train_step(0)
-    lora = trainer.lora_state_dict()
-    seconds, _ = timed(lambda: write_checkpoint(work / "ckpt", lora, trainer.lora_config.to_dict(), rank=4, alpha=4.0,
-                                                kohya_name="bench", state=trainer.state_dict(1, lora)))
-    trainer.close()
-    results["checkpoint_s"] = seconds
-    save()
-
+        phase_class_images_compiled(session)
+    phase_checkpoint(session)
     if args.prior_configs:
-        drawn = bench_class_images(base, generator, work, args.class_images, res, args.class_images_before)
-        class_paths = drawn.pop("paths")
-        results["class_images"] = drawn
-        print(f"class images: {drawn}", flush=True)
-        save()
-        prior_cache = build_cache(base, photos, PROMPT, res, flip=False, class_paths=class_paths,
-                                  class_prompt="a photo of cat")
-        for name in args.prior_configs.split(","):
-            try:
-                row = bench_config(base, prior_cache, name, args.steps, prior=True, res=res)
-            except Exception as error:  # noqa: BLE001
-                traceback.print_exc()
-                row = {"config": name + "+prior", "error": f"{type(error).__name__}: {error}"}
-                reset_peak()
-            print(row, flush=True)
-            results["configs"].append(row)
-            save()
-        del prior_cache
-
+        phase_prior(session)
     if args.full_steps:
-        results["end_to_end"] = []
-        for mode in args.full_modes.split(","):
-            for compiled in (False, True) if args.full_compile else (False,):
-                try:
-                    ahead = None
-                    if compiled:
-                        ahead, results["training_compile_ahead"] = bench_compile_ahead(base, res, mode)
-                        print("compiled ahead:", results["training_compile_ahead"], flush=True)
-                        if mode != "lean" and eager_pictures:
-                            rows, pictures = bench_validation(base, generator, cache, res, args.validation_steps, ahead)
-                            rows["compiled_vs_uncompiled_levels"] = level_difference(eager_pictures[3], pictures[3])
-                            results["validation_compiled"] = rows
-                            save()
-                    if compiled or not args.full_compile_only:
-                        row = bench_end_to_end(generator, work, photos, args.full_steps, mode, res, ahead,
-                                               min(args.full_every, args.full_steps), parts=args.full_parts)
-                        print(row, flush=True)
-                        results["end_to_end"].append(row)
-                    if compiled and args.full_previous:
-                        with previous_validation():
-                            ahead, results["training_compile_ahead_previous"] = bench_compile_ahead(base, res, mode)
-                            row = bench_end_to_end(generator, work, photos, args.full_steps, mode, res, ahead,
-                                                   min(args.full_every, args.full_steps), label="previous validation")
-                        print(row, flush=True)
-                        results["end_to_end"].append(row)
-                except Exception as error:  # noqa: BLE001
-                    traceback.print_exc()
-                    results["end_to_end"].append({"mode": mode, "error": f"{type(error).__name__}: {error}"})
-                save()
-
-    run_configs(args.late_configs)
-
-    print(f"\n{results['card']}, torch {results['torch']}")
-    print(f"{'config':<22}{'ckpt':>5}{'mb':>4}{'s/step':>9}{'ms/img':>9}{'peak GiB':>10}")
-    for row in results["configs"]:
-        if "error" in row:
-            print(f"{row['config']:<22} {row['error'][:60]}")
-        else:
-            print(f"{row['config']:<22}{'on' if row['checkpointing'] else 'off':>5}{row['micro_batch']:>4}"
-                  f"{row['s_per_step']:>9.3f}{row['ms_per_image']:>9.1f}{row['peak_gib']:>10.2f}")
+        phase_end_to_end(session)
+    phase_configs(session, args.late_configs)
+    print_table(session.results)
     return 0
 
 

@@ -30,15 +30,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sdxl_random import build_sdxl
-from train_sdxl import embedded_install, pet_with, write_photos
+import harness
+from harness import embedded_install, pet_with, seconds_between
+from sdxl_random import save_random_sdxl
 
 from config.settings import Settings
 from engine.gpu.worker.supervisor import WorkerSupervisor
@@ -49,15 +49,6 @@ from storage.files import FileStore
 from storage.pets import LOCAL_GUILD
 
 POLL_S = 0.05
-
-
-def save_random_sdxl(folder: Path) -> Path:
-    """The SDXL architecture with random weights, saved as `save_pretrained` writes a real one."""
-    pipe = build_sdxl(torch.device("cuda"), torch.bfloat16, folder / "tokenizer")
-    pipe.save_pretrained(folder / "model")
-    del pipe
-    torch.cuda.empty_cache()
-    return folder / "model"
 
 
 def worker_env(model: Path, data: Path, count: int, resolution: int, cpu: bool) -> dict[str, str]:
@@ -87,22 +78,13 @@ class Memory:
                     index, used = (int(part) for part in line.split(","))
                     self.gpu_mib[index] = max(self.gpu_mib.get(index, 0), used)
             for pid in self.pids:
-                try:
-                    rss = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmRSS"))
-                except (OSError, StopIteration):
-                    continue
-                self.host_mib[pid] = max(self.host_mib.get(pid, 0), int(rss.split()[1]) // 1024)
+                if rss_kib := harness.status_kib(pid, "VmRSS"):
+                    self.host_mib[pid] = max(self.host_mib.get(pid, 0), rss_kib // 1024)
             await asyncio.sleep(0.5)
 
     def stop(self) -> dict:
         self._task.cancel()
         return {"gpu_peak_mib": self.gpu_mib, "worker_rss_peak_mib": list(self.host_mib.values())}
-
-
-def seconds(start: str | None, end: str | None) -> float | None:
-    if start is None or end is None:
-        return None
-    return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
 
 
 async def finished(db: Database, job_ids: list[int]) -> list[jobs.Job]:
@@ -129,7 +111,7 @@ async def idle_workers(db: Database, count: int) -> dict[str, str]:
 
 def describe(job: jobs.Job, devices: dict[str, str]) -> dict:
     return {"job": job.id, "status": job.status, "device": devices.get(job.worker_id or "", job.worker_id),
-            "wait_s": seconds(job.created_at, job.started_at), "run_s": seconds(job.started_at, job.finished_at),
+            "wait_s": seconds_between(job.created_at, job.started_at), "run_s": seconds_between(job.started_at, job.finished_at),
             "started_at": job.started_at, "error": job.error}
 
 
@@ -163,7 +145,7 @@ async def one_worker(bench: Bench, devices: dict[str, str]) -> dict:
     [training] = await finished(bench.db, [await bench.training()])
     rate, painted = await bench.pictures(bench.args.pictures)
     return {"training": describe(training, devices), "pictures_per_s": rate,
-            "picture_run_s": statistics.median(seconds(j.started_at, j.finished_at) for j in painted)}
+            "picture_run_s": statistics.median(seconds_between(j.started_at, j.finished_at) for j in painted)}
 
 
 async def two_workers(bench: Bench, devices: dict[str, str]) -> dict:
@@ -191,7 +173,8 @@ async def two_workers(bench: Bench, devices: dict[str, str]) -> dict:
                                    for device in set(devices.values())}}
 
 
-async def phase(name: str, count: int, env: dict[str, str], args, model: Path, work: Path, photos: list[Path]) -> dict:
+async def phase_workers(name: str, count: int, env: dict[str, str], args: argparse.Namespace, photos: list[Path]) -> dict:
+    """`count` workers started by the supervisor on an installation of their own, measured while they run."""
     settings = Settings.from_env(env)
     db, store, _ = await embedded_install(Path(env["PAWTRAIT_DATA_DIR"]))
     supervisor = WorkerSupervisor(settings, env)
@@ -212,24 +195,21 @@ async def phase(name: str, count: int, env: dict[str, str], args, model: Path, w
     return {**result, **result_memory}
 
 
-async def main_async(args) -> dict:
-    work = Path(tempfile.mkdtemp(prefix="two-gpus-"))
-    results: dict = {"torch": torch.__version__, "steps": args.steps, "pictures": args.pictures}
+async def phase_model(args: argparse.Namespace, work: Path, results: harness.Results) -> Path:
+    """The tiny model of a dry run, or random SDXL-base-1.0 saved to disk (the cards noted)."""
     if args.tiny:
-        model = args.tiny
-    else:
-        results["cards"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-        started = time.perf_counter()
-        model = await asyncio.to_thread(save_random_sdxl, work)
-        results["save_model_s"] = time.perf_counter() - started
-    photos = write_photos(work / "photos", 15, args.resolution)
-    for name, count in (("one worker", 1), ("two workers", 2)):
-        env = worker_env(model, work / f"data-{count}", count, args.resolution, cpu=bool(args.tiny))
-        results[name] = await phase(name, count, env, args, model, work, photos)
-        args.out.write_text(json.dumps(results, indent=2))
-    one, two = results["one worker"], results["two workers"]
+        return args.tiny
+    results["cards"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    started = time.perf_counter()
+    await asyncio.to_thread(save_random_sdxl, work / "model", work / "tokenizer")
+    results["save_model_s"] = time.perf_counter() - started
+    return work / "model"
+
+
+def summary(one: dict, two: dict) -> dict:
+    """Two workers against one: trainings' slowdown side by side, trainings per hour, pictures per second."""
     alone = one["training"]["run_s"]
-    results["summary"] = {
+    return {
         "training_alone_s": alone,
         "trainings_together_s": [t["run_s"] for t in two["trainings_together"]],
         "slowdown_together": [t["run_s"] / alone for t in two["trainings_together"] if t["run_s"] and alone],
@@ -238,20 +218,31 @@ async def main_async(args) -> dict:
         "pictures_per_s": {"one": one["pictures_per_s"], "two": two["pictures_per_s"],
                            "ratio": two["pictures_per_s"] / one["pictures_per_s"]},
     }
+
+
+async def main_async(args: argparse.Namespace) -> harness.Results:
+    work = Path(tempfile.mkdtemp(prefix="two-gpus-"))
+    results = harness.Results(args.out, torch=torch.__version__, steps=args.steps, pictures=args.pictures)
+    model = await phase_model(args, work, results)
+    photos = harness.write_photos(work / "photos", 15, args.resolution)
+    for name, count in (("one worker", 1), ("two workers", 2)):
+        env = worker_env(model, work / f"data-{count}", count, args.resolution, cpu=bool(args.tiny))
+        results[name] = await phase_workers(name, count, env, args, photos)
+        results.save()
+    results["summary"] = summary(results["one worker"], results["two workers"])
     return results
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("two_gpus.json"))
+    parser = harness.parser(__doc__, out="two_gpus.json")
     parser.add_argument("--steps", type=int, default=100, help="optimizer steps of each training")
     parser.add_argument("--pictures", type=int, default=8, help="pictures per worker in the throughput part")
     parser.add_argument("--picture-steps", type=int, default=30)
-    parser.add_argument("--resolution", type=int, default=1024)
-    parser.add_argument("--tiny", type=Path, help="a tiny model folder: a dry run with CPU workers")
+    harness.add_resolution(parser)
+    harness.add_tiny_model(parser, "a tiny model folder: a dry run with CPU workers")
     args = parser.parse_args()
     results = asyncio.run(main_async(args))
-    args.out.write_text(json.dumps(results, indent=2))
+    results.save()
     print(json.dumps(results["summary"], indent=2))
     return 0
 
