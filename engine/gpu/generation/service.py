@@ -22,6 +22,7 @@ from engine.gpu.generation.prompts import substitute_token
 from engine.usecases.generation.checkpoint_choice import checkpoint_to_paint
 from engine.usecases.generation.metadata import Parameters, png_info
 from engine.usecases.generation.request import GenerationError, GenerationRequest
+from engine.usecases.jobs.generate import GenerateResult
 from storage import keys
 from storage.db import Queries
 from storage.files import DataDir, FileMissing, FileStore, remove_tree
@@ -41,6 +42,11 @@ class GenerationOutcome:
     seeds: list[int]
     warnings: list[str] = field(default_factory=list)
     flagged: list[bool] | None = None  # the safety check's verdict per picture; None when unscreened
+
+    def to_result(self) -> GenerateResult:
+        """The result a generate job stores (its contract: engine.usecases.jobs.generate)."""
+        return GenerateResult(self.generation_id, tuple(self.files), tuple(self.seeds), tuple(self.warnings),
+                              None if self.flagged is None else tuple(self.flagged))
 
 
 # The safety check of finished pictures (engine.gpu.safety.screening.Screening.flags): True per

@@ -274,9 +274,7 @@ class Executor:
             await audit_verdicts(db, job, "picture screening", outcome.flagged, "pictures",
                                  prompt=request.prompt, seed=outcome.seeds[0] if outcome.seeds else None,
                                  generation_id=outcome.generation_id)
-        result = GenerateResult(outcome.generation_id, tuple(outcome.files), tuple(outcome.seeds),
-                                tuple(outcome.warnings), None if outcome.flagged is None else tuple(outcome.flagged))
-        return "succeeded", result, None
+        return "succeeded", outcome.to_result(), None
 
     async def run_training(
         self, db: FencedDatabase, job: jobs.Job, payload: TrainPayload, reporter: JobReporter
