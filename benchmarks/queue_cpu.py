@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 import harness  # noqa: E402
 
+import engine.usecases.jobs  # noqa: E402,F401 - registers the job kinds with the queue
 from config.settings import Settings  # noqa: E402
 
 from services import start_postgres, start_s3  # noqa: E402

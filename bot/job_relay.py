@@ -1,7 +1,8 @@
 """Turning job events (written by the GPU workers) into bot events for the cog that owns them.
 
 The relay polls `storage.jobs.events_after` about once a second and, for each event of a
-job started from Discord, calls the listeners named `on_pawtrait_<kind>_<event>` (e.g.
+job started from Discord, reads it through its job kind's contract (engine.usecases.jobs)
+and calls the listeners its event class names for that kind (`Event.listener`:
 `on_pawtrait_train_validation` in the training cog, `on_pawtrait_generate_finished` in the
 imagine cog) with a `JobUpdate`, as RoboDanny's reminders dispatch `<event>_timer_complete`.
 Unlike `bot.dispatch`, which runs listeners as loose tasks, it waits for them: a job's
@@ -20,10 +21,14 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from functools import cached_property
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import discord
 
+from engine.usecases.jobs.contract import Event
+from engine.usecases.jobs.events import Failed
+from engine.usecases.jobs.registry import job_kind
 from storage.db import Queries
 from storage.discord_posts import DiscordJob, get_discord_job, relay_position, set_relay_position
 from storage.jobs import EventPosition, Job, JobEvent, events_after, get_job, last_event_position
@@ -39,14 +44,32 @@ REPLY_GRACE_S = 10.0
 # How many ticks in a row an event's listener may fail before the event is skipped.
 DELIVERY_ATTEMPTS = 3
 
+E = TypeVar("E", bound=Event)
+
 
 @dataclass(frozen=True)
-class JobUpdate:
-    """What a cog's `on_pawtrait_<kind>_<event>` listener receives."""
+class JobUpdate(Generic[E]):
+    """What a cog's `on_pawtrait_<kind>_<event>` listener receives: the event as stored, and as
+    its kind's contract reads it (`happened`, e.g. a Progress with its step)."""
 
     target: DiscordJob  # where the job is shown
     job: Job
     event: JobEvent
+
+    @cached_property
+    def happened(self) -> E:
+        """The event's typed data; ContractError if it does not fit the job's kind."""
+        return job_kind(self.job.kind).event_of(self.event)  # type: ignore[return-value]
+
+    @property
+    def listener(self) -> str:
+        return type(self.happened).listener(self.job.kind)
+
+    @property
+    def why_failed(self) -> str:
+        """A failed job's reason, for the member."""
+        error = self.happened.error if isinstance(self.happened, Failed) else None
+        return error or self.job.error or "no reason was given"
 
 
 class JobRelay:
@@ -115,7 +138,7 @@ class JobRelay:
         """Deliver one event; False when it failed and is to be tried again later."""
         event = update.event
         try:
-            await self.deliver(f"pawtrait_{update.job.kind}_{event.kind}", update)
+            await self.deliver(update.listener, update)
         except discord.HTTPException as error:  # Discord refused the message: it would refuse it again
             log.warning("could not show event %s of job %s in Discord: %s", event.kind, event.job_id, error)
         except Exception as error:  # any listener error: retried, then skipped, never fatal
@@ -146,10 +169,10 @@ class JobRelay:
         self.position = latest
 
     async def deliver(self, name: str, update: JobUpdate) -> None:
-        """Await every cog listener of the bot event `name`, in the order the cogs were loaded."""
+        """Await every cog listener called `name`, in the order the cogs were loaded."""
         for cog in self.bot.cogs.values():
-            for event_name, listener in cog.get_listeners():
-                if event_name == f"on_{name}":
+            for listener_name, listener in cog.get_listeners():
+                if listener_name == name:
                     await listener(update)
 
     def _hold(self, target: DiscordJob) -> bool:

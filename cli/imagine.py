@@ -96,7 +96,6 @@ async def _imagine(args: argparse.Namespace, settings: Settings) -> int:
             source_image=args.vary[1] if args.vary else 1,
             variation_strength=args.variation_strength,
         )
-        request.validate()
         await check_prompt(db, request, LOCAL_GUILD)  # before loading the model (--detach: queueing screens too)
         if args.detach:
             return await _detach(db, settings, request, pet)

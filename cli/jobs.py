@@ -7,6 +7,10 @@ import asyncio
 import sys
 
 from config.settings import Settings
+from engine.usecases.jobs.contract import Event
+from engine.usecases.jobs.events import Progress, Queued, Started
+from engine.usecases.jobs.generate import GENERATE
+from engine.usecases.jobs.train import TRAIN, Checkpoint, Validation
 
 WAIT_POLL_S = 1.0
 
@@ -91,6 +95,7 @@ async def _jobs(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _wait(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.usecases.jobs.registry import job_kind
     from storage import jobs
     from storage.connect import open_storage
 
@@ -105,7 +110,7 @@ async def _wait(args: argparse.Namespace, settings: Settings) -> int:
             for event in await jobs.events_after(db, last, [job.id]):
                 last = event.position
                 if not args.quiet:
-                    _print_event(event)
+                    _print_event(job_kind(job.kind).event_of(event))
             job = await jobs.get_job(db, args.job)
             assert job is not None
             if job.ended:
@@ -116,20 +121,19 @@ async def _wait(args: argparse.Namespace, settings: Settings) -> int:
         await db.close()
 
 
-def _print_event(event) -> None:
-    data = event.data
-    if event.kind == "queued":
-        print(f"queued, position {data.get('position')}" + (f" ({data['requeued']})" if data.get("requeued") else ""))
-    elif event.kind == "started":
-        print(f"started (attempt {data.get('attempt')})")
-    elif event.kind == "progress":
-        loss = f", loss {data['loss']:.4f}" if isinstance(data.get("loss"), (int, float)) else ""
-        eta = f", ETA {_duration(data['eta_s'])}" if isinstance(data.get("eta_s"), (int, float)) else ""
-        print(f"step {data.get('step')}/{data.get('total')}{loss}{eta}")
-    elif event.kind == "checkpoint":
-        print(f"checkpoint at step {data.get('step')}")
-    elif event.kind == "validation":
-        print(f"validation images at step {data.get('step')}: {len(data.get('images', []))}")
+def _print_event(event: Event) -> None:
+    if isinstance(event, Queued):
+        print(f"queued, position {event.position}" + (f" ({event.requeued})" if event.requeued else ""))
+    elif isinstance(event, Started):
+        print(f"started (attempt {event.attempt})")
+    elif isinstance(event, Progress):
+        loss = f", loss {event.loss:.4f}" if event.loss is not None else ""
+        eta = f", ETA {_duration(event.eta_s)}" if event.eta_s is not None else ""
+        print(f"step {event.step}/{event.total}{loss}{eta}")
+    elif isinstance(event, Checkpoint):
+        print(f"checkpoint at step {event.step}")
+    elif isinstance(event, Validation):
+        print(f"validation images at step {event.step}: {len(event.images)}")
 
 
 async def _print_outcome(db, store, job) -> int:
@@ -140,10 +144,10 @@ async def _print_outcome(db, store, job) -> int:
         print(f"job #{job.id} was cancelled")
         return 1
     print(f"job #{job.id} succeeded")
-    result = job.result or {}
-    for key in result.get("files", []):
-        print(await store.local_path(key))
-    if job.kind == "train" and job.run_id is not None:
+    if job.kind == GENERATE.name and (result := GENERATE.result_of(job)) is not None:
+        for key in result.files:
+            print(await store.local_path(key))
+    if job.kind == TRAIN.name and job.run_id is not None:
         from storage.runs import list_checkpoints
 
         for checkpoint in await list_checkpoints(db, job.run_id):

@@ -2,7 +2,7 @@
 that writes the queue's SQL, for SQLite and PostgreSQL alike.
 
 Front ends (the bot, the CLI) submit, watch and cancel jobs; workers on any host claim,
-heartbeat and finish them. The policy: generations before trainings (job_kinds), then
+heartbeat and finish them. The policy: by the kinds' priorities (storage.job_kinds), then
 first come first served; per-member caps on waiting jobs, held under a per-member lock so
 two bot processes submitting at once cannot both squeeze past the cap.
 
@@ -10,131 +10,46 @@ A claim is a lease: the job row records the worker and the attempt number, the w
 heartbeats it, and every write a worker makes about its job is fenced on (worker, attempt)
 (`JobLease`, storage.fencing): once the job was requeued and claimed elsewhere, a frozen
 worker that wakes up changes nothing. Staleness is judged on the database's clock.
+
+The records it reads and writes (Job, JobEvent, JobLease, its errors) are storage.job_records';
+payloads, results and event data are JSON here, read and written through each kind's
+contract (engine.usecases.jobs).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import and_, case, func, insert, literal, select, tuple_, update
-from sqlalchemy.engine import RowMapping
 from sqlalchemy.sql import ColumnElement
 
 from config.settings import Settings
 from storage.db import Queries, retry_on_disconnect
 from storage.dialects import Notify, current_tx, event_horizon, seconds_between, utc_now, utc_now_minus
-from storage.job_kinds import KINDS, job_kind
+from storage.job_kinds import queue_kind, queue_kinds
+from storage.job_records import (
+    ACTIVE,
+    ENDED,
+    EVENT_KINDS,
+    START,
+    EventPosition,
+    Job,
+    JobEvent,
+    JobLease,
+    JobNotFound,
+    LeaseLost,
+    QueueLimitReached,
+    RunningJob,
+    job_from_row,
+)
 from storage.schema import job_events, jobs
 
-ACTIVE = ("queued", "running")
-ENDED = ("succeeded", "failed", "cancelled")
-EVENT_KINDS = (
-    "queued", "started", "progress", "checkpoint", "validation", "preview", "finished", "failed", "cancelled",
-)
 # Idle workers LISTEN here (PostgreSQL); what wakes them: a job was queued or requeued.
 WAKE_CHANNEL = "pawtrait_jobs"
 # How many recent finished jobs of a kind the ETA averages over.
 _ETA_SAMPLE = 20
-
-
-class QueueLimitReached(ValueError):
-    """The member already has as many jobs of that kind waiting as allowed; the message says so."""
-
-
-class JobNotFound(LookupError):
-    """No job has that id."""
-
-
-class LeaseLost(RuntimeError):
-    """The job is no longer this worker's (requeued after it went silent, then claimed again)."""
-
-    @classmethod
-    def of(cls, lease: JobLease) -> LeaseLost:
-        return cls(f"job #{lease.job_id} attempt {lease.attempt} is no longer {lease.worker_id}'s")
-
-
-@dataclass(frozen=True)
-class JobLease:
-    """A worker's claim on one attempt of a job: what its writes are fenced on."""
-
-    job_id: int
-    worker_id: str
-    attempt: int
-
-
-@dataclass(frozen=True)
-class Job:
-    id: int
-    kind: str
-    status: str
-    guild_id: str
-    user_id: str
-    payload: dict[str, Any]
-    result: dict[str, Any] | None
-    progress: float
-    progress_text: str | None
-    run_id: int | None
-    generation_id: int | None
-    attempts: int
-    worker_id: str | None
-    heartbeat_at: str | None
-    cancel_requested: bool
-    error: str | None
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
-
-    @property
-    def ended(self) -> bool:
-        return self.status in ENDED
-
-    @property
-    def lease(self) -> JobLease:
-        """The lease of the attempt now running (only meaningful while status is 'running')."""
-        if self.worker_id is None:
-            raise ValueError(f"job #{self.id} is not running on any worker")
-        return JobLease(self.id, self.worker_id, self.attempts)
-
-    def describe(self) -> str:
-        """One line for a listing (`/queue`, `pawtrait jobs`)."""
-        return job_kind(self.kind).describe(self.payload, self.run_id)
-
-
-class EventPosition(NamedTuple):
-    """Where a reader of job events is: events are read in (tx, id) order (dialects.event_horizon)."""
-
-    tx: int
-    id: int
-
-
-START = EventPosition(-1, 0)
-
-
-@dataclass(frozen=True)
-class JobEvent:
-    id: int
-    job_id: int
-    kind: str
-    data: dict[str, Any]
-    created_at: str
-    tx: int = 0
-
-    @property
-    def position(self) -> EventPosition:
-        return EventPosition(self.tx, self.id)
-
-
-def _job(row: RowMapping | None) -> Job | None:
-    if row is None:
-        return None
-    values = dict(row)
-    values["payload"] = json.loads(values["payload"])
-    values["result"] = json.loads(values["result"]) if values["result"] is not None else None
-    values["cancel_requested"] = bool(values["cancel_requested"])
-    return Job(**values)
 
 
 def _dumps(value: Mapping[str, Any]) -> str:
@@ -142,7 +57,8 @@ def _dumps(value: Mapping[str, Any]) -> str:
 
 
 def _priority(column: ColumnElement[str] = jobs.c.kind) -> ColumnElement[int]:
-    return case({kind.name: kind.priority for kind in KINDS.values()}, value=column, else_=len(KINDS))
+    kinds = queue_kinds()
+    return case({kind.name: kind.priority for kind in kinds.values()}, value=column, else_=len(kinds))
 
 
 async def _one_job(db: Queries, job_id: int) -> Job:
@@ -153,7 +69,7 @@ async def _one_job(db: Queries, job_id: int) -> Job:
 
 
 async def get_job(db: Queries, job_id: int) -> Job | None:
-    return _job(await db.one(select(jobs).where(jobs.c.id == job_id)))
+    return job_from_row(await db.one(select(jobs).where(jobs.c.id == job_id)))
 
 
 async def record_event(db: Queries, job_id: int, kind: str, data: Mapping[str, Any] | None = None) -> int:
@@ -181,7 +97,7 @@ async def submit_job(
 
     Raises QueueLimitReached when the member already has the allowed number of that kind waiting.
     """
-    spec = job_kind(kind)
+    spec = queue_kind(kind)
     cap = spec.limit(settings)
     async with db.transaction() as tx:
         await tx.lock(f"submit:{user_id}")
@@ -222,7 +138,7 @@ async def list_jobs(db: Queries, guild_id: str | None = None, active_only: bool 
         case((jobs.c.status == "queued", _priority()), else_=0),
         case((active, jobs.c.id), else_=-jobs.c.id),
     )
-    return [_job(row) for row in await db.all(statement)]  # type: ignore[misc]
+    return [job_from_row(row) for row in await db.all(statement)]  # type: ignore[misc]
 
 
 def _ahead_of(me: Any, ahead: Any, inclusive: bool) -> ColumnElement[bool]:
@@ -258,7 +174,7 @@ async def average_duration_s(db: Queries, kind: str) -> float:
         .subquery()
     )
     value = await db.scalar(select(func.avg(recent.c.seconds)))
-    return float(value) if value is not None else job_kind(kind).typical_s
+    return float(value) if value is not None else queue_kind(kind).typical_s
 
 
 async def remaining_s(db: Queries, job: Job) -> float:
@@ -288,10 +204,10 @@ async def estimate_wait_s(db: Queries, job_id: int) -> float | None:
         return None
     if job.status == "running":
         return await remaining_s(db, job)
-    ahead_kinds = [job.kind] if job_kind(job.kind).served_between_steps else list(KINDS)
+    ahead_kinds = [job.kind] if queue_kind(job.kind).served_between_steps else list(queue_kinds())
     total = await average_duration_s(db, job.kind)
     for row in await db.all(select(jobs).where(jobs.c.status == "running", jobs.c.kind.in_(ahead_kinds))):
-        total += await remaining_s(db, _job(row))  # type: ignore[arg-type]
+        total += await remaining_s(db, job_from_row(row))  # type: ignore[arg-type]
     me, ahead = jobs.alias("me"), jobs.alias("ahead")
     counts = await db.all(
         select(ahead.c.kind, func.count().label("count"))
@@ -362,9 +278,9 @@ async def last_event_position(db: Queries) -> EventPosition:
 
 @retry_on_disconnect
 async def claim_next_job(
-    db: Queries, worker_id: str, kinds: Iterable[str] = tuple(KINDS), *, running: Collection[int] | None = None
+    db: Queries, worker_id: str, kinds: Iterable[str] | None = None, *, running: Collection[int] | None = None
 ) -> Job | None:
-    """Take the next queued job (by the queue policy) for this worker, or None.
+    """Take the next queued job (by the queue policy) of those kinds (default: any) for this worker, or None.
 
     PostgreSQL: FOR UPDATE SKIP LOCKED, so workers on many hosts claim different jobs
     without waiting for each other. SQLite: the transaction holds the write lock from its
@@ -378,7 +294,7 @@ async def claim_next_job(
     """
     next_id = (
         select(jobs.c.id)
-        .where(jobs.c.status == "queued", jobs.c.kind.in_(list(kinds)))
+        .where(jobs.c.status == "queued", jobs.c.kind.in_(list(kinds or queue_kinds())))
         .order_by(_priority(), jobs.c.id)
         .limit(1)
         .with_for_update(skip_locked=True)
@@ -396,7 +312,7 @@ async def claim_next_job(
             )
             .returning(*jobs.c)
         )
-        job = _job(row)
+        job = job_from_row(row)
         if job is not None:
             await record_event(tx, job.id, "started", {"worker": worker_id, "attempt": job.attempts})
     return job
@@ -413,10 +329,10 @@ async def _give_back_lost_claims(tx: Queries, worker_id: str, running: Collectio
         await _requeue_uncounted(tx, int(row["id"]), "the worker lost the answer to its claim")
 
 
-async def has_queued(db: Queries, kinds: Iterable[str] = tuple(KINDS)) -> bool:
-    """Cheap check (no lock) used between training steps and by idle workers."""
+async def has_queued(db: Queries, kinds: Iterable[str] | None = None) -> bool:
+    """Cheap check (no lock) used between training steps and by idle workers; default: jobs of any kind."""
     return await db.scalar(
-        select(literal(1)).where(jobs.c.status == "queued", jobs.c.kind.in_(list(kinds))).limit(1)
+        select(literal(1)).where(jobs.c.status == "queued", jobs.c.kind.in_(list(kinds or queue_kinds()))).limit(1)
     ) is not None
 
 
@@ -459,7 +375,7 @@ async def _update_held(db: Queries, lease: JobLease, **values: Any) -> Job:
     row = await db.one(update(jobs).where(_held(lease)).values(**values).returning(*jobs.c))
     if row is None:
         raise LeaseLost.of(lease)
-    return _job(row)  # type: ignore[return-value]
+    return job_from_row(row)  # type: ignore[return-value]
 
 
 @retry_on_disconnect
@@ -520,14 +436,6 @@ async def finish_job(
     return finished
 
 
-@dataclass(frozen=True)
-class RunningJob:
-    """A running job as the sweeper sees it: whose it is and how long since its worker beat."""
-
-    job: Job
-    silent_s: float | None
-
-
 async def running_jobs(db: Queries) -> list[RunningJob]:
     """Every running job with the seconds since its last heartbeat, on the database's clock."""
     silent = seconds_between(jobs.c.heartbeat_at, utc_now()).label("silent_s")
@@ -536,7 +444,7 @@ async def running_jobs(db: Queries) -> list[RunningJob]:
     for row in rows:
         values = dict(row)
         silent_s = values.pop("silent_s")
-        found.append(RunningJob(_job(values), None if silent_s is None else float(silent_s)))  # type: ignore[arg-type]
+        found.append(RunningJob(job_from_row(values), None if silent_s is None else float(silent_s)))  # type: ignore[arg-type]
     return found
 
 
@@ -544,7 +452,7 @@ async def _locked_job(tx: Queries, job_id: int) -> Job:
     row = await tx.one(select(jobs).where(jobs.c.id == job_id).with_for_update())
     if row is None:
         raise JobNotFound(f"there is no job #{job_id}")
-    return _job(row)  # type: ignore[return-value]
+    return job_from_row(row)  # type: ignore[return-value]
 
 
 @retry_on_disconnect

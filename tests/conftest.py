@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import engine.usecases.jobs  # noqa: F401 - registers the job kinds with the queue (storage.job_kinds)
 from config.settings import Settings
 from engine.gpu.generation.generator import Generator
 from engine.gpu.models import BaseModel, load_base_model

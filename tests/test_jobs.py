@@ -15,6 +15,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import DBAPIError, PendingRollbackError
 
 from config.settings import Settings
+from engine.usecases.jobs.registry import describe
 from storage import jobs
 from storage.db import Database, open_database
 from storage.dialects import utc_now_minus
@@ -110,11 +111,11 @@ async def test_per_member_caps_per_kind_refuse_with_a_plain_message(db, settings
 
 async def test_a_job_describes_itself_for_listings(db, settings: Settings) -> None:
     painting = await _submit(db, settings, prompt="Thor on a throne")
-    assert painting.describe() == "🎨 `Thor on a throne`"
+    assert describe(painting) == "🎨 `Thor on a throne`"
     pet = await create_pet(db, "g1", "u1", "Thor", "cat")
     run_id = await insert_run(db, pet.id, {"steps": 10}, 10)
     training = await jobs.submit_job(db, settings, "train", "g1", "u1", {"pet_id": pet.id}, run_id=run_id)
-    assert training.describe() == f"🏋️ training (run #{run_id})"
+    assert describe(training) == f"🏋️ training (run #{run_id})"
     assert training.run_id == run_id
 
 

@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import inspect
 
 from config.settings import Settings
+from engine.usecases.jobs.registry import describe
 from storage import jobs
 from storage.db import Database, current_revision, open_database, sqlite_url
 from storage.discord_posts import get_discord_job, relay_position
@@ -120,9 +121,9 @@ async def test_a_database_written_by_the_release_upgrades_in_place_and_keeps_eve
             (1, "train", "succeeded"),
         ]
         by_id = {j.id: j for j in listed}
-        assert by_id[1].run_id == run.id and by_id[1].result == {"run_id": run.id} and by_id[1].describe()
+        assert by_id[1].run_id == run.id and by_id[1].result == {"run_id": run.id} and describe(by_id[1])
         assert by_id[2].generation_id == 1 and by_id[2].result["files"] == generation.files
-        assert by_id[3].describe() == "🎨 `Thor asleep`" and await jobs.queue_position(db, 3) == 1
+        assert describe(by_id[3]) == "🎨 `Thor asleep`" and await jobs.queue_position(db, 3) == 1
         assert await jobs.average_duration_s(db, "generate") < 5
 
         events = await jobs.events_after(db, jobs.START)

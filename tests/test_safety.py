@@ -28,6 +28,7 @@ from engine.gpu.scoring.scorer import Scorer
 from engine.gpu.worker.events import LoopBridge
 from engine.gpu.worker.executor import Executor, JobReporter
 from engine.usecases.generation.request import GenerationRequest
+from engine.usecases.jobs.contract import to_json
 from storage import jobs, runs
 from storage.files import DataDir, FileStore
 from storage.generations import get_generation
@@ -80,7 +81,7 @@ async def test_a_painting_carries_its_verdicts_in_its_row_and_result(
 
     again = await generate_and_record(db, store, data, generator, GenerationRequest(**request), LOCAL_GUILD, "u",
                                       screen=screening.flags)
-    assert again.flagged == [False, True] and again.to_result()["flagged"] == [False, True]
+    assert again.flagged == [False, True] and to_json(again.to_result())["flagged"] == [False, True]
     row = await get_generation(db, again.generation_id)
     assert row.flagged == [False, True] and row.is_flagged(1) and not row.is_flagged(0)
     assert first.flagged is None and not (await get_generation(db, first.generation_id)).is_flagged(1)

@@ -20,7 +20,8 @@ messages' buttons still work after the bot restarts.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import discord
 from discord import app_commands
@@ -40,6 +41,8 @@ from engine.usecases.generation.request import (
     GenerationError,
     GenerationRequest,
 )
+from engine.usecases.jobs.contract import ContractError
+from engine.usecases.jobs.generate import GENERATE, Preview
 from engine.usecases.moderation.prompts import ALLOWED, PromptRefused
 from engine.usecases.queueing import queue_generation as queue_job
 from storage.audit import audit_lines_of_job
@@ -53,7 +56,7 @@ from storage.discord_posts import (
 )
 from storage.generations import Generation, get_generation
 from storage.guild_settings import get_guild_settings, others_may_imagine
-from storage.jobs import Job, QueueLimitReached, estimate_wait_s, get_job, queue_position
+from storage.jobs import QueueLimitReached, estimate_wait_s, get_job, queue_position
 from storage.pets import Pet, get_pet, list_pets
 
 if TYPE_CHECKING:
@@ -91,12 +94,11 @@ async def queue_generation(
     answer with its place in the queue."""
     guild_id = guild_key(interaction)
     db = bot.db
-    request.age_restricted = in_age_restricted_channel(interaction)
+    request = replace(request, age_restricted=in_age_restricted_channel(interaction))
     note(interaction, prompt=request.prompt, seed=request.seed, pet=pet.name if pet else None,
          checkpoint_id=request.checkpoint_id or (pet.active_checkpoint_id if pet else None))
     try:
-        job = await queue_job(db, bot.settings, request, pet, guild_id, str(interaction.user.id),
-                              {"discord": {"channel_id": str(interaction.channel_id)}})
+        job = await queue_job(db, bot.settings, request, pet, guild_id, str(interaction.user.id))
     except PromptRefused as error:
         note(interaction, verdict=error.verdict.audit_text)
         raise UserError(str(error)) from None
@@ -156,8 +158,8 @@ class Imagine(commands.Cog):
             chosen = await default_pet(db, interaction)
         if chosen is not None:
             await require_may_imagine(db, interaction, chosen)
-        request = GenerationRequest(
-            prompt=prompt, negative_prompt=negative, seed=seed, steps=steps, size=size, count=count
+        request = asked_for(
+            interaction, None, prompt=prompt, negative_prompt=negative, seed=seed, steps=steps, size=size, count=count
         )
         await queue_generation(self.bot, interaction, request, chosen)
 
@@ -169,16 +171,16 @@ class Imagine(commands.Cog):
 
     @commands.Cog.listener()
     async def on_pawtrait_generate_started(self, update: JobUpdate) -> None:
-        await self.bot.job_messages.status(update.target, f"🎨 Painting **{_prompt(update.job)}**…", force=True)
+        await self.bot.job_messages.status(update.target, f"🎨 Painting **{_prompt(update)}**…", force=True)
 
     @commands.Cog.listener()
-    async def on_pawtrait_generate_preview(self, update: JobUpdate) -> None:
-        data, messages = update.event.data, self.bot.job_messages
-        step, total = int(data.get("step", 0)), int(data.get("total", 0)) or 1
-        files = await self.bot.local_copies([data["path"]]) if data.get("path") else []
+    async def on_pawtrait_generate_preview(self, update: JobUpdate[Preview]) -> None:
+        preview, messages = update.happened, self.bot.job_messages
+        step, total = preview.step, preview.total or 1
+        files = await self.bot.local_copies([preview.path]) if preview.path else []
         await messages.status(
             update.target,
-            f"🎨 Painting **{_prompt(update.job)}** `{progress_bar(step, total)}` step {step}/{total}",
+            f"🎨 Painting **{_prompt(update)}** `{progress_bar(step, total)}` step {step}/{total}",
             files=files,
             force=bool(files) and messages.first_progress(update.job.id),
             interval_s=PREVIEW_EDIT_INTERVAL_S,
@@ -187,13 +189,13 @@ class Imagine(commands.Cog):
     @commands.Cog.listener()
     async def on_pawtrait_generate_finished(self, update: JobUpdate) -> None:
         db, target, job = self.bot.db, update.target, update.job
-        result = job.result or {}
-        generation = await get_generation(db, int(result.get("generation_id", job.generation_id or 0)))
+        result = GENERATE.result_of(job)
+        generation = await get_generation(db, result.generation_id if result else job.generation_id or 0)
         if generation is None:
             await self.bot.job_messages.status(target, "❌ The images were made but cannot be found any more.", force=True)
             return
         pet = await get_pet(db, generation.pet_id) if generation.pet_id else None
-        seeds = result.get("seeds") or [generation.seed + i for i in range(len(generation.files))]
+        seeds = (result.seeds if result else ()) or [generation.seed + i for i in range(len(generation.files))]
         lines = [
             f"🎨 **{clip(generation.prompt)}** for <@{target.requested_by}>" + (f" · {pet.name}" if pet else ""),
             f"seed{'s' if len(seeds) > 1 else ''} {', '.join(str(s) for s in seeds)} · {generation.steps} steps · "
@@ -203,7 +205,7 @@ class Imagine(commands.Cog):
         if generation.source_generation_id is not None:
             lines.append(f"🔀 variation of image {generation.source_image} of generation #{generation.source_generation_id}"
                          f" · strength {generation.variation_strength:g}")
-        lines += [f"⚠️ {warning}" for warning in result.get("warnings", [])]
+        lines += [f"⚠️ {warning}" for warning in (result.warnings if result else ())]
         policy = (await get_guild_settings(db, target.guild_id)).safety
         channel = await self.bot.job_messages.channel(target.post_channel_id)
         paths = [next(iter(await self.bot.local_copies([key])), None) for key in generation.files]
@@ -227,19 +229,33 @@ class Imagine(commands.Cog):
     @commands.Cog.listener()
     async def on_pawtrait_generate_failed(self, update: JobUpdate) -> None:
         self.bot.asked.take(update.job.id)
-        why = update.event.data.get("error") or update.job.error or "no reason was given"
+        why = update.why_failed
         await self.bot.job_messages.status(
-            update.target, f"❌ Could not paint **{_prompt(update.job)}**: {why} (job #{update.job.id})", force=True
+            update.target, f"❌ Could not paint **{_prompt(update)}**: {why} (job #{update.job.id})", force=True
         )
 
     @commands.Cog.listener()
     async def on_pawtrait_generate_cancelled(self, update: JobUpdate) -> None:
         self.bot.asked.take(update.job.id)
-        await self.bot.job_messages.status(update.target, f"⏹️ Cancelled: **{_prompt(update.job)}**", force=True)
+        await self.bot.job_messages.status(update.target, f"⏹️ Cancelled: **{_prompt(update)}**", force=True)
 
 
-def _prompt(job: Job) -> str:
-    return clip(str((job.payload.get("request") or {}).get("prompt", "your picture")))
+def _prompt(update: JobUpdate) -> str:
+    try:
+        payload = GENERATE.payload_of(update.job)
+    except ContractError:
+        return "your picture"
+    return clip(payload.request.prompt)
+
+
+def asked_for(interaction: discord.Interaction, base: GenerationRequest | None, **values: Any) -> GenerationRequest:
+    """A request as the member asks for it (new, or `base` changed): the one place a request
+    from Discord is checked; what the member got wrong comes back in plain words."""
+    try:
+        return replace(base, **values) if base is not None else GenerationRequest(**values)
+    except GenerationError as error:
+        note(interaction, prompt=values.get("prompt", base.prompt if base is not None else None))
+        raise UserError(str(error)) from None
 
 
 # ---- the buttons under the images ------------------------------------------------------
@@ -310,9 +326,8 @@ class VariationButton(MemberCheck, discord.ui.DynamicItem[discord.ui.Button],
         bot: PawtraitBot = interaction.client  # type: ignore[assignment]
         generation = await _generation_here(bot, interaction, self.generation_id)
         request, pet = await _request_again(bot, interaction, generation, "make variations of them")
-        request.source_generation_id = generation.id
-        request.source_image = self.image
-        request.variation_strength = DEFAULT_VARIATION_STRENGTH
+        request = asked_for(interaction, request, source_generation_id=generation.id, source_image=self.image,
+                            variation_strength=DEFAULT_VARIATION_STRENGTH)
         note(interaction, generation_id=generation.id)
         await queue_generation(bot, interaction, request, pet)
 
@@ -418,10 +433,14 @@ async def _request_again(
     pet = await get_pet(db, generation.pet_id) if generation.pet_id else None
     if pet is not None:
         await require_may_imagine(db, interaction, pet)
-    if job is None:
+    try:
+        made = GENERATE.payload_of(job) if job is not None else None
+    except ContractError:
+        made = None
+    if made is None:
         raise UserError(f"I no longer know how these images were made, so I can't {what}.")
-    request = GenerationRequest.from_dict(job.payload["request"])
-    request.seed = None  # queue_generation sets age_restricted again, for the channel pressed in
+    # A new random seed; queue_generation sets age_restricted again, for the channel pressed in.
+    request = replace(made.request, seed=None)
     if pet is not None:
         # The checkpoint these images were painted with, whatever the pet uses now; the row
         # loses it (NULL) when the checkpoint is deleted.
@@ -430,7 +449,7 @@ async def _request_again(
                 f"The checkpoint of **{pet.name}** these images were painted with was deleted, so I can't {what}: "
                 "paint anew with `/imagine`."
             )
-        request.checkpoint_id = generation.checkpoint_id
+        request = replace(request, checkpoint_id=generation.checkpoint_id)
     return request, pet
 
 

@@ -10,6 +10,7 @@ from discord.ext import commands
 
 from bot.checks import UserError, guild_key, is_manager
 from bot.formatting import duration, listing
+from engine.usecases.jobs.registry import describe
 from storage.jobs import estimate_wait_s, get_job, list_jobs, queue_position, request_cancel
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ class Queue(commands.Cog):
             else:
                 where = f"#{position} · starts in about {duration(await estimate_wait_s(db, job.id))}"
             mine = " ← yours" if job.user_id == str(interaction.user.id) else ""
-            lines.append(f"`job {job.id}` {job.describe()} by <@{job.user_id}> · {where}{mine}")
+            lines.append(f"`job {job.id}` {describe(job)} by <@{job.user_id}> · {where}{mine}")
         text = listing([], lines, left_out=len(jobs) - len(lines)) if lines else "Nothing queued or running: the GPU is free."
         await interaction.response.send_message(text, ephemeral=True)
 
@@ -61,7 +62,7 @@ class Queue(commands.Cog):
             raise UserError(f"Job {target.id} already ended ({target.status}).")
         updated = await request_cancel(db, target.id)
         state = "cancelled" if updated.ended else "will stop at the next step; its checkpoints are kept"
-        await interaction.response.send_message(f"⏹️ Job {target.id} ({target.describe()}) {state}.")
+        await interaction.response.send_message(f"⏹️ Job {target.id} ({describe(target)}) {state}.")
 
 
 async def setup(bot: PawtraitBot) -> None:

@@ -26,6 +26,8 @@ from bot.formatting import MESSAGE_LIMIT, clip, duration, progress_bar, queue_li
 from bot.job_relay import JobUpdate
 from bot.safety import age_restricted, showing
 from engine.usecases.export.choice import ExportError, find_checkpoint
+from engine.usecases.jobs.events import Progress
+from engine.usecases.jobs.train import TRAIN, Validation, run_id_of
 from engine.usecases.queueing import queue_training
 from engine.usecases.scoring.chart import score_chart
 from engine.usecases.scoring.choice import choose_checkpoint, run_standing, vote_emoji
@@ -91,11 +93,6 @@ def latest_scores_line(scores: RunScores) -> str:
     if reference is not None and reference.has_scores:
         line += f" (untrained: {scores_text(reference.dino, reference.clip_t)})"
     return line
-
-
-def run_id_of(job: Job) -> int | None:
-    run_id = job.run_id or (job.result or {}).get("run_id") or job.payload.get("run_id")
-    return None if run_id is None else int(run_id)
 
 
 class Train(commands.Cog):
@@ -249,14 +246,13 @@ class Train(commands.Cog):
         await self.bot.job_messages.status(update.target, "🏋️ Training started: getting the photos ready…", force=True)
 
     @commands.Cog.listener()
-    async def on_pawtrait_train_progress(self, update: JobUpdate) -> None:
-        data = update.event.data
-        step, total = int(data.get("step", 0)), int(data.get("total", 0)) or 1
-        loss = data.get("loss")
+    async def on_pawtrait_train_progress(self, update: JobUpdate[Progress]) -> None:
+        progress = update.happened
+        step, total, loss = progress.step, progress.total or 1, progress.loss
         lines = [
             f"🏋️ Training `{progress_bar(step, total)}` {100 * step // total}%",
-            f"Step **{step}/{total}** · about {duration(data.get('eta_s'))} left"
-            + (f" · loss {loss:.4f}" if isinstance(loss, (int, float)) else ""),
+            f"Step **{step}/{total}** · about {duration(progress.eta_s)} left"
+            + (f" · loss {loss:.4f}" if loss is not None else ""),
         ]
         if score_line := await self._score_line(update.job):
             lines.append(score_line)
@@ -271,32 +267,31 @@ class Train(commands.Cog):
         return self._score_lines[job.id]
 
     @commands.Cog.listener()
-    async def on_pawtrait_train_validation(self, update: JobUpdate) -> None:
-        db, target, data = self.bot.db, update.target, update.event.data
-        step = int(data.get("step", 0))
+    async def on_pawtrait_train_validation(self, update: JobUpdate[Validation]) -> None:
+        db, target, step = self.bot.db, update.target, update.happened.step
         if (run_id := run_id_of(update.job)) is not None:
             self._score_lines[update.job.id] = latest_scores_line(await run_scores(db, run_id))
         settings = await get_guild_settings(db, target.guild_id)
         emoji = settings.vote_emoji
         restricted = age_restricted(await self.bot.job_messages.channel(target.post_channel_id))
-        for image in data.get("images", []):
-            if await validation_is_posted(db, int(image["id"])):
+        for image in update.happened.images:
+            if await validation_is_posted(db, image.id):
                 continue  # announced again by a resumed worker after we posted it
-            found = await self.bot.local_copies([image["path"]])
+            found = await self.bot.local_copies([image.path])
             if not found:
                 continue  # deleted meanwhile (a pruned checkpoint)
-            shown = showing(list(found), [bool(image.get("flagged"))], settings.safety, restricted)
+            shown = showing(list(found), [bool(image.flagged)], settings.safety, restricted)
             label = "before training" if step == 0 else f"step {step}"
             vote = "" if step == 0 or shown.withheld else f" · react {emoji} if this looks like your pet"
             withheld = "\n🚫 This picture was withheld." if shown.withheld else ""
             message = await self.bot.job_messages.send(
                 target.post_channel_id,
-                f"🖼️ **{label}** · `{clip(str(image.get('prompt', '')))}` · seed {image.get('seed', '?')}{vote}{withheld}",
+                f"🖼️ **{label}** · `{clip(image.prompt)}` · seed {'?' if image.seed is None else image.seed}{vote}{withheld}",
                 files=list(shown.files),
             )
             if message is None:
                 continue
-            await set_validation_message(db, int(image["id"]), str(message.id))
+            await set_validation_message(db, image.id, str(message.id))
             if step > 0 and not shown.withheld:
                 try:
                     await message.add_reaction(emoji)
@@ -306,9 +301,9 @@ class Train(commands.Cog):
     @commands.Cog.listener()
     async def on_pawtrait_train_finished(self, update: JobUpdate) -> None:
         db, target, job = self.bot.db, update.target, update.job
-        run_id = run_id_of(job)
-        pet = await get_pet(db, int(job.payload.get("pet_id", 0)))
-        total = int((job.result or {}).get("step") or update.event.data.get("step") or 0)
+        run_id, result = run_id_of(job), TRAIN.result_of(job)
+        pet = await get_pet(db, TRAIN.payload_of(job).pet_id)
+        total = (result.step if result is not None else None) or 0
         status = [f"✅ Training finished `{progress_bar(1, 1)}` 100% · {total} steps"]
         if score_line := self._score_lines.pop(job.id, ""):
             status.append(score_line)
@@ -336,7 +331,7 @@ class Train(commands.Cog):
     @commands.Cog.listener()
     async def on_pawtrait_train_failed(self, update: JobUpdate) -> None:
         self._score_lines.pop(update.job.id, None)
-        why = update.event.data.get("error") or update.job.error or "no reason was given"
+        why = update.why_failed
         owner = await self._owner(update)
         reference = f"(job #{update.job.id})"
         await self.bot.job_messages.status(update.target, f"❌ Training failed: {why} {reference}", force=True)
@@ -355,7 +350,7 @@ class Train(commands.Cog):
         )
 
     async def _owner(self, update: JobUpdate) -> str:
-        pet = await get_pet(self.bot.db, int(update.job.payload.get("pet_id", 0)))
+        pet = await get_pet(self.bot.db, TRAIN.payload_of(update.job).pet_id)
         return pet.owner_id if pet is not None else update.target.requested_by
 
 

@@ -1,17 +1,19 @@
 """Queueing work for the GPU workers: what every front end (the bot, the CLI) calls.
 
 Each function checks what a member can get wrong and raises an error whose text a member
-can read as it is (a full sentence), then queues the job. Torch-free: the bot imports it.
+can read as it is (a full sentence), then queues the job through its kind's contract
+(engine.usecases.jobs). Torch-free: the bot imports it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from dataclasses import replace
 
 from config.settings import Settings
 from engine.usecases.generation.checkpoint_choice import checkpoint_to_paint
 from engine.usecases.generation.request import GenerationRequest
+from engine.usecases.jobs.generate import GENERATE, GeneratePayload
+from engine.usecases.jobs.train import TRAIN, TrainPayload
 from engine.usecases.moderation.prompts import PromptRefused, screen_prompt
 from engine.usecases.training.create import TrainingInputError, create_run
 from engine.usecases.training.params import TrainingParams
@@ -44,9 +46,7 @@ async def queue_training(
     else:
         run_id = resume_run_id
     try:
-        return await jobs.submit_job(
-            db, settings, "train", pet.guild_id, user_id, {"run_id": run_id, "pet_id": pet.id}, run_id=run_id
-        )
+        return await TRAIN.submit(db, settings, pet.guild_id, user_id, TrainPayload(pet.id, run_id), run_id=run_id)
     except jobs.QueueLimitReached as error:
         run = await runs.get_run(db, run_id)
         if run is not None and run.status == "queued":
@@ -61,21 +61,18 @@ async def queue_generation(
     pet: Pet | None,
     guild_id: str,
     user_id: str,
-    extra: Mapping[str, Any] | None = None,
 ) -> jobs.Job:
-    """Check the request (its values, its prompt, and that its pet has a finished training) and
-    queue it, with the checkpoint it paints with: the one asked for, else the pet's current one.
+    """Check the request (its prompt, and that its pet has a finished training; its values were
+    checked when it was made) and queue it, with the checkpoint it paints with: the one asked
+    for, else the pet's current one.
 
-    `extra` travels with the job for the front end (e.g. the Discord channel). Raises
-    GenerationError (PromptRefused for a screened prompt) or QueueLimitReached.
+    Raises GenerationError (PromptRefused for a screened prompt) or QueueLimitReached.
     """
-    if pet is not None:
-        request.pet_id = pet.id
-    request.validate()
     await check_prompt(db, request, guild_id)
     if pet is not None:
-        request.checkpoint_id = (await checkpoint_to_paint(db, pet, request.checkpoint_id)).id
-    return await jobs.submit_job(db, settings, "generate", guild_id, user_id, {"request": request.to_dict(), **(extra or {})})
+        checkpoint = await checkpoint_to_paint(db, pet, request.checkpoint_id)
+        request = replace(request, pet_id=pet.id, checkpoint_id=checkpoint.id)
+    return await GENERATE.submit(db, settings, guild_id, user_id, GeneratePayload(request))
 
 
 async def check_prompt(db: Queries, request: GenerationRequest, guild_id: str) -> None:

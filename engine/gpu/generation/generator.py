@@ -212,11 +212,10 @@ class Generator:
         on_step: StepCallback | None = None,
         source: Image.Image | None = None,
     ) -> GenerationResult:
-        """Run one validated request; `pet`/`lora` as resolved from storage (None for the plain base).
+        """Run one request (valid: it was checked when made); `pet`/`lora` as resolved from storage (None for the plain base).
 
         A variation request needs its `source` picture; the result keeps the source's size.
         """
-        request.validate()
         if request.is_variation and source is None:
             raise ValueError("a variation needs its source image")
         pipe = self.pipe

@@ -22,6 +22,7 @@ from engine.gpu.generation.prompts import substitute_token
 from engine.usecases.generation.checkpoint_choice import checkpoint_to_paint
 from engine.usecases.generation.metadata import Parameters, png_info
 from engine.usecases.generation.request import GenerationError, GenerationRequest
+from engine.usecases.jobs.generate import GenerateResult
 from storage import keys
 from storage.db import Queries
 from storage.files import DataDir, FileMissing, FileStore, remove_tree
@@ -42,10 +43,10 @@ class GenerationOutcome:
     warnings: list[str] = field(default_factory=list)
     flagged: list[bool] | None = None  # the safety check's verdict per picture; None when unscreened
 
-    def to_result(self) -> dict:
-        """The job result the worker stores (see the team contract)."""
-        return {"generation_id": self.generation_id, "files": self.files, "seeds": self.seeds, "warnings": self.warnings,
-                "flagged": self.flagged}
+    def to_result(self) -> GenerateResult:
+        """The result a generate job stores (its contract: engine.usecases.jobs.generate)."""
+        return GenerateResult(self.generation_id, tuple(self.files), tuple(self.seeds), tuple(self.warnings),
+                              None if self.flagged is None else tuple(self.flagged))
 
 
 # The safety check of finished pictures (engine.gpu.safety.screening.Screening.flags): True per
@@ -144,12 +145,11 @@ async def generate_and_record(
 ) -> GenerationOutcome:
     """Paint `request` for `guild_id`, put the PNGs in the file store and record the row.
 
-    Raises `GenerationError` (plain words for the user) before any GPU work when the request
-    is invalid or its pet cannot be painted. `on_step(step, total, preview)` runs in the
+    Raises `GenerationError` (plain words for the user) before any GPU work when the request's
+    pet or source picture cannot be painted (the request itself was checked when it was made). `on_step(step, total, preview)` runs in the
     generation thread. With `screen`, the pictures' verdicts go into the row and the outcome,
     so whoever posts them decides per picture.
     """
-    request.validate()
     pet, checkpoint = await resolve_pet(db, request, guild_id)
     source = await load_source(db, store, request, guild_id)
     lora = await fetch_lora(store, pet, checkpoint) if pet is not None and checkpoint is not None else None

@@ -54,6 +54,7 @@ from engine.gpu.training.loop import (
     run_loop,
     validates_at,
 )
+from engine.usecases.jobs.train import out_of_memory_advice
 from engine.usecases.scoring.choice import choose_checkpoint
 from engine.usecases.scoring.prompts import without_token
 from engine.usecases.training.create import TrainingInputError, training_photos
@@ -130,11 +131,7 @@ async def execute_run(
     except torch.OutOfMemoryError:
         log.exception("training run %d ran out of GPU memory", run_id)  # where: for the operator
         status = "failed"
-        if session.plan is not None and session.plan.mode == "lean":
-            advice = ("the GPU has too little memory free beside the model even in lean mode: train at a lower "
-                      "resolution (PAWTRAIT_RESOLUTION, or --resolution) or on a bigger GPU")
-        else:
-            advice = "try lean mode (PAWTRAIT_TRAIN_MODE=lean, or --mode lean), which needs far less memory"
+        advice = out_of_memory_advice(session.plan.mode if session.plan is not None else None)
         error = f"out of GPU memory after {session.step} of {params.steps} steps; {advice}"
     except LeaseLost:
         raise  # the job moved to another worker: this one records nothing

@@ -39,7 +39,12 @@ from engine.gpu.training.loop import TRAINING_ADAPTER
 from engine.gpu.training.service import execute_run
 from engine.gpu.worker.events import PREVIEW_INTERVAL_S, PROGRESS_INTERVAL_S, LoopBridge, Throttle
 from engine.gpu.worker.failures import describe_failure, is_out_of_memory, release_memory
-from engine.usecases.generation.request import GenerationRequest
+from engine.usecases.jobs.contract import ContractError, Event, to_json
+from engine.usecases.jobs.events import Progress
+from engine.usecases.jobs.generate import GeneratePayload, GenerateResult
+from engine.usecases.jobs.generate import Preview as PreviewEvent
+from engine.usecases.jobs.registry import KINDS, job_kind, runner_of
+from engine.usecases.jobs.train import Checkpoint, TrainPayload, TrainResult, Validation, ValidationShown
 from engine.usecases.training.hooks import TrainingHooks
 from engine.usecases.training.params import TrainingParams
 from storage import jobs, keys, runs, workers
@@ -47,14 +52,11 @@ from storage.audit import record_audit
 from storage.db import Database, Queries
 from storage.fencing import FencedDatabase
 from storage.files import DataDir, FileStore
-from storage.job_kinds import KINDS
 from storage.pets import get_pet
 from storage.runs import ValidationImage, set_validation_verdict
 
 log = logging.getLogger(__name__)
 
-# The function that runs each job kind (storage.job_kinds is the registry of kinds).
-RUNNERS = {"generate": "_generate", "train": "_train"}
 SERVED_BETWEEN_STEPS = tuple(kind.name for kind in KINDS.values() if kind.served_between_steps)
 # An idle worker this recently seen takes a waiting generation itself (a few heartbeats).
 IDLE_FRESH_S = 6.0
@@ -84,8 +86,11 @@ class JobReporter:
         self._preview = Throttle(PREVIEW_INTERVAL_S)
         self._previews_withheld = False  # a flagged preview stops the job's previews: the picture converges
 
-    def event(self, kind: str, data: dict[str, Any]) -> None:
-        self.bridge.submit(jobs.record_job_event(self.db, self.lease, kind, data))
+    def event(self, event: Event) -> None:
+        self.bridge.submit(self._record(event))
+
+    async def _record(self, event: Event) -> None:
+        await jobs.record_job_event(self.db, self.lease, event.name, to_json(event))
 
     def training_progress(self, info: Any) -> None:
         step, total = int(info.step), int(info.total)
@@ -94,11 +99,11 @@ class JobReporter:
         loss = getattr(info, "loss", None)
         eta = getattr(info, "eta_s", None)
         text = f"step {step}/{total}" + (f", loss {loss:.4f}" if loss is not None else "") + _format_eta(eta)
-        event = {"step": step, "total": total, "loss": loss, "eta_s": eta}
+        event = to_json(Progress(step, total, loss, eta))
         self.bridge.submit(jobs.set_progress(self.db, self.lease, step / max(total, 1), text, event))
 
     def checkpoint(self, step: int, checkpoint_id: int) -> None:
-        self.event("checkpoint", {"step": int(step), "checkpoint_id": int(checkpoint_id)})
+        self.event(Checkpoint(int(step), int(checkpoint_id)))
 
     def validation(self, step: int, images: list[ValidationImage]) -> None:
         """Screen a stored round, record the verdicts and announce it (on the loop, without waiting)."""
@@ -106,12 +111,12 @@ class JobReporter:
 
     async def _announce_validation(self, step: int, images: list[ValidationImage]) -> None:
         verdicts = await self._validation_verdicts(images)
-        rows = [
-            {"id": image.id, "path": image.path, "prompt": image.prompt, "seed": image.seed,
-             "dino": image.dino, "clip_i": image.clip_i, "clip_t": image.clip_t, "flagged": flagged}
+        shown = tuple(
+            ValidationShown(image.id, image.path, image.prompt, image.seed, image.dino, image.clip_i, image.clip_t,
+                            flagged)
             for image, flagged in zip(images, verdicts)
-        ]
-        await jobs.record_job_event(self.db, self.lease, "validation", {"step": int(step), "images": rows})
+        )
+        await self._record(Validation(int(step), shown))
 
     async def _validation_verdicts(self, images: list[ValidationImage]) -> list[bool | None]:
         """Each picture's verdict: the stored one (a round announced again), else screened now."""
@@ -142,13 +147,13 @@ class JobReporter:
         if self._progress.ready(force=step >= total):
             text = f"step {step}/{total}"
             self.bridge.submit(
-                jobs.set_progress(self.db, self.lease, step / total, text, {"step": step, "total": total})
+                jobs.set_progress(self.db, self.lease, step / total, text, to_json(Progress(step, total)))
             )
 
     async def _publish_preview(self, png: bytes, step: int, total: int) -> None:
         key = keys.preview(self.job.id, step)
         await self.store.put_bytes(key, png)
-        await jobs.record_job_event(self.db, self.lease, "preview", {"path": key, "step": step, "total": total})
+        await self._record(PreviewEvent(key, step, total))
 
 
 class Executor:
@@ -157,9 +162,8 @@ class Executor:
     def __init__(
         self, settings: Settings, db: Database, store: FileStore, data: DataDir, base: BaseModel, worker_id: str
     ) -> None:
-        missing = set(KINDS) - set(RUNNERS)
-        if missing:
-            raise RuntimeError(f"no runner for job kinds {sorted(missing)}")
+        # Each kind's runner, as its contract names it; a kind without one stops the worker here.
+        self.runners = {name: runner_of(kind) for name, kind in KINDS.items()}
         self.settings, self.db, self.store, self.data, self.base = settings, db, store, data, base
         self.worker_id = worker_id
         self.loop = asyncio.get_running_loop()
@@ -214,8 +218,9 @@ class Executor:
         self.running.add(job.id)
         log.info("job #%s (%s) started, attempt %s", job.id, job.kind, job.attempts)
         try:
-            runner = getattr(self, RUNNERS[job.kind])
-            status, result, error = await runner(fenced, job, reporter)
+            payload = job_kind(job.kind).payload_of(job)  # ContractError: a request this version cannot read
+            status, outcome, error = await self.runners[job.kind](self, fenced, job, payload, reporter)
+            result = None if outcome is None else to_json(outcome)
         except JobCancelled:
             status, result, error = "cancelled", None, None
         except jobs.LeaseLost:
@@ -251,8 +256,10 @@ class Executor:
         """From an engine thread: was the job cancelled, or did it move to another worker?"""
         return job_id in self.lost or bool(self._call(jobs.cancel_requested(self.db, job_id)))
 
-    async def _generate(self, db: FencedDatabase, job: jobs.Job, reporter: JobReporter):
-        request = GenerationRequest.from_dict(job.payload["request"])
+    async def run_generation(
+        self, db: FencedDatabase, job: jobs.Job, payload: GeneratePayload, reporter: JobReporter
+    ) -> tuple[str, GenerateResult, None]:
+        request = payload.request
         await asyncio.to_thread(self.screening.require)
 
         def on_step(step: int, total: int, preview: Preview) -> None:
@@ -269,13 +276,17 @@ class Executor:
                                  generation_id=outcome.generation_id)
         return "succeeded", outcome.to_result(), None
 
-    async def _train(self, db: FencedDatabase, job: jobs.Job, reporter: JobReporter):
-        run_id = int(job.payload["run_id"])
+    async def run_training(
+        self, db: FencedDatabase, job: jobs.Job, payload: TrainPayload, reporter: JobReporter
+    ) -> tuple[str, TrainResult, str | None]:
+        run_id = job.run_id if job.run_id is not None else payload.run_id
+        if run_id is None:
+            raise ContractError(f"job #{job.id} names no training run")
         await jobs.set_links(self.db, job.lease, run_id=run_id)
         run = await runs.get_run(db, run_id)
         if run is not None and run.status == "succeeded":
             # The worker died after the run ended but before the job did: nothing left to do.
-            return "succeeded", {"run_id": run_id, "status": run.status, "step": run.step}, None
+            return "succeeded", TrainResult(run_id, run.status, run.step), None
         if run is not None:
             try:
                 await self._screen_training(db, run)
@@ -283,7 +294,7 @@ class Executor:
                 await runs.finish_run(db, run_id, "failed", run.step, str(refusal))
                 await record_audit(db, job.guild_id, job.user_id, "photo screening", "refused", detail=str(refusal),
                                    job_id=job.id)
-                return "failed", {"run_id": run_id, "status": "failed", "step": run.step}, str(refusal)
+                return "failed", TrainResult(run_id, "failed", run.step), str(refusal)
         # A worker that died between writing validation images and announcing them leaves them
         # unseen: announce what no front end has posted yet (front ends skip what they posted).
         for step, images in groupby(await runs.unposted_validation_images(db, run_id), key=lambda image: image.step):
@@ -301,8 +312,7 @@ class Executor:
                                         compile_ahead=self.training_ahead)
         finally:
             release_memory(self.base, (TRAINING_ADAPTER,))
-        result = {"run_id": run_id, "status": outcome.status, "step": outcome.step}
-        return outcome.status, result, outcome.error
+        return outcome.status, TrainResult(run_id, outcome.status, outcome.step), outcome.error
 
     async def _screen_training(self, db: FencedDatabase, run: runs.Run) -> None:
         """Before the first step: its pictures can be screened, and its photos show no person."""

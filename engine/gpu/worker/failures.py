@@ -8,7 +8,7 @@ import logging
 import torch
 
 from engine.gpu.models import BaseModel
-from storage.job_kinds import job_kind
+from engine.usecases.jobs.registry import job_kind
 
 log = logging.getLogger(__name__)
 

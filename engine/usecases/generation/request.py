@@ -1,12 +1,16 @@
 """What a user asks for: a `GenerationRequest`, its size presets and its validation.
 
 The request is plain data (JSON-safe through `to_dict`/`from_dict`) because it travels
-through the job queue from the bot to a worker process. `validate()` catches everything a
-user can get wrong before any GPU time is spent, with a message that says what to do.
+through the job queue from the bot to a worker process. It is checked once, where it is made
+(a front end's command, or read back from a job): a request that exists is valid, so
+nothing downstream checks it again. The check catches everything a user can get wrong
+before any GPU time is spent, with a message that says what to do; a change is a new
+request (`dataclasses.replace`), checked in turn.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -51,7 +55,7 @@ def checkpoint_gone(pet_name: str, checkpoint_id: int) -> GenerationError:
     )
 
 
-@dataclass
+@dataclass(frozen=True)
 class GenerationRequest:
     prompt: str
     pet_id: int | None = None
@@ -73,7 +77,7 @@ class GenerationRequest:
     # terms only there (engine.usecases.moderation.prompts). Front ends other than Discord leave it off.
     age_restricted: bool = False
 
-    def validate(self) -> None:
+    def __post_init__(self) -> None:
         """Raise `GenerationError` naming the first thing wrong and what is allowed."""
         if not self.prompt or not self.prompt.strip():
             raise GenerationError("The prompt is empty: describe the picture you want, e.g. 'a photo of TOK cat on the moon'.")
@@ -133,7 +137,7 @@ class GenerationRequest:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> GenerationRequest:
+    def from_dict(cls, data: Mapping[str, Any]) -> GenerationRequest:
         """Build from a job payload, ignoring keys this version does not know."""
         known = {f.name for f in fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in known})
