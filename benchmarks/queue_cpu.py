@@ -458,7 +458,7 @@ def main() -> int:
             for mode in modes:
                 for processes in (1, 2, 4):
                     installation = Installation(mode, work / f"throughput-{mode}-{processes}", model, servers)
-                    url = installation.settings.database_url
+                    url = installation.settings.database_url.text
                     rows.append({"mode": mode, **asyncio.run(throughput(url, installation.work, args.jobs, processes))})
                     print("throughput", rows[-1], flush=True)
             results["phases"]["throughput"] = rows

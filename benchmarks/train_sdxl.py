@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sdxl_random import build_sdxl
 
+from config.database_url import DatabaseUrl
 from config.settings import Settings
 from engine.gpu.compile import compiled_blocks
 from engine.gpu.generation.compile_ahead import CompileAhead
@@ -48,7 +49,7 @@ from engine.gpu.training.compile_ahead import TrainingCompileAhead
 from engine.gpu.training.loop import TRAINING_ADAPTER, LoopPlan, LoraTrainer
 from engine.usecases.training.params import TrainingParams
 from storage import keys, runs
-from storage.db import Database, open_database, sqlite_url
+from storage.db import Database, open_database
 from storage.files import DataDir, FileStore, LocalFiles
 from storage.pets import LOCAL_GUILD, Pet, create_pet
 from storage.photos import insert_photo
@@ -276,7 +277,7 @@ def check_graphs(base: BaseModel, cache, res: int, steps: int = 6) -> dict:
 
 async def embedded_install(folder: Path) -> tuple[Database, FileStore, DataDir]:
     """A one-host installation in `folder`: the SQLite file and the folder as the file store."""
-    return await open_database(sqlite_url(folder / "pawtrait.db")), LocalFiles(folder), DataDir(folder)
+    return await open_database(DatabaseUrl.sqlite_file(folder / "pawtrait.db")), LocalFiles(folder), DataDir(folder)
 
 
 async def pet_with(db: Database, store: FileStore, photos: list[Path], res: int, name: str = "Thor") -> Pet:
