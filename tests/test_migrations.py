@@ -2,7 +2,8 @@
 the one storage/schema.py queries, on SQLite and on PostgreSQL.
 
 tests/data/release-0.1.db was written by the last single-host release (commit 5e490ef) through
-its own storage functions; tests/data/make_release_db.py says how.
+its own storage functions; tests/data/make_release_db.py says how. tests/data/release-0.1-sql/
+holds that release's SQL migrations, to build its databases at their earlier versions.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from conftest import distributed
 
 REPO = Path(__file__).resolve().parent.parent
 RELEASE_DB = Path(__file__).resolve().parent / "data" / "release-0.1.db"
+RELEASE_SQL = Path(__file__).resolve().parent / "data" / "release-0.1-sql"  # the release's own schema, V1-V4
 
 
 def head_revision() -> str:
@@ -176,12 +178,11 @@ async def test_a_database_written_by_the_release_upgrades_in_place_and_keeps_eve
 
 def release_database(path: Path, version: int) -> None:
     """A database of an older release, at `PRAGMA user_version` `version`, with a pet and a job."""
-    folder = resources.files("storage").joinpath("migrations", "sqlite")
-    scripts = sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".sql"))
+    scripts = sorted(RELEASE_SQL.glob("V*.sql"))
     connection = sqlite3.connect(path)
     try:
-        for name in scripts[:version]:
-            connection.executescript(folder.joinpath(name).read_text(encoding="utf-8"))
+        for script in scripts[:version]:
+            connection.executescript(script.read_text(encoding="utf-8"))
         connection.execute(f"PRAGMA user_version = {version}")
         connection.execute(
             "INSERT INTO pets (guild_id, owner_id, name, token, class_noun) VALUES ('g', 'u', 'Thor', 'bcdfg', 'cat')"
