@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from config.database_url import DatabaseUrl
 from storage import keys
-from storage.db import Database, open_database, sqlite_url
+from storage.db import Database, open_database
 from storage.files import DataDir, FileStore, LocalFiles
 from storage.pets import LOCAL_GUILD, Pet, create_pet
 from storage.photos import insert_photo
@@ -214,7 +215,7 @@ def mean_levels_apart(a: Sequence[Image.Image], b: Sequence[Image.Image]) -> flo
 
 async def embedded_install(folder: Path) -> tuple[Database, FileStore, DataDir]:
     """A one-host installation in `folder`: the SQLite file and the folder as the file store."""
-    return await open_database(sqlite_url(folder / "pawtrait.db")), LocalFiles(folder), DataDir(folder)
+    return await open_database(DatabaseUrl.sqlite_file(folder / "pawtrait.db")), LocalFiles(folder), DataDir(folder)
 
 
 async def pet_with(db: Database, store: FileStore, photos: list[Path], res: int, name: str = "Thor") -> Pet:

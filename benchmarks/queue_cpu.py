@@ -459,7 +459,7 @@ def phase_throughput(bench: Bench) -> list[dict]:
     for mode in bench.modes:
         for processes in (1, 2, 4):
             installation = Installation(mode, bench.work / f"throughput-{mode}-{processes}", bench.model, bench.servers)
-            url = installation.settings.database_url
+            url = installation.settings.database_url.text
             rows.append({"mode": mode, **asyncio.run(throughput(url, installation.work, bench.args.jobs, processes))})
             print("throughput", rows[-1], flush=True)
     return rows

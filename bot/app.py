@@ -26,8 +26,8 @@ from bot.job_relay import JobRelay
 from bot.safety import RecentInteractions
 from bot.settings import BotSettings
 from config.settings import Settings
-from storage.connect import file_store
-from storage.db import Database, open_database
+from storage.connect import open_storage
+from storage.db import Database
 from storage.files import DataDir, FileMissing, FileStore
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,8 @@ class PawtraitBot(commands.Bot):
         self.data = DataDir(settings.data_dir)  # this host's own folder: a cache and the commands hash
         # The records and the files, shared with the workers (on this host or others). A pool
         # of connections: concurrent interactions never share a transaction.
-        self.store: FileStore = file_store(settings)
+        self.storage = open_storage(settings)
+        self.store: FileStore = self.storage.files
         self.db: Database
         self.job_messages = JobMessages(self)
         self.asked = RecentInteractions()  # who to tell, ephemerally, about pictures a strict server withheld
@@ -79,7 +80,7 @@ class PawtraitBot(commands.Bot):
         self.tree.on_error = self.on_app_command_error
 
     async def setup_hook(self) -> None:
-        self.db = await open_database(self.settings.database_url)
+        self.db = (await self.storage.open()).db
         for cog in COGS:
             await self.load_extension(cog)
         await sync_if_changed(self.tree, self.data.root / COMMANDS_HASH_FILE, self.bot_settings.dev_guild)
@@ -104,8 +105,7 @@ class PawtraitBot(commands.Bot):
         if hasattr(self, "copies_sweep"):
             self.copies_sweep.cancel()
         await super().close()
-        if hasattr(self, "db"):
-            await self.db.close()
+        await self.storage.close()
 
     async def on_ready(self) -> None:
         log.info("connected as %s to %d servers", self.user, len(self.guilds))

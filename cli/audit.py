@@ -32,13 +32,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _lines(args: argparse.Namespace, settings: Settings) -> list[AuditLine]:
     from storage.audit import audit_lines
-    from storage.db import open_database
+    from storage.connect import open_storage
 
-    db = await open_database(settings.database_url)
-    try:
-        return await audit_lines(db, args.guild, user_id=args.member, pet=args.pet, limit=max(1, args.limit))
-    finally:
-        await db.close()
+    async with open_storage(settings) as storage:
+        return await audit_lines(storage.db, args.guild, user_id=args.member, pet=args.pet, limit=max(1, args.limit))
 
 
 def describe(line: AuditLine) -> str:

@@ -103,18 +103,20 @@ def _data_dir_line(data_dir: Path) -> tuple[str, bool]:
 
 async def _storage_lines(settings: Settings) -> list[tuple[str, bool]]:
     """The database and the file store, each opened, written to and read back."""
-    from storage.connect import file_store
-    from storage.db import DatabaseUnavailable, current_revision, open_database
+    from storage.connect import open_storage
+    from storage.db import DatabaseUnavailable, current_revision
     from storage.files import FileStoreError, S3Files
     from storage.leases import release, try_acquire
 
     lines = []
+    storage = open_storage(settings)
+    where = settings.database_url.describe()
     try:
-        db = await open_database(settings.database_url)
+        db = (await storage.open()).db
     except (DatabaseUnavailable, ValueError) as error:
-        lines.append((f"database: {_database_where(settings)} - not usable: {_scrub(str(error), settings)}", False))
+        lines.append((f"database: {where} - not usable: {_scrub(str(error), settings)}", False))
     except Exception as error:  # noqa: BLE001 - unreachable, refused login, no such database ...
-        lines.append((f"database: {_database_where(settings)} - {_database_problem(error, settings)}", False))
+        lines.append((f"database: {where} - {_database_problem(error, settings)}", False))
     else:
         try:
             probe = f"doctor-probe:{settings.host_id}"
@@ -125,10 +127,10 @@ async def _storage_lines(settings: Settings) -> list[tuple[str, bool]]:
         except Exception as error:  # noqa: BLE001 - report any failure in plain words
             lines.append((f"database: {db.describe()} - {_database_problem(error, settings)}", False))
         finally:
-            await db.close()
+            await storage.close()
     # The file store is checked even when the database is not usable: the operator sees both problems at once.
     try:
-        store = file_store(settings)
+        store = storage.files
     except (FileStoreError, ValueError) as error:
         lines.append((f"file store: not usable: {error}", False))
         return lines
@@ -151,18 +153,8 @@ def _copies_line(store: S3Files, settings: Settings) -> str:
     )
 
 
-def _database_where(settings: Settings) -> str:
-    """The configured database without its password (or the variable's name if it cannot be parsed)."""
-    from storage.db import async_url, describe_url
-
-    try:
-        return describe_url(async_url(settings.database_url))
-    except Exception:  # noqa: BLE001 - an unparseable URL is described by its variable
-        return "PAWTRAIT_DATABASE_URL"
-
-
 def _scrub(text: str, settings: Settings) -> str:
-    return scrub(text, known_secrets({**settings.extra, "PAWTRAIT_DATABASE_URL": settings.database_url}))
+    return scrub(text, known_secrets(settings.extra) + settings.database_url.passwords())
 
 
 def _database_problem(error: BaseException, settings: Settings) -> str:

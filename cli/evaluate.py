@@ -79,11 +79,11 @@ async def _run_table(run_id: int, settings: Settings) -> int:
     from engine.usecases.scoring.choice import run_standing, vote_emoji
     from engine.usecases.scoring.suggest import RULE
     from storage import runs
-    from storage.db import open_database
+    from storage.connect import open_storage
     from storage.pets import get_pet
 
-    db = await open_database(settings.database_url)
-    try:
+    async with open_storage(settings) as storage:
+        db = storage.db
         run = await runs.get_run(db, run_id)
         pet = None if run is None else await get_pet(db, run.pet_id)  # a run goes with its pet
         if run is None or pet is None:
@@ -91,8 +91,6 @@ async def _run_table(run_id: int, settings: Settings) -> int:
         # The votes and the suggestion exactly as the choosing rule counts them (the server's vote emoji).
         votes, scores, suggestion = await run_standing(db, run_id, pet, await vote_emoji(db, pet))
         checkpoints = await runs.list_checkpoints(db, run_id)
-    finally:
-        await db.close()
     chosen = next((c.step for c in checkpoints if c.id == run.chosen_checkpoint_id), None)
     by_step = {step.step: step for step in scores.steps}
     rows = [("STEP", "DINO", "CLIP-I", "CLIP-T", "VOTES", "")]

@@ -52,8 +52,7 @@ async def _export(args: argparse.Namespace, settings: Settings) -> int:
     from storage.connect import open_storage
     from storage.pets import find_pet, list_pets
 
-    db, store = await open_storage(settings)
-    try:
+    async with open_storage(settings) as (db, store):
         pet = await find_pet(db, args.guild, args.pet)
         if pet is None:
             names = ", ".join(p.name for p in await list_pets(db, args.guild)) or "none yet"
@@ -62,14 +61,13 @@ async def _export(args: argparse.Namespace, settings: Settings) -> int:
                 file=sys.stderr,
             )
             return 1
-        exported = await export_lora(
-            db, store, pet, args.out, base_model=settings.model, vae=settings.vae, step=args.step, fmt=args.fmt
-        )
-    except ExportError as error:
-        print(f"pawtrait export: {error}", file=sys.stderr)
-        return 1
-    finally:
-        await db.close()
+        try:
+            exported = await export_lora(
+                db, store, pet, args.out, base_model=settings.model, vae=settings.vae, step=args.step, fmt=args.fmt
+            )
+        except ExportError as error:
+            print(f"pawtrait export: {error}", file=sys.stderr)
+            return 1
     for path in (exported.lora, exported.card, *exported.images):
         print(path)
     print(f"{pet.name}, step {exported.step}: write '{exported.trigger}' in the prompt where {pet.name} goes")

@@ -79,8 +79,7 @@ async def _imagine(args: argparse.Namespace, settings: Settings) -> int:
     from storage.files import DataDir
     from storage.pets import LOCAL_GUILD, find_pet, list_pets
 
-    db, store = await open_storage(settings)
-    try:
+    async with open_storage(settings) as (db, store):
         pet = None
         if args.pet:
             pet = await find_pet(db, LOCAL_GUILD, args.pet)
@@ -115,8 +114,6 @@ async def _imagine(args: argparse.Namespace, settings: Settings) -> int:
             if args.out:
                 path = Path(shutil.copy2(path, args.out / f"pawtrait-{outcome.generation_id}-{path.name}"))
             print(f"{path}\tseed {seed}")
-    finally:
-        await db.close()
     return 0
 
 

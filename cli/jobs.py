@@ -71,10 +71,10 @@ def _duration(seconds: float | None) -> str:
 
 async def _jobs(args: argparse.Namespace, settings: Settings) -> int:
     from storage import jobs
-    from storage.db import open_database
+    from storage.connect import open_storage
 
-    db = await open_database(settings.database_url)
-    try:
+    async with open_storage(settings) as storage:
+        db = storage.db
         rows = (await jobs.list_jobs(db, active_only=not args.all))[: args.limit]
         if not rows:
             print("no jobs" if args.all else "no queued or running jobs (see --all for ended ones)")
@@ -90,8 +90,6 @@ async def _jobs(args: argparse.Namespace, settings: Settings) -> int:
                 f"{job.progress * 100:>4.0f}% {_duration(eta):>7}  {details}"
             )
         return 0
-    finally:
-        await db.close()
 
 
 async def _wait(args: argparse.Namespace, settings: Settings) -> int:
@@ -99,8 +97,7 @@ async def _wait(args: argparse.Namespace, settings: Settings) -> int:
     from storage import jobs
     from storage.connect import open_storage
 
-    db, store = await open_storage(settings)
-    try:
+    async with open_storage(settings) as (db, store):
         job = await jobs.get_job(db, args.job)
         if job is None:
             print(f"pawtrait wait: there is no job #{args.job}; see `pawtrait jobs --all`", file=sys.stderr)
@@ -117,8 +114,6 @@ async def _wait(args: argparse.Namespace, settings: Settings) -> int:
                 break
             await asyncio.sleep(WAIT_POLL_S)
         return await _print_outcome(db, store, job)
-    finally:
-        await db.close()
 
 
 def _print_event(event: Event) -> None:
@@ -169,12 +164,11 @@ def print_detached(job, position: int | None) -> int:
 
 async def _cancel(args: argparse.Namespace, settings: Settings) -> int:
     from storage import jobs
-    from storage.db import open_database
+    from storage.connect import open_storage
 
-    db = await open_database(settings.database_url)
-    try:
+    async with open_storage(settings) as storage:
         try:
-            job = await jobs.request_cancel(db, args.job)
+            job = await jobs.request_cancel(storage.db, args.job)
         except jobs.JobNotFound as error:
             print(f"pawtrait cancel: {error}", file=sys.stderr)
             return 1
@@ -185,5 +179,3 @@ async def _cancel(args: argparse.Namespace, settings: Settings) -> int:
         else:
             print(f"job #{job.id} had already ended ({job.status})")
         return 0
-    finally:
-        await db.close()

@@ -43,7 +43,8 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
     from storage.db import DatabaseUnavailable, open_database
     from storage.files import FileStoreError, open_files
 
-    db, store = await open_storage(settings)
+    storage = await open_storage(settings)
+    db, store = storage
     target_db = None
     try:
         busy = [w.id for w in await workers.live(db, LIVE_S)] + [
@@ -80,7 +81,7 @@ async def _migrate(args: argparse.Namespace, settings: Settings) -> int:
         print(f"pawtrait migrate-to: {error}", file=sys.stderr)
         return 1
     finally:
-        await db.close()
+        await storage.close()
         if target_db is not None:
             await target_db.close()
     print("every file a record names is there. Now set, on every host:")

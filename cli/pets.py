@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from config.settings import Settings
-from storage.db import open_database
+from storage.connect import open_storage
 from storage.pets import LOCAL_GUILD, find_pet
 
 GUILD_HELP = f"guild (Discord server id) the pet belongs to (default {LOCAL_GUILD!r}, the CLI's own)"
@@ -81,19 +81,16 @@ async def _teach(args: argparse.Namespace, settings: Settings) -> int:
             positions.append(index)
         except OSError as error:
             lines[index] = _line("rejected", path.name, f"cannot read the file ({error.strerror or error})")
-    from storage.connect import open_storage
 
-    db, store = await open_storage(settings)
-    try:
-        report = await teach_photos(
-            db, store, settings, args.guild, args.owner, args.name, args.class_noun,
-            files, added_by=args.owner, allow_other_owner=True,  # the operator may add to any pet
-        )
-    except ValueError as error:  # TeachError, PetNameTaken: plain messages
-        print(f"pawtrait teach: {error}", file=sys.stderr)
-        return 1
-    finally:
-        await db.close()
+    async with open_storage(settings) as (db, store):
+        try:
+            report = await teach_photos(
+                db, store, settings, args.guild, args.owner, args.name, args.class_noun,
+                files, added_by=args.owner, allow_other_owner=True,  # the operator may add to any pet
+            )
+        except ValueError as error:  # TeachError, PetNameTaken: plain messages
+            print(f"pawtrait teach: {error}", file=sys.stderr)
+            return 1
     for position, result in zip(positions, report.files):
         lines[position] = _line(result.status, result.name, result.reason)
     for index in sorted(lines):
@@ -124,11 +121,8 @@ def run_pets(args: argparse.Namespace, settings: Settings) -> int:
 async def _pets(args: argparse.Namespace, settings: Settings) -> int:
     from storage.pet_status import pet_summaries
 
-    db = await open_database(settings.database_url)
-    try:
-        summaries = await pet_summaries(db, args.guild)
-    finally:
-        await db.close()
+    async with open_storage(settings) as storage:
+        summaries = await pet_summaries(storage.db, args.guild)
     if not summaries:
         print("no pets yet; teach one with: pawtrait teach NAME --class cat PHOTO...")
         return 0
@@ -147,11 +141,9 @@ def run_forget(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _forget(args: argparse.Namespace, settings: Settings) -> int:
-    from storage.connect import open_storage
     from storage.pet_deletion import PetBusy, forget_pet, pet_footprint
 
-    db, store = await open_storage(settings)
-    try:
+    async with open_storage(settings) as (db, store):
         pet = await find_pet(db, args.guild, args.name)
         if pet is None:
             print(f"pawtrait forget: there is no pet called {args.name!r} in guild {args.guild!r}", file=sys.stderr)
@@ -174,7 +166,5 @@ async def _forget(args: argparse.Namespace, settings: Settings) -> int:
         except PetBusy as error:
             print(f"pawtrait forget: {error}", file=sys.stderr)
             return 1
-    finally:
-        await db.close()
     print(f"deleted {what}")
     return 0

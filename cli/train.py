@@ -99,8 +99,7 @@ async def _train(args: argparse.Namespace, settings: Settings) -> int:
     from storage.connect import open_storage
     from storage.pets import LOCAL_GUILD, find_pet, list_pets
 
-    db, store = await open_storage(settings)
-    try:
+    async with open_storage(settings) as (db, store):
         guild = args.guild or LOCAL_GUILD
         pet = await find_pet(db, guild, args.name)
         if pet is None:
@@ -123,8 +122,6 @@ async def _train(args: argparse.Namespace, settings: Settings) -> int:
         except (TrainingInputError, jobs.QueueLimitReached) as error:
             return _fail(str(error))
         return await _execute(db, store, settings, run_id, pet.name)
-    finally:
-        await db.close()
 
 
 async def _execute(db, store, settings: Settings, run_id: int, pet_name: str) -> int:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable, Mapping
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
-MASK = "***"
+from config.database_url import MASK, DatabaseUrl
+
 SECRET_VARIABLES = ("DISCORD_TOKEN", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "PGPASSWORD")
-URL_VARIABLES = ("PAWTRAIT_DATABASE_URL", "PAWTRAIT_FILES_URL")
 MIN_SECRET_LENGTH = 4  # shorter values would mask ordinary words all over the text
 
 # user:password@ in any URL (to the last '@' of the word: passwords may hold '@' or '/'),
@@ -28,17 +28,26 @@ _PASSWORD_PARAMETER = re.compile(r"(\b(?:ssl)?password=)[^&\s'\"]*", re.IGNORECA
 def known_secrets(env: Mapping[str, str]) -> list[str]:
     """The credentials in this environment: secret variables and the passwords in URLs."""
     found = [env[name] for name in SECRET_VARIABLES if env.get(name)]
-    for name in URL_VARIABLES:
-        if not env.get(name):
-            continue
-        try:
-            parts = urlsplit(env[name])
-            found += [parts.password or ""]
-            found += [value for key, values in parse_qs(parts.query).items() if "password" in key.lower() for value in values]
-        except ValueError:
-            continue  # an unparseable URL is refused by the settings, naming its variable
-    found += [unquote(secret) for secret in found]
+    found += _database_passwords(env.get("PAWTRAIT_DATABASE_URL")) + _files_passwords(env.get("PAWTRAIT_FILES_URL"))
+    found += [form(secret) for secret in found for form in (unquote, lambda text: quote(text, safe=""))]
     return sorted({s for s in found if len(s) >= MIN_SECRET_LENGTH}, key=len, reverse=True)
+
+
+def _database_passwords(raw: str | None) -> list[str]:
+    try:
+        return DatabaseUrl.parse(raw).passwords() if raw else []
+    except ValueError:
+        return []  # an unparseable URL is refused by the settings, naming its variable
+
+
+def _files_passwords(raw: str | None) -> list[str]:
+    """PAWTRAIT_FILES_URL may hold none (the settings refuse it), but one given anyway is masked too."""
+    try:
+        parts = urlsplit(raw or "")
+        queried = [value for key, values in parse_qs(parts.query).items() if "password" in key.lower() for value in values]
+        return [parts.password or "", *queried]
+    except ValueError:
+        return []
 
 
 def scrub(text: str, secrets: Iterable[str] = ()) -> str:

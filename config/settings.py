@@ -12,11 +12,13 @@ import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import TypeVar
 
 from dotenv import dotenv_values
 
+from config.database_url import DatabaseUrl
 from config.redaction import scrub
 
 T = TypeVar("T")
@@ -157,10 +159,10 @@ class Settings:
     safety_model: str = DEFAULT_SAFETY_MODEL
     extra: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
-    @property
-    def database_url(self) -> str:
-        """PAWTRAIT_DATABASE_URL, or the SQLite file `pawtrait.db` in the data folder."""
-        return self.database or f"sqlite:///{(self.data_dir / 'pawtrait.db').resolve()}"
+    @cached_property
+    def database_url(self) -> DatabaseUrl:
+        """PAWTRAIT_DATABASE_URL (parsed on first use, once), or the SQLite file `pawtrait.db` in the data folder."""
+        return DatabaseUrl.parse(self.database) if self.database else DatabaseUrl.sqlite_file(self.data_dir / "pawtrait.db")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -268,9 +270,7 @@ def _guidance_interval(raw: str) -> tuple[float, float] | None:
 
 
 def _database_url(raw: str) -> str:
-    scheme = raw.partition(":")[0].lower()
-    if scheme.split("+")[0] not in ("sqlite", "postgresql", "postgres") or "://" not in raw:
-        raise ValueError(raw)
+    DatabaseUrl.parse(raw)  # refused here, naming the variable, rather than when the database is opened
     return raw
 
 

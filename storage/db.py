@@ -27,12 +27,13 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import event
-from sqlalchemy.engine import Connection, CursorResult, RowMapping, make_url
+from sqlalchemy.engine import Connection, CursorResult, RowMapping
 from sqlalchemy.engine.url import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.sql import Executable
 
+from config.database_url import DatabaseUrl
 from config.redaction import scrub
 from storage.dialects import LockKey
 
@@ -123,8 +124,9 @@ class Database(_Reads):
 
     top_level = True
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, location: DatabaseUrl) -> None:
         self.engine = engine
+        self.location = location
         self.dialect = engine.dialect.name
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
@@ -134,7 +136,7 @@ class Database(_Reads):
 
     def describe(self) -> str:
         """The database, for logs and `pawtrait doctor`: never the password."""
-        return describe_url(self.engine.url)
+        return self.location.describe()
 
     async def execute(self, statement: Executable, params: Any = None) -> CursorResult:
         """Run one statement in its own implicit transaction, retrying while the database is unreachable."""
@@ -230,38 +232,9 @@ async def _wait_or_raise(error: Exception, deadline: float, where: str) -> None:
 # --- opening ------------------------------------------------------------------------------
 
 
-def describe_url(url: URL) -> str:
-    """The URL without its password: SQLAlchemy hides `user:password@` but prints libpq's
-    `?password=` (and `sslpassword=`) query parameters as they are."""
-    return scrub(url.render_as_string(hide_password=True))
-
-
-
-def async_url(url: str) -> URL:
-    """The SQLAlchemy URL with an async driver: sqlite -> aiosqlite, postgresql -> asyncpg.
-
-    libpq's `sslmode=` is accepted as asyncpg's `ssl=`, so URLs copied from a provider's
-    dashboard work as they are.
-    """
-    parsed = make_url(url.replace("postgres://", "postgresql://", 1) if url.startswith("postgres://") else url)
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        return parsed.set(drivername="sqlite+aiosqlite")
-    if backend == "postgresql":
-        query = dict(parsed.query)
-        if "sslmode" in query:
-            query["ssl"] = query.pop("sslmode")
-        return parsed.set(drivername="postgresql+asyncpg", query=query)
-    raise ValueError(f"unsupported database {backend!r}: use sqlite:///path or postgresql://user:pass@host/db")
-
-
-def sqlite_url(path: Path) -> str:
-    return f"sqlite:///{Path(path).resolve()}"
-
-
-def create_engine(url: str) -> AsyncEngine:
-    target = async_url(url)
-    if target.get_backend_name() == "sqlite":
+def create_engine(location: DatabaseUrl) -> AsyncEngine:
+    target = location.driver_url
+    if location.backend == "sqlite":
         if target.database:
             Path(target.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(target, connect_args={"timeout": 30})
@@ -317,12 +290,17 @@ def _sqlite_begin(connection: Connection) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-async def open_database(url: str, *, migrate: bool = True) -> Database:
-    """Open the database at `url`, bringing its schema up to date the first time in this process."""
-    database = Database(create_engine(url))
-    if migrate and url not in _MIGRATED:
+async def open_database(url: DatabaseUrl | str, *, migrate: bool = True) -> Database:
+    """Open the database at `url`, bringing its schema up to date the first time in this process.
+
+    The installation's own database is opened with its storage (storage.connect.open_storage);
+    this is for the others: a migration's target, a script given a URL.
+    """
+    location = DatabaseUrl.parse(url) if isinstance(url, str) else url
+    database = Database(create_engine(location), location)
+    if migrate and location.text not in _MIGRATED:
         await upgrade(database)
-        _MIGRATED.add(url)
+        _MIGRATED.add(location.text)
     return database
 
 

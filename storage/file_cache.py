@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-# Names given to downloads in progress (storage.files), never counted or evicted here.
+# Names given to downloads in progress (storage.files.s3), never counted or evicted here.
 _PARTIAL = re.compile(r"^\..+\.download$")
 
 

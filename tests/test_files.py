@@ -1,4 +1,4 @@
-"""The file store (storage/files.py) against a local folder and a real S3 server (moto), and the
+"""The file store (storage/files/) against a local folder and a real S3 server (moto), and the
 PostgreSQL test server itself (tests/services.py)."""
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 the one storage/schema.py queries, on SQLite and on PostgreSQL.
 
 tests/data/release-0.1.db was written by the last single-host release (commit 5e490ef) through
-its own storage functions; tests/data/make_release_db.py says how.
+its own storage functions; tests/data/make_release_db.py says how. tests/data/release-0.1-sql/
+holds that release's SQL migrations, to build its databases at their earlier versions.
 """
 
 from __future__ import annotations
@@ -20,10 +21,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect
 
+from config.database_url import DatabaseUrl
 from config.settings import Settings
 from engine.usecases.jobs.registry import describe
 from storage import jobs
-from storage.db import Database, current_revision, open_database, sqlite_url
+from storage.db import Database, current_revision, open_database
 from storage.discord_posts import get_discord_job, relay_position
 from storage.generations import VariationSource, default_checkpoint, get_generation, record_generation
 from storage.guild_settings import GuildSettings, get_guild_settings
@@ -46,6 +48,7 @@ from conftest import distributed
 
 REPO = Path(__file__).resolve().parent.parent
 RELEASE_DB = Path(__file__).resolve().parent / "data" / "release-0.1.db"
+RELEASE_SQL = Path(__file__).resolve().parent / "data" / "release-0.1-sql"  # the release's own schema, V1-V4
 
 
 def head_revision() -> str:
@@ -80,7 +83,7 @@ async def test_a_database_written_by_the_release_upgrades_in_place_and_keeps_eve
         old_events = old.execute("SELECT id, job_id, kind FROM job_events ORDER BY id").fetchall()
     assert len(old_events) == 12
 
-    db = await open_database(sqlite_url(path))
+    db = await open_database(DatabaseUrl.sqlite_file(path))
     try:
         assert await current_revision(db) == head_revision()
 
@@ -166,7 +169,7 @@ async def test_a_database_written_by_the_release_upgrades_in_place_and_keeps_eve
         "asyncio.run(main())\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script, sqlite_url(path)], cwd=REPO, capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", script, DatabaseUrl.sqlite_file(path).text], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == f"revision {head_revision()}"
@@ -176,12 +179,11 @@ async def test_a_database_written_by_the_release_upgrades_in_place_and_keeps_eve
 
 def release_database(path: Path, version: int) -> None:
     """A database of an older release, at `PRAGMA user_version` `version`, with a pet and a job."""
-    folder = resources.files("storage").joinpath("migrations", "sqlite")
-    scripts = sorted(entry.name for entry in folder.iterdir() if entry.name.endswith(".sql"))
+    scripts = sorted(RELEASE_SQL.glob("V*.sql"))
     connection = sqlite3.connect(path)
     try:
-        for name in scripts[:version]:
-            connection.executescript(folder.joinpath(name).read_text(encoding="utf-8"))
+        for script in scripts[:version]:
+            connection.executescript(script.read_text(encoding="utf-8"))
         connection.execute(f"PRAGMA user_version = {version}")
         connection.execute(
             "INSERT INTO pets (guild_id, owner_id, name, token, class_noun) VALUES ('g', 'u', 'Thor', 'bcdfg', 'cat')"
@@ -205,7 +207,7 @@ def release_database(path: Path, version: int) -> None:
 async def test_an_older_release_database_upgrades_to_the_latest_revision(tmp_path: Path, version: int) -> None:
     path = tmp_path / "old.db"
     release_database(path, version)
-    db = await open_database(sqlite_url(path))
+    db = await open_database(DatabaseUrl.sqlite_file(path))
     try:
         assert await current_revision(db) == head_revision()
         pet = await find_pet(db, "g", "thor")
@@ -337,7 +339,7 @@ async def test_a_new_database_file_opened_while_another_process_writes_to_it_wai
     commit = threading.Timer(0.5, other.execute, ["COMMIT"])  # as the other process would, on its own
     commit.start()
     try:
-        db = await asyncio.wait_for(open_database(sqlite_url(path)), 30)
+        db = await asyncio.wait_for(open_database(DatabaseUrl.sqlite_file(path)), 30)
         try:
             assert await current_revision(db) == head_revision()
         finally:
@@ -374,7 +376,7 @@ async def test_the_release_database_keeps_every_row_index_and_key_and_never_hand
     path = tmp_path / "pawtrait.db"
     shutil.copyfile(RELEASE_DB, path)
     rows_before, shape_before = _schema_and_rows(path)
-    db = await open_database(sqlite_url(path))
+    db = await open_database(DatabaseUrl.sqlite_file(path))
     await db.close()
     rows_after, shape = _schema_and_rows(path)
     for table, rows in rows_before.items():
@@ -396,7 +398,7 @@ async def test_the_release_database_keeps_every_row_index_and_key_and_never_hand
 
     # Forgetting the newest pet takes its rows (the training's job and events with them); what
     # comes next gets new ids, and the events come after the relay's position.
-    db = await open_database(sqlite_url(path))
+    db = await open_database(DatabaseUrl.sqlite_file(path))
     try:
         [pet] = await list_pets(db, "guild-1")
         [run_id] = [job.run_id for job in await jobs.list_jobs(db, active_only=False) if job.run_id is not None]

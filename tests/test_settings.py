@@ -27,7 +27,7 @@ def test_defaults_match_the_documented_ones() -> None:
     assert settings.guidance_interval == (0.28, 5.42)
     # One host: the SQLite file and the files in the data folder.
     assert settings.database is None and settings.files is None
-    assert settings.database_url == f"sqlite:///{(Path('data') / 'pawtrait.db').resolve()}"
+    assert settings.database_url.text == f"sqlite:///{(Path('data') / 'pawtrait.db').resolve()}"
     assert settings.host_id == socket.gethostname()
     assert settings.worker_timeout_s == 20.0
     assert settings.dtype == "auto" and settings.gpu_memory_gib is None  # the GPU's own precision, all its memory
@@ -47,10 +47,10 @@ def test_many_hosts_share_a_database_and_a_bucket() -> None:
         "PAWTRAIT_HOST_ID": "gpu-box-2",
         "PAWTRAIT_WORKER_TIMEOUT_S": "45",
     })
-    assert settings.database_url == "postgresql://pawtrait:secret@db.internal:5432/pawtrait"
+    assert settings.database_url.text == "postgresql://pawtrait:secret@db.internal:5432/pawtrait"
     assert settings.files == "s3://pawtrait-files/prod"
     assert (settings.host_id, settings.worker_timeout_s) == ("gpu-box-2", 45.0)
-    assert Settings.from_env({"PAWTRAIT_DATABASE_URL": "sqlite:////srv/p.db"}).database_url == "sqlite:////srv/p.db"
+    assert Settings.from_env({"PAWTRAIT_DATABASE_URL": "sqlite:////srv/p.db"}).database_url.text == "sqlite:////srv/p.db"
     assert Settings.from_env({"PAWTRAIT_DATABASE_URL": "postgres://u:p@h/db"}).database == "postgres://u:p@h/db"
 
 

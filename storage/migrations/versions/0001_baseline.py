@@ -1,10 +1,12 @@
-"""Baseline: the schema of the single-host release (SQL migrations V1-V4).
+"""Baseline: the schema of the single-host release (its SQL migrations V1-V4), on SQLite and PostgreSQL.
 
-SQLite: the release's own SQL files (storage/migrations/sqlite/), applied from the
-`PRAGMA user_version` the database is at, so a database written by that release (at 4)
-gains nothing here and a new one gets exactly the same tables. PostgreSQL: the same
-tables in its own types (timestamptz, bigint seeds, a lower(name) index for the
-case-insensitive pet names SQLite's NOCASE gives).
+The release's four steps, written once for both databases: times are text on SQLite (ISO 8601,
+as storage.dialects.Timestamp reads them) and timestamptz on PostgreSQL; pet names are unique
+case-insensitively (SQLite's NOCASE, PostgreSQL's lower(name)). A new database gets every
+step; a SQLite database written by the release gets the steps it lacks, from the `PRAGMA
+user_version` the release recorded (at 4: none), and the same version afterwards. SQLite's
+tables whose ids must never come back are created with AUTOINCREMENT (what 0004 gives a
+release's tables).
 
 Revision ID: 0001
 Revises:
@@ -12,10 +14,6 @@ Create Date: 2026-12-02
 """
 
 from __future__ import annotations
-
-import re
-import sqlite3
-from importlib import resources
 
 import sqlalchemy as sa
 from alembic import op
@@ -25,48 +23,33 @@ down_revision = None
 branch_labels = None
 depends_on = None
 
-_LEGACY = re.compile(r"^V(\d+)__\w+\.sql$")
-
 
 def upgrade() -> None:
-    if op.get_bind().dialect.name == "sqlite":
-        _sqlite_release_migrations()
-    else:
-        _create_tables()
-
-
-def _sqlite_release_migrations() -> None:
     bind = op.get_bind()
-    current = bind.exec_driver_sql("PRAGMA user_version").scalar() or 0
-    folder = resources.files("storage").joinpath("migrations", "sqlite")
-    files = sorted((int(m.group(1)), entry) for entry in folder.iterdir() if (m := _LEGACY.match(entry.name)))
-    for version, entry in files:
+    sqlite = bind.dialect.name == "sqlite"
+    current = (bind.exec_driver_sql("PRAGMA user_version").scalar() or 0) if sqlite else 0
+    for version, step in enumerate((_v1_pets_and_runs, _v2_jobs, _v3_discord, _v4_variations), start=1):
         if version <= current:
             continue
-        for statement in _statements(entry.read_text(encoding="utf-8")):
-            bind.exec_driver_sql(statement)
-        bind.exec_driver_sql(f"PRAGMA user_version = {version}")
+        step()
+        if sqlite:
+            bind.exec_driver_sql(f"PRAGMA user_version = {version}")
 
 
-def _statements(script: str) -> list[str]:
-    """Split a SQL script into statements the way SQLite's own tokenizer ends them."""
-    found, buffer = [], ""
-    for line in script.splitlines(keepends=True):
-        buffer += line
-        if sqlite3.complete_statement(buffer):
-            found.append(buffer.strip())
-            buffer = ""
-    if buffer.strip() and not all(part.strip().startswith("--") for part in buffer.strip().splitlines()):
-        found.append(buffer.strip())
-    return found
+def _sqlite() -> bool:
+    return op.get_bind().dialect.name == "sqlite"
+
+
+def _time() -> sa.types.TypeEngine:
+    return sa.Text() if _sqlite() else sa.TIMESTAMP(timezone=True)
 
 
 def _now() -> sa.TextClause:
-    return sa.text("now()")
+    return sa.text("(strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))" if _sqlite() else "now()")
 
 
 def _created() -> sa.Column:
-    return sa.Column("created_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now())
+    return sa.Column("created_at", _time(), nullable=False, server_default=_now())
 
 
 def _status(name: str) -> sa.CheckConstraint:
@@ -75,7 +58,13 @@ def _status(name: str) -> sa.CheckConstraint:
     )
 
 
-def _create_tables() -> None:
+def _checkpoint_reference() -> tuple[sa.ForeignKey, ...]:
+    """SQLite takes a foreign key to a table not created yet; PostgreSQL gets it once checkpoints exists."""
+    return (sa.ForeignKey("checkpoints.id", ondelete="SET NULL"),) if _sqlite() else ()
+
+
+def _v1_pets_and_runs() -> None:
+    """V1: pets, their photos, training runs with checkpoints and validation images, votes, generations."""
     op.create_table(
         "pets",
         sa.Column("id", sa.Integer, primary_key=True),
@@ -84,10 +73,12 @@ def _create_tables() -> None:
         sa.Column("name", sa.Text, nullable=False),
         sa.Column("token", sa.Text, nullable=False, unique=True),
         sa.Column("class_noun", sa.Text, nullable=False),
-        sa.Column("active_checkpoint_id", sa.Integer),  # foreign key added once checkpoints exists
+        sa.Column("active_checkpoint_id", sa.Integer, *_checkpoint_reference()),
         _created(),
+        sqlite_autoincrement=True,
     )
-    op.execute("CREATE UNIQUE INDEX pets_guild_name ON pets (guild_id, lower(name))")
+    name = "name COLLATE NOCASE" if _sqlite() else "lower(name)"
+    op.execute(f"CREATE UNIQUE INDEX pets_guild_name ON pets (guild_id, {name})")
     op.create_table(
         "photos",
         sa.Column("id", sa.Integer, primary_key=True),
@@ -103,8 +94,9 @@ def _create_tables() -> None:
         sa.Column("crop_top", sa.Integer, nullable=False),
         sa.Column("crop_size", sa.Integer, nullable=False),
         sa.Column("added_by", sa.Text, nullable=False),
-        sa.Column("added_at", sa.TIMESTAMP(timezone=True), nullable=False, server_default=_now()),
+        sa.Column("added_at", _time(), nullable=False, server_default=_now()),
         sa.UniqueConstraint("pet_id", "sha256"),
+        sqlite_autoincrement=True,
     )
     op.create_index("photos_pet", "photos", ["pet_id"])
     op.create_table(
@@ -117,10 +109,11 @@ def _create_tables() -> None:
         sa.Column("total_steps", sa.Integer, nullable=False),
         sa.Column("error", sa.Text),
         _created(),
-        sa.Column("started_at", sa.TIMESTAMP(timezone=True)),
-        sa.Column("finished_at", sa.TIMESTAMP(timezone=True)),
-        sa.Column("chosen_checkpoint_id", sa.Integer),
+        sa.Column("started_at", _time()),
+        sa.Column("finished_at", _time()),
+        sa.Column("chosen_checkpoint_id", sa.Integer, *_checkpoint_reference()),
         _status("training_runs"),
+        sqlite_autoincrement=True,
     )
     op.create_index("training_runs_pet", "training_runs", ["pet_id"])
     op.create_table(
@@ -133,14 +126,16 @@ def _create_tables() -> None:
         sa.Column("kohya_file", sa.Text, nullable=False),
         _created(),
         sa.UniqueConstraint("run_id", "step"),
+        sqlite_autoincrement=True,
     )
-    op.create_foreign_key(
-        "pets_active_checkpoint", "pets", "checkpoints", ["active_checkpoint_id"], ["id"], ondelete="SET NULL"
-    )
-    op.create_foreign_key(
-        "training_runs_chosen_checkpoint", "training_runs", "checkpoints", ["chosen_checkpoint_id"], ["id"],
-        ondelete="SET NULL",
-    )
+    if not _sqlite():
+        op.create_foreign_key(
+            "pets_active_checkpoint", "pets", "checkpoints", ["active_checkpoint_id"], ["id"], ondelete="SET NULL"
+        )
+        op.create_foreign_key(
+            "training_runs_chosen_checkpoint", "training_runs", "checkpoints", ["chosen_checkpoint_id"], ["id"],
+            ondelete="SET NULL",
+        )
     op.create_table(
         "validation_images",
         sa.Column("id", sa.Integer, primary_key=True),
@@ -167,11 +162,11 @@ def _create_tables() -> None:
     )
     op.create_index(
         "votes_image_user", "votes", ["validation_image_id", "user_id", "emoji"], unique=True,
-        postgresql_where=sa.text("validation_image_id IS NOT NULL"),
+        postgresql_where=sa.text("validation_image_id IS NOT NULL"), sqlite_where=sa.text("validation_image_id IS NOT NULL"),
     )
     op.create_index(
         "votes_checkpoint_user", "votes", ["checkpoint_id", "user_id", "emoji"], unique=True,
-        postgresql_where=sa.text("checkpoint_id IS NOT NULL"),
+        postgresql_where=sa.text("checkpoint_id IS NOT NULL"), sqlite_where=sa.text("checkpoint_id IS NOT NULL"),
     )
     op.create_table(
         "generations",
@@ -191,11 +186,13 @@ def _create_tables() -> None:
         sa.Column("requested_by", sa.Text, nullable=False),
         sa.Column("message_id", sa.Text),
         _created(),
-        sa.Column("source_generation_id", sa.Integer, sa.ForeignKey("generations.id", ondelete="SET NULL")),
-        sa.Column("source_image", sa.Integer),
-        sa.Column("variation_strength", sa.Float),
+        sqlite_autoincrement=True,
     )
     op.create_index("generations_pet", "generations", ["pet_id"])
+
+
+def _v2_jobs() -> None:
+    """V2: the GPU job queue and what happened to each job."""
     op.create_table(
         "jobs",
         sa.Column("id", sa.Integer, primary_key=True),
@@ -211,14 +208,15 @@ def _create_tables() -> None:
         sa.Column("generation_id", sa.Integer, sa.ForeignKey("generations.id", ondelete="SET NULL")),
         sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
         sa.Column("worker_id", sa.Text),
-        sa.Column("heartbeat_at", sa.TIMESTAMP(timezone=True)),
+        sa.Column("heartbeat_at", _time()),
         sa.Column("cancel_requested", sa.Integer, nullable=False, server_default="0"),
         sa.Column("error", sa.Text),
         _created(),
-        sa.Column("started_at", sa.TIMESTAMP(timezone=True)),
-        sa.Column("finished_at", sa.TIMESTAMP(timezone=True)),
+        sa.Column("started_at", _time()),
+        sa.Column("finished_at", _time()),
         sa.CheckConstraint("kind IN ('train', 'generate', 'class_images')", name="jobs_kind"),
         _status("jobs"),
+        sqlite_autoincrement=True,
     )
     op.create_index("jobs_status", "jobs", ["status", "kind", "id"])
     op.create_index("jobs_user", "jobs", ["user_id", "status"])
@@ -229,8 +227,13 @@ def _create_tables() -> None:
         sa.Column("kind", sa.Text, nullable=False),
         sa.Column("data", sa.Text, nullable=False, server_default="{}"),
         _created(),
+        sqlite_autoincrement=True,
     )
     op.create_index("job_events_job", "job_events", ["job_id", "id"])
+
+
+def _v3_discord() -> None:
+    """V3: what the Discord front end remembers between restarts."""
     op.create_table(
         "guild_settings",
         sa.Column("guild_id", sa.Text, primary_key=True),
@@ -260,3 +263,13 @@ def _create_tables() -> None:
         sa.Column("last_event_id", sa.Integer, nullable=False),
         sa.CheckConstraint("id = 1", name="discord_relay_one_row"),
     )
+
+
+def _v4_variations() -> None:
+    """V4: a generation may repaint one image of an earlier one (img2img). SQLite adds a column
+    with a foreign key only in the column's own definition, which PostgreSQL takes too."""
+    op.execute(
+        "ALTER TABLE generations ADD COLUMN source_generation_id INTEGER REFERENCES generations(id) ON DELETE SET NULL"
+    )
+    op.add_column("generations", sa.Column("source_image", sa.Integer))
+    op.add_column("generations", sa.Column("variation_strength", sa.Float))
