@@ -56,6 +56,8 @@ def worker_env(model: Path, data: Path, count: int, resolution: int, cpu: bool) 
         **os.environ, "PAWTRAIT_MODEL": str(model), "PAWTRAIT_VAE": "", "PAWTRAIT_DATA_DIR": str(data),
         "PAWTRAIT_WORKERS": str(count), "PAWTRAIT_RESOLUTION": str(resolution), "PAWTRAIT_SCORES": "off",
         "PAWTRAIT_COMPILE": "false", "PAWTRAIT_COMPILE_TRAINING": "false",
+        # No safety weights can be had here (random ones see people in random photos); safety_sdxl.py measures the check.
+        "PAWTRAIT_SAFETY": "off",
         "PAWTRAIT_DEVICE": "cpu" if cpu else "auto",
     }
 
