@@ -127,9 +127,8 @@ async def _train(args: argparse.Namespace, settings: Settings) -> int:
 async def _execute(db, store, settings: Settings, run_id: int, pet_name: str) -> int:
     from tqdm import tqdm
 
-    from engine.gpu.generation.generator import Generator
-    from engine.gpu.models import ModelNotFound, load_base_model
-    from engine.gpu.scoring.scorer import Scorer
+    from engine.gpu.models import ModelNotFound
+    from engine.gpu.process_models import ProcessModels
     from engine.gpu.training.service import execute_run
     from engine.usecases.training.create import TrainingInputError
     from engine.usecases.training.hooks import TrainingHooks
@@ -138,7 +137,7 @@ async def _execute(db, store, settings: Settings, run_id: int, pet_name: str) ->
 
     print("loading the model...", file=sys.stderr)
     try:
-        base = await asyncio.to_thread(load_base_model, settings)
+        models = await asyncio.to_thread(ProcessModels.load, settings)
     except ModelNotFound as error:
         return _fail(f"{error} Run {run_id} is kept: `pawtrait train {pet_name} --resume` starts it once the model loads.")
     run = await runs.get_run(db, run_id)
@@ -168,9 +167,9 @@ async def _execute(db, store, settings: Settings, run_id: int, pet_name: str) ->
             should_cancel=cancel.is_set,
         )
         try:
-            scorer = Scorer.from_settings(settings)
-            generator = Generator.from_settings(base, settings)  # paints the validation rounds and class images
-            outcome = await execute_run(db, store, DataDir(settings.data_dir), generator, run_id, hooks, scorer=scorer)
+            # The generator paints the validation rounds and class images.
+            outcome = await execute_run(db, store, DataDir(settings.data_dir), models.generator, run_id, hooks,
+                                        scorer=models.scorer)
         except TrainingInputError as error:
             return _fail(str(error))
         finally:
