@@ -138,18 +138,18 @@ def _dreambench(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _paint_and_score(args: argparse.Namespace, settings: Settings, benchmark, loras: dict[str, Path]) -> int:
-    from engine.gpu.generation.generator import Generator, PetLora
-    from engine.gpu.models import ModelNotFound, load_base_model
+    from engine.gpu.generation.generator import PetLora
+    from engine.gpu.models import ModelNotFound
+    from engine.gpu.process_models import ProcessModels
     from engine.gpu.scoring.dreambench import DreamBenchError, evaluate_subject, mean_of
-    from engine.gpu.scoring.scorer import Scorer
 
     print("loading the model...", file=sys.stderr)
     try:
-        base = load_base_model(settings)
+        # Scores asked for explicitly: PAWTRAIT_SCORES does not apply.
+        models = ProcessModels.load(settings, scores=True)
     except ModelNotFound as error:
         return _fail(str(error))
-    generator = Generator.from_settings(base, settings)
-    scorer = Scorer(settings.score_dino, settings.score_clip)  # asked for explicitly: PAWTRAIT_SCORES does not apply
+    generator, scorer = models.generator, models.scorer
     results = []
     rows = [("SUBJECT", "CLASS", "PICTURES", "DINO", "CLIP-I", "CLIP-T")]
     for number, (subject, path) in enumerate(sorted(loras.items()), start=1):

@@ -71,9 +71,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 async def _imagine(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from engine.gpu.generation.generator import Generator
     from engine.gpu.generation.service import generate_and_record
-    from engine.gpu.models import load_base_model
+    from engine.gpu.process_models import ProcessModels
     from engine.usecases.queueing import check_prompt
     from storage.connect import open_storage
     from storage.files import DataDir
@@ -99,7 +98,7 @@ async def _imagine(args: argparse.Namespace, settings: Settings) -> int:
         if args.detach:
             return await _detach(db, settings, request, pet)
         print("loading the model...", file=sys.stderr)
-        generator = Generator.from_settings(load_base_model(settings), settings)
+        generator = ProcessModels.load(settings).generator
         with tqdm(total=request.denoising_steps, unit="step", file=sys.stderr) as bar:
             outcome = await generate_and_record(
                 db, store, DataDir(settings.data_dir), generator, request, LOCAL_GUILD, getpass.getuser(),

@@ -14,7 +14,7 @@ import sys
 import threading
 
 from config.settings import Settings
-from engine.usecases.training.params import MODES, TrainingParams
+from engine.usecases.training.params import MODES, TrainingParams, checkpoint_interval
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 130
 
@@ -36,11 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prior-preservation", action="store_true", help="train against class images too")
     parser.add_argument("--class-images", type=int, default=defaults.class_images,
                         help=f"class images for prior preservation, shared per class (default {defaults.class_images})")
-    parser.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every, metavar="N",
-                        help=f"save a checkpoint every N steps (default {defaults.checkpoint_every})")
-    parser.add_argument("--validate-every", type=int, default=defaults.validate_every, metavar="N",
-                        help=f"render validation images every N steps, 0 = start and end only "
-                        f"(default {defaults.validate_every})")
+    every = f"a fifth of the steps, at least 2, as the bot's /train: {checkpoint_interval(defaults.steps)} of {defaults.steps}"
+    parser.add_argument("--checkpoint-every", type=int, metavar="N",
+                        help=f"save a checkpoint every N steps (default {every})")
+    parser.add_argument("--validate-every", type=int, metavar="N",
+                        help=f"render validation images every N steps, 0 = start and end only (default {every})")
     parser.add_argument("--keep-checkpoints", type=int, default=0, metavar="K",
                         help="keep only the newest K checkpoints (default 0 = all)")
     parser.add_argument("--resolution", type=int, help="training resolution (default PAWTRAIT_RESOLUTION)")
@@ -60,8 +60,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def params_from_args(args: argparse.Namespace, settings: Settings) -> TrainingParams:
-    return TrainingParams(
-        steps=args.steps,
+    """The run the bot's /train would start, with what the options chose (those left out are None)."""
+    return TrainingParams.for_steps(
+        args.steps,
+        settings,
         rank=args.rank,
         alpha=args.alpha,
         learning_rate=args.lr,
@@ -70,13 +72,11 @@ def params_from_args(args: argparse.Namespace, settings: Settings) -> TrainingPa
         checkpoint_every=args.checkpoint_every,
         validate_every=args.validate_every,
         keep_checkpoints=args.keep_checkpoints,
-        resolution=args.resolution or settings.resolution,
-        mode=args.mode or settings.train_mode,
+        resolution=args.resolution,
+        mode=args.mode,
         gradient_checkpointing=args.gradient_checkpointing,
         flip=args.flip,
         seed=args.seed,
-        compile=settings.compile_training,
-        cuda_graphs=settings.cuda_graphs,
     )
 
 
@@ -127,9 +127,8 @@ async def _train(args: argparse.Namespace, settings: Settings) -> int:
 async def _execute(db, store, settings: Settings, run_id: int, pet_name: str) -> int:
     from tqdm import tqdm
 
-    from engine.gpu.generation.generator import Generator
-    from engine.gpu.models import ModelNotFound, load_base_model
-    from engine.gpu.scoring.scorer import Scorer
+    from engine.gpu.models import ModelNotFound
+    from engine.gpu.process_models import ProcessModels
     from engine.gpu.training.service import execute_run
     from engine.usecases.training.create import TrainingInputError
     from engine.usecases.training.hooks import TrainingHooks
@@ -138,7 +137,7 @@ async def _execute(db, store, settings: Settings, run_id: int, pet_name: str) ->
 
     print("loading the model...", file=sys.stderr)
     try:
-        base = await asyncio.to_thread(load_base_model, settings)
+        models = await asyncio.to_thread(ProcessModels.load, settings)
     except ModelNotFound as error:
         return _fail(f"{error} Run {run_id} is kept: `pawtrait train {pet_name} --resume` starts it once the model loads.")
     run = await runs.get_run(db, run_id)
@@ -168,9 +167,9 @@ async def _execute(db, store, settings: Settings, run_id: int, pet_name: str) ->
             should_cancel=cancel.is_set,
         )
         try:
-            scorer = Scorer.from_settings(settings)
-            generator = Generator.from_settings(base, settings)  # paints the validation rounds and class images
-            outcome = await execute_run(db, store, DataDir(settings.data_dir), generator, run_id, hooks, scorer=scorer)
+            # The generator paints the validation rounds and class images.
+            outcome = await execute_run(db, store, DataDir(settings.data_dir), models.generator, run_id, hooks,
+                                        scorer=models.scorer)
         except TrainingInputError as error:
             return _fail(str(error))
         finally:

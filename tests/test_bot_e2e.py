@@ -40,7 +40,7 @@ from photo_samples import encode, jpeg, varied_photo
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 PNG = b"\x89PNG\r\n\x1a\n"
-TRAIN_STEPS = 6  # a checkpoint and validation images every 2 steps (bot.cogs.train.checkpoint_interval)
+TRAIN_STEPS = 6  # a checkpoint and validation images every 2 steps (engine.usecases.training.params.checkpoint_interval)
 
 
 @dataclass

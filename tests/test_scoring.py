@@ -88,6 +88,8 @@ def test_scoring_settings_default_to_the_papers_models_and_reject_bad_values(tmp
     defaults = Settings.from_env({})
     assert (defaults.scores, defaults.score_dino, defaults.score_clip) == (True, DEFAULT_SCORE_DINO, DEFAULT_SCORE_CLIP)
     assert Scorer.from_settings(Settings.from_env({"PAWTRAIT_SCORES": "off"})) is None
+    # The people check and `pawtrait eval --dreambench` score even so.
+    assert Scorer.from_settings(Settings.from_env({"PAWTRAIT_SCORES": "off"}), always=True) is not None
     chosen = Settings.from_env({"PAWTRAIT_SCORE_DINO": str(tmp_path), "PAWTRAIT_SCORE_CLIP": "~/models/clip"})
     assert (chosen.score_dino, chosen.score_clip) == (str(tmp_path), "~/models/clip")
     assert Scorer.from_settings(chosen).dino_source == str(tmp_path)

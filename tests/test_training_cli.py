@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
+from cli.main import build_parser, main
+from cli.train import params_from_args
 from config.settings import Settings
+from engine.usecases.training.params import TrainingParams
 from storage import runs
 from storage.files import FileStore
 from storage.pets import LOCAL_GUILD, create_pet
@@ -102,3 +104,14 @@ async def test_a_model_that_does_not_load_keeps_the_run_for_resume(
     assert "could not load the base model" in err and "Set PAWTRAIT_MODEL" in err
     assert f"Run {run.id} is kept: `pawtrait train Thor --resume` starts it" in err
     assert (await runs.latest_unfinished_run(db, pet.id)).id == run.id  # what --resume picks up
+
+
+def test_the_command_line_checkpoints_a_run_as_the_bot_does() -> None:
+    """Both ask TrainingParams.for_steps: about five checkpoints and rounds a run, unless an option says otherwise."""
+    settings = Settings(model="unused", device="cpu", resolution=512, train_mode="lean")
+    parse = build_parser().parse_args
+    params = params_from_args(parse(["train", "Thor", "--steps", "50"]), settings)
+    assert params == TrainingParams.for_steps(50, settings)
+    assert (params.checkpoint_every, params.validate_every, params.resolution, params.mode) == (10, 10, 512, "lean")
+    chosen = params_from_args(parse(["train", "Thor", "--steps", "50", "--validate-every", "0", "--mode", "fast"]), settings)
+    assert (chosen.checkpoint_every, chosen.validate_every, chosen.mode) == (10, 0, "fast")

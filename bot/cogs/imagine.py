@@ -44,6 +44,7 @@ from engine.usecases.generation.request import (
 from engine.usecases.jobs.contract import ContractError
 from engine.usecases.jobs.generate import GENERATE, Preview
 from engine.usecases.moderation.prompts import ALLOWED, PromptRefused
+from engine.usecases.pet_prompts import mentions_pet
 from engine.usecases.queueing import queue_generation as queue_job
 from storage.audit import audit_lines_of_job
 from storage.db import Queries
@@ -62,8 +63,6 @@ from storage.pets import Pet, get_pet, list_pets
 if TYPE_CHECKING:
     from bot.app import PawtraitBot
 
-# The same word the generation engine replaces with the pet's trigger token.
-TOK = re.compile(r"\bTOK\b")
 PREVIEW_EDIT_INTERVAL_S = 2.0
 _ACTIONS = {"reroll": ("🔁", "Reroll"), "share": ("📌", "Share"), "delete": ("🗑️", "Delete"), "report": ("🚩", "Report")}
 
@@ -154,7 +153,7 @@ class Imagine(commands.Cog):
         db = self.bot.db
         if pet is not None:
             chosen = await pet_named(db, interaction, pet)
-        elif TOK.search(prompt):
+        elif mentions_pet(prompt):
             chosen = await default_pet(db, interaction)
         if chosen is not None:
             await require_may_imagine(db, interaction, chosen)

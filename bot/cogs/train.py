@@ -33,7 +33,7 @@ from engine.usecases.scoring.chart import score_chart
 from engine.usecases.scoring.choice import choose_checkpoint, run_standing, vote_emoji
 from engine.usecases.scoring.suggest import RULE
 from engine.usecases.training.create import TrainingInputError
-from engine.usecases.training.params import TrainingParams
+from engine.usecases.training.params import DEFAULT_STEPS, TrainingParams
 from storage.discord_posts import add_discord_job
 from storage.guild_settings import get_guild_settings
 from storage.jobs import Job, QueueLimitReached, estimate_wait_s, queue_position
@@ -54,28 +54,11 @@ from storage.scores import RunScores, run_scores
 if TYPE_CHECKING:
     from bot.app import PawtraitBot
 
-DEFAULT_STEPS = 500
 MAX_LISTED = 20  # checkpoints /pick lists: the newest, within Discord's 2000 characters
 
 
-def checkpoint_interval(steps: int) -> int:
-    """About five checkpoints (each with validation images) per run, as the seed's 100 of 500,
-    never more often than every 2 steps."""
-    return min(steps, max(2, steps // 5))
-
-
 def training_params(bot: PawtraitBot, steps: int, prior_preservation: bool) -> TrainingParams:
-    every = checkpoint_interval(steps)
-    params = TrainingParams(
-        steps=steps,
-        resolution=bot.settings.resolution,
-        prior_preservation=prior_preservation,
-        checkpoint_every=every,
-        validate_every=every,
-        mode=bot.settings.train_mode,
-        compile=bot.settings.compile_training,
-        cuda_graphs=bot.settings.cuda_graphs,
-    )
+    params = TrainingParams.for_steps(steps, bot.settings, prior_preservation=prior_preservation)
     try:
         params.validate()
     except ValueError as error:

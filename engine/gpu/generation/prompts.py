@@ -1,23 +1,17 @@
 """Turning what the user typed into what the text encoders see.
 
-`TOK` stands for the chosen pet's trigger token (the convention of Replicate's SDXL
-trainer). DreamBooth learns "<token> <class noun>", and the class noun matters a lot for
-likeness (DINO 0.30 -> 0.74 in the paper), so a bare `TOK` becomes "<token> <noun>".
-CLIP reads at most 77 tokens; anything past that is cut off, and the user is told so.
+TOK becomes the pet (engine.usecases.pet_prompts). CLIP reads at most 77 tokens; anything past
+that is cut off, and the user is told so: that needs the tokenizers, so it lives here.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from transformers import PreTrainedTokenizerBase
 
-from engine.usecases.generation.request import GenerationError
+from engine.usecases.pet_prompts import substitute_token
 from storage.pets import Pet
-
-TOK = "TOK"
-_TOK_WORD = re.compile(r"\bTOK\b(\s+(\w+))?")
 
 
 @dataclass
@@ -25,22 +19,6 @@ class PreparedPrompt:
     prompt: str
     negative_prompt: str
     warnings: list[str] = field(default_factory=list)
-
-
-def substitute_token(prompt: str, pet: Pet | None) -> str:
-    """Replace each `TOK` with the pet's token, adding its class noun unless the user wrote it."""
-    if _TOK_WORD.search(prompt) is None:
-        return prompt
-    if pet is None:
-        raise GenerationError("The prompt uses TOK but names no pet: choose a pet, or leave TOK out for a plain picture.")
-
-    def replace(match: re.Match[str]) -> str:
-        following = match.group(2)
-        if following is not None and following.lower() == pet.class_noun.lower():
-            return f"{pet.token}{match.group(1)}"
-        return f"{pet.token} {pet.class_noun}{match.group(1) or ''}"
-
-    return _TOK_WORD.sub(replace, prompt)
 
 
 def token_count(tokenizer: PreTrainedTokenizerBase, text: str) -> int:

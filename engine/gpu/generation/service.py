@@ -18,11 +18,11 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from engine.gpu.generation.generator import GenerationResult, Generator, PetLora, StepCallback
-from engine.gpu.generation.prompts import substitute_token
 from engine.usecases.generation.checkpoint_choice import checkpoint_to_paint
 from engine.usecases.generation.metadata import Parameters, png_info
 from engine.usecases.generation.request import GenerationError, GenerationRequest
 from engine.usecases.jobs.generate import GenerateResult
+from engine.usecases.pet_prompts import substitute_token
 from storage import keys
 from storage.db import Queries
 from storage.files import DataDir, FileMissing, FileStore, remove_tree

@@ -57,9 +57,10 @@ class Scorer:
         self._placing = threading.Lock()  # one scoring at a time: the models have one place
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Scorer | None:
-        """The configured scorer, or None with PAWTRAIT_SCORES=off."""
-        return cls(settings.score_dino, settings.score_clip) if settings.scores else None
+    def from_settings(cls, settings: Settings, *, always: bool = False) -> Scorer | None:
+        """The configured scorer, or None with PAWTRAIT_SCORES=off unless `always` (the people check, or a
+        command asked to score)."""
+        return cls(settings.score_dino, settings.score_clip) if settings.scores or always else None
 
     def models(self) -> ScoringModels | None:
         """The loaded models (loading them on the first call), or None if they cannot be loaded."""

@@ -28,9 +28,10 @@ from itertools import groupby
 from typing import Any
 
 from config.settings import Settings
-from engine.gpu.generation.generator import Generator, Preview
+from engine.gpu.generation.generator import Preview
 from engine.gpu.generation.service import generate_and_record, open_rgb
 from engine.gpu.models import BaseModel
+from engine.gpu.process_models import ProcessModels
 from engine.gpu.safety.people import refuse_people
 from engine.gpu.safety.screening import Screening
 from engine.gpu.scoring.scorer import Scorer
@@ -46,7 +47,7 @@ from engine.usecases.jobs.generate import Preview as PreviewEvent
 from engine.usecases.jobs.registry import KINDS, job_kind, runner_of
 from engine.usecases.jobs.train import Checkpoint, TrainPayload, TrainResult, Validation, ValidationShown
 from engine.usecases.training.hooks import TrainingHooks
-from engine.usecases.training.params import TrainingParams
+from engine.usecases.training.params import DEFAULT_STEPS, TrainingParams
 from storage import jobs, keys, runs, workers
 from storage.audit import record_audit
 from storage.db import Database, Queries
@@ -167,7 +168,8 @@ class Executor:
         self.settings, self.db, self.store, self.data, self.base = settings, db, store, data, base
         self.worker_id = worker_id
         self.loop = asyncio.get_running_loop()
-        self.generator = Generator.from_settings(base, settings)
+        models = ProcessModels.around(base, settings)
+        self.generator, self.scorer = models.generator, models.scorer  # the scoring models load at the first round
         # The training step compiled in idle time for the plan a default run gets: on a GPU in full
         # memory mode, as for pictures. In low memory mode (an 8 GB card) the offload hooks move
         # the UNet between CPU and GPU under the blocks; trainings there were measured uncompiled
@@ -175,11 +177,10 @@ class Executor:
         self.training_ahead = None
         if settings.compile_training and base.device.type == "cuda" and self.generator.memory == "full":
             self.training_ahead = TrainingCompileAhead(base)
-            self.training_ahead.want(TrainingParams(resolution=settings.resolution, mode=settings.train_mode))
-        self.scorer = Scorer.from_settings(settings)  # its models load at the first validation round
+            self.training_ahead.want(TrainingParams.for_steps(DEFAULT_STEPS, settings))
         self.screening = Screening.from_settings(settings, base.device)
         # The people check needs the scoring CLIP model even where scores are off.
-        self.photo_checker = (self.scorer or Scorer(settings.score_dino, settings.score_clip)) if settings.safety else None
+        self.photo_checker = (self.scorer or Scorer.from_settings(settings, always=True)) if settings.safety else None
         self.running: set[int] = set()
         self.lost: set[int] = set()  # jobs whose lease another worker holds now
 

@@ -2,7 +2,8 @@
 
 The whole dataclass is stored as JSON with the run (`training_runs.params`), so a run can
 be resumed, compared or repeated exactly, and a later change of defaults never changes
-what an old run meant.
+what an old run meant. `TrainingParams.for_steps` is how this installation sets up a new run,
+whoever asks: the bot's `/train` and `pawtrait train` get the same checkpoints and rounds.
 """
 
 from __future__ import annotations
@@ -10,17 +11,26 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from config.settings import Settings
+
+DEFAULT_STEPS = 500
 MODES = ("auto", "fast", "lean")
 OPTIMIZERS = ("adamw8bit", "adamw")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 DEFAULT_TARGET_MODULES = ("to_q", "to_k", "to_v", "to_out.0")
 
 
+def checkpoint_interval(steps: int) -> int:
+    """About five checkpoints, each with a validation round, per run (the seed's 100 of 500), so a
+    run of any length has a few to vote on; never more often than every 2 steps."""
+    return min(steps, max(2, steps // 5))
+
+
 @dataclass(frozen=True)
 class TrainingParams:
     """One DreamBooth LoRA run. Defaults = the seed's recipe without prior preservation."""
 
-    steps: int = 500  # optimizer steps
+    steps: int = DEFAULT_STEPS  # optimizer steps
     rank: int = 4
     alpha: float | None = None  # None = rank (the seed's scale of 1.0)
     learning_rate: float = 1e-4
@@ -51,6 +61,19 @@ class TrainingParams:
     compile: bool = True  # UNet blocks compiled, where the worker compiled them ahead for this plan (compile_ahead.py)
     cuda_graphs: bool = True  # replay the forward/backward as a CUDA graph (CUDA, bf16 and fp16; same results)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unknown keys from newer versions
+
+    @classmethod
+    def for_steps(cls, steps: int, settings: Settings, **choices: Any) -> TrainingParams:
+        """A new run of `steps` as this installation trains it: its resolution, mode, compiling and
+        CUDA graphs, and a checkpoint with a validation round every `checkpoint_interval(steps)`.
+        `choices` set any other field or override these; a choice of None keeps what it would be."""
+        every = checkpoint_interval(steps)
+        values: dict[str, Any] = dict(
+            steps=steps, checkpoint_every=every, validate_every=every, resolution=settings.resolution,
+            mode=settings.train_mode, compile=settings.compile_training, cuda_graphs=settings.cuda_graphs,
+        )
+        values.update((name, value) for name, value in choices.items() if value is not None)
+        return cls(**values)
 
     @property
     def lora_alpha(self) -> float:
