@@ -72,6 +72,7 @@ async def _imagine(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from engine.gpu.generation.service import generate_and_record
+    from engine.gpu.models import ModelNotFound
     from engine.gpu.process_models import ProcessModels
     from engine.usecases.queueing import check_prompt
     from storage.connect import open_storage
@@ -98,7 +99,10 @@ async def _imagine(args: argparse.Namespace, settings: Settings) -> int:
         if args.detach:
             return await _detach(db, settings, request, pet)
         print("loading the model...", file=sys.stderr)
-        generator = ProcessModels.load(settings).generator
+        try:
+            generator = ProcessModels.load(settings).generator
+        except ModelNotFound as error:
+            raise GenerationError(f"{error} Nothing was painted.") from None
         with tqdm(total=request.denoising_steps, unit="step", file=sys.stderr) as bar:
             outcome = await generate_and_record(
                 db, store, DataDir(settings.data_dir), generator, request, LOCAL_GUILD, getpass.getuser(),

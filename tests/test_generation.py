@@ -528,6 +528,7 @@ async def test_cli_imagine_prints_paths_and_seeds(db, store: FileStore, settings
     assert await store.get_bytes(generation.files[0]) == copied.read_bytes()
     assert "100%" in completed.stderr  # the progress bar ran to the end
 
+
     varied = await asyncio.to_thread(
         pawtrait, "imagine", "a photo of TOK cat", "--pet", "thor", "--steps", "4", "--seed", "9",
         "--vary", f"{generation_id}:1", "--variation-strength", "0.5", env=env, cwd=tmp_path,
@@ -601,3 +602,10 @@ def test_compiled_blocks_run_only_for_shapes_compiled_ahead_and_paint_the_same(t
     assert graphs() == compiled_now and compiled_runs > 0  # ran compiled, compiled nothing new
     assert same(again[0], eager[0]) and same(again[1], eager[1])
     assert not gen.compile_ahead()
+
+
+def test_cli_imagine_says_in_plain_words_when_the_model_does_not_load(env, tmp_path) -> None:
+    completed = pawtrait("imagine", "a photo of a cat", "--steps", "1",
+                         env={**env, "PAWTRAIT_MODEL": str(tmp_path / "nowhere")}, cwd=tmp_path)
+    assert completed.returncode == 1 and "Traceback" not in completed.stderr, completed.stderr
+    assert "could not load the base model" in completed.stderr and "Set PAWTRAIT_MODEL" in completed.stderr
