@@ -117,8 +117,8 @@ class Cast:
         dogs = fake.add_guild("Dog Park", owner="carol")
         return cls(
             cats=cats, dogs=dogs, alice=cats.members[cats.owner_id], bob=fake.add_member(cats, "bob"),
-            mod=fake.add_moderator(cats, "mod"), carol=dogs.members[dogs.owner_id], general=fake.channel(cats, "general"),
-            gallery=fake.add_channel(cats, "gallery"),
+            mod=fake.add_moderator(cats, "mod"), carol=dogs.members[dogs.owner_id],
+            general=fake.channel(cats, "general"), gallery=fake.add_channel(cats, "gallery"),
         )
 
 

@@ -577,7 +577,9 @@ class FakeDiscord:
 
     # ---- REST: channels, messages, reactions, threads, DMs -----------------------------------
 
-    async def _post(self, request: web.Request, channel: Channel, record: InteractionRecord | None = None) -> web.Response:
+    async def _post(
+        self, request: web.Request, channel: Channel, record: InteractionRecord | None = None
+    ) -> web.Response:
         """The bot's message into `channel`, a follow-up of `record`'s interaction when given: one
         path for both routes, so that Discord's refusals apply alike."""
         body, files = await self._read_body(request)
