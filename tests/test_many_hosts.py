@@ -199,6 +199,7 @@ async def test_an_idle_host_takes_a_new_generation_and_busy_hosts_serve_it_betwe
 
 SUBMIT = textwrap.dedent("""
     import asyncio, os, sys, time
+    import engine.usecases.jobs  # registers the job kinds with the queue, as every process using it does
     from config.settings import Settings
     from storage import jobs
     from storage.db import open_database
