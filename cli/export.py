@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 
+from cli.commands import add_guild_option, on_own_loop, pet_names
 from config.settings import Settings
 from engine.usecases.export import FORMATS
-from storage.pets import LOCAL_GUILD
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -35,29 +34,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--out", type=Path, required=True, metavar="DIR", help="the folder to write into (made if missing)"
     )
-    parser.add_argument(
-        "--guild", default=LOCAL_GUILD, metavar="ID",
-        help=f"guild (Discord server id) the pet belongs to (default {LOCAL_GUILD!r}, the CLI's own)",
-    )
-    parser.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    return asyncio.run(_export(args, settings))
+    add_guild_option(parser)
+    parser.set_defaults(run=on_own_loop(_export))
 
 
 async def _export(args: argparse.Namespace, settings: Settings) -> int:
     from engine.usecases.export.choice import ExportError
     from engine.usecases.export.folder import export_lora
     from storage.connect import open_storage
-    from storage.pets import find_pet, list_pets
+    from storage.pets import find_pet
 
     async with open_storage(settings) as (db, store):
         pet = await find_pet(db, args.guild, args.pet)
         if pet is None:
-            names = ", ".join(p.name for p in await list_pets(db, args.guild)) or "none yet"
             print(
-                f"pawtrait export: there is no pet called {args.pet!r} in guild {args.guild!r} (pets there: {names})",
+                f"pawtrait export: there is no pet called {args.pet!r} in guild {args.guild!r} "
+                f"(pets there: {await pet_names(db, args.guild)})",
                 file=sys.stderr,
             )
             return 1

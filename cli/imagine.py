@@ -9,6 +9,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from cli.commands import pet_names
 from config.settings import Settings
 from engine.usecases.generation.request import (
     DEFAULT_GUIDANCE,
@@ -77,14 +78,14 @@ async def _imagine(args: argparse.Namespace, settings: Settings) -> int:
     from engine.usecases.queueing import check_prompt
     from storage.connect import open_storage
     from storage.files import DataDir
-    from storage.pets import LOCAL_GUILD, find_pet, list_pets
+    from storage.pets import LOCAL_GUILD, find_pet
 
     async with open_storage(settings) as (db, store):
         pet = None
         if args.pet:
             pet = await find_pet(db, LOCAL_GUILD, args.pet)
             if pet is None:
-                names = ", ".join(p.name for p in await list_pets(db, LOCAL_GUILD)) or "none yet"
+                names = await pet_names(db, LOCAL_GUILD)
                 raise GenerationError(f"There is no local pet called {args.pet!r} (local pets: {names}).")
         request = GenerationRequest(
             prompt=args.prompt, pet_id=pet.id if pet else None, negative_prompt=args.negative, seed=args.seed,

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 
+from cli.commands import on_own_loop
 from config.settings import Settings
 from engine.usecases.jobs.contract import Event
 from engine.usecases.jobs.events import Progress, Queued, Started
@@ -23,43 +24,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Ctrl-C (a running job goes back to the queue; a training resumes from its latest checkpoint).",
     )
     worker.add_argument("--gpu", type=int, metavar="N", help="CUDA device index (default: the first)")
-    worker.set_defaults(run=run_worker)
+    worker.set_defaults(run=on_own_loop(_worker))
 
     listing = subparsers.add_parser("jobs", help="list queued and running jobs with progress, queue position and ETA")
     listing.add_argument("--all", action="store_true", help="also show ended jobs (newest first)")
     listing.add_argument("--limit", type=int, default=30, help="show at most this many rows (default 30)")
-    listing.set_defaults(run=run_jobs)
+    listing.set_defaults(run=on_own_loop(_jobs))
 
     wait = subparsers.add_parser(
         "wait", help="wait for a job to end and print where its files are (exit 0 only if it succeeded)"
     )
     wait.add_argument("job", type=int, metavar="JOB", help="job id, as printed by --detach or `pawtrait jobs`")
     wait.add_argument("--quiet", action="store_true", help="print only the outcome, not progress")
-    wait.set_defaults(run=run_wait)
+    wait.set_defaults(run=on_own_loop(_wait))
 
     cancel = subparsers.add_parser(
         "cancel", help="cancel a job: a queued one at once, a running training at its next step (checkpoints kept)"
     )
     cancel.add_argument("job", type=int, metavar="JOB")
-    cancel.set_defaults(run=run_cancel)
+    cancel.set_defaults(run=on_own_loop(_cancel))
 
 
-def run_worker(args: argparse.Namespace, settings: Settings) -> int:
-    from engine.gpu.worker.process import run_worker as serve
+async def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from engine.gpu.worker.process import run_worker
 
-    return asyncio.run(serve(settings, args.gpu))
-
-
-def run_jobs(args: argparse.Namespace, settings: Settings) -> int:
-    return asyncio.run(_jobs(args, settings))
-
-
-def run_wait(args: argparse.Namespace, settings: Settings) -> int:
-    return asyncio.run(_wait(args, settings))
-
-
-def run_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    return asyncio.run(_cancel(args, settings))
+    return await run_worker(settings, args.gpu)
 
 
 def _duration(seconds: float | None) -> str:

@@ -10,11 +10,10 @@ import asyncio
 import sys
 from pathlib import Path
 
+from cli.commands import add_guild_option, on_own_loop
 from config.settings import Settings
 from storage.connect import open_storage
 from storage.pets import LOCAL_GUILD, find_pet
-
-GUILD_HELP = f"guild (Discord server id) the pet belongs to (default {LOCAL_GUILD!r}, the CLI's own)"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,8 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     teach.add_argument("photos", nargs="+", type=Path, metavar="PHOTO", help="photo files")
     teach.add_argument("--owner", default=LOCAL_GUILD, metavar="ID", help="owner user id (default 'local')")
-    teach.add_argument("--guild", default=LOCAL_GUILD, metavar="ID", help=GUILD_HELP)
-    teach.set_defaults(run=run_teach)
+    add_guild_option(teach)
+    teach.set_defaults(run=on_own_loop(_teach))
 
     pets = subparsers.add_parser(
         "pets",
@@ -42,8 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="List the pets of a guild: name, owner, class noun, trigger token, number of photos and "
         "status (needs photos, ready to train, queued for training, training, trained).",
     )
-    pets.add_argument("--guild", default=LOCAL_GUILD, metavar="ID", help=GUILD_HELP)
-    pets.set_defaults(run=run_pets)
+    add_guild_option(pets)
+    pets.set_defaults(run=on_own_loop(_pets))
 
     forget = subparsers.add_parser(
         "forget",
@@ -53,8 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     forget.add_argument("name", metavar="NAME", help="the pet's name")
     forget.add_argument("--yes", action="store_true", help="delete without asking")
-    forget.add_argument("--guild", default=LOCAL_GUILD, metavar="ID", help=GUILD_HELP)
-    forget.set_defaults(run=run_forget)
+    add_guild_option(forget)
+    forget.set_defaults(run=on_own_loop(_forget))
 
 
 def read_photo(path: Path) -> bytes:
@@ -63,10 +62,6 @@ def read_photo(path: Path) -> bytes:
 
     with open(path, "rb") as handle:
         return handle.read(MAX_FILE_BYTES + 1)
-
-
-def run_teach(args: argparse.Namespace, settings: Settings) -> int:
-    return asyncio.run(_teach(args, settings))
 
 
 async def _teach(args: argparse.Namespace, settings: Settings) -> int:
@@ -114,10 +109,6 @@ def _line(status: str, name: str, reason: str) -> str:
     return f"{status:<9} {name}" + (f": {reason}" if reason else "")
 
 
-def run_pets(args: argparse.Namespace, settings: Settings) -> int:
-    return asyncio.run(_pets(args, settings))
-
-
 async def _pets(args: argparse.Namespace, settings: Settings) -> int:
     from storage.pet_status import pet_summaries
 
@@ -134,10 +125,6 @@ async def _pets(args: argparse.Namespace, settings: Settings) -> int:
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[-1])
     return 0
-
-
-def run_forget(args: argparse.Namespace, settings: Settings) -> int:
-    return asyncio.run(_forget(args, settings))
 
 
 async def _forget(args: argparse.Namespace, settings: Settings) -> int:

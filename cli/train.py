@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 
+from cli.commands import on_own_loop, pet_names
 from config.settings import Settings
 from engine.usecases.training.params import MODES, TrainingParams, checkpoint_interval
 
@@ -32,7 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--steps", type=int, default=defaults.steps, help=f"optimizer steps (default {defaults.steps})")
     parser.add_argument("--rank", type=int, default=defaults.rank, help=f"LoRA rank (default {defaults.rank})")
     parser.add_argument("--alpha", type=float, help="LoRA alpha (default: the rank, i.e. scale 1)")
-    parser.add_argument("--lr", type=float, default=defaults.learning_rate, help="learning rate (default 1e-4)")
+    parser.add_argument("--lr", dest="learning_rate", type=float, default=defaults.learning_rate, metavar="LR",
+                        help="learning rate (default 1e-4)")
     parser.add_argument("--prior-preservation", action="store_true", help="train against class images too")
     parser.add_argument("--class-images", type=int, default=defaults.class_images,
                         help=f"class images for prior preservation, shared per class (default {defaults.class_images})")
@@ -56,32 +58,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="continue the pet's latest unfinished run (other options are ignored)")
     parser.add_argument("--detach", action="store_true",
                         help="queue the training for a worker and print its job id instead of training here")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=on_own_loop(_train))
+
+
+# The options that choose a TrainingParams field, each stored under the field's name.
+PARAM_OPTIONS = (
+    "rank", "alpha", "learning_rate", "prior_preservation", "class_images", "checkpoint_every", "validate_every",
+    "keep_checkpoints", "resolution", "mode", "gradient_checkpointing", "flip", "seed",
+)
 
 
 def params_from_args(args: argparse.Namespace, settings: Settings) -> TrainingParams:
     """The run the bot's /train would start, with what the options chose (those left out are None)."""
-    return TrainingParams.for_steps(
-        args.steps,
-        settings,
-        rank=args.rank,
-        alpha=args.alpha,
-        learning_rate=args.lr,
-        prior_preservation=args.prior_preservation,
-        class_images=args.class_images,
-        checkpoint_every=args.checkpoint_every,
-        validate_every=args.validate_every,
-        keep_checkpoints=args.keep_checkpoints,
-        resolution=args.resolution,
-        mode=args.mode,
-        gradient_checkpointing=args.gradient_checkpointing,
-        flip=args.flip,
-        seed=args.seed,
-    )
-
-
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    return asyncio.run(_train(args, settings))
+    return TrainingParams.for_steps(args.steps, settings, **{name: getattr(args, name) for name in PARAM_OPTIONS})
 
 
 def _fail(message: str) -> int:
@@ -97,14 +86,13 @@ async def _train(args: argparse.Namespace, settings: Settings) -> int:
     from engine.usecases.training.create import TrainingInputError, create_run
     from storage import jobs, runs
     from storage.connect import open_storage
-    from storage.pets import LOCAL_GUILD, find_pet, list_pets
+    from storage.pets import LOCAL_GUILD, find_pet
 
     async with open_storage(settings) as (db, store):
         guild = args.guild or LOCAL_GUILD
         pet = await find_pet(db, guild, args.name)
         if pet is None:
-            names = ", ".join(p.name for p in await list_pets(db, guild)) or "none yet"
-            return _fail(f"there is no pet called {args.name!r} here (pets: {names}); "
+            return _fail(f"there is no pet called {args.name!r} here (pets: {await pet_names(db, guild)}); "
                          "teach one first with `pawtrait teach`")
         resume_run_id = None
         if args.resume:

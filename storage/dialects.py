@@ -12,6 +12,7 @@ the same text, so callers never see the difference.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -31,6 +32,11 @@ SQLITE_NOW = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
 def iso(value: datetime) -> str:
     """'2026-12-02T10:11:12.345Z': milliseconds, as SQLite's strftime('%f') writes them."""
     return value.astimezone(UTC).strftime(ISO_FORMAT)[:-4] + "Z"
+
+
+def _compile_to(construct: type[ClauseElement], text: str, dialect: str | None = None) -> None:
+    """Compile `construct` to fixed `text`: on `dialect` only when given, else by default."""
+    compiles(construct, *([dialect] if dialect else []))(lambda element, compiler, **kw: text)
 
 
 class Timestamp(types.TypeDecorator):
@@ -64,14 +70,8 @@ class utc_now(FunctionElement):
     inherit_cache = True
 
 
-@compiles(utc_now)
-def _utc_now_pg(element: utc_now, compiler: Any, **kw: Any) -> str:
-    return "now()"
-
-
-@compiles(utc_now, "sqlite")
-def _utc_now_sqlite(element: utc_now, compiler: Any, **kw: Any) -> str:
-    return SQLITE_NOW
+_compile_to(utc_now, "now()")
+_compile_to(utc_now, SQLITE_NOW, "sqlite")
 
 
 class utc_now_minus(FunctionElement):
@@ -102,6 +102,16 @@ def insert_for(dialect: str, table: Table) -> Insert:
     """An INSERT that can say ON CONFLICT: both databases spell it the same, but SQLAlchemy
     has one class per dialect for it, so this is the one place that picks."""
     return (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+
+
+def upsert(dialect: str, table: Table, key: Sequence[str], values: Mapping[str, Any], *, keep: Collection[str] = ()) -> Insert:
+    """INSERT `values`, or where a row with the same `key` columns exists, set its other given
+    columns (but those in `keep`, e.g. a creation time) to them: one row per key, the latest values."""
+    statement = insert_for(dialect, table).values(**values)
+    return statement.on_conflict_do_update(
+        index_elements=[table.c[name] for name in key],
+        set_={name: statement.excluded[name] for name in values if name not in key and name not in keep},
+    )
 
 
 class seconds_between(FunctionElement):
@@ -138,14 +148,8 @@ class event_horizon(FunctionElement):
     inherit_cache = True
 
 
-@compiles(event_horizon)
-def _horizon_pg(element: event_horizon, compiler: Any, **kw: Any) -> str:
-    return "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
-
-
-@compiles(event_horizon, "sqlite")
-def _horizon_sqlite(element: event_horizon, compiler: Any, **kw: Any) -> str:
-    return "9223372036854775807"
+_compile_to(event_horizon, "pg_snapshot_xmin(pg_current_snapshot())::text::bigint")
+_compile_to(event_horizon, "9223372036854775807", "sqlite")
 
 
 class current_tx(FunctionElement):
@@ -155,14 +159,8 @@ class current_tx(FunctionElement):
     inherit_cache = True
 
 
-@compiles(current_tx)
-def _tx_pg(element: current_tx, compiler: Any, **kw: Any) -> str:
-    return "pg_current_xact_id()::text::bigint"
-
-
-@compiles(current_tx, "sqlite")
-def _tx_sqlite(element: current_tx, compiler: Any, **kw: Any) -> str:
-    return "0"
+_compile_to(current_tx, "pg_current_xact_id()::text::bigint")
+_compile_to(current_tx, "0", "sqlite")
 
 
 class LockKey(Executable, ClauseElement):
@@ -186,9 +184,7 @@ def _lock_pg(element: LockKey, compiler: Any, **kw: Any) -> str:
     return f"SELECT pg_advisory_xact_lock(hashtextextended({key}, 0))"
 
 
-@compiles(LockKey, "sqlite")
-def _lock_sqlite(element: LockKey, compiler: Any, **kw: Any) -> str:
-    return "SELECT 1"
+_compile_to(LockKey, "SELECT 1", "sqlite")  # nothing to do there
 
 
 class Notify(Executable, ClauseElement):
@@ -206,9 +202,7 @@ def _notify_pg(element: Notify, compiler: Any, **kw: Any) -> str:
     return f"SELECT pg_notify({compiler.process(_literal(element.channel), **kw)}, '')"
 
 
-@compiles(Notify, "sqlite")
-def _notify_sqlite(element: Notify, compiler: Any, **kw: Any) -> str:
-    return "SELECT 1"
+_compile_to(Notify, "SELECT 1", "sqlite")  # nothing to do there
 
 
 class ResetSequence(Executable, ClauseElement):
@@ -228,9 +222,7 @@ def _reset_pg(element: ResetSequence, compiler: Any, **kw: Any) -> str:
     return f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), coalesce(max(id), 0) + 1, false) FROM {name}"
 
 
-@compiles(ResetSequence, "sqlite")
-def _reset_sqlite(element: ResetSequence, compiler: Any, **kw: Any) -> str:
-    return "SELECT 1"
+_compile_to(ResetSequence, "SELECT 1", "sqlite")  # nothing to do there
 
 
 def _literal(value: str) -> ColumnElement[str]:

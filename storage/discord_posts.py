@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 
 from storage.db import Queries
-from storage.dialects import insert_for
+from storage.dialects import upsert
 from storage.jobs import EventPosition
 from storage.schema import discord_jobs, discord_relay, generations, jobs, validation_images, votes
 
@@ -41,20 +41,10 @@ async def add_discord_job(
     status_message_id: str | None = None,
 ) -> DiscordJob:
     """Remember where a job is shown; a second call for the same job replaces every value."""
-    statement = insert_for(db.dialect, discord_jobs).values(
+    await db.execute(upsert(db.dialect, discord_jobs, ["job_id"], dict(
         job_id=job_id, guild_id=guild_id, channel_id=channel_id, thread_id=thread_id,
         status_message_id=status_message_id, requested_by=requested_by,
-    )
-    await db.execute(statement.on_conflict_do_update(
-        index_elements=[discord_jobs.c.job_id],
-        set_={
-            "guild_id": statement.excluded.guild_id,
-            "channel_id": statement.excluded.channel_id,
-            "thread_id": statement.excluded.thread_id,
-            "status_message_id": statement.excluded.status_message_id,
-            "requested_by": statement.excluded.requested_by,
-        },
-    ))
+    )))
     return DiscordJob(job_id, guild_id, channel_id, thread_id, status_message_id, requested_by)
 
 
@@ -76,11 +66,8 @@ async def relay_position(db: Queries) -> EventPosition | None:
 
 
 async def set_relay_position(db: Queries, position: EventPosition) -> None:
-    statement = insert_for(db.dialect, discord_relay).values(id=1, last_event_tx=position.tx, last_event_id=position.id)
-    await db.execute(statement.on_conflict_do_update(
-        index_elements=[discord_relay.c.id],
-        set_={"last_event_tx": statement.excluded.last_event_tx, "last_event_id": statement.excluded.last_event_id},
-    ))
+    values = dict(id=1, last_event_tx=position.tx, last_event_id=position.id)
+    await db.execute(upsert(db.dialect, discord_relay, ["id"], values))
 
 
 async def voted_steps(db: Queries, run_id: int, user_id: str, emoji: str) -> set[int]:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 
 from storage.db import Queries
-from storage.dialects import insert_for
+from storage.dialects import upsert
 from storage.schema import guild_settings, pet_sharing
 
 WHO_MAY_TRAIN = ("everyone", "managers")
@@ -48,24 +48,14 @@ async def update_guild_settings(
     """Change the given values (None = keep); returns the settings now in force."""
     async with db.transaction() as tx:
         current = await get_guild_settings(tx, guild_id)
-        statement = insert_for(db.dialect, guild_settings).values(
+        await tx.execute(upsert(db.dialect, guild_settings, ["guild_id"], dict(
             guild_id=guild_id,
             gallery_channel_id=gallery_channel_id if gallery_channel_id is not None else current.gallery_channel_id,
             vote_emoji=vote_emoji if vote_emoji is not None else current.vote_emoji,
             who_may_train=who_may_train if who_may_train is not None else current.who_may_train,
             max_steps=max_steps if max_steps is not None else current.max_steps,
             safety=safety if safety is not None else current.safety,
-        )
-        await tx.execute(statement.on_conflict_do_update(
-            index_elements=[guild_settings.c.guild_id],
-            set_={
-                "gallery_channel_id": statement.excluded.gallery_channel_id,
-                "vote_emoji": statement.excluded.vote_emoji,
-                "who_may_train": statement.excluded.who_may_train,
-                "max_steps": statement.excluded.max_steps,
-                "safety": statement.excluded.safety,
-            },
-        ))
+        )))
         return await get_guild_settings(tx, guild_id)
 
 
@@ -85,8 +75,4 @@ async def others_may_imagine(db: Queries, pet_id: int) -> bool:
 
 
 async def set_others_may_imagine(db: Queries, pet_id: int, allowed: bool) -> None:
-    statement = insert_for(db.dialect, pet_sharing).values(pet_id=pet_id, others_may_imagine=int(allowed))
-    await db.execute(statement.on_conflict_do_update(
-        index_elements=[pet_sharing.c.pet_id],
-        set_={"others_may_imagine": statement.excluded.others_may_imagine},
-    ))
+    await db.execute(upsert(db.dialect, pet_sharing, ["pet_id"], dict(pet_id=pet_id, others_may_imagine=int(allowed))))

@@ -14,7 +14,7 @@ from sqlalchemy import delete, exists, func, insert, or_, select, union_all, upd
 from sqlalchemy.engine import RowMapping
 
 from storage.db import Queries
-from storage.dialects import insert_for, utc_now
+from storage.dialects import insert_for, upsert, utc_now
 from storage.schema import checkpoints, pets, training_runs, validation_images, votes
 from storage.scores import ImageScores
 
@@ -189,17 +189,9 @@ async def set_chosen_checkpoint(db: Queries, run_id: int, checkpoint_id: int | N
 
 async def add_checkpoint(db: Queries, run_id: int, step: int, path: str, diffusers_file: str, kohya_file: str) -> int:
     """Insert (or, when a resumed run writes the same step again, update) a checkpoint row."""
-    statement = insert_for(db.dialect, checkpoints).values(
+    statement = upsert(db.dialect, checkpoints, ["run_id", "step"], dict(
         run_id=run_id, step=step, path=path, diffusers_file=diffusers_file, kohya_file=kohya_file, created_at=utc_now()
-    )
-    statement = statement.on_conflict_do_update(
-        index_elements=[checkpoints.c.run_id, checkpoints.c.step],
-        set_={
-            "path": statement.excluded.path,
-            "diffusers_file": statement.excluded.diffusers_file,
-            "kohya_file": statement.excluded.kohya_file,
-        },
-    )
+    ), keep=("created_at",))
     return int(await db.scalar(statement.returning(checkpoints.c.id)))
 
 
