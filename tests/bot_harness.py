@@ -8,17 +8,20 @@ import signal
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import RowMapping
 
 from config.settings import Settings
 from storage.db import Database
 
-from conftest import settings_env
+from conftest import distributed, settings_env
 from fake_discord import FakeDiscord
+from fake_discord.payloads import Channel, Guild, Member
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -79,6 +82,44 @@ class BotProcess:
         if not self.log_path.is_file():
             return ""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+async def fake_and_installation(request: pytest.FixtureRequest) -> tuple[FakeDiscord, Path, Settings]:
+    """What the bot of a module's `world` fixture runs against: a started fake Discord, a folder of
+    its own and an installation there on the tiny model (64 px keeps the stories fast), distributed
+    in a module's "distributed" run (fixture params=MODES)."""
+    model = request.getfixturevalue("tiny_model_dir")
+    folder = request.getfixturevalue("tmp_path_factory").mktemp("bot")
+    fake = FakeDiscord()
+    await fake.start()
+    settings = Settings(data_dir=folder / "data", model=str(model), vae=None, device="cpu", resolution=64)
+    if getattr(request, "param", "embedded") == "distributed":
+        settings = distributed(settings, request)
+    return fake, folder, settings
+
+
+@dataclass
+class Cast:
+    """Who and where the bot stories play, the same in every story module that tells of two servers."""
+
+    cats: Guild
+    dogs: Guild
+    alice: Member  # owns the Cat Club
+    bob: Member
+    mod: Member  # Manage Server + Manage Messages
+    carol: Member  # owns the Dog Park, a stranger to the Cat Club
+    general: Channel
+    gallery: Channel
+
+    @classmethod
+    def on(cls, fake: FakeDiscord) -> Cast:
+        cats = fake.add_guild("Cat Club", owner="alice")
+        dogs = fake.add_guild("Dog Park", owner="carol")
+        return cls(
+            cats=cats, dogs=dogs, alice=cats.members[cats.owner_id], bob=fake.add_member(cats, "bob"),
+            mod=fake.add_moderator(cats, "mod"), carol=dogs.members[dogs.owner_id],
+            general=fake.channel(cats, "general"), gallery=fake.add_channel(cats, "gallery"),
+        )
 
 
 def bot_process(

@@ -23,7 +23,6 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from config.settings import Settings
 from engine.usecases.scoring.suggest import suggest
 from storage import keys, runs
 from storage.connect import file_store
@@ -31,10 +30,10 @@ from storage.db import Database, open_database
 from storage.files import FileStore
 from storage.scores import run_scores
 
-from bot_harness import BotProcess, bot_process, query, running, wait_for_rows
+from bot_harness import BotProcess, Cast, bot_process, fake_and_installation, query, running, wait_for_rows
 from conftest import MODES, settings_env
 from fake_discord import FakeDiscord, StoredMessage
-from fake_discord.payloads import Channel, Guild, Member
+from fake_discord.payloads import Channel
 from photo_samples import encode, jpeg, varied_photo
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -44,46 +43,24 @@ TRAIN_STEPS = 6  # a checkpoint and validation images every 2 steps (engine.usec
 
 
 @dataclass
-class World:
+class World(Cast):  # alice owns the pet
     fake: FakeDiscord
     bot: BotProcess
     db: Database
     store: FileStore
-    cats: Guild
-    dogs: Guild
-    alice: Member  # owns the Cat Club and the pet
-    bob: Member
-    mod: Member  # Manage Server + Manage Messages
-    carol: Member  # in another server
-    general: Channel
-    gallery: Channel
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module", params=MODES)
-async def world(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
-) -> AsyncIterator[World]:
-    fake = FakeDiscord()
-    await fake.start()
-    cats = fake.add_guild("Cat Club", owner="alice")
-    dogs = fake.add_guild("Dog Park", owner="carol")
-    folder = tmp_path_factory.mktemp("bot")
-    settings = Settings(data_dir=folder / "data", model=str(tiny_model_dir), vae=None, device="cpu", resolution=64)
+async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
+    fake, folder, settings = await fake_and_installation(request)
+    cast = Cast.on(fake)
     worker_env = None
     if request.param == "distributed":
-        from conftest import distributed
-
-        settings = distributed(settings, request)
         worker_env = dict(settings_env(settings), PAWTRAIT_DATA_DIR=str(folder / "worker-host"),
                           PAWTRAIT_TEST_THREADS="1")
     bot = bot_process(settings, fake, folder, worker_env)
     db = await open_database(settings.database_url)
-    world = World(
-        fake=fake, bot=bot, db=db, store=file_store(settings), cats=cats, dogs=dogs,
-        alice=cats.members[cats.owner_id], bob=fake.add_member(cats, "bob"), mod=fake.add_moderator(cats, "mod"),
-        carol=dogs.members[dogs.owner_id], general=fake.channel(cats, "general"),
-        gallery=fake.add_channel(cats, "gallery"),
-    )
+    world = World(**vars(cast), fake=fake, bot=bot, db=db, store=file_store(settings))
     try:
         async with running(bot, fake):
             yield world

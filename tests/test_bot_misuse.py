@@ -18,9 +18,7 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from config.settings import Settings
-
-from bot_harness import BotProcess, bot_process, running
+from bot_harness import BotProcess, bot_process, fake_and_installation, running
 from fake_discord import FakeDiscord, StoredMessage
 from fake_discord.payloads import Channel, Guild, Member
 from photo_samples import encode, jpeg, varied_photo
@@ -42,12 +40,9 @@ class World:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def world(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> AsyncIterator[World]:
-    fake = FakeDiscord()
-    await fake.start()
+async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
+    fake, folder, settings = await fake_and_installation(request)
     guild = fake.add_guild("Open Server", owner="owner")
-    folder = tmp_path_factory.mktemp("bot")
-    settings = Settings(data_dir=folder / "data", model=str(tiny_model_dir), vae=None, device="cpu", resolution=64)
     bot = bot_process(settings, fake, folder)
     world = World(fake, bot, guild, fake.add_member(guild, "bob"), fake.add_member(guild, "mallory"),
                   fake.add_member(guild, "dave"), fake.channel(guild, "general"))

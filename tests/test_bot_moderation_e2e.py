@@ -13,18 +13,16 @@ import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
 
-from config.settings import Settings
 from storage.db import Database, open_database
 
-from bot_harness import BotProcess, bot_process, query, running
+from bot_harness import BotProcess, Cast, bot_process, fake_and_installation, query, running
 from conftest import MODES
 from fake_discord import FakeDiscord, StoredMessage
-from fake_discord.payloads import Channel, Guild, Member
+from fake_discord.payloads import Channel, Member
 from photo_samples import jpeg
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -33,43 +31,23 @@ REFUSED = "This prompt was refused"
 
 
 @dataclass
-class World:
+class World(Cast):
     fake: FakeDiscord
     bot: BotProcess
     db: Database
-    cats: Guild
-    dogs: Guild
-    alice: Member  # owns the Cat Club
-    bob: Member
-    mod: Member  # Manage Server + Manage Messages
-    carol: Member  # owns the Dog Park, a stranger to the Cat Club
-    general: Channel
     after_dark: Channel  # age-restricted
-    gallery: Channel
     mods: Channel
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module", params=MODES)
-async def world(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
-) -> AsyncIterator[World]:
-    fake = FakeDiscord()
-    await fake.start()
-    cats = fake.add_guild("Cat Club", owner="alice")
-    dogs = fake.add_guild("Dog Park", owner="carol")
-    folder = tmp_path_factory.mktemp("bot")
-    settings = Settings(data_dir=folder / "data", model=str(tiny_model_dir), vae=None, device="cpu", resolution=64)
-    if request.param == "distributed":
-        from conftest import distributed
-
-        settings = distributed(settings, request)
+async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
+    fake, folder, settings = await fake_and_installation(request)
+    cast = Cast.on(fake)
     bot = bot_process(settings, fake, folder, PAWTRAIT_MAX_QUEUED_GENERATIONS="20")
     db = await open_database(settings.database_url)
     world = World(
-        fake=fake, bot=bot, db=db, cats=cats, dogs=dogs, alice=cats.members[cats.owner_id],
-        bob=fake.add_member(cats, "bob"), mod=fake.add_moderator(cats, "mod"), carol=dogs.members[dogs.owner_id],
-        general=fake.channel(cats, "general"), after_dark=fake.add_channel(cats, "after-dark", nsfw=True),
-        gallery=fake.add_channel(cats, "gallery"), mods=fake.add_channel(cats, "mods"),
+        **vars(cast), fake=fake, bot=bot, db=db, after_dark=fake.add_channel(cast.cats, "after-dark", nsfw=True),
+        mods=fake.add_channel(cast.cats, "mods"),
     )
     try:
         async with running(bot, fake):

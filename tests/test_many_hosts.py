@@ -99,14 +99,24 @@ async def checkpointed(db: Database, job_id: int):
     return await events_of(db, job_id, "checkpoint")
 
 
-async def test_a_killed_hosts_training_is_finished_elsewhere_from_its_checkpoint_in_s3(
-    db: Database, store: FileStore, settings: Settings, hosts
-) -> None:
-    _, run_id, training = await submit_training(db, store, settings, tiny_training(40, 10), "alice", "Thor")
+async def host_a_silenced_after_a_checkpoint(
+    db: Database, store: FileStore, settings: Settings, hosts, steps: int, signum: int
+) -> tuple[int, jobs.Job, Host, Host]:
+    """Alice's training of `steps` (a checkpoint every 10) on host A, which gets `signum` (killed or
+    frozen) once its first checkpoint is written, host B up beside it to take the job over;
+    returns (run id, job, host A, host B)."""
+    _, run_id, training = await submit_training(db, store, settings, tiny_training(steps, 10), "alice", "Thor")
     a = hosts("host-a").start()
     await eventually(lambda: checkpointed(db, training.id), "host A's first checkpoint", a.log)
     b = hosts("host-b").start()
-    a.signal(signal.SIGKILL)
+    a.signal(signum)
+    return run_id, training, a, b
+
+
+async def test_a_killed_hosts_training_is_finished_elsewhere_from_its_checkpoint_in_s3(
+    db: Database, store: FileStore, settings: Settings, hosts
+) -> None:
+    run_id, training, a, b = await host_a_silenced_after_a_checkpoint(db, store, settings, hosts, 40, signal.SIGKILL)
     resumed_from = (await runs.list_checkpoints(db, run_id))[-1].step
 
     done = await eventually(lambda: ended(db, training.id), "the training on host B", b.log)
@@ -128,11 +138,7 @@ async def test_a_killed_hosts_training_is_finished_elsewhere_from_its_checkpoint
 async def test_a_frozen_host_that_wakes_up_after_losing_its_job_writes_nothing(
     db: Database, store: FileStore, settings: Settings, hosts
 ) -> None:
-    _, run_id, training = await submit_training(db, store, settings, tiny_training(60, 10), "alice", "Thor")
-    a = hosts("host-a").start()
-    await eventually(lambda: checkpointed(db, training.id), "host A's first checkpoint", a.log)
-    b = hosts("host-b").start()
-    a.signal(signal.SIGSTOP)
+    run_id, training, a, b = await host_a_silenced_after_a_checkpoint(db, store, settings, hosts, 60, signal.SIGSTOP)
 
     async def taken_over():
         return len(await starts(db, training.id)) == 2

@@ -26,7 +26,7 @@ from engine.gpu.safety.checker import load_safety_checker
 from engine.gpu.safety.tiny import make_safety_checker
 from storage.db import open_database
 
-from bot_harness import BotProcess, bot_process, query, running
+from bot_harness import BotProcess, bot_process, fake_and_installation, query, running
 from fake_discord import FakeDiscord, StoredMessage
 from fake_discord.payloads import Channel, Guild, Member
 from photo_samples import jpeg
@@ -52,12 +52,9 @@ class World:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def world(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> AsyncIterator[World]:
-    fake = FakeDiscord()
-    await fake.start()
+async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
+    fake, folder, settings = await fake_and_installation(request)
     cats = fake.add_guild("Cat Club", owner="alice")
-    folder = tmp_path_factory.mktemp("bot")
-    settings = Settings(data_dir=folder / "data", model=str(tiny_model_dir), vae=None, device="cpu", resolution=64)
     bot = bot_process(settings, fake, folder)
     world = World(
         fake=fake, bot=bot, folder=folder, settings=settings, cats=cats, alice=cats.members[cats.owner_id],

@@ -68,6 +68,13 @@ def test_empty_vae_means_the_models_own() -> None:
     assert Settings.from_env({"PAWTRAIT_VAE": ""}).vae is None
 
 
+def refusal(name: str, value: str) -> str:
+    """The one-line error the settings give for `name`=`value` alone, as an operator reads it."""
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({name: value})
+    return str(caught.value)
+
+
 @pytest.mark.parametrize(
     ("name", "value", "allowed"),
     [
@@ -96,9 +103,7 @@ def test_empty_vae_means_the_models_own() -> None:
     ],
 )
 def test_a_bad_value_names_variable_value_and_what_is_allowed(name: str, value: str, allowed: str) -> None:
-    with pytest.raises(SettingsError) as caught:
-        Settings.from_env({name: value})
-    message = str(caught.value)
+    message = refusal(name, value)
     assert name in message and repr(value) in message and allowed in message
     assert "\n" not in message
 
@@ -111,9 +116,7 @@ def test_a_bad_value_names_variable_value_and_what_is_allowed(name: str, value: 
     ],
 )
 def test_a_bad_url_is_named_without_its_password(name: str, value: str, shown: str) -> None:
-    with pytest.raises(SettingsError) as caught:
-        Settings.from_env({name: value})
-    message = str(caught.value)
+    message = refusal(name, value)
     assert message.startswith(f"{name}={shown} is not valid: expected ")
     assert "hunter2" not in message and "\n" not in message
 

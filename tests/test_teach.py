@@ -29,6 +29,7 @@ from storage.schema import pets
 
 import photo_samples as samples
 from conftest import distributed
+from training_helpers import run_with_a_checkpoint
 
 ROOT = Path(__file__).parents[1]
 
@@ -197,20 +198,12 @@ async def test_teaching_into_a_bucket_and_forgetting(settings: Settings, request
             assert Image.open(io.BytesIO(await elsewhere.get_bytes(row.prepared_path))).size == (128, 128)
 
         # Thor is trained and painted too: a checkpoint, a validation image and a generation's pictures.
-        run_id = await runs.insert_run(db, thor.pet.id, {}, 1)
-        checkpoint = keys.checkpoint(run_id, 1, keys.new_tag())
-        await store.put_bytes(f"{checkpoint}/pytorch_lora_weights.safetensors", b"lora")
-        checkpoint_id = await runs.add_checkpoint(
-            db, run_id, 1, checkpoint, f"{checkpoint}/pytorch_lora_weights.safetensors", f"{checkpoint}/k.safetensors"
-        )
-        validation = keys.validation_image(run_id, 1, 0, keys.new_tag())
-        await store.put_bytes(validation, b"png")
-        await runs.add_validation_image(db, run_id, 1, checkpoint_id, "a photo", 1, validation)
-        await runs.finish_run(db, run_id, "succeeded", 1)
+        run = await run_with_a_checkpoint(db, store, thor.pet, 1)
+        await runs.finish_run(db, run.run_id, "succeeded", 1)
         pictures = [f"{keys.generation_folder(keys.new_tag())}/1-seed-1.png"]
         await store.put_bytes(pictures[0], b"png")
         await record_generation(
-            db, pictures, guild_id="guild-1", pet_id=thor.pet.id, checkpoint_id=checkpoint_id, prompt="TOK",
+            db, pictures, guild_id="guild-1", pet_id=thor.pet.id, checkpoint_id=run.checkpoint_id, prompt="TOK",
             negative_prompt="", seed=1, steps=1, guidance=5.0, width=64, height=64, lora_scale=1.0, requested_by="alice",
         )
 

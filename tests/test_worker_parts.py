@@ -28,7 +28,7 @@ from engine.gpu.worker.recovery import make_worker_id, recover_orphans, why_gone
 from engine.gpu.worker.supervisor import plan_workers
 from engine.usecases.teach import teach_photos
 from engine.usecases.training.params import TrainingParams
-from storage import jobs, keys, runs
+from storage import jobs, keys
 from storage.connect import file_store, open_storage
 from storage.db import Database
 from storage.files import DataDir, FileStore
@@ -41,6 +41,7 @@ from storage.wakeup import open_wakeup
 
 import photo_samples as samples
 from conftest import distributed
+from training_helpers import run_with_a_checkpoint
 
 
 async def test_worker_count_follows_the_setting(settings: Settings) -> None:
@@ -162,16 +163,7 @@ async def test_the_sweep_removes_files_no_row_points_at_and_keeps_the_rest(
     )
     pet = report.pet
     assert pet is not None
-    run_id = await runs.insert_run(db, pet.id, {}, 2)
-    checkpoint = keys.checkpoint(run_id, 2, keys.new_tag())
-    for name in ("pytorch_lora_weights.safetensors", "pawtrait-thor.safetensors", "training_state.pt"):
-        await store.put_bytes(f"{checkpoint}/{name}", b"weights")
-    checkpoint_id = await runs.add_checkpoint(
-        db, run_id, 2, checkpoint, f"{checkpoint}/pytorch_lora_weights.safetensors", f"{checkpoint}/pawtrait-thor.safetensors"
-    )
-    validation = keys.validation_image(run_id, 2, 0, keys.new_tag())
-    await store.put_bytes(validation, b"png")
-    await runs.add_validation_image(db, run_id, 2, checkpoint_id, "a photo of Thor", 42, validation)
+    run = await run_with_a_checkpoint(db, store, pet, 2, extra_files=("training_state.pt",))
     pictures = await add_generation(db, store)
     # Outside the swept folders: never touched.
     class_image, preview = keys.class_image("cat", 0), keys.preview(1, 2)
@@ -181,11 +173,11 @@ async def test_the_sweep_removes_files_no_row_points_at_and_keeps_the_rest(
 
     orphans = {
         keys.photo(pet.id, "written-before-a-crash.jpg"),
-        f"{keys.checkpoint(run_id, 4, keys.new_tag())}/pytorch_lora_weights.safetensors",  # its row never came
-        keys.validation_image(run_id, 4, 0, keys.new_tag()),
+        f"{keys.checkpoint(run.run_id, 4, keys.new_tag())}/pytorch_lora_weights.safetensors",  # its row never came
+        keys.validation_image(run.run_id, 4, 0, keys.new_tag()),
         f"{keys.generation_folder(keys.new_tag())}/1-seed-9.png",
         f"{keys.contact_sheets(pet.id + 1)}/0123456789abcdef.png",  # the sheet of a pet that is gone
-        f"{keys.run_prefix(run_id + 1)}/validation/step-00000-0-abcd.png",  # a run that is gone
+        f"{keys.run_prefix(run.run_id + 1)}/validation/step-00000-0-abcd.png",  # a run that is gone
     }
     for key in orphans:
         await store.put_bytes(key, b"left behind")
@@ -196,9 +188,9 @@ async def test_the_sweep_removes_files_no_row_points_at_and_keeps_the_rest(
     assert {item.key for item in await store.list("")} == kept
     photo_files = {path for photo in await list_photos(db, pet.id) for path in (photo.original_path, photo.prepared_path)}
     assert len(photo_files) == 4 and photo_files <= kept
-    checkpoint_files = {item.key for item in await store.list(checkpoint)}
+    checkpoint_files = {item.key for item in await store.list(run.checkpoint)}
     assert len(checkpoint_files) == 3 and checkpoint_files <= kept
-    assert {validation, *pictures, class_image, preview} <= kept
+    assert {run.validation, *pictures, class_image, preview} <= kept
     sheet_keys = {item.key for item in await store.list(keys.contact_sheets(pet.id))}
     assert len(sheet_keys) == 1 and sheet_keys <= kept
     assert await sweep_orphans(db, store, min_age_s=0) == []

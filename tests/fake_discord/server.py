@@ -228,8 +228,8 @@ class FakeDiscord:
             ("PUT", "/applications/{app}/guilds/{guild}/commands", self._put_commands),
             ("POST", "/interactions/{id}/{token}/callback", self._callback),
             ("POST", "/webhooks/{app}/{token}", self._followup),
-            ("GET", "/webhooks/{app}/{token}/messages/{mid}", self._get_webhook_message),
-            ("PATCH", "/webhooks/{app}/{token}/messages/{mid}", self._edit_webhook_message),
+            ("GET", "/webhooks/{app}/{token}/messages/{mid}", self._get_message),
+            ("PATCH", "/webhooks/{app}/{token}/messages/{mid}", self._edit_message),
             ("DELETE", "/webhooks/{app}/{token}/messages/{mid}", self._delete_webhook_message),
             ("GET", "/channels/{cid}", self._get_channel),
             ("POST", "/channels/{cid}/messages", self._create_message),
@@ -559,13 +559,7 @@ class FakeDiscord:
         record = self._record_by_token(request.match_info["token"])
         if record is None:
             return self._error(404, 10015, "Unknown Webhook")
-        body, files = await self._read_body(request)
-        if (refused := self._refuse_or_record(request, body, files)) is not None:
-            return refused
-        channel = self.channels[record.payload["channel_id"]]
-        stored = await self._store_message(channel, self.bot, body, files)
-        record.followup_ids.append(stored.id)
-        return self._json(stored.payload)
+        return await self._post(request, self.channels[record.payload["channel_id"]], record)
 
     def _webhook_target(self, request: web.Request) -> StoredMessage | None:
         record = self._record_by_token(request.match_info["token"])
@@ -573,20 +567,6 @@ class FakeDiscord:
             return None
         mid = request.match_info["mid"]
         return self._message(record.original_id if mid == "@original" else mid)  # type: ignore[arg-type]
-
-    async def _get_webhook_message(self, request: web.Request) -> web.Response:
-        stored = self._webhook_target(request)
-        return self._json(stored.payload) if stored else self._error(404, 10008, "Unknown Message")
-
-    async def _edit_webhook_message(self, request: web.Request) -> web.Response:
-        stored = self._webhook_target(request)
-        if stored is None:
-            return self._error(404, 10008, "Unknown Message")
-        body, files = await self._read_body(request)
-        if (refused := self._refuse_or_record(request, body, files)) is not None:
-            return refused
-        self._apply_edit(stored, body, files)
-        return self._json(stored.payload)
 
     async def _delete_webhook_message(self, request: web.Request) -> web.Response:
         stored = self._webhook_target(request)
@@ -596,6 +576,19 @@ class FakeDiscord:
         return web.Response(status=204)
 
     # ---- REST: channels, messages, reactions, threads, DMs -----------------------------------
+
+    async def _post(
+        self, request: web.Request, channel: Channel, record: InteractionRecord | None = None
+    ) -> web.Response:
+        """The bot's message into `channel`, a follow-up of `record`'s interaction when given: one
+        path for both routes, so that Discord's refusals apply alike."""
+        body, files = await self._read_body(request)
+        if (refused := self._refuse_or_record(request, body, files)) is not None:
+            return refused
+        stored = await self._store_message(channel, self.bot, body, files)
+        if record is not None:
+            record.followup_ids.append(stored.id)
+        return self._json(stored.payload)
 
     def _channel_or_404(self, request: web.Request) -> Channel | None:
         return self.channels.get(request.match_info["cid"])
@@ -608,13 +601,13 @@ class FakeDiscord:
         channel = self._channel_or_404(request)
         if channel is None:
             return self._error(404, 10003, "Unknown Channel")
-        body, files = await self._read_body(request)
-        if (refused := self._refuse_or_record(request, body, files)) is not None:
-            return refused
-        stored = await self._store_message(channel, self.bot, body, files)
-        return self._json(stored.payload)
+        return await self._post(request, channel)
 
     def _message_in(self, request: web.Request) -> StoredMessage | None:
+        """The message a route names: by its channel, or by the interaction's webhook (GET and PATCH
+        serve both routes alike)."""
+        if "token" in request.match_info:
+            return self._webhook_target(request)
         stored = self._message(request.match_info["mid"])
         if stored is None or stored.channel_id != request.match_info["cid"]:
             return None
