@@ -283,16 +283,24 @@ class _Session:
     def step(self, value: int) -> None:
         self._step = value
 
-    def between_steps(self, make_room: Callable[[], None]) -> None:
-        """The caller's hook (e.g. a generation on the same pipe), then the lean mode's memory layout again.
+    def between_steps(self, make_room: Callable[[], None]) -> bool:
+        """The caller's hook (e.g. a generation on the same pipe), then the lean mode's memory layout
+        again; whether the hook used the GPU (it makes room first).
 
         A generation served here moves the text encoders back to the GPU (the Generator does);
         in lean mode they go back to the CPU afterwards.
         """
         assert self.hooks.between_steps is not None
-        self.hooks.between_steps(make_room)
-        if self.plan.offload_encoders:
+        used: list[bool] = []
+
+        def room_first() -> None:
+            used.append(True)
+            make_room()
+
+        self.hooks.between_steps(room_first)
+        if used and self.plan.offload_encoders:
             offload_encoders(self.base)
+        return bool(used)
 
     def should_cancel(self) -> bool:
         return self.stop or bool(self.hooks.should_cancel and self.hooks.should_cancel())
