@@ -78,17 +78,17 @@ class StepClock:
     def __init__(self, step_s: float, device: torch.device, statements: list[int]) -> None:
         self.step_s, self.device, self.statements = step_s, device, statements
         self.spans: list[tuple[int, float, float]] = []  # (step, start, end)
-        self.statements_at_start = 0  # SQL statements before the first step: the run's set-up, not counted
+        self.statements_at = (0, 0)  # SQL statements so far at the first step's start and the last step's end
 
     def install(self) -> None:
         clock = self
 
         def train_step(trainer: LoraTrainer, step: int) -> torch.Tensor:
             started = time.perf_counter()
-            if not clock.spans:
-                clock.statements_at_start = clock.statements[0]
+            first = clock.statements_at[0] if clock.spans else clock.statements[0]
             time.sleep(clock.step_s)  # the GPU busy; the host thread waits, as on a synchronising step
             clock.spans.append((step, started, time.perf_counter()))
+            clock.statements_at = (first, clock.statements[0])
             return torch.zeros((), device=clock.device)
 
         LoraTrainer.train_step = train_step  # type: ignore[method-assign]
@@ -147,7 +147,7 @@ async def measure(base: BaseModel, settings: Settings) -> dict:
     await workers.set_state(db, WORKER, "busy", job.id)
     done = await executor.run(job)
     steps_seen = len(clock.spans)
-    during = statements[0] - clock.statements_at_start
+    during = clock.statements_at[1] - clock.statements_at[0]
     beating.cancel()
     if wakeup is not None:
         await wakeup.close()
@@ -165,7 +165,8 @@ async def measure(base: BaseModel, settings: Settings) -> dict:
         "overhead_ms_per_step_max": max(ms),
         "checkpoint_gap_ms_mean": statistics.fmean(checkpoints) * 1000 if checkpoints else None,
         "overhead_ms_per_step_all_gaps": (wall - steps_seen * ARGS.step_ms / 1000) / max(steps_seen - 1, 1) * 1000,
-        "statements_per_step": during / steps_seen,  # the loop's, of the job and of the chores, while it trained
+        # Every SQL statement while the steps ran (the job's, the chores', the state's refreshes), per step.
+        "statements_per_step": during / steps_seen,
     }
 
 
