@@ -221,8 +221,9 @@ async def estimate_wait_s(db: Queries, job_id: int) -> float | None:
 
 
 async def request_cancel(db: Queries, job_id: int) -> Job:
-    """Cancel a job: a queued one ends at once; a running one is flagged and its worker stops it
-    at the next step boundary (a training keeps its checkpoints). An ended job is left as it is."""
+    """Cancel a job: a queued one ends at once; a running one is flagged and its worker, woken by
+    the notification, stops it at the next step boundary (a training keeps its checkpoints). An
+    ended job is left as it is."""
     from storage.runs import cancel_unstarted_run
 
     async with db.transaction() as tx:
@@ -237,11 +238,16 @@ async def request_cancel(db: Queries, job_id: int) -> Job:
                 await cancel_unstarted_run(tx, job.run_id)  # it ends with its job rather than waiting forever
         elif job.status == "running":
             await tx.execute(update(jobs).where(jobs.c.id == job_id).values(cancel_requested=1))
+            await tx.execute(Notify(WAKE_CHANNEL))
     return await _one_job(db, job_id)
 
 
-async def cancel_requested(db: Queries, job_id: int) -> bool:
-    return bool(await db.scalar(select(jobs.c.cancel_requested).where(jobs.c.id == job_id)))
+async def cancels_among(db: Queries, job_ids: Collection[int]) -> frozenset[int]:
+    """Which of these jobs were asked to stop (one look for all a worker runs)."""
+    if not job_ids:
+        return frozenset()
+    rows = await db.all(select(jobs.c.id).where(jobs.c.id.in_(list(job_ids)), jobs.c.cancel_requested != 0))
+    return frozenset(int(row["id"]) for row in rows)
 
 
 async def events_after(

@@ -1,9 +1,13 @@
-"""Waking an idle worker when a job is queued: PostgreSQL's LISTEN/NOTIFY, or a short poll on SQLite.
+"""Waking a worker when a job is queued or a running one is cancelled: PostgreSQL's LISTEN/NOTIFY,
+or a short poll on SQLite.
 
 A notification reaches only listeners connected when it is sent (one sent while the
 listening connection was down is gone), so `wait` also returns after `timeout` and the
 worker looks at the queue anyway: the catch-up poll. On SQLite (one host) there is no
 notification; an unlocked "anything queued?" read every POLL_S is cheap in WAL mode.
+
+An idle worker `wait`s for a job to claim; a busy one listens for `news` (a job queued, a
+cancel) to refresh what its training asks between steps (engine.gpu.worker.step_state).
 """
 
 from __future__ import annotations
@@ -32,6 +36,11 @@ class Wakeup:
 
     def clear(self) -> None:
         """Forget earlier wake-ups (call before looking at the queue)."""
+
+    async def news(self, timeout: float) -> None:
+        """Return at the next notification (forgetting it: the caller looks at the database next),
+        or after `timeout`; without notifications (SQLite), after POLL_S: the caller's look is the poll."""
+        await asyncio.sleep(min(timeout, POLL_S))
 
     async def close(self) -> None:
         pass
@@ -93,6 +102,10 @@ class ListenWakeup(Wakeup):
             await asyncio.wait_for(self._event.wait(), timeout)
         except TimeoutError:
             pass
+
+    async def news(self, timeout: float) -> None:
+        await self.wait(timeout)
+        self.clear()
 
     async def _drop(self) -> None:
         connection, self._connection, self._driver = self._connection, None, None

@@ -530,8 +530,10 @@ class LoopCallbacks:
     validate: Callable[[int], None]
     on_progress: Callable[[ProgressInfo], None] = lambda info: None
     should_cancel: Callable[[], bool] = lambda: False
-    # Called at every step boundary with `make_room`, which it must call before using the GPU.
-    between_steps: Callable[[Callable[[], None]], None] | None = None
+    # Called at every step boundary with `make_room`, which it must call before using the GPU;
+    # returns whether it did (the adapter is then activated again: 22 ms of host time a step on
+    # the tiny model on a CPU, docs/BENCHMARKS.md, wasted when nothing was painted).
+    between_steps: Callable[[Callable[[], None]], bool] | None = None
     report_every_s: float = 1.0
 
 
@@ -559,8 +561,7 @@ def run_loop(trainer: LoraTrainer, start_step: int, callbacks: LoopCallbacks, va
     while step < total:
         if callbacks.should_cancel():
             raise Cancelled(step)
-        if callbacks.between_steps is not None:
-            callbacks.between_steps(trainer.make_room)
+        if callbacks.between_steps is not None and callbacks.between_steps(trainer.make_room):
             trainer.activate()
         started = time.monotonic()
         loss = trainer.train_step(step)

@@ -2,8 +2,11 @@
 
 `execute_run` does the torch work in a thread (asyncio.to_thread) so the worker's event
 loop keeps serving; rows, files and the caller's progress/checkpoint/validation hooks are
-run back on the event loop, while `should_cancel` and `between_steps` are called directly
-in the training thread at every optimizer-step boundary.
+run back on the event loop (engine.gpu.loop_hop), while `should_cancel` and `between_steps` are
+called directly in the training thread at every optimizer-step boundary. The thread waits for
+the loop only where it needs an answer: a checkpoint is recorded by one call there (upload, row,
+the older state's removal, pruning, the hook), and progress and validation rounds go without
+waiting, their failures raised at the next report, checkpoint or the end.
 
 Files come from and go to the file store (the data folder, or a bucket shared by many
 hosts): photos and the checkpoint to resume from are fetched into local copies first;
@@ -25,22 +28,27 @@ a resumed run renders and scores again what came after its checkpoint.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image
 
 from engine.gpu.generation.generator import Generator
 from engine.gpu.generation.renders import Render
+from engine.gpu.loop_hop import called, hop
 from engine.gpu.scoring.scorer import Scorer, Subject
 from engine.gpu.training.cache import build_cache, offload_encoders, restore_encoders
-from engine.gpu.training.checkpoints import prune_checkpoints, read_training_state, state_key, write_checkpoint
+from engine.gpu.training.checkpoints import (
+    CheckpointFiles,
+    prune_checkpoints,
+    read_training_state,
+    state_key,
+    write_checkpoint,
+)
 from engine.gpu.training.class_images import ClassImagesCancelled, ensure_class_images
 from engine.gpu.training.compile_ahead import TrainingCompileAhead
 from engine.gpu.training.loop import (
@@ -112,8 +120,7 @@ async def execute_run(
         session.checkpoint_ids[start_step] = resume_from[3]
     status, error = "succeeded", None
     try:
-        # should_cancel may block on the event loop (the worker asks the database): off the loop.
-        class_paths = await _class_images(db, store, generator, pet, params, lambda: asyncio.to_thread(session.should_cancel))
+        class_paths = await _class_images(db, store, generator, pet, params, session.should_cancel_now)
         generator.release_graphs()  # the training plans its mode from the free memory
         task = asyncio.ensure_future(asyncio.to_thread(session.run, resume_from, class_paths))
         try:
@@ -163,12 +170,6 @@ async def _class_images(
     )
 
 
-async def _called(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """fn(*args, **kwargs), awaited if it is a coroutine (the caller's hooks may be either)."""
-    result = fn(*args, **kwargs)
-    return await result if inspect.isawaitable(result) else result
-
-
 async def _resume_point(db: Queries, store: FileStore, run_id: int) -> tuple[int, dict, str, int] | None:
     """(step, training state, checkpoint key, checkpoint id) of the newest checkpoint that can be resumed from."""
     for checkpoint in reversed(await runs.list_checkpoints(db, run_id)):
@@ -210,14 +211,11 @@ class _Session:
         self.checkpoint_ids: dict[int, int] = {}
         self.latest_key: str | None = None
         self.plan: LoopPlan | None = None  # decided when the run starts in the training thread
-        self.rounds_storing: list[Future] = []  # validation rounds still being stored on the event loop
+        # Work handed to the event loop without waiting: validation rounds being stored, progress written.
+        self.loop_work: list[Future] = []
         self.validate_first = True  # the run's first round before its first step (see execute_run)
         # Keys written by this execution carry this tag: a retry elsewhere never overwrites them.
         self.tag = keys.new_tag()
-
-    def on_loop(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run fn(*args, **kwargs) on the event loop (awaiting it if it is a coroutine) and wait for the result."""
-        return asyncio.run_coroutine_threadsafe(_called(fn, *args, **kwargs), self.loop).result()
 
     def run(self, resume_from: tuple[int, dict, str, int] | None, class_paths: list[Path]) -> int:
         params, base = self.params, self.base
@@ -266,10 +264,10 @@ class _Session:
                 between_steps=self.between_steps if self.hooks.between_steps else None,
             )
             last = run_loop(trainer, start, callbacks, self.validate_first)
-            self.rounds_stored()
+            self.loop_work_done()
             return last
         finally:
-            self.settle_rounds()
+            self.settle_loop_work()
             self.generator.release_graphs()  # a round's graph, kept between the rounds in fast mode
             trainer.close()
             restore_encoders(base)
@@ -285,49 +283,64 @@ class _Session:
     def step(self, value: int) -> None:
         self._step = value
 
-    def between_steps(self, make_room: Callable[[], None]) -> None:
-        """The caller's hook (e.g. a generation on the same pipe), then the lean mode's memory layout again.
+    def between_steps(self, make_room: Callable[[], None]) -> bool:
+        """The caller's hook (e.g. a generation on the same pipe), then the lean mode's memory layout
+        again; whether the hook used the GPU (it makes room first).
 
         A generation served here moves the text encoders back to the GPU (the Generator does);
         in lean mode they go back to the CPU afterwards.
         """
         assert self.hooks.between_steps is not None
-        self.hooks.between_steps(make_room)
-        if self.plan.offload_encoders:
+        used: list[bool] = []
+
+        def room_first() -> None:
+            used.append(True)
+            make_room()
+
+        self.hooks.between_steps(room_first)
+        if used and self.plan.offload_encoders:
             offload_encoders(self.base)
+        return bool(used)
 
     def should_cancel(self) -> bool:
         return self.stop or bool(self.hooks.should_cancel and self.hooks.should_cancel())
 
-    def rounds_stored(self, wait: bool = True) -> None:
-        """Raise the first failure of the rounds being stored, waiting for all of them (or, without
-        `wait`, looking only at those already done)."""
-        for future in list(self.rounds_storing):
+    async def should_cancel_now(self) -> bool:
+        """should_cancel on the event loop (class images ask there): the hook answers from memory."""
+        return self.should_cancel()
+
+    def loop_work_done(self, wait: bool = True) -> None:
+        """Raise the first failure of the work handed to the loop, waiting for all of it (or, without
+        `wait`, looking only at what is done)."""
+        for future in list(self.loop_work):
             if wait or future.done():
-                self.rounds_storing.remove(future)
+                self.loop_work.remove(future)
                 future.result()
 
-    def settle_rounds(self) -> None:
-        """Wait for every round still being stored (a run ending on a failure or a cancellation too:
+    def settle_loop_work(self) -> None:
+        """Wait for all work still on the loop (a run ending on a failure or a cancellation too:
         its pictures are not lost); failures are logged, the run's own outcome stands."""
-        for future in self.rounds_storing:
+        for future in self.loop_work:
             try:
                 future.result()
             except Exception:
-                log.exception("run %d: storing a validation round failed", self.run_id)
-        self.rounds_storing.clear()
+                log.exception("run %d: storing a validation round or progress failed", self.run_id)
+        self.loop_work.clear()
 
     def progress(self, info: ProgressInfo) -> None:
-        self.rounds_stored(wait=False)
-        self.on_loop(runs.set_step, self.db, self.run_id, info.step)
+        self.loop_work_done(wait=False)
+        self.loop_work.append(hop(self.loop, self.record_progress, info))
+
+    async def record_progress(self, info: ProgressInfo) -> None:
+        await runs.set_step(self.db, self.run_id, info.step)
         if self.hooks.on_progress:
-            self.on_loop(self.hooks.on_progress, info)
+            await called(self.hooks.on_progress, info)
 
     def _staging(self, what: str) -> Path:
         return self.data.tmp_dir() / f"{what}-{uuid.uuid4().hex}"
 
     def save_checkpoint(self, step: int) -> None:
-        self.rounds_stored()  # their rows name checkpoints that pruning may delete
+        self.loop_work_done()  # the rounds' rows name checkpoints that pruning may delete
         params, trainer = self.params, self.trainer
         lora = trainer.lora_state_dict()
         folder = self._staging(f"run{self.run_id}-step{step}")
@@ -341,23 +354,27 @@ class _Session:
                 kohya_name=f"pawtrait-{self.pet.token}-run{self.run_id}-step{step}",
                 state=trainer.state_dict(step, lora),
             )
-            key = keys.checkpoint(self.run_id, step, self.tag)
-            self.on_loop(self.store.put_tree, key, folder, move=True)
+            hop(self.loop, self.record_checkpoint, step, folder, files).result()
         finally:
             remove_tree(folder)
-        checkpoint_id = self.on_loop(
-            runs.add_checkpoint, self.db, self.run_id, step, key, f"{key}/{files.diffusers_file.name}",
-            f"{key}/{files.kohya_file.name}",
+
+    async def record_checkpoint(self, step: int, folder: Path, files: CheckpointFiles) -> None:
+        """Publish a written checkpoint and record it: one trip from the training thread (six waits
+        before, issue 26)."""
+        key = keys.checkpoint(self.run_id, step, self.tag)
+        await self.store.put_tree(key, folder, move=True)
+        checkpoint_id = await runs.add_checkpoint(
+            self.db, self.run_id, step, key, f"{key}/{files.diffusers_file.name}", f"{key}/{files.kohya_file.name}",
         )
         if self.latest_key is not None and self.latest_key != key:
-            self.on_loop(self.store.delete, [state_key(self.latest_key)])  # only the newest resumes
+            await self.store.delete([state_key(self.latest_key)])  # only the newest resumes
         self.latest_key = key
         self.checkpoint_ids[step] = checkpoint_id
-        self.on_loop(runs.set_step, self.db, self.run_id, step)
-        if params.keep_checkpoints:
-            self.on_loop(prune_checkpoints, self.db, self.store, self.run_id, params.keep_checkpoints)
+        await runs.set_step(self.db, self.run_id, step)
+        if self.params.keep_checkpoints:
+            await prune_checkpoints(self.db, self.store, self.run_id, self.params.keep_checkpoints)
         if self.hooks.on_checkpoint:
-            self.on_loop(self.hooks.on_checkpoint, step, checkpoint_id)
+            await called(self.hooks.on_checkpoint, step, checkpoint_id)
 
     def validate(self, step: int) -> None:
         params, cache = self.params, self.cache
@@ -370,8 +387,7 @@ class _Session:
         pictures = self.generator.render(job, adapter=TRAINING_ADAPTER, blocks=self.trainer.compiled,
                                          keep_graphs=self.plan.mode == "fast")
         scores = self.score(step, pictures)
-        stored = self.store_round(step, self.checkpoint_ids.get(step), pictures, seeds, scores)
-        self.rounds_storing.append(asyncio.run_coroutine_threadsafe(stored, self.loop))
+        self.loop_work.append(hop(self.loop, self.store_round, step, self.checkpoint_ids.get(step), pictures, seeds, scores))
 
     async def store_round(
         self, step: int, checkpoint_id: int | None, pictures: list[Image.Image], seeds: list[int],
@@ -392,7 +408,7 @@ class _Session:
                 path.unlink(missing_ok=True)
         rows = await runs.list_validation_images(self.db, self.run_id, step)
         if self.hooks.on_validation:
-            await _called(self.hooks.on_validation, step, rows)
+            await called(self.hooks.on_validation, step, rows)
 
     def score(self, step: int, pictures: list[Image.Image]) -> list[ImageScores | None]:
         """This round's scores on the training's device; None for each picture without a scorer or

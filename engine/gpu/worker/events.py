@@ -2,7 +2,7 @@
 
 Training and generation call their hooks from the thread that runs the torch work, while
 the database connection belongs to the worker's event loop. `LoopBridge` hands each write
-to the loop without making the GPU thread wait for SQLite; `flush()` waits for them before
+to the loop (engine.gpu.loop_hop) without making the GPU thread wait for the database; `flush()` waits for them before
 the job's final event, so subscribers see events in order.
 """
 
@@ -14,6 +14,8 @@ import threading
 import time
 from collections.abc import Coroutine
 from typing import Any
+
+from engine.gpu.loop_hop import hop, running_on
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +35,12 @@ class LoopBridge:
 
     def submit(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Schedule `coro` without waiting for it (from the loop's thread or any other)."""
-        if self._on_loop_thread():
+        if running_on(self.loop):
             future: asyncio.Future[Any] = self.loop.create_task(coro)
         else:
-            future = asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop), loop=self.loop)
+            future = asyncio.wrap_future(hop(self.loop, lambda: coro), loop=self.loop)
         with self._lock:
             self._pending.append(future)
-
-    def call(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """Run `coro` on the loop and wait for its result; only from a thread other than the loop's."""
-        if self._on_loop_thread():
-            raise RuntimeError("LoopBridge.call would deadlock on the event loop's own thread")
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
 
     async def flush(self) -> None:
         """Wait for everything submitted so far; a failed event write is logged, not raised."""
@@ -53,12 +49,6 @@ class LoopBridge:
         for result in await asyncio.gather(*pending, return_exceptions=True):
             if isinstance(result, BaseException):
                 log.error("recording a job event failed: %s", result)
-
-    def _on_loop_thread(self) -> bool:
-        try:
-            return asyncio.get_running_loop() is self.loop
-        except RuntimeError:
-            return False
 
 
 class Throttle:

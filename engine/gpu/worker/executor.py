@@ -5,7 +5,9 @@ training thread pauses at a step boundary, the generations run on the same resid
 pipeline with their pets' LoRA adapters (the Generator restores the training adapter's
 state afterwards), and the training carries on. So a `/imagine` waits at most one
 optimizer step plus its own painting, never a whole training. When another worker is
-idle, the training leaves the generation to it instead of pausing.
+idle, the training leaves the generation to it instead of pausing. The training thread asks
+whether to pause, and whether its job was cancelled, without waiting for the database: the
+event loop keeps the answers fresh while a job runs (engine.gpu.worker.step_state).
 
 Every write about a job goes through its lease (storage.fencing): if the job was taken
 over by another worker while this one was frozen, nothing more is written and the job is
@@ -23,13 +25,14 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from itertools import groupby
 from typing import Any
 
 from config.settings import Settings
 from engine.gpu.generation.generator import Preview
 from engine.gpu.generation.service import generate_and_record, open_rgb
+from engine.gpu.loop_hop import hop
 from engine.gpu.models import BaseModel
 from engine.gpu.process_models import ProcessModels
 from engine.gpu.safety.people import refuse_people
@@ -40,6 +43,8 @@ from engine.gpu.training.loop import TRAINING_ADAPTER
 from engine.gpu.training.service import execute_run
 from engine.gpu.worker.events import PREVIEW_INTERVAL_S, PROGRESS_INTERVAL_S, LoopBridge, Throttle
 from engine.gpu.worker.failures import describe_failure, is_out_of_memory, release_memory
+from engine.gpu.worker.scheduler import HEARTBEAT_S
+from engine.gpu.worker.step_state import SERVED_BETWEEN_STEPS, StepState, keep_fresh
 from engine.usecases.jobs.contract import ContractError, Event, to_json
 from engine.usecases.jobs.events import Progress
 from engine.usecases.jobs.generate import GeneratePayload, GenerateResult
@@ -48,19 +53,16 @@ from engine.usecases.jobs.registry import KINDS, job_kind, runner_of
 from engine.usecases.jobs.train import Checkpoint, TrainPayload, TrainResult, Validation, ValidationShown
 from engine.usecases.training.hooks import TrainingHooks
 from engine.usecases.training.params import DEFAULT_STEPS, TrainingParams
-from storage import jobs, keys, runs, workers
+from storage import jobs, keys, runs
 from storage.audit import record_audit
 from storage.db import Database, Queries
 from storage.fencing import FencedDatabase
 from storage.files import DataDir, FileStore
 from storage.pets import get_pet
 from storage.runs import ValidationImage, set_validation_verdict
+from storage.wakeup import Wakeup
 
 log = logging.getLogger(__name__)
-
-SERVED_BETWEEN_STEPS = tuple(kind.name for kind in KINDS.values() if kind.served_between_steps)
-# An idle worker this recently seen takes a waiting generation itself (a few heartbeats).
-IDLE_FRESH_S = 6.0
 
 
 class JobCancelled(Exception):
@@ -161,8 +163,10 @@ class Executor:
     """Runs jobs on one worker's resident base model."""
 
     def __init__(
-        self, settings: Settings, db: Database, store: FileStore, data: DataDir, base: BaseModel, worker_id: str
+        self, settings: Settings, db: Database, store: FileStore, data: DataDir, base: BaseModel, worker_id: str,
+        wakeup: Wakeup | None = None,
     ) -> None:
+        """`wakeup`: the worker's (its notifications refresh `state` at once); None: a poll every POLL_S."""
         # Each kind's runner, as its contract names it; a kind without one stops the worker here.
         self.runners = {name: runner_of(kind) for name, kind in KINDS.items()}
         self.settings, self.db, self.store, self.data, self.base = settings, db, store, data, base
@@ -183,6 +187,8 @@ class Executor:
         self.photo_checker = (self.scorer or Scorer.from_settings(settings, always=True)) if settings.safety else None
         self.running: set[int] = set()
         self.lost: set[int] = set()  # jobs whose lease another worker holds now
+        self.wakeup = wakeup or Wakeup()
+        self.state = StepState()  # what the training thread asks between steps, fresh while a job runs
 
     def compile_ahead(self) -> bool:
         """One piece of idle-time compiling (seconds at most): the pictures' shapes first, as people
@@ -216,6 +222,9 @@ class Executor:
         bridge = LoopBridge(self.loop)
         reporter = JobReporter(self.db, self.store, job, bridge, self.screening)
         fenced = FencedDatabase(self.db, job.lease)
+        # The outermost job keeps the state fresh, for itself and the generations it serves.
+        keeper = None if self.running else asyncio.create_task(
+            keep_fresh(self.state, self.wakeup, self.db, self.worker_id, self.running, HEARTBEAT_S))
         self.running.add(job.id)
         log.info("job #%s (%s) started, attempt %s", job.id, job.kind, job.attempts)
         try:
@@ -232,6 +241,9 @@ class Executor:
             self._free_after_failure(job, exc)
         finally:
             self.running.discard(job.id)
+            if keeper is not None:
+                keeper.cancel()
+                await asyncio.gather(keeper, return_exceptions=True)  # the worker's wake-up is its own again
         await bridge.flush()
         if job.id in self.lost:
             log.warning("job #%s (%s) dropped: another worker runs it now; nothing more was recorded here", job.id, job.kind)
@@ -254,8 +266,8 @@ class Executor:
         release_memory(self.base, adapters)
 
     def _stopped(self, job_id: int) -> bool:
-        """From an engine thread: was the job cancelled, or did it move to another worker?"""
-        return job_id in self.lost or bool(self._call(jobs.cancel_requested(self.db, job_id)))
+        """From an engine thread, without waiting: was the job cancelled, or did it move to another worker?"""
+        return job_id in self.lost or job_id in self.state.cancelled
 
     async def run_generation(
         self, db: FencedDatabase, job: jobs.Job, payload: GeneratePayload, reporter: JobReporter
@@ -324,25 +336,18 @@ class Executor:
 
     # --- called from the training thread at optimizer-step boundaries ---------------------
 
-    def _call(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
-
     def _between_steps(self, make_room: Callable[[], None]) -> None:
         """Serve every waiting generation now, on the same resident pipeline, then let training go on."""
-        if self._call(self._should_serve()):
+        if self.state.serve:
             make_room()
-            self._call(self._serve_generations())
-
-    async def _should_serve(self) -> bool:
-        if not await jobs.has_queued(self.db, SERVED_BETWEEN_STEPS):
-            return False
-        return await workers.idle_others(self.db, self.worker_id, IDLE_FRESH_S) == 0
+            hop(self.loop, self._serve_generations).result()
 
     async def _serve_generations(self) -> None:
         while (job := await jobs.claim_next_job(
             self.db, self.worker_id, kinds=SERVED_BETWEEN_STEPS, running=self.running
         )) is not None:
             await self.run(job)
+        self.state.serve = False  # none left: until the next wake-up says otherwise
 
 
 async def audit_verdicts(

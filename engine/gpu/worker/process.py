@@ -82,9 +82,9 @@ class Worker:
         base = await asyncio.to_thread(load_base_model, self.settings)
         if self._stopping:
             return  # told to stop while loading: nothing was claimed yet
-        self.executor = Executor(self.settings, self.db, self.store, self.data, base, self.worker_id)
+        self.wakeup = open_wakeup(self.db)  # idle, it waits for jobs; busy, the executor listens for cancels and jobs
+        self.executor = Executor(self.settings, self.db, self.store, self.data, base, self.worker_id, self.wakeup)
         await asyncio.to_thread(self.executor.screening.load_at_start)  # says in the log whether pictures are screened
-        self.wakeup = open_wakeup(self.db)
         keeps_all = self.settings.keep_generations_days == 0 and self.settings.audit_days == 0
         retention = None if keeps_all else self._retention
         self.scheduler = build_scheduler(
