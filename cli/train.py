@@ -83,7 +83,8 @@ async def _train(args: argparse.Namespace, settings: Settings) -> int:
 
     from cli.jobs import print_detached
     from engine.usecases.queueing import queue_training
-    from engine.usecases.training.create import TrainingInputError, create_run
+    from engine.usecases.training.create import create_run
+    from engine.usecases.training.params import TrainingInputError
     from storage import jobs, runs
     from storage.connect import open_storage
     from storage.pets import LOCAL_GUILD, find_pet
@@ -118,8 +119,8 @@ async def _execute(db, store, settings: Settings, run_id: int, pet_name: str) ->
     from engine.gpu.models import ModelNotFound
     from engine.gpu.process_models import ProcessModels
     from engine.gpu.training.service import execute_run
-    from engine.usecases.training.create import TrainingInputError
     from engine.usecases.training.hooks import TrainingHooks
+    from engine.usecases.training.params import TrainingInputError
     from storage import runs
     from storage.files import DataDir
 

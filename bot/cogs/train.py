@@ -32,8 +32,7 @@ from engine.usecases.queueing import queue_training
 from engine.usecases.scoring.chart import score_chart
 from engine.usecases.scoring.choice import choose_checkpoint, run_standing, vote_emoji
 from engine.usecases.scoring.suggest import RULE
-from engine.usecases.training.create import TrainingInputError
-from engine.usecases.training.params import DEFAULT_STEPS, TrainingParams
+from engine.usecases.training.params import DEFAULT_STEPS, TrainingInputError, TrainingParams
 from storage.discord_posts import add_discord_job
 from storage.guild_settings import get_guild_settings
 from storage.jobs import Job, QueueLimitReached, estimate_wait_s, queue_position
@@ -58,12 +57,10 @@ MAX_LISTED = 20  # checkpoints /pick lists: the newest, within Discord's 2000 ch
 
 
 def training_params(bot: PawtraitBot, steps: int, prior_preservation: bool) -> TrainingParams:
-    params = TrainingParams.for_steps(steps, bot.settings, prior_preservation=prior_preservation)
     try:
-        params.validate()
-    except ValueError as error:
+        return TrainingParams.for_steps(steps, bot.settings, prior_preservation=prior_preservation)
+    except TrainingInputError as error:
         raise UserError(str(error)) from None
-    return params
 
 
 def latest_scores_line(scores: RunScores) -> str:

@@ -15,8 +15,8 @@ from engine.usecases.generation.request import GenerationRequest
 from engine.usecases.jobs.generate import GENERATE, GeneratePayload
 from engine.usecases.jobs.train import TRAIN, TrainPayload
 from engine.usecases.moderation.prompts import PromptRefused, screen_prompt
-from engine.usecases.training.create import TrainingInputError, create_run
-from engine.usecases.training.params import TrainingParams
+from engine.usecases.training.create import create_run
+from engine.usecases.training.params import TrainingInputError, TrainingParams
 from storage import jobs, runs
 from storage.db import Queries
 from storage.files import FileStore

@@ -65,9 +65,9 @@ from engine.gpu.training.loop import (
 from engine.usecases.jobs.train import out_of_memory_advice
 from engine.usecases.scoring.choice import choose_checkpoint
 from engine.usecases.scoring.prompts import without_token
-from engine.usecases.training.create import TrainingInputError, training_photos
+from engine.usecases.training.create import training_photos
 from engine.usecases.training.hooks import ProgressInfo, RunOutcome, TrainingHooks
-from engine.usecases.training.params import TrainingParams
+from engine.usecases.training.params import TrainingInputError, TrainingParams
 from engine.usecases.training.prompts import class_prompt, validation_prompts
 from storage import keys, runs
 from storage.db import Queries
@@ -98,11 +98,7 @@ async def execute_run(
     pet = await get_pet(db, run.pet_id)
     if pet is None:
         raise TrainingInputError(f"The pet of training run {run_id} no longer exists.")
-    params = TrainingParams.from_dict(run.params)
-    try:
-        params.validate()
-    except ValueError as error:
-        raise TrainingInputError(str(error)) from None
+    params = TrainingParams.from_dict(run.params)  # TrainingInputError if the stored values are not valid
     photos = await training_photos(db, store, pet)
 
     resume_from = await _resume_point(db, store, run_id)

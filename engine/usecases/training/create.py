@@ -7,16 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.usecases.training.params import TrainingParams
+from engine.usecases.training.params import TrainingInputError, TrainingParams
 from storage import runs
 from storage.db import Queries
 from storage.files import FileMissing, FileStore
 from storage.pets import Pet, get_pet
 from storage.photos import list_photos
-
-
-class TrainingInputError(ValueError):
-    """The run cannot start as asked; the message says what to do."""
 
 
 async def training_photos(db: Queries, store: FileStore, pet: Pet) -> list[Path]:
@@ -32,16 +28,12 @@ async def training_photos(db: Queries, store: FileStore, pet: Pet) -> list[Path]
 
 
 async def create_run(db: Queries, store: FileStore, pet: Pet, params: TrainingParams) -> int:
-    """Check the pet, its photos and the parameters, then queue a run; returns its id.
+    """Check the pet and its photos (the parameters checked themselves when made), then queue a run; returns its id.
 
     The photos are only looked up, not fetched: the worker that runs the training fetches them.
     """
     if await get_pet(db, pet.id) is None:
         raise TrainingInputError(f"The pet {pet.name!r} no longer exists.")
-    try:
-        params.validate()
-    except ValueError as error:
-        raise TrainingInputError(str(error)) from None
     _refuse_missing(pet, [key for key in await _prepared_keys(db, pet) if not await store.exists(key)])
     return await runs.insert_run(db, pet.id, params.to_dict(), params.steps)
 

@@ -26,6 +26,10 @@ def checkpoint_interval(steps: int) -> int:
     return min(steps, max(2, steps // 5))
 
 
+class TrainingInputError(ValueError):
+    """The run cannot start as asked; the message says what to do."""
+
+
 @dataclass(frozen=True)
 class TrainingParams:
     """One DreamBooth LoRA run. Defaults = the seed's recipe without prior preservation."""
@@ -89,8 +93,10 @@ class TrainingParams:
         prior preservation."""
         return self.images_per_step * (2 if self.prior_preservation else 1)
 
-    def validate(self) -> TrainingParams:
-        """Raise ValueError with a plain-words message for the first bad value; return self."""
+    def __post_init__(self) -> None:
+        """Checked once, when made (by a front end, or read back from a run's row): a TrainingParams
+        that exists is valid, so nothing downstream checks it again. Raises TrainingInputError with
+        a plain-words message for the first bad value."""
         checks = [
             (self.steps >= 1, "Steps must be at least 1."),
             (self.rank >= 1, "Rank must be at least 1 (try 4, 8 or 16)."),
@@ -116,8 +122,7 @@ class TrainingParams:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
-        return self
+                raise TrainingInputError(message)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: tuples become lists; unknown keys from `extra` are kept."""
