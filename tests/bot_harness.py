@@ -65,8 +65,10 @@ class BotProcess:
         return True
 
     async def stop(self, timeout: float = 60) -> None:
-        """SIGTERM, as an operator's Ctrl-C or a service manager would; the bot stops its workers."""
-        for what, process in (("bot", self.process), ("worker", self.worker)):
+        """SIGTERM, as an operator's Ctrl-C or a service manager would; the bot stops its own workers.
+        A worker of its own host (distributed) is stopped first: while the bot closes (a second or more),
+        such a worker would go on training, and a story that restarts mid-training would find it done."""
+        for what, process in (("worker", self.worker), ("bot", self.process)):
             if process is None or process.returncode is not None:
                 continue
             process.send_signal(signal.SIGTERM)
