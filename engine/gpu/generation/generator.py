@@ -400,20 +400,7 @@ class Generator:
         callback: Callable[..., dict] | None,
     ) -> torch.Tensor:
         """The pipeline's denoising loop, stopping at latents (the decode is ours: see `_decode`)."""
-        return self.pipe(
-            prompt=prepared.prompt,
-            negative_prompt=prepared.negative_prompt or None,
-            num_inference_steps=request.steps,
-            guidance_scale=request.guidance,
-            width=width,
-            height=height,
-            num_images_per_prompt=request.count,
-            # One CPU generator per image: image i is reproducible from seed + i alone.
-            generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
-            output_type="latent",
-            callback_on_step_end=callback,
-            callback_on_step_end_tensor_inputs=["latents"],
-        ).images
+        return self.pipe(width=width, height=height, **_pipeline_arguments(prepared, request, seeds, callback)).images
 
     def _vary(
         self, prepared: PreparedPrompt, request: GenerationRequest, seeds: list[int], source_latents: torch.Tensor,
@@ -421,17 +408,9 @@ class Generator:
     ) -> torch.Tensor:
         """img2img from the source's latents: each image's own seed noises them to `strength`, then denoises."""
         return self.variation_pipe(
-            prompt=prepared.prompt,
-            negative_prompt=prepared.negative_prompt or None,
             image=source_latents,  # 4 channels: used as the starting latents, not encoded again
             strength=request.variation_strength,
-            num_inference_steps=request.steps,
-            guidance_scale=request.guidance,
-            num_images_per_prompt=request.count,
-            generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
-            output_type="latent",
-            callback_on_step_end=callback,
-            callback_on_step_end_tensor_inputs=["latents"],
+            **_pipeline_arguments(prepared, request, seeds, callback),
         ).images
 
     def _latent_scale(self, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor | float, torch.Tensor | float]:
@@ -475,3 +454,21 @@ class Generator:
             vae.to(torch.float32)
             out = run(vae, torch.float32)
         return out
+
+
+def _pipeline_arguments(
+    prepared: PreparedPrompt, request: GenerationRequest, seeds: list[int], callback: Callable[..., dict] | None
+) -> dict[str, Any]:
+    """What a picture and its variation ask of their diffusers pipeline alike: latents out, a step callback."""
+    return dict(
+        prompt=prepared.prompt,
+        negative_prompt=prepared.negative_prompt or None,
+        num_inference_steps=request.steps,
+        guidance_scale=request.guidance,
+        num_images_per_prompt=request.count,
+        # One CPU generator per image: image i is reproducible from seed + i alone.
+        generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds],
+        output_type="latent",
+        callback_on_step_end=callback,
+        callback_on_step_end_tensor_inputs=["latents"],
+    )
