@@ -2,7 +2,8 @@
 
 For operators and notebooks like the seed's. Ctrl-C stops at the next step boundary and
 keeps the checkpoints written so far; `pawtrait train NAME --resume` continues from the
-newest one.
+newest one. It trains compiled when a worker on this machine compiled the run's plan before
+(engine/gpu/training/compiled_plans.py), else uncompiled: it has no idle time to compile in.
 """
 
 from __future__ import annotations
@@ -156,9 +157,11 @@ async def _execute(db, store, settings: Settings, run_id: int, pet_name: str) ->
             should_cancel=cancel.is_set,
         )
         try:
-            # The generator paints the validation rounds and class images.
+            # The generator paints the validation rounds and class images. A plan a worker compiled
+            # here is compiled again from the cache first, and trains compiled (compiled_plans.py).
             outcome = await execute_run(db, store, DataDir(settings.data_dir), models.generator, run_id, hooks,
-                                        scorer=models.scorer)
+                                        scorer=models.scorer,
+                                        compile_ahead=models.training_compile(settings, wait_for_recorded=True))
         except TrainingInputError as error:
             return _fail(str(error))
         finally:

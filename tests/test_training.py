@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from engine.gpu.models import BaseModel, load_base_model
 from engine.gpu.training.checkpoints import STATE_FILE, state_key
 from engine.gpu.training.class_images import ensure_class_images
 from engine.gpu.training.compile_ahead import TrainingCompileAhead, synthetic_cache
+from engine.gpu.training.compiled_plans import CompiledPlans
 from engine.gpu.training.loop import TRAINING_ADAPTER, LoraTrainer, plan_memory
 from engine.gpu.training.service import execute_run
 from engine.usecases.generation.request import GenerationRequest
@@ -484,6 +487,55 @@ async def test_the_training_step_is_compiled_in_idle_time_and_no_training_waits_
     assert len(pictures) == len(uncompiled_pictures) == 6
     for mine, theirs in zip(pictures, uncompiled_pictures):
         assert np.abs(mine - theirs).max() <= 1
+
+
+async def test_a_command_compiles_first_only_a_plan_a_worker_compiled_here(
+    db, store: FileStore, data: DataDir, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """`pawtrait train` has no idle time. It waits for a compile only where a worker here compiled
+    the run's plan (the compiled code is in the cache then: seconds, not minutes) and trains that
+    run compiled; a plan nobody compiled, or one compiled for another model, trains uncompiled at once."""
+    settings = Settings(model=str(tiny_model_dir), vae=None, device="cpu", resolution=64)
+    cache_folder = tmp_path / "compile-cache"
+    counts, backend = counting_aot_backend()
+    pet = await pet_with_photos(db, store)
+    params = TrainingParams(steps=2, checkpoint_every=2, validate_every=0, **QUICK)
+
+    async def command_run(run_params: TrainingParams) -> dict[str, int]:
+        """What a fresh `pawtrait train` process compiles and runs compiled: its own model, the record
+        read from the folder."""
+        base = load_base_model(settings)
+        command = TrainingCompileAhead(base, backend, CompiledPlans.in_folder(cache_folder, base), wait_for_recorded=True)
+        before = dict(counts)
+        run_id = await create_run(db, store, pet, run_params)
+        assert (await execute_run(db, store, data, Generator(base, memory="full"), run_id,
+                                  compile_ahead=command)).status == "succeeded"
+        return {kind: counts[kind] - before[kind] for kind in counts}
+
+    # No worker compiled anything here yet: the command trains at once, uncompiled.
+    assert await command_run(params) == {"forward": 0, "backward": 0, "calls": 0}
+
+    # A worker compiles the default plan in its idle time and writes it down beside the compiled code.
+    worker_base = load_base_model(settings)
+    worker = TrainingCompileAhead(worker_base, backend, CompiledPlans.in_folder(cache_folder, worker_base))
+    worker.want(params)
+    while worker.step():
+        pass
+    assert (cache_folder / "pawtrait-training-plans.json").is_file()
+
+    # Now the command compiles that plan before its first step and runs its steps and rounds compiled.
+    # (Within one test process dynamo already holds the worker's graphs and compiles nothing again;
+    # a fresh process compiles them, from inductor's cache.)
+    assert (await command_run(params))["calls"] > 0
+
+    # Another plan (a wider LoRA) was never compiled here: uncompiled, nothing compiled for it.
+    assert await command_run(replace(params, rank=8)) == {"forward": 0, "backward": 0, "calls": 0}
+
+    # The record is for this model only: the same plan with another base model trains uncompiled.
+    other = replace(settings, model=str(tmp_path / "another-model"))
+    shutil.copytree(tiny_model_dir, other.model)
+    settings = other
+    assert await command_run(params) == {"forward": 0, "backward": 0, "calls": 0}
 
 
 async def test_bad_inputs_are_refused_in_plain_words(db, store: FileStore, data: DataDir, generator: Generator) -> None:

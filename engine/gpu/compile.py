@@ -184,3 +184,10 @@ def keep_compiled_code_in(folder: Path) -> None:
     says otherwise) instead of under /tmp, so it outlives reboots: on the H100 a worker's first
     compiled picture took 176 s with an empty cache and 33 s with a filled one (docs/BENCHMARKS.md)."""
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder))
+
+
+def compiled_code_folder() -> Path | None:
+    """Where inductor keeps compiled code for this process, if `keep_compiled_code_in` (or the
+    environment) chose a folder: where the record of compiled trainings belongs too."""
+    folder = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    return Path(folder) if folder else None

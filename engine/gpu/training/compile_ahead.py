@@ -10,6 +10,10 @@ records one eager step's block calls, a validation round's UNet calls and its VA
 each variant is compiled on its own (the step's forward and backward). A run whose plan is
 compiled runs its steps and its validation rounds compiled, their decode too; any other trains
 eagerly (still from CUDA graphs) and has its plan queued for the next idle time: nobody waits.
+
+A plan compiled to the end is written in the compile cache's record (training/compiled_plans.py).
+`pawtrait train` has no idle time: it waits for a plan that record lists (compiled from the
+cache, about 21 s on an H100) and trains any other uncompiled.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from engine.gpu.generation.compile_ahead import blank_unet_inputs
 from engine.gpu.generation.renders import PromptEmbeddings
 from engine.gpu.models import BaseModel
 from engine.gpu.training.cache import TrainingCache
+from engine.gpu.training.compiled_plans import CompiledPlans
 from engine.gpu.training.loop import (
     LoopPlan,
     LoraTrainer,
@@ -48,10 +53,18 @@ class TrainingCompileAhead:
 
     Call `step()` only while no job runs on the UNet, and `pause()` before one does: between
     steps the rehearsal's adapter stays on the UNet.
+
+    `record`: where finished plans are written down. `wait_for_recorded`: a run whose plan the
+    record lists is compiled before it starts (a process without idle time: `pawtrait train`).
     """
 
-    def __init__(self, base: BaseModel, backend: str | Callable[..., Any] = "inductor") -> None:
+    def __init__(
+        self, base: BaseModel, backend: str | Callable[..., Any] = "inductor",
+        record: CompiledPlans | None = None, wait_for_recorded: bool = False,
+    ) -> None:
         self.base = base
+        self.record = record
+        self.wait_for_recorded = wait_for_recorded
         self.blocks = compiled_blocks(base.pipe.unet, backend)
         self.decoder = compiled_blocks(base.pipe.vae.decoder, backend)  # shared with the Generator's
         self.ready: set[tuple[object, ...]] = set()
@@ -67,11 +80,25 @@ class TrainingCompileAhead:
             self._wanted.append((params, plan))
 
     def compiled_for(self, params: TrainingParams, plan: LoopPlan) -> CompiledBlocks | None:
-        """The blocks to run compiled in a run with this plan, or None (then the plan is queued)."""
-        if plan_key(params, plan) in self.ready:
+        """The blocks to run compiled in a run with this plan, or None (then the plan is queued).
+        With `wait_for_recorded`, a recorded plan is compiled first, here and now."""
+        key = plan_key(params, plan)
+        if key not in self.ready and self.wait_for_recorded and self.record is not None and self.record.has(key):
+            log.info("a worker compiled this training's plan here: compiling it from the cache before the first step")
+            self.compile_now(params, plan)
+        if key in self.ready:
             return self.blocks
         self.want(params, plan)
         return None
+
+    def compile_now(self, params: TrainingParams, plan: LoopPlan) -> None:
+        """Compile this plan to the end before anything else wanted (the caller waits)."""
+        key = plan_key(params, plan)
+        self.pause()
+        self._wanted = deque(wanted for wanted in self._wanted if plan_key(*wanted) != key)
+        self._wanted.appendleft((params, plan))
+        while key not in self.ready:
+            self.step()
 
     @property
     def pending(self) -> bool:
@@ -99,6 +126,8 @@ class TrainingCompileAhead:
         self.pause()
         self._wanted.popleft()
         self.ready.add(plan_key(params, plan))
+        if self.record is not None:
+            self.record.add(plan_key(params, plan))
         log.info("compiled the training step for %s: trainings with that plan now run compiled", plan_key(params, plan))
         return True
 

@@ -38,7 +38,6 @@ from engine.gpu.process_models import ProcessModels
 from engine.gpu.safety.people import refuse_people
 from engine.gpu.safety.screening import Screening
 from engine.gpu.scoring.scorer import Scorer
-from engine.gpu.training.compile_ahead import TrainingCompileAhead
 from engine.gpu.training.loop import TRAINING_ADAPTER
 from engine.gpu.training.service import execute_run
 from engine.gpu.worker.events import PREVIEW_INTERVAL_S, PROGRESS_INTERVAL_S, LoopBridge, Throttle
@@ -174,13 +173,9 @@ class Executor:
         self.loop = asyncio.get_running_loop()
         models = ProcessModels.around(base, settings)
         self.generator, self.scorer = models.generator, models.scorer  # the scoring models load at the first round
-        # The training step compiled in idle time for the plan a default run gets: on a GPU in full
-        # memory mode, as for pictures. In low memory mode (an 8 GB card) the offload hooks move
-        # the UNet between CPU and GPU under the blocks; trainings there were measured uncompiled
-        # (docs/BENCHMARKS.md, W8a-W8c) and compiling was never tried.
-        self.training_ahead = None
-        if settings.compile_training and base.device.type == "cuda" and self.generator.memory == "full":
-            self.training_ahead = TrainingCompileAhead(base)
+        # The training step compiled in idle time for the plan a default run gets (where it compiles).
+        self.training_ahead = models.training_compile(settings)
+        if self.training_ahead is not None:
             self.training_ahead.want(TrainingParams.for_steps(DEFAULT_STEPS, settings))
         self.screening = Screening.from_settings(settings, base.device)
         # The people check needs the scoring CLIP model even where scores are off.
