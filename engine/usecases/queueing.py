@@ -33,8 +33,9 @@ async def queue_training(
     user_id: str,
     *,
     resume_run_id: int | None = None,
+    also: jobs.WithJob | None = None,
 ) -> jobs.Job:
-    """Create the pet's run (or continue `resume_run_id`) and queue it.
+    """Create the pet's run (or continue `resume_run_id`) and queue it, with `also` (storage.jobs.submit_job).
 
     Raises TrainingInputError (the pet, its photos or the parameters) or QueueLimitReached;
     a run refused by the queue is cancelled, never left waiting.
@@ -46,7 +47,9 @@ async def queue_training(
     else:
         run_id = resume_run_id
     try:
-        return await TRAIN.submit(db, settings, pet.guild_id, user_id, TrainPayload(pet.id, run_id), run_id=run_id)
+        return await TRAIN.submit(
+            db, settings, pet.guild_id, user_id, TrainPayload(pet.id, run_id), run_id=run_id, also=also
+        )
     except jobs.QueueLimitReached as error:
         run = await runs.get_run(db, run_id)
         if run is not None and run.status == "queued":
@@ -61,10 +64,12 @@ async def queue_generation(
     pet: Pet | None,
     guild_id: str,
     user_id: str,
+    *,
+    also: jobs.WithJob | None = None,
 ) -> jobs.Job:
     """Check the request (its prompt, and that its pet has a finished training; its values were
     checked when it was made) and queue it, with the checkpoint it paints with: the one asked
-    for, else the pet's current one.
+    for, else the pet's current one, and with `also` (storage.jobs.submit_job).
 
     Raises GenerationError (PromptRefused for a screened prompt) or QueueLimitReached.
     """
@@ -72,7 +77,7 @@ async def queue_generation(
     if pet is not None:
         checkpoint = await checkpoint_to_paint(db, pet, request.checkpoint_id)
         request = replace(request, pet_id=pet.id, checkpoint_id=checkpoint.id)
-    return await GENERATE.submit(db, settings, guild_id, user_id, GeneratePayload(request))
+    return await GENERATE.submit(db, settings, guild_id, user_id, GeneratePayload(request), also=also)
 
 
 async def check_prompt(db: Queries, request: GenerationRequest, guild_id: str) -> None:
