@@ -38,7 +38,8 @@ async def queue_training(
     """Create the pet's run (or continue `resume_run_id`) and queue it, with `also` (storage.jobs.submit_job).
 
     Raises TrainingInputError (the pet, its photos or the parameters) or QueueLimitReached;
-    a run refused by the queue is cancelled, never left waiting.
+    a run that could not be queued (refused by the queue, or any error) is cancelled, never left
+    waiting: a waiting run with no job would keep the pet "already training" for good.
     """
     if resume_run_id is None:
         if any(run.status in ("queued", "running") for run in await runs.list_runs(db, pet.id)):
@@ -50,7 +51,7 @@ async def queue_training(
         return await TRAIN.submit(
             db, settings, pet.guild_id, user_id, TrainPayload(pet.id, run_id), run_id=run_id, also=also
         )
-    except jobs.QueueLimitReached as error:
+    except Exception as error:
         run = await runs.get_run(db, run_id)
         if run is not None and run.status == "queued":
             await runs.finish_run(db, run_id, "cancelled", run.step, f"not queued: {error}")
