@@ -123,6 +123,8 @@ class JobRelay:
         if not events:
             await self._within_the_events(db, self.position)
         for event in events:
+            # None: not asked for from Discord (the CLI). A command's job is queued with its row
+            # (storage.discord_posts.shown_in), so no event of it comes before the row does.
             target = await get_discord_job(db, event.job_id)
             job = await get_job(db, event.job_id) if target is not None else None
             if target is not None and job is not None:

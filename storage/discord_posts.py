@@ -12,7 +12,7 @@ from sqlalchemy import select, update
 
 from storage.db import Queries
 from storage.dialects import upsert
-from storage.jobs import EventPosition
+from storage.jobs import EventPosition, WithJob
 from storage.schema import discord_jobs, discord_relay, generations, jobs, validation_images, votes
 
 
@@ -46,6 +46,17 @@ async def add_discord_job(
         status_message_id=status_message_id, requested_by=requested_by,
     )))
     return DiscordJob(job_id, guild_id, channel_id, thread_id, status_message_id, requested_by)
+
+
+def shown_in(guild_id: str, channel_id: str, requested_by: str) -> WithJob:
+    """`add_discord_job` for a job about to be queued, to pass as its submit's `also`: the row is
+    written in the job's own transaction, so the relay never reads a worker's early events (or,
+    for a quick job, its finished one) before it knows the job was asked for from Discord."""
+
+    async def add(db: Queries, job_id: int) -> None:
+        await add_discord_job(db, job_id, guild_id, channel_id, requested_by)
+
+    return add
 
 
 async def get_discord_job(db: Queries, job_id: int) -> DiscordJob | None:

@@ -19,7 +19,7 @@ contract (engine.usecases.jobs).
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import and_, case, func, insert, literal, select, tuple_, update
@@ -50,6 +50,9 @@ from storage.schema import job_events, jobs
 WAKE_CHANNEL = "pawtrait_jobs"
 # How many recent finished jobs of a kind the ETA averages over.
 _ETA_SAMPLE = 20
+
+# What a front end records about a new job in the transaction that queues it: (its handle, the job's id).
+WithJob = Callable[[Queries, int], Awaitable[object]]
 
 
 def _dumps(value: Mapping[str, Any]) -> str:
@@ -92,8 +95,14 @@ async def submit_job(
     user_id: str,
     payload: Mapping[str, Any],
     run_id: int | None = None,
+    also: WithJob | None = None,
 ) -> Job:
     """Queue a job (and its 'queued' event with the queue position), and wake idle workers.
+
+    `also(tx, job_id)` writes what belongs with the job (the bot: where it is shown) in the same
+    transaction: a worker may claim the job, and write its events, the moment it commits, so
+    anything written after could come too late for them. Keep it to SQL: the transaction holds
+    the database's write lock (SQLite) until it returns.
 
     Raises QueueLimitReached when the member already has the allowed number of that kind waiting.
     """
@@ -119,6 +128,8 @@ async def submit_job(
             )
             .returning(jobs.c.id)
         )
+        if also is not None:
+            await also(tx, job_id)
         position = await queue_position(tx, job_id)
         await record_event(tx, job_id, "queued", {"position": position})
         await tx.execute(Notify(WAKE_CHANNEL))

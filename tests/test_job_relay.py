@@ -17,9 +17,11 @@ from sqlalchemy import delete
 
 from bot.job_relay import JobRelay
 from config.settings import Settings
+from engine.usecases.generation.request import GenerationRequest
+from engine.usecases.queueing import queue_generation
 from storage import jobs
-from storage.db import Database
-from storage.discord_posts import add_discord_job, relay_position, set_relay_position
+from storage.db import Database, open_database
+from storage.discord_posts import add_discord_job, relay_position, set_relay_position, set_status_message, shown_in
 from storage.jobs import EventPosition
 from storage.schema import jobs as job_rows
 
@@ -136,3 +138,26 @@ async def test_a_relay_past_every_event_continues_from_the_newest_without_postin
         async with Relayed(db) as relayed:
             await relayed.until([(second, "queued"), (second, "finished")])
     assert len([record for record in caplog.records if "before the relay's position" in record.getMessage()]) == 1
+
+
+async def test_a_painting_finished_before_the_command_answers_still_reaches_discord(
+    db: Database, settings: Settings
+) -> None:
+    """A worker (another process) may claim a painting the moment it is queued and finish it
+    before the command that queued it has written anything more. Queued as `/imagine` queues it,
+    the job comes with where it is shown: the relay waits for the command's answer instead of
+    passing the events by, then shows every one of them, the pictures' too."""
+    await set_relay_position(db, jobs.START)
+    worker = await open_database(settings.database_url)
+    try:
+        async with Relayed(db) as relayed:
+            job = await queue_generation(db, settings, GenerationRequest(prompt="a cat"), None, "g", "u",
+                                         also=shown_in("g", "channel", "u"))
+            claimed = await jobs.claim_next_job(worker, "w1")
+            assert claimed is not None and claimed.id == job.id
+            await jobs.finish_job(worker, claimed.lease, "succeeded")
+            await relayed.until([])  # the command has not answered yet: held, not skipped
+            await set_status_message(db, job.id, "message-1")  # the command's answer
+            await relayed.until([(job.id, "queued"), (job.id, "started"), (job.id, "finished")])
+    finally:
+        await worker.close()

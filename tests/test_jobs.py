@@ -16,16 +16,21 @@ from sqlalchemy.exc import DBAPIError, PendingRollbackError
 
 from config.settings import Settings
 from engine.usecases.jobs.registry import describe
+from engine.usecases.queueing import queue_training
+from engine.usecases.training.params import TrainingParams
 from storage import jobs
-from storage.db import Database, open_database
+from storage.connect import file_store
+from storage.db import Database, Queries, open_database
 from storage.dialects import utc_now_minus
+from storage.discord_posts import add_discord_job, get_discord_job
 from storage.fencing import FencedDatabase
 from storage.pets import create_pet, get_pet
-from storage.runs import get_run, insert_run
+from storage.runs import get_run, insert_run, list_runs
 from storage.schema import job_events, pets
 from storage.schema import jobs as jobs_table
 
 from conftest import distributed
+from training_helpers import pet_with_photos
 
 pytestmark = pytest.mark.both_modes
 
@@ -222,6 +227,52 @@ async def test_eta_comes_from_recent_durations_of_that_kind(db, settings: Settin
 
 
 # --- several processes at once ------------------------------------------------------------
+
+
+async def test_what_a_front_end_writes_with_a_job_is_queued_with_it_or_not_at_all(
+    pools, db, settings: Settings
+) -> None:
+    """A worker may claim a job the moment it is committed: what the bot writes about it (where it
+    is shown) comes in the same transaction, so another process never sees the job without it,
+    and a job whose row could not be written is not queued at all."""
+    worker = pools[0]
+    seen_meanwhile: list[tuple[jobs.Job | None, bool]] = []
+
+    async def shown(tx: Queries, job_id: int) -> None:
+        await add_discord_job(tx, job_id, "g1", "channel", "u1")
+        seen_meanwhile.append((await jobs.get_job(worker, job_id), await jobs.has_queued(worker)))
+
+    job = await jobs.submit_job(db, settings, "generate", "g1", "u1", {"request": {}}, also=shown)
+    assert seen_meanwhile == [(None, False)]
+    claimed = await jobs.claim_next_job(worker, "w1")
+    assert claimed is not None and claimed.id == job.id
+    assert (await get_discord_job(worker, job.id)).channel_id == "channel"
+
+    async def unwritable(tx: Queries, job_id: int) -> None:
+        raise RuntimeError("the row could not be written")
+
+    with pytest.raises(RuntimeError):
+        await jobs.submit_job(db, settings, "generate", "g1", "u1", {"request": {}}, also=unwritable)
+    assert not await jobs.has_queued(worker)
+    assert [listed.id for listed in await jobs.list_jobs(worker, active_only=False)] == [claimed.id]
+    assert {event.job_id for event in await jobs.events_after(worker, jobs.START)} == {claimed.id}
+
+
+async def test_a_training_that_could_not_be_queued_leaves_its_pet_free_to_train(db, settings: Settings) -> None:
+    """Whatever stops a training's job from being queued (here the bot's row), its run is cancelled
+    with the reason: a waiting run without a job would answer "already training" for good."""
+    store = file_store(settings)
+    pet = await pet_with_photos(db, store)
+
+    async def unwritable(tx: Queries, job_id: int) -> None:
+        raise RuntimeError("the row could not be written")
+
+    with pytest.raises(RuntimeError):
+        await queue_training(db, store, settings, pet, TrainingParams(steps=2, resolution=64), "owner", also=unwritable)
+    (refused,) = await list_runs(db, pet.id)
+    assert refused.status == "cancelled" and "the row could not be written" in (refused.error or "")
+    job = await queue_training(db, store, settings, pet, TrainingParams(steps=2, resolution=64), "owner")
+    assert job.run_id != refused.id and (await get_run(db, job.run_id)).status == "queued"
 
 
 async def test_two_processes_submitting_at_once_never_pass_the_limit(pools, settings: Settings) -> None:

@@ -49,11 +49,11 @@ from engine.usecases.queueing import queue_generation as queue_job
 from storage.audit import audit_lines_of_job
 from storage.db import Queries
 from storage.discord_posts import (
-    add_discord_job,
     job_for_generation,
     set_gallery_message,
     set_generation_message,
     set_status_message,
+    shown_in,
 )
 from storage.generations import Generation, get_generation
 from storage.guild_settings import get_guild_settings, others_may_imagine
@@ -97,14 +97,14 @@ async def queue_generation(
     note(interaction, prompt=request.prompt, seed=request.seed, pet=pet.name if pet else None,
          checkpoint_id=request.checkpoint_id or (pet.active_checkpoint_id if pet else None))
     try:
-        job = await queue_job(db, bot.settings, request, pet, guild_id, str(interaction.user.id))
+        job = await queue_job(db, bot.settings, request, pet, guild_id, str(interaction.user.id),
+                              also=shown_in(guild_id, str(interaction.channel_id), str(interaction.user.id)))
     except PromptRefused as error:
         note(interaction, verdict=error.verdict.audit_text)
         raise UserError(str(error)) from None
     except (GenerationError, QueueLimitReached) as error:
         raise UserError(str(error)) from None
     note(interaction, job_id=job.id, verdict=ALLOWED.audit_text)
-    await add_discord_job(db, job.id, guild_id, str(interaction.channel_id), str(interaction.user.id))
     position = await queue_position(db, job.id)
     wait = await estimate_wait_s(db, job.id)
     who = f" with **{pet.name}**" if pet else ""

@@ -33,7 +33,7 @@ from engine.usecases.scoring.chart import score_chart
 from engine.usecases.scoring.choice import choose_checkpoint, run_standing, vote_emoji
 from engine.usecases.scoring.suggest import RULE
 from engine.usecases.training.params import DEFAULT_STEPS, TrainingInputError, TrainingParams
-from storage.discord_posts import add_discord_job
+from storage.discord_posts import add_discord_job, shown_in
 from storage.guild_settings import get_guild_settings
 from storage.jobs import Job, QueueLimitReached, estimate_wait_s, queue_position
 from storage.moderation import is_denied
@@ -107,11 +107,11 @@ class Train(commands.Cog):
             raise UserError(f"This server allows at most {limit} steps per training (`/settings change max_steps:` sets it).")
         params = training_params(self.bot, steps, prior_preservation)
         try:
-            job = await queue_training(db, self.bot.store, self.bot.settings, found, params, user_id)
+            job = await queue_training(db, self.bot.store, self.bot.settings, found, params, user_id,
+                                       also=shown_in(guild_id, str(interaction.channel_id), user_id))
         except (TrainingInputError, QueueLimitReached) as error:
             raise UserError(str(error)) from None
         note(interaction, job_id=job.id)
-        await add_discord_job(db, job.id, guild_id, str(interaction.channel_id), user_id)
         position = await queue_position(db, job.id)
         wait = await estimate_wait_s(db, job.id)
         await interaction.response.send_message(

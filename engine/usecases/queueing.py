@@ -33,11 +33,13 @@ async def queue_training(
     user_id: str,
     *,
     resume_run_id: int | None = None,
+    also: jobs.WithJob | None = None,
 ) -> jobs.Job:
-    """Create the pet's run (or continue `resume_run_id`) and queue it.
+    """Create the pet's run (or continue `resume_run_id`) and queue it, with `also` (storage.jobs.submit_job).
 
     Raises TrainingInputError (the pet, its photos or the parameters) or QueueLimitReached;
-    a run refused by the queue is cancelled, never left waiting.
+    a run that could not be queued (refused by the queue, or any error) is cancelled, never left
+    waiting: a waiting run with no job would keep the pet "already training" for good.
     """
     if resume_run_id is None:
         if any(run.status in ("queued", "running") for run in await runs.list_runs(db, pet.id)):
@@ -46,8 +48,10 @@ async def queue_training(
     else:
         run_id = resume_run_id
     try:
-        return await TRAIN.submit(db, settings, pet.guild_id, user_id, TrainPayload(pet.id, run_id), run_id=run_id)
-    except jobs.QueueLimitReached as error:
+        return await TRAIN.submit(
+            db, settings, pet.guild_id, user_id, TrainPayload(pet.id, run_id), run_id=run_id, also=also
+        )
+    except Exception as error:
         run = await runs.get_run(db, run_id)
         if run is not None and run.status == "queued":
             await runs.finish_run(db, run_id, "cancelled", run.step, f"not queued: {error}")
@@ -61,10 +65,12 @@ async def queue_generation(
     pet: Pet | None,
     guild_id: str,
     user_id: str,
+    *,
+    also: jobs.WithJob | None = None,
 ) -> jobs.Job:
     """Check the request (its prompt, and that its pet has a finished training; its values were
     checked when it was made) and queue it, with the checkpoint it paints with: the one asked
-    for, else the pet's current one.
+    for, else the pet's current one, and with `also` (storage.jobs.submit_job).
 
     Raises GenerationError (PromptRefused for a screened prompt) or QueueLimitReached.
     """
@@ -72,7 +78,7 @@ async def queue_generation(
     if pet is not None:
         checkpoint = await checkpoint_to_paint(db, pet, request.checkpoint_id)
         request = replace(request, pet_id=pet.id, checkpoint_id=checkpoint.id)
-    return await GENERATE.submit(db, settings, guild_id, user_id, GeneratePayload(request))
+    return await GENERATE.submit(db, settings, guild_id, user_id, GeneratePayload(request), also=also)
 
 
 async def check_prompt(db: Queries, request: GenerationRequest, guild_id: str) -> None:

@@ -58,10 +58,20 @@ class JobKind(QueueKind, Generic[P, R]):
     summary: Callable[[P, int | None], str]  # (payload, run_id) -> one line for a listing
 
     async def submit(
-        self, db: Queries, settings: Settings, guild_id: str, user_id: str, payload: P, run_id: int | None = None
+        self,
+        db: Queries,
+        settings: Settings,
+        guild_id: str,
+        user_id: str,
+        payload: P,
+        run_id: int | None = None,
+        also: jobs.WithJob | None = None,
     ) -> Job:
-        """Queue a job of this kind (storage.jobs.submit_job: its cap, its 'queued' event)."""
-        return await jobs.submit_job(db, settings, self.name, guild_id, user_id, to_json(payload), run_id=run_id)
+        """Queue a job of this kind (storage.jobs.submit_job: its cap, its 'queued' event, and
+        `also`, written in the same transaction)."""
+        return await jobs.submit_job(
+            db, settings, self.name, guild_id, user_id, to_json(payload), run_id=run_id, also=also
+        )
 
     def payload_of(self, job: Job) -> P:
         return from_json(self.payload, job.payload, f"job #{job.id}'s {self.noun} request")
