@@ -214,7 +214,7 @@ class Imagine(commands.Cog):
             lines.append(withheld_notice(shown.withheld))
         message = await self.bot.job_messages.status(
             target, "\n".join(lines), files=shown.files, force=True,
-            view=generation_view(generation.id, shown.shown), ping=target.requested_by,
+            view=generation_view(generation.id, [n for n in shown.shown if not flagged[n - 1]]), ping=target.requested_by,
         )
         if message is not None:
             await set_generation_message(db, generation.id, str(message.id))
@@ -327,6 +327,9 @@ class VariationButton(MemberCheck, discord.ui.DynamicItem[discord.ui.Button],
         request, pet = await _request_again(bot, interaction, generation, "make variations of them")
         request = asked_for(interaction, request, source_generation_id=generation.id, source_image=self.image,
                             variation_strength=DEFAULT_VARIATION_STRENGTH)
+        if self.image <= len(generation.files) and generation.is_flagged(self.image - 1):
+            raise UserError(f"The safety check flagged image {self.image}, so it gets no variations: "
+                            "make variations of another image, or 🔁 reroll.")
         note(interaction, generation_id=generation.id)
         await queue_generation(bot, interaction, request, pet)
 
