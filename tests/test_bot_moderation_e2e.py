@@ -296,3 +296,23 @@ async def test_a_button_that_fails_unexpectedly_answers_and_leaves_a_line(world:
     assert (line["command"], line["verdict"]) == ("imagine share", "failed")
     assert "a cat on a boat" == line["prompt"]
     await answer(world, await fake.slash(world.cats, world.mod, "settings change", gallery=world.gallery))
+
+
+async def test_a_share_is_screened_for_the_gallery_it_goes_to(world: World) -> None:
+    """Before, 📌 posted pictures whose prompt is allowed only in age-restricted channels to an
+    ordinary gallery, prompt and all, and pictures whose prompt uses words the moderators blocked
+    after they were painted."""
+    fake = world.fake
+    explicit = await painted(world, await imagine(world, world.alice, "a N.U.D.E cat in the dark", world.after_dark))
+    refused = await answer(world, await fake.click(world.bob, explicit, explicit.button("Share")))
+    assert refused.ephemeral and "allowed only in age-restricted channels" in refused.text(), refused.text()
+    lamp = await painted(world, await imagine(world, world.alice, "a cat with a lava lamp"))
+    await answer(world, await fake.slash(world.cats, world.mod, "settings block-words add", word="lava lamp"))
+    refused = await answer(world, await fake.click(world.alice, lamp, lamp.button("Share")))
+    assert refused.ephemeral and "blocked" in refused.text(), refused.text()
+    assert not [m for m in fake.channel_messages(world.gallery) if "N.U.D.E" in m.content or "lava lamp" in m.content]
+
+    await answer(world, await fake.slash(world.cats, world.mod, "settings change", gallery=world.after_dark))
+    shared = await answer(world, await fake.click(world.bob, explicit, explicit.button("Share")))
+    assert "Shared to" in shared.text(), shared.text()
+    assert [m for m in fake.channel_messages(world.after_dark) if m.content.startswith("📌 **a N.U.D.E cat in the dark**")]

@@ -45,6 +45,7 @@ from engine.usecases.jobs.contract import ContractError
 from engine.usecases.jobs.generate import GENERATE, Preview
 from engine.usecases.moderation.prompts import ALLOWED, PromptRefused
 from engine.usecases.pet_prompts import mentions_pet
+from engine.usecases.queueing import check_prompt_for
 from engine.usecases.queueing import queue_generation as queue_job
 from storage.audit import audit_lines_of_job
 from storage.db import Queries
@@ -345,6 +346,12 @@ async def _share(bot: PawtraitBot, interaction: discord.Interaction, generation:
     passed = [key for index, key in enumerate(generation.files) if not generation.is_flagged(index)]
     if not passed:
         raise UserError("The safety check flagged these images, so they can't be shared to the gallery.")
+    gallery = await bot.job_messages.channel(settings.gallery_channel_id)
+    try:  # the prompt was screened for the channel it was asked in, with the server's words then
+        await check_prompt_for(bot.db, generation.prompt, generation.guild_id, age_restricted=age_restricted(gallery))
+    except PromptRefused as error:
+        raise UserError(f"These images can't go to <#{settings.gallery_channel_id}>: their prompt "
+                        + _NOT_FOR_GALLERY.get(error.verdict.reason or "", "is refused there now") + ".") from None
     await interaction.response.defer(ephemeral=True, thinking=True)
     source = f" · [original]({interaction.message.jump_url})" if interaction.message else ""
     copy = await bot.job_messages.send(  # pings nobody; the pictures made to fit the server's upload limit
@@ -355,6 +362,12 @@ async def _share(bot: PawtraitBot, interaction: discord.Interaction, generation:
     )
     await set_gallery_message(bot.db, generation.id, str(copy.channel.id), str(copy.id))
     await interaction.edit_original_response(content=f"Shared to <#{settings.gallery_channel_id}>.")
+
+
+_NOT_FOR_GALLERY = {
+    "explicit": "is allowed only in age-restricted channels, and the gallery is not one",
+    "server words": "uses words this server's moderators have blocked",
+}
 
 
 def _is_moderator(interaction: discord.Interaction) -> bool:
