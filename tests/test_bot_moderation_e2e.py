@@ -316,3 +316,21 @@ async def test_a_share_is_screened_for_the_gallery_it_goes_to(world: World) -> N
     shared = await answer(world, await fake.click(world.bob, explicit, explicit.button("Share")))
     assert "Shared to" in shared.text(), shared.text()
     assert [m for m in fake.channel_messages(world.after_dark) if m.content.startswith("📌 **a N.U.D.E cat in the dark**")]
+
+
+async def test_a_member_denied_while_the_teach_form_is_open_cannot_send_it(world: World) -> None:
+    """Before, the "Teach Pawtrait" form skipped the deny check: a member who opened it, then was
+    denied, could still send it, and the bot kept their photos as a new pet."""
+    fake = world.fake
+    post = await fake.post(world.bob, world.general, "my cat", [(f"rex-{i}.jpg", jpeg(i)) for i in range(60, 63)])
+    menu = await fake.context_menu(world.cats, world.bob, "Teach Pawtrait", post)
+    await fake.wait_until(lambda: menu.modal is not None, 10, "the form")
+    await answer(world, await fake.slash(world.cats, world.mod, "settings deny", member=world.bob))
+    since = await last_line_id(world)
+    submit = await fake.submit_modal(menu, world.bob, {"name": "Rex", "what": "cat"})
+    reply = await answer(world, submit)
+    assert reply.ephemeral and "stopped you from using Pawtrait here" in reply.text(), reply.text()
+    assert not await query(world.db, "SELECT id FROM pets WHERE name = 'Rex'")
+    [line] = await lines_since(world, since, 1)
+    assert (line["command"], line["verdict"]) == ("teach form", "denied")
+    await answer(world, await fake.slash(world.cats, world.mod, "settings allow", member=world.bob))
