@@ -37,6 +37,7 @@ class World:
     mallory: Member
     dave: Member
     general: Channel
+    data_dir: Path
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -45,7 +46,7 @@ async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
     guild = fake.add_guild("Open Server", owner="owner")
     bot = bot_process(settings, fake, folder)
     world = World(fake, bot, guild, fake.add_member(guild, "bob"), fake.add_member(guild, "mallory"),
-                  fake.add_member(guild, "dave"), fake.channel(guild, "general"))
+                  fake.add_member(guild, "dave"), fake.channel(guild, "general"), settings.data_dir)
     async with running(bot, fake):
         yield world
 
@@ -221,3 +222,28 @@ async def test_pictures_that_cannot_fit_are_left_out_with_a_line_saying_so(world
     left_out = re.search(r"⚠️ (\d) pictures? did not fit this server's upload limit, even made smaller; (it is|they are) kept",
                          painted.content)
     assert left_out and len(painted.files) + int(left_out[1]) == 4, painted.content
+
+
+async def test_a_training_that_fails_on_the_server_shows_no_path_or_error_text(world: World) -> None:
+    """A training that fails for a reason on the server's side (here the folder of its class
+    images cannot be made: a file is in its place, as a full disk or a broken mount would fail it)
+    says so in plain words; before, the thread and the owner's ping quoted the exception,
+    with the data folder's path ("[Errno 17] File exists: '/srv/…/class-images/zebra'")."""
+    fake = world.fake
+    erin = fake.add_member(world.guild, "erin")
+    photos = {f"photo{i + 1}": (f"p{seed}.jpg", jpeg(seed)) for i, seed in enumerate(range(400, 403))}
+    taught = await answer(world, await fake.slash(world.guild, erin, "teach", name="Stripes", **{"class": "zebra"}, **photos))
+    assert "3 photos added" in taught.text(), taught.text()
+    (world.data_dir / "class-images").mkdir(parents=True, exist_ok=True)
+    (world.data_dir / "class-images" / "zebra").write_bytes(b"not a folder")
+    queued = await answer(world, await fake.slash(world.guild, erin, "train", pet="Stripes", steps=2,
+                                                  prior_preservation=True))
+    assert "job #" in queued.text(), queued.text()
+    [told] = await fake.wait_until(
+        lambda: [m for m in fake.messages.values() if m.content.startswith(f"<@{erin.id}> the training failed")],
+        300, "the training to fail\n" + world.bot.log_tail(),
+    )
+    assert "a problem on the server" in told.content, told.content
+    for sent in fake.sent:
+        assert str(world.data_dir) not in sent.content and "Errno" not in sent.content, sent.content
+    assert_discord_accepted_everything(fake)

@@ -296,3 +296,41 @@ async def test_a_button_that_fails_unexpectedly_answers_and_leaves_a_line(world:
     assert (line["command"], line["verdict"]) == ("imagine share", "failed")
     assert "a cat on a boat" == line["prompt"]
     await answer(world, await fake.slash(world.cats, world.mod, "settings change", gallery=world.gallery))
+
+
+async def test_a_share_is_screened_for_the_gallery_it_goes_to(world: World) -> None:
+    """Before, 📌 posted pictures whose prompt is allowed only in age-restricted channels to an
+    ordinary gallery, prompt and all, and pictures whose prompt uses words the moderators blocked
+    after they were painted."""
+    fake = world.fake
+    explicit = await painted(world, await imagine(world, world.alice, "a N.U.D.E cat in the dark", world.after_dark))
+    refused = await answer(world, await fake.click(world.bob, explicit, explicit.button("Share")))
+    assert refused.ephemeral and "allowed only in age-restricted channels" in refused.text(), refused.text()
+    lamp = await painted(world, await imagine(world, world.alice, "a cat with a lava lamp"))
+    await answer(world, await fake.slash(world.cats, world.mod, "settings block-words add", word="lava lamp"))
+    refused = await answer(world, await fake.click(world.alice, lamp, lamp.button("Share")))
+    assert refused.ephemeral and "blocked" in refused.text(), refused.text()
+    assert not [m for m in fake.channel_messages(world.gallery) if "N.U.D.E" in m.content or "lava lamp" in m.content]
+
+    await answer(world, await fake.slash(world.cats, world.mod, "settings change", gallery=world.after_dark))
+    shared = await answer(world, await fake.click(world.bob, explicit, explicit.button("Share")))
+    assert "Shared to" in shared.text(), shared.text()
+    assert [m for m in fake.channel_messages(world.after_dark) if m.content.startswith("📌 **a N.U.D.E cat in the dark**")]
+
+
+async def test_a_member_denied_while_the_teach_form_is_open_cannot_send_it(world: World) -> None:
+    """Before, the "Teach Pawtrait" form skipped the deny check: a member who opened it, then was
+    denied, could still send it, and the bot kept their photos as a new pet."""
+    fake = world.fake
+    post = await fake.post(world.bob, world.general, "my cat", [(f"rex-{i}.jpg", jpeg(i)) for i in range(60, 63)])
+    menu = await fake.context_menu(world.cats, world.bob, "Teach Pawtrait", post)
+    await fake.wait_until(lambda: menu.modal is not None, 10, "the form")
+    await answer(world, await fake.slash(world.cats, world.mod, "settings deny", member=world.bob))
+    since = await last_line_id(world)
+    submit = await fake.submit_modal(menu, world.bob, {"name": "Rex", "what": "cat"})
+    reply = await answer(world, submit)
+    assert reply.ephemeral and "stopped you from using Pawtrait here" in reply.text(), reply.text()
+    assert not await query(world.db, "SELECT id FROM pets WHERE name = 'Rex'")
+    [line] = await lines_since(world, since, 1)
+    assert (line["command"], line["verdict"]) == ("teach form", "denied")
+    await answer(world, await fake.slash(world.cats, world.mod, "settings allow", member=world.bob))

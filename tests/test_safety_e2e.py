@@ -136,6 +136,29 @@ async def test_standard_shows_it_as_a_spoiler_in_an_age_restricted_channel_and_i
     assert len(world.fake.channel_messages(world.gallery)) == 1
 
 
+async def test_a_flagged_picture_shown_as_a_spoiler_gets_no_variation_button_and_no_forged_one(world: World) -> None:
+    """Before, an age-restricted channel under `standard` showed V1 under the flagged (spoilered)
+    picture, and pressing it (on messages posted before this fix, or forged onto a message, as
+    test_bot_moderation_e2e forges buttons) queued a variation painted from the flagged picture."""
+    fake = world.fake
+    art, _ = await paint(world, world.after_dark, seed=7, count=2)
+    generation = art.button("Reroll").rsplit(":", 1)[1]
+    assert "SPOILER_1-seed-7.png" in art.files and variation_buttons(art) == [f"pawtrait:vary:{generation}:2"]
+    db = await open_database(world.settings.database_url)
+    try:
+        before = len(await query(db, "SELECT id FROM jobs"))
+        for message in (art, (await paint(world, world.general, seed=7))[0]):
+            forged = f"pawtrait:vary:{message.button('Reroll').rsplit(':', 1)[1]}:1"
+            button = {"type": 2, "style": 2, "label": "V1", "custom_id": forged}
+            carrier = await fake.post(world.alice, world.after_dark, "V1",
+                                      components=[{"type": 1, "components": [button]}])
+            refused = await fake.reply(await fake.click(world.alice, carrier, forged), timeout=30)
+            assert refused.ephemeral and "flagged image 1" in refused.text(), refused.text()
+        assert len(await query(db, "SELECT id FROM jobs")) == before + 1  # the second painting only
+    finally:
+        await db.close()
+
+
 async def test_a_reroll_of_a_flagged_picture_is_screened_on_its_own(world: World) -> None:
     art, _ = await paint(world, world.general, seed=7)
     assert not art.files and "🚫 Image 1 was withheld." in art.text() and not variation_buttons(art)

@@ -45,6 +45,7 @@ from engine.usecases.jobs.contract import ContractError
 from engine.usecases.jobs.generate import GENERATE, Preview
 from engine.usecases.moderation.prompts import ALLOWED, PromptRefused
 from engine.usecases.pet_prompts import mentions_pet
+from engine.usecases.queueing import check_prompt_for
 from engine.usecases.queueing import queue_generation as queue_job
 from storage.audit import audit_lines_of_job
 from storage.db import Queries
@@ -214,7 +215,7 @@ class Imagine(commands.Cog):
             lines.append(withheld_notice(shown.withheld))
         message = await self.bot.job_messages.status(
             target, "\n".join(lines), files=shown.files, force=True,
-            view=generation_view(generation.id, shown.shown), ping=target.requested_by,
+            view=generation_view(generation.id, [n for n in shown.shown if not flagged[n - 1]]), ping=target.requested_by,
         )
         if message is not None:
             await set_generation_message(db, generation.id, str(message.id))
@@ -327,6 +328,9 @@ class VariationButton(MemberCheck, discord.ui.DynamicItem[discord.ui.Button],
         request, pet = await _request_again(bot, interaction, generation, "make variations of them")
         request = asked_for(interaction, request, source_generation_id=generation.id, source_image=self.image,
                             variation_strength=DEFAULT_VARIATION_STRENGTH)
+        if self.image <= len(generation.files) and generation.is_flagged(self.image - 1):
+            raise UserError(f"The safety check flagged image {self.image}, so it gets no variations: "
+                            "make variations of another image, or 🔁 reroll.")
         note(interaction, generation_id=generation.id)
         await queue_generation(bot, interaction, request, pet)
 
@@ -342,6 +346,12 @@ async def _share(bot: PawtraitBot, interaction: discord.Interaction, generation:
     passed = [key for index, key in enumerate(generation.files) if not generation.is_flagged(index)]
     if not passed:
         raise UserError("The safety check flagged these images, so they can't be shared to the gallery.")
+    gallery = await bot.job_messages.channel(settings.gallery_channel_id)
+    try:  # the prompt was screened for the channel it was asked in, with the server's words then
+        await check_prompt_for(bot.db, generation.prompt, generation.guild_id, age_restricted=age_restricted(gallery))
+    except PromptRefused as error:
+        raise UserError(f"These images can't go to <#{settings.gallery_channel_id}>: their prompt "
+                        + _NOT_FOR_GALLERY.get(error.verdict.reason or "", "is refused there now") + ".") from None
     await interaction.response.defer(ephemeral=True, thinking=True)
     source = f" · [original]({interaction.message.jump_url})" if interaction.message else ""
     copy = await bot.job_messages.send(  # pings nobody; the pictures made to fit the server's upload limit
@@ -352,6 +362,12 @@ async def _share(bot: PawtraitBot, interaction: discord.Interaction, generation:
     )
     await set_gallery_message(bot.db, generation.id, str(copy.channel.id), str(copy.id))
     await interaction.edit_original_response(content=f"Shared to <#{settings.gallery_channel_id}>.")
+
+
+_NOT_FOR_GALLERY = {
+    "explicit": "is allowed only in age-restricted channels, and the gallery is not one",
+    "server words": "uses words this server's moderators have blocked",
+}
 
 
 def _is_moderator(interaction: discord.Interaction) -> bool:

@@ -19,7 +19,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.audit_log import begin, note, record
-from bot.checks import UserError, guild_key
+from bot.checks import UserError, guild_key, member_allowed
 from bot.cooldown import MemberCooldown
 from bot.formatting import clip, listing
 from bot.job_messages import fitted
@@ -97,8 +97,12 @@ class TeachModal(discord.ui.Modal, title="Teach Pawtrait these photos"):
         self.pet_name.default = name or None
         self.class_noun.default = noun or None
 
-    async def on_submit(self, interaction: discord.Interaction) -> None:
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        """The commands' deny check again: the member may have been denied while the form was open."""
         begin(interaction, "teach form")
+        return await member_allowed(interaction)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
         await self.cog.teach_from(interaction, str(self.pet_name), str(self.class_noun), list(self.message.attachments))
         await record(self.cog.bot, interaction, "done")
 

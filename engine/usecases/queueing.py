@@ -87,7 +87,12 @@ async def check_prompt(db: Queries, request: GenerationRequest, guild_id: str) -
     The negative prompt is not screened: it lists what to keep out of a picture, and
     "nsfw, nude" there is the usual way to keep a picture clean.
     """
-    verdict = screen_prompt(request.prompt, age_restricted=request.age_restricted,
-                            server_words=await list_block_words(db, guild_id))
+    await check_prompt_for(db, request.prompt, guild_id, age_restricted=request.age_restricted)
+
+
+async def check_prompt_for(db: Queries, prompt: str, guild_id: str, *, age_restricted: bool) -> None:
+    """Screen `prompt` for a channel that is age-restricted or not, with the server's words as they
+    are now (pictures posted again elsewhere, such as a gallery share); raises PromptRefused."""
+    verdict = screen_prompt(prompt, age_restricted=age_restricted, server_words=await list_block_words(db, guild_id))
     if not verdict.allowed:
         raise PromptRefused(verdict)

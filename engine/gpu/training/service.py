@@ -141,7 +141,7 @@ async def execute_run(
     except Exception as failure:  # any failure must end as a recorded, explained run
         log.exception("training run %d failed", run_id)
         status = "failed"
-        error = f"training failed after {session.step} of {params.steps} steps: {failure}"
+        error = f"training failed after {session.step} of {params.steps} steps: {_member_reason(failure)}"
     await runs.finish_run(db, run_id, status, session.step, error)
     # Votes so far, else the suggestion: chosen and recorded once, here; the bot announces the record.
     kept = await choose_checkpoint(db, run_id, pet) if status == "succeeded" else None
@@ -153,6 +153,15 @@ async def _settle(task: asyncio.Future) -> None:
         await task
     except BaseException:  # noqa: BLE001 - the shutdown path only needs the thread to have stopped
         pass
+
+
+def _member_reason(failure: Exception) -> str:
+    """What the owner may read of a failed run: an input error (ValueError, written for members),
+    else only that the server had a problem. Other exceptions quote paths, SQL or hosts: they go
+    to the worker's log (as engine.gpu.worker.failures does for a job's own failure)."""
+    if isinstance(failure, ValueError) and str(failure):
+        return str(failure)
+    return "a problem on the server; try again later, or ask an admin to check the log"
 
 
 async def _class_images(
