@@ -12,7 +12,7 @@ import discord
 from discord import app_commands
 
 from bot import audit_log
-from bot.formatting import clip
+from bot.formatting import echo
 from bot.safety import age_restricted
 from storage.db import Queries
 from storage.guild_settings import get_guild_settings
@@ -95,7 +95,7 @@ async def pet_named(db: Queries, interaction: discord.Interaction, name: str) ->
     """The server's pet of that name; pets of other servers do not exist here."""
     pet = await find_pet(db, guild_key(interaction), name)
     if pet is None:
-        raise UserError(f"There is no pet called **{clip(name, 100)}** in this server. `/pets` lists them; `/teach` adds one.")
+        raise UserError(f"There is no pet called **{echo(name, 100)}** in this server. `/pets` lists them; `/teach` adds one.")
     return pet
 
 

@@ -3,7 +3,8 @@ with "…and N more", progress bars, durations, queue positions, scores, audit l
 
 Discord refuses a message over 2,000 characters outright (the member sees nothing), and
 members can type thousands of characters into prompts, negatives and file names; every
-echo of member text goes through `clip`, every listing through `listing`.
+echo of member text goes through `clip` (inside `echo` or `code`, which also keep its markdown
+from rendering), every listing through `listing`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,18 @@ PROMPT_SHOWN = 120  # characters of a prompt or detail an audit line shows
 def clip(text: str, limit: int = ECHO_LIMIT) -> str:
     """`text` cut to at most `limit` characters, ending with an ellipsis when it was cut."""
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def echo(text: str, limit: int = ECHO_LIMIT) -> str:
+    """Member text (a prompt, a name) quoted in the bot's words: cut to fit, its markdown escaped, so
+    it cannot make the bot post a masked link ("[free nitro](https://…)"), a heading or a spoiler."""
+    return discord.utils.escape_markdown(clip(text, limit))
+
+
+def code(text: str, limit: int = ECHO_LIMIT) -> str:
+    """Member text (a file name, a prompt) as inline code, cut to fit. Its own backticks become ˋ:
+    one of them would end the code early and let the rest render as markdown."""
+    return f"`{clip(text.replace('`', 'ˋ'), limit)}`"
 
 
 def listing(

@@ -135,6 +135,40 @@ async def test_three_thousand_characters_in_the_prompt_and_negative_are_cut_to_f
     assert_discord_accepted_everything(fake)
 
 
+LINK = "[free nitro](https://evil.example)"
+UNESCAPED_LINK = re.compile(r"(?<!\\)\[[^\]\n]*\]\(")
+
+
+def renders_a_link(text: str) -> bool:
+    """Whether Discord would show a masked link in `text` (a code span shows its text as it is)."""
+    return bool(UNESCAPED_LINK.search(re.sub(r"`[^`\n]*`", "", text)))
+
+
+async def test_links_and_backticks_in_member_text_are_shown_as_text(world: World) -> None:
+    """A masked link in a prompt, a file name or a pet's name would be posted in the bot's own
+    words ("🎨 **[free nitro](https://…)**"), and a backtick would end the code it is quoted in:
+    each is shown as the text it is, or refused."""
+    fake, dave = world.fake, world.dave
+    first = len(fake.sent)
+    record = await fake.slash(world.guild, dave, "imagine", prompt=f"a cat {LINK} `{LINK}` on a sofa", steps=1)
+    queued = await answer(world, record)
+    await fake.wait_until(lambda: fake.messages[queued.id].files, 180, "the finished images\n" + world.bot.log_tail())
+    tiny = encode(varied_photo(91, (16, 16)), "PNG")
+    listed = await answer(world, await fake.slash(world.guild, dave, "teach", name="Rex", **{"class": "cat"},
+                                                    photo1=(f"a`{LINK}`.png", tiny)))
+    assert "Nothing was added" in listed.text()  # the file is listed, by its name
+    short = "[free nitro](https://e.example)"  # within the 32 characters of a name
+    named = await answer(world, await fake.slash(world.guild, dave, "teach", name=short, **{"class": "cat"},
+                                                   photo1=("cat.jpg", jpeg(92))))
+    assert named.text() == "A pet's name can't contain [ ] or ` (Discord would show links or code); choose another name."
+    await answer(world, await fake.slash(world.guild, dave, "train", pet=short))  # "There is no pet called …"
+
+    shown = [sent.content for sent in fake.sent[first:] if "free nitro" in sent.content]
+    assert len(shown) >= 4, shown  # queued, painted, the file listed, no such pet
+    assert not [text for text in shown if renders_a_link(text)]
+    assert_discord_accepted_everything(fake)
+
+
 async def test_ten_unusable_files_with_long_names_are_each_listed_or_counted(world: World) -> None:
     fake = world.fake
     tiny = encode(varied_photo(90, (16, 16)), "PNG")  # too small to learn from

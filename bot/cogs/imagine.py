@@ -29,7 +29,7 @@ from discord.ext import commands
 
 from bot.audit_log import note
 from bot.checks import MemberCheck, UserError, guild_key, in_age_restricted_channel, pet_choices, pet_named
-from bot.formatting import MESSAGE_LIMIT, audit_text, clip, progress_bar, queue_line
+from bot.formatting import MESSAGE_LIMIT, audit_text, clip, echo, progress_bar, queue_line
 from bot.job_relay import JobUpdate
 from bot.safety import age_restricted, showing, strict_notice, withheld_notice
 from engine.usecases.generation.request import (
@@ -112,7 +112,7 @@ async def queue_generation(
     seed = f" · seed {request.seed}" if request.seed is not None else ""
     varied = f" · variations of image {request.source_image}" if request.is_variation else ""
     await interaction.response.send_message(
-        f"🎨 **{clip(request.prompt)}**{who}{seed}{varied} · {request.count} image{'s' * (request.count != 1)} · "
+        f"🎨 **{echo(request.prompt)}**{who}{seed}{varied} · {request.count} image{'s' * (request.count != 1)} · "
         f"{queue_line(position, wait)} (job #{job.id})",
     )
     message = await interaction.original_response()
@@ -197,10 +197,10 @@ class Imagine(commands.Cog):
         pet = await get_pet(db, generation.pet_id) if generation.pet_id else None
         seeds = (result.seeds if result else ()) or [generation.seed + i for i in range(len(generation.files))]
         lines = [
-            f"🎨 **{clip(generation.prompt)}** for <@{target.requested_by}>" + (f" · {pet.name}" if pet else ""),
+            f"🎨 **{echo(generation.prompt)}** for <@{target.requested_by}>" + (f" · {pet.name}" if pet else ""),
             f"seed{'s' if len(seeds) > 1 else ''} {', '.join(str(s) for s in seeds)} · {generation.steps} steps · "
             f"guidance {generation.guidance:g} · {generation.width}×{generation.height}"
-            + (f" · negative: {clip(generation.negative_prompt)}" if generation.negative_prompt else ""),
+            + (f" · negative: {echo(generation.negative_prompt)}" if generation.negative_prompt else ""),
         ]
         if generation.source_generation_id is not None:
             lines.append(f"🔀 variation of image {generation.source_image} of generation #{generation.source_generation_id}"
@@ -222,7 +222,7 @@ class Imagine(commands.Cog):
         asked = self.bot.asked.take(job.id)
         if shown.withheld and policy == "strict" and asked is not None:
             try:
-                await asked.followup.send(strict_notice(shown.withheld, f"**{clip(generation.prompt)}**"), ephemeral=True)
+                await asked.followup.send(strict_notice(shown.withheld, f"**{echo(generation.prompt)}**"), ephemeral=True)
             except discord.HTTPException:
                 pass  # the member's command expired meanwhile: the public notice stands
 
@@ -245,7 +245,7 @@ def _prompt(update: JobUpdate) -> str:
         payload = GENERATE.payload_of(update.job)
     except ContractError:
         return "your picture"
-    return clip(payload.request.prompt)
+    return echo(payload.request.prompt)
 
 
 def asked_for(interaction: discord.Interaction, base: GenerationRequest | None, **values: Any) -> GenerationRequest:
@@ -356,7 +356,7 @@ async def _share(bot: PawtraitBot, interaction: discord.Interaction, generation:
     source = f" · [original]({interaction.message.jump_url})" if interaction.message else ""
     copy = await bot.job_messages.send(  # pings nobody; the pictures made to fit the server's upload limit
         settings.gallery_channel_id,
-        f"📌 **{clip(generation.prompt)}** by <@{generation.requested_by}>, shared by <@{interaction.user.id}> "
+        f"📌 **{echo(generation.prompt)}** by <@{generation.requested_by}>, shared by <@{interaction.user.id}> "
         f"· seed {generation.seed}{source}",
         files=list(await bot.local_copies(passed)),
     )

@@ -21,7 +21,7 @@ from discord.ext import commands
 from bot.audit_log import begin, note, record
 from bot.checks import UserError, guild_key, member_allowed
 from bot.cooldown import MemberCooldown
-from bot.formatting import clip, listing
+from bot.formatting import code, listing
 from bot.job_messages import fitted
 from engine.usecases.teach import (
     MIN_GOOD_PHOTOS,
@@ -60,7 +60,7 @@ def report_text(report: TeachReport, pet_name: str, refused: list[str], people_c
     files = []
     for result in report.files:
         reason = f": {result.reason}" if result.reason else ""
-        files.append(f"{_MARKS.get(result.status, '•')} `{clip(result.name, 100)}`{reason}")
+        files.append(f"{_MARKS.get(result.status, '•')} {code(result.name, 100)}{reason}")
     tail = [f"⚠️ {warning}" for warning in report.warnings]
     if report.pet is not None and people_checked:
         tail.append("🔎 When a training starts, the GPU first checks that the photos show your pet, not a person: "
@@ -75,12 +75,12 @@ async def download(attachments: list[discord.Attachment]) -> tuple[list[tuple[st
     files, refused = [], []
     for attachment in attachments:
         if attachment.size > MAX_FILE_BYTES:
-            refused.append(f"❌ `{clip(attachment.filename, 100)}`: larger than 25 MB; send a smaller copy")
+            refused.append(f"❌ {code(attachment.filename, 100)}: larger than 25 MB; send a smaller copy")
             continue
         try:
             files.append((attachment.filename, await attachment.read()))
         except discord.HTTPException:
-            refused.append(f"❌ `{clip(attachment.filename, 100)}`: could not be downloaded from Discord; send it again")
+            refused.append(f"❌ {code(attachment.filename, 100)}: could not be downloaded from Discord; send it again")
     return files, refused
 
 
@@ -177,7 +177,7 @@ class Teach(commands.Cog):
         try:
             name, noun = clean_pet_name(name), clean_class_noun(noun)
         except TeachError as error:
-            raise UserError(f"{str(error)[:1].upper()}{str(error)[1:]}.") from None
+            raise UserError(str(error)) from None  # whole sentences, for members
         note(interaction, pet=name)
         db = self.bot.db
         existing = await find_pet(db, guild_id, name)
@@ -195,7 +195,7 @@ class Teach(commands.Cog):
                     str(interaction.user.id),
                 )
             except (TeachError, PetNameTaken) as error:
-                raise UserError(f"{str(error)[:1].upper()}{str(error)[1:]}.") from None
+                raise UserError(str(error)) from None  # whole sentences, for members
         text = report_text(report, name, refused, self.bot.settings.safety)
         sheet = [discord.File(report.contact_sheet, "contact-sheet.png")] if report.contact_sheet else []
         text, sheet = await fitted(text, sheet, interaction.filesize_limit)

@@ -22,7 +22,7 @@ from discord.ext import commands
 
 from bot.audit_log import note
 from bot.checks import UserError, guild_key, pet_choices, pet_named, require_may_train, require_owner
-from bot.formatting import MESSAGE_LIMIT, clip, duration, progress_bar, queue_line, scores_text
+from bot.formatting import MESSAGE_LIMIT, clip, code, duration, progress_bar, queue_line, scores_text
 from bot.job_relay import JobUpdate
 from bot.safety import age_restricted, showing
 from engine.usecases.export.choice import ExportError, find_checkpoint
@@ -266,7 +266,7 @@ class Train(commands.Cog):
             withheld = "\n🚫 This picture was withheld." if shown.withheld else ""
             message = await self.bot.job_messages.send(
                 target.post_channel_id,
-                f"🖼️ **{label}** · `{clip(image.prompt)}` · seed {'?' if image.seed is None else image.seed}{vote}{withheld}",
+                f"🖼️ **{label}** · {code(image.prompt)} · seed {'?' if image.seed is None else image.seed}{vote}{withheld}",
                 files=list(shown.files),
             )
             if message is None:

@@ -57,10 +57,17 @@ class TeachReport:
     contact_sheet: Path | None  # a local copy of the sheet (the file store keeps the original)
 
 
+# A pet's name is shown in the bot's own messages (bold, in lists, in code): with brackets it
+# could be a masked link ("[free nitro](https://…)"), with a backtick it could end a code span.
+NAME_FORBIDDEN = "[]`"
+
+
 def clean_pet_name(name: str) -> str:
     cleaned = " ".join(name.split())
     if not 1 <= len(cleaned) <= MAX_NAME_LENGTH or not cleaned.isprintable():
         raise TeachError(f"A pet's name needs 1 to {MAX_NAME_LENGTH} printable characters.")
+    if any(character in NAME_FORBIDDEN for character in cleaned):
+        raise TeachError("A pet's name can't contain [ ] or ` (Discord would show links or code); choose another name.")
     return cleaned
 
 

@@ -34,7 +34,8 @@ class Preview(Event):
 
 
 def _summary(payload: GeneratePayload, _run_id: int | None) -> str:
-    return f"`{payload.request.prompt[:60]}`"
+    # As code in /queue and /cancel's answers; a backtick of the prompt's own would end it early.
+    return f"`{payload.request.prompt[:60].replace('`', 'ˋ')}`"
 
 
 GENERATE: JobKind[GeneratePayload, GenerateResult] = JobKind(
