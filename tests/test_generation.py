@@ -449,8 +449,9 @@ async def test_a_damaged_lora_file_is_a_plain_error_and_records_nothing(
     (await store.local_path(checkpoint.diffusers_file)).write_bytes(b"not a safetensors file")  # a damaged disk
     request = GenerationRequest(prompt="TOK cat", pet_id=pet.id, steps=1)
     fresh = Generator(generator.base, memory="full", size_scale=SMALL)  # nothing cached for this checkpoint id
-    with pytest.raises(GenerationError, match="could not be loaded.*train the pet again"):
+    with pytest.raises(GenerationError, match="could not be loaded.*train the pet again") as refused:
         await generate_and_record(db, store, data, fresh, request, LOCAL_GUILD, "user-1")
+    assert str(settings.data_dir) not in str(refused.value)  # the member reads it: no server paths
     assert await generation_count(db) == 0
 
     # A LoRA file gone from the store altogether: a plain error too, before any painting.

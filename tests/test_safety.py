@@ -114,6 +114,7 @@ async def test_a_worker_that_cannot_screen_refuses_to_paint_and_to_train(db, sto
     await jobs.submit_job(db, settings, "generate", LOCAL_GUILD, "carol", painting())
     painted = await worker.run(await jobs.claim_next_job(db, "worker-test"))
     assert painted.status == "failed" and "cannot check pictures before they are posted" in painted.error
+    assert str(tmp_path) not in painted.error  # the member reads it: the model's path is in the log only
     _, run_id, _ = await submit_training(db, store, settings, tiny_training(2, 2), "carol", "Mochi")
     trained = await worker.run(await jobs.claim_next_job(db, "worker-test"))
     assert trained.status == "failed" and "PAWTRAIT_SAFETY_MODEL" in trained.error

@@ -302,8 +302,10 @@ class LoraCache:
         try:
             self.pipe.load_lora_weights(str(lora_file.parent), weight_name=lora_file.name, adapter_name=name)
         except (OSError, ValueError, KeyError) as error:
+            # The loader's words quote server paths: the operator's log has them, the member does not.
+            log.warning("could not load the LoRA file %s: %s", lora_file, error)
             raise LoraLoadError(
-                f"the pet's LoRA file {lora_file.name} could not be loaded ({error}); "
+                f"the pet's LoRA file {lora_file.name} could not be loaded; "
                 "train the pet again or pick another checkpoint"
             ) from error
 

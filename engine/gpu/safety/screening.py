@@ -46,10 +46,12 @@ class Screening:
                 try:
                     checker = load_safety_checker(self.source)
                 except SafetyUnavailable as error:
+                    # Why, with the model's path or hub id, is for the operator's log: members read the rest.
+                    log.error("the safety model %s could not be loaded: %s", self.source, error)
                     raise ScreeningUnavailable(
-                        "this worker cannot check pictures before they are posted, so it paints none for now "
-                        f"(the safety model could not be loaded: {error}). The bot's operator can set "
-                        "PAWTRAIT_SAFETY_MODEL to a folder or hub id this host can load."
+                        "this worker cannot check pictures before they are posted, so it paints none for now. "
+                        "The bot's operator can see why in the worker's log and set PAWTRAIT_SAFETY_MODEL to a "
+                        "folder or hub id this host can load."
                     ) from None
                 dtype = torch.float16 if self.device.type == "cuda" else torch.float32
                 self._checker = checker.to(self.device, dtype)
