@@ -125,9 +125,12 @@ async def test_run_trains_and_records_checkpoints_and_validation(
 
 
 async def test_a_round_that_cannot_be_stored_fails_the_run_and_its_checkpoint_stays_for_a_resume(
-    db, store: FileStore, data: DataDir, generator: Generator, monkeypatch: pytest.MonkeyPatch) -> None:
+    db, store: FileStore, data: DataDir, generator: Generator, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Rounds are stored while the training goes on; a round that fails to store (a full disk
-    here) still ends the run as a failure in plain words, and nothing is left half-written."""
+    here) still ends the run as a failure in plain words (the cause in the log, for the operator:
+    the member reads the run's error), and nothing is left half-written."""
     pet = await pet_with_photos(db, store)
     run_id = await create_run(db, store, pet, TrainingParams(steps=4, checkpoint_every=2, validate_every=2, **QUICK))
     real_put = store.put_file
@@ -140,7 +143,8 @@ async def test_a_round_that_cannot_be_stored_fails_the_run_and_its_checkpoint_st
     monkeypatch.setattr(store, "put_file", disk_full_at_step_2)
     outcome = await execute_run(db, store, data, generator, run_id)
 
-    assert outcome.status == "failed" and "No space left on device" in outcome.error
+    assert outcome.status == "failed" and "a problem on the server" in outcome.error
+    assert "No space left on device" in caplog.text and "No space left on device" not in outcome.error
     assert {image.step for image in await runs.list_validation_images(db, run_id)} == {0}
     checkpoints = await runs.list_checkpoints(db, run_id)
     assert checkpoints[0].step == 2 and await store.exists(state_key(checkpoints[0].path))
