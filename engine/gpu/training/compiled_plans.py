@@ -1,8 +1,9 @@
 """Which training plans this machine's compile cache holds: `CompiledPlans`.
 
 Inductor's disk cache keeps compiled code but cannot say which trainings it covers. Compiling a
-plan took 139 s on an H100 with the cache empty (R2) and 21 s with it filled (T9), and a compiled
-500-step run saves about 30 s: worth waiting for only when the cache has the plan. So whoever
+plan took 139 s on an H100 with the cache empty (R2) and 13-21 s with it filled (R2 on an H100,
+T9 on an H200), and a compiled 500-step run saves about 30 s: worth waiting for only when the
+cache has the plan. So whoever
 finishes compiling a plan (a worker in its idle time) writes it into a small JSON file beside the
 compiled code, and `pawtrait train`, which has no idle time, compiles a recorded plan before its
 first step and trains compiled, and trains any other plan uncompiled at once.

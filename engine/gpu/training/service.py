@@ -62,6 +62,7 @@ from engine.gpu.training.loop import (
     run_loop,
     validates_at,
 )
+from engine.gpu.worker.failures import SERVER_PROBLEM, input_error
 from engine.usecases.jobs.train import out_of_memory_advice
 from engine.usecases.scoring.choice import choose_checkpoint
 from engine.usecases.scoring.prompts import without_token
@@ -141,7 +142,8 @@ async def execute_run(
     except Exception as failure:  # any failure must end as a recorded, explained run
         log.exception("training run %d failed", run_id)
         status = "failed"
-        error = f"training failed after {session.step} of {params.steps} steps: {_member_reason(failure)}"
+        # What the owner reads: an input error's words, else no internals (paths, SQL, hosts).
+        error = f"training failed after {session.step} of {params.steps} steps: {input_error(failure) or SERVER_PROBLEM}"
     await runs.finish_run(db, run_id, status, session.step, error)
     # Votes so far, else the suggestion: chosen and recorded once, here; the bot announces the record.
     kept = await choose_checkpoint(db, run_id, pet) if status == "succeeded" else None
@@ -153,15 +155,6 @@ async def _settle(task: asyncio.Future) -> None:
         await task
     except BaseException:  # noqa: BLE001 - the shutdown path only needs the thread to have stopped
         pass
-
-
-def _member_reason(failure: Exception) -> str:
-    """What the owner may read of a failed run: an input error (ValueError, written for members),
-    else only that the server had a problem. Other exceptions quote paths, SQL or hosts: they go
-    to the worker's log (as engine.gpu.worker.failures does for a job's own failure)."""
-    if isinstance(failure, ValueError) and str(failure):
-        return str(failure)
-    return "a problem on the server; try again later, or ask an admin to check the log"
 
 
 async def _class_images(

@@ -29,9 +29,16 @@ def describe_failure(kind: str, error: BaseException) -> str:
     spec = job_kind(kind)
     if is_out_of_memory(error):
         return f"ran out of GPU memory while {spec.doing}; {spec.out_of_memory_advice}"
-    if isinstance(error, ValueError) and str(error):
-        return str(error)  # the engines' input errors are written for members already
-    return f"{spec.doing} failed because of a problem on the server; try again later, or ask an admin to check the log"
+    return input_error(error) or f"{spec.doing} failed because of {SERVER_PROBLEM}"
+
+
+SERVER_PROBLEM = "a problem on the server; try again later, or ask an admin to check the log"
+
+
+def input_error(error: BaseException) -> str | None:
+    """The error's own words where they are written for members (the engines' input errors,
+    ValueError), else None: any other error's text stays in the log."""
+    return str(error) if isinstance(error, ValueError) and str(error) else None
 
 
 def release_memory(base: BaseModel, adapters: tuple[str, ...] = ()) -> None:
