@@ -19,11 +19,11 @@ from engine.usecases.jobs.registry import describe
 from engine.usecases.queueing import queue_training
 from engine.usecases.training.params import TrainingParams
 from storage import jobs
-from storage.connect import file_store
 from storage.db import Database, Queries, open_database
 from storage.dialects import utc_now_minus
 from storage.discord_posts import add_discord_job, get_discord_job
 from storage.fencing import FencedDatabase
+from storage.files import FileStore
 from storage.pets import create_pet, get_pet
 from storage.runs import get_run, insert_run, list_runs
 from storage.schema import job_events, pets
@@ -258,10 +258,11 @@ async def test_what_a_front_end_writes_with_a_job_is_queued_with_it_or_not_at_al
     assert {event.job_id for event in await jobs.events_after(worker, jobs.START)} == {claimed.id}
 
 
-async def test_a_training_that_could_not_be_queued_leaves_its_pet_free_to_train(db, settings: Settings) -> None:
+async def test_a_training_that_could_not_be_queued_leaves_its_pet_free_to_train(
+    db, store: FileStore, settings: Settings
+) -> None:
     """Whatever stops a training's job from being queued (here the bot's row), its run is cancelled
     with the reason: a waiting run without a job would answer "already training" for good."""
-    store = file_store(settings)
     pet = await pet_with_photos(db, store)
 
     async def unwritable(tx: Queries, job_id: int) -> None:
