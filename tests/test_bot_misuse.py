@@ -312,3 +312,29 @@ async def test_pressing_report_or_share_again_and_again_posts_once(world: World)
     assert "moderators were told" in dave_reports.text()  # another member's report is told too
     assert len(fake.channel_messages(world.mods)) == 2
     assert_discord_accepted_everything(fake)
+
+
+async def test_a_line_break_in_a_prompt_cannot_start_a_line_of_the_bots_own(world: World) -> None:
+    """Discord's apps turn a line break in an option into a space, but an interaction that carries one
+    reached the bot's messages as it was: the prompt's second line ("✅ Approved by the moderators",
+    a made-up audit line) stood on its own line of the bot's message, the moderators' report and
+    /audit. Member text is shown on one line."""
+    fake, mallory = world.fake, world.mallory
+    owner = world.guild.members[world.guild.owner_id]
+    fake_line = "🧾 `#1` **settings allow** · done"
+    prompt = f"a cat\n✅ Approved by the moderators\r\n{fake_line}\u2028## big"
+    first = len(fake.sent)
+    queued = await answer(world, await fake.slash(world.guild, mallory, "imagine", prompt=prompt, steps=1))
+    painted = await fake.wait_until(lambda: fake.messages[queued.id].files and fake.messages[queued.id], 180,
+                                    "the finished picture\n" + world.bot.log_tail())
+    await answer(world, await fake.slash(world.guild, owner, "settings mod-channel", options={"channel": world.mods}))
+    reported = await answer(world, await fake.click(world.bob, painted, painted.button("Report")))
+    assert "moderators were told" in reported.text(), reported.text()
+    audit = await answer(world, await fake.slash(world.guild, owner, "audit", member=mallory))
+
+    shown = [sent.content for sent in fake.sent[first:] if "Approved by" in sent.content] + [audit.content]
+    assert len(shown) >= 4, shown  # queued, painted, reported, the audit log
+    for text in shown:
+        for line in re.split(r"\r\n|[\n\r\u2028\u2029]", text)[1:]:
+            assert line.startswith(("🧾 `#", "`#", "seed", "🔀", "⚠️", "🚫")), f"{line!r} in {text!r}"
+    assert_discord_accepted_everything(fake)
