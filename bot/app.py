@@ -23,6 +23,7 @@ from bot.copies_sweep import drop_deleted_copies_forever
 from bot.formatting import MESSAGE_LIMIT, clip
 from bot.job_messages import JobMessages
 from bot.job_relay import JobRelay
+from bot.presses import PressClaims
 from bot.safety import RecentInteractions
 from bot.settings import BotSettings
 from config.settings import Settings
@@ -76,6 +77,7 @@ class PawtraitBot(commands.Bot):
         self.db: Database
         self.job_messages = JobMessages(self)
         self.asked = RecentInteractions()  # who to tell, ephemerally, about pictures a strict server withheld
+        self.presses = PressClaims()  # 📌 and 🚩 act once, however often they are pressed
         self.relay = JobRelay(self, interval_s=relay_interval_s)
         self.tree.on_error = self.on_app_command_error
 

@@ -26,16 +26,24 @@ def clip(text: str, limit: int = ECHO_LIMIT) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
+def one_line(text: str) -> str:
+    """`text` on one line: line breaks (also \r, U+2028, U+2029) and runs of spaces become one space.
+    Member text quoted in a line of the bot's must not start a line of its own, which could pass
+    for one of the bot's ("✅ Approved by the moderators", a made-up audit line in a report)."""
+    return " ".join(text.split())
+
+
 def echo(text: str, limit: int = ECHO_LIMIT) -> str:
-    """Member text (a prompt, a name) quoted in the bot's words: cut to fit, its markdown escaped, so
-    it cannot make the bot post a masked link ("[free nitro](https://…)"), a heading or a spoiler."""
-    return discord.utils.escape_markdown(clip(text, limit))
+    """Member text (a prompt, a name) quoted in the bot's words: on one line, cut to fit, its markdown
+    escaped, so it cannot make the bot post a masked link ("[free nitro](https://…)"), a heading or
+    a spoiler, or a line that looks like the bot's own."""
+    return discord.utils.escape_markdown(clip(one_line(text), limit))
 
 
 def code(text: str, limit: int = ECHO_LIMIT) -> str:
-    """Member text (a file name, a prompt) as inline code, cut to fit. Its own backticks become ˋ:
-    one of them would end the code early and let the rest render as markdown."""
-    return f"`{clip(text.replace('`', 'ˋ'), limit)}`"
+    """Member text (a file name, a prompt) as inline code, on one line, cut to fit. Its own backticks
+    become ˋ: one of them would end the code early and let the rest render as markdown."""
+    return f"`{clip(one_line(text.replace('`', 'ˋ')), limit)}`"
 
 
 def listing(
@@ -91,7 +99,7 @@ def audit_text(line: AuditLine) -> str:
     when = int(datetime.fromisoformat(line.created_at.replace("Z", "+00:00")).timestamp())
     parts = [f"`#{line.id}` <t:{when}:f> <@{line.user_id}> **{line.command}**", line.verdict]
     if line.pet:
-        parts.append(f"pet {discord.utils.escape_markdown(line.pet)}")
+        parts.append(f"pet {echo(line.pet)}")
     if line.checkpoint_id is not None:
         parts.append(f"checkpoint {line.checkpoint_id}")
     if line.seed is not None:
@@ -99,7 +107,7 @@ def audit_text(line: AuditLine) -> str:
     if line.job_id is not None:
         parts.append(f"job #{line.job_id}")
     if line.prompt:
-        parts.append(f"“{discord.utils.escape_markdown(clip(line.prompt, PROMPT_SHOWN))}”")
+        parts.append(f"“{echo(line.prompt, PROMPT_SHOWN)}”")
     if line.detail:
-        parts.append(discord.utils.escape_markdown(clip(line.detail, PROMPT_SHOWN)))
+        parts.append(echo(line.detail, PROMPT_SHOWN))
     return " · ".join(parts)

@@ -98,6 +98,18 @@ async def audit_lines_of_job(db: Queries, guild_id: str, job_id: int) -> list[Au
     return [AuditLine(**row) for row in rows]
 
 
+async def has_audit_line(db: Queries, guild_id: str, user_id: str, command: str, verdict: str, generation_id: int) -> bool:
+    """Whether the member already did `command` on this picture with this outcome (e.g. reported it
+    to the moderators); lines older than PAWTRAIT_AUDIT_DAYS are gone and no longer count."""
+    found = await db.scalar(
+        select(audit_log.c.id).where(
+            audit_log.c.generation_id == generation_id, audit_log.c.guild_id == guild_id,
+            audit_log.c.user_id == user_id, audit_log.c.command == command, audit_log.c.verdict == verdict,
+        ).limit(1)
+    )
+    return found is not None
+
+
 async def delete_old_audit_lines(db: Queries, days: int) -> int:
     """Lines older than `days` on the database's clock; returns how many went."""
     result = await db.execute(delete(audit_log).where(audit_log.c.created_at < utc_now_minus(int(days) * _DAY_S)))

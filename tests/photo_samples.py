@@ -114,6 +114,21 @@ def video() -> bytes:
     return ftyp + struct.pack(">I", 1024) + b"mdat" + bytes(1016)
 
 
+def many_pixels_png(seed: int, mode: str, side: int = 8000) -> bytes:
+    """A PNG of side x side pixels (8000: the 64 megapixels intake accepts) in `mode` ("RGBA", or "P"
+    with a transparent colour) that weighs a few hundred KB at most: flat shapes compress to almost
+    nothing, while a decoder still holds every pixel."""
+    rng = np.random.default_rng(seed)
+    image = Image.new(mode, (side, side), 0)
+    draw = ImageDraw.Draw(image)
+    for _ in range(6):
+        x, y = (int(v) for v in rng.integers(0, side // 2, 2))
+        colour = int(rng.integers(1, 256)) if mode == "P" else tuple(int(v) for v in rng.integers(0, 256, 4))
+        draw.ellipse((x, y, x + side // 3, y + side // 3), fill=colour)
+    options = {"transparency": 0} if mode == "P" else {}
+    return encode(image, "PNG", **options)
+
+
 def decompression_bomb() -> bytes:
     """A tiny PNG whose header claims 100000 x 100000 pixels (10 gigapixels)."""
     data = bytearray(encode(Image.new("RGB", (1, 1)), "PNG"))

@@ -37,6 +37,8 @@ class World:
     mallory: Member
     dave: Member
     general: Channel
+    mods: Channel
+    gallery: Channel
     data_dir: Path
 
 
@@ -44,9 +46,10 @@ class World:
 async def world(request: pytest.FixtureRequest) -> AsyncIterator[World]:
     fake, folder, settings = await fake_and_installation(request)
     guild = fake.add_guild("Open Server", owner="owner")
+    mods, gallery = fake.add_channel(guild, "mods"), fake.add_channel(guild, "gallery")
     bot = bot_process(settings, fake, folder)
     world = World(fake, bot, guild, fake.add_member(guild, "bob"), fake.add_member(guild, "mallory"),
-                  fake.add_member(guild, "dave"), fake.channel(guild, "general"), settings.data_dir)
+                  fake.add_member(guild, "dave"), fake.channel(guild, "general"), mods, gallery, settings.data_dir)
     async with running(bot, fake):
         yield world
 
@@ -280,4 +283,58 @@ async def test_a_training_that_fails_on_the_server_shows_no_path_or_error_text(w
     assert "a problem on the server" in told.content, told.content
     for sent in fake.sent:
         assert str(world.data_dir) not in sent.content and "Errno" not in sent.content, sent.content
+    assert_discord_accepted_everything(fake)
+
+
+async def test_pressing_report_or_share_again_and_again_posts_once(world: World) -> None:
+    """A member who presses 🚩 ten times, or 📌 five times without waiting for an answer, posts
+    one report to the moderators and one gallery copy; the other presses are told it was done.
+    Before, every 🚩 posted the report again (the moderators' channel flooded with one picture),
+    and presses of 📌 that came together each posted a gallery copy."""
+    fake, mallory = world.fake, world.mallory
+    owner = world.guild.members[world.guild.owner_id]
+    await answer(world, await fake.slash(world.guild, owner, "settings mod-channel", options={"channel": world.mods}))
+    await answer(world, await fake.slash(world.guild, owner, "settings change", gallery=world.gallery))
+    queued = await answer(world, await fake.slash(world.guild, world.dave, "imagine", prompt="a kite on a beach", steps=1))
+    painted = await fake.wait_until(lambda: fake.messages[queued.id].files and fake.messages[queued.id], 180,
+                                    "the finished picture\n" + world.bot.log_tail())
+    reports = [await fake.click(mallory, painted, painted.button("Report")) for _ in range(10)]
+    shares = [await fake.click(mallory, painted, painted.button("Share")) for _ in range(5)]
+    told = [(await fake.reply(record)).text() for record in reports + shares]
+    reported_again = await answer(world, await fake.click(mallory, painted, painted.button("Report")))
+
+    assert len(fake.channel_messages(world.mods)) == 1, [m.content for m in fake.channel_messages(world.mods)]
+    assert len(fake.channel_messages(world.gallery)) == 1, [m.content for m in fake.channel_messages(world.gallery)]
+    assert sum("moderators were told" in text for text in told[:10]) == 1, told[:10]
+    assert sum("Shared to" in text for text in told[10:]) == 1, told[10:]
+    assert reported_again.ephemeral and "already reported" in reported_again.text(), reported_again.text()
+    dave_reports = await answer(world, await fake.click(world.dave, painted, painted.button("Report")))
+    assert "moderators were told" in dave_reports.text()  # another member's report is told too
+    assert len(fake.channel_messages(world.mods)) == 2
+    assert_discord_accepted_everything(fake)
+
+
+async def test_a_line_break_in_a_prompt_cannot_start_a_line_of_the_bots_own(world: World) -> None:
+    """Discord's apps turn a line break in an option into a space, but an interaction that carries one
+    reached the bot's messages as it was: the prompt's second line ("✅ Approved by the moderators",
+    a made-up audit line) stood on its own line of the bot's message, the moderators' report and
+    /audit. Member text is shown on one line."""
+    fake, mallory = world.fake, world.mallory
+    owner = world.guild.members[world.guild.owner_id]
+    fake_line = "🧾 `#1` **settings allow** · done"
+    prompt = f"a cat\n✅ Approved by the moderators\r\n{fake_line}\u2028## big"
+    first = len(fake.sent)
+    queued = await answer(world, await fake.slash(world.guild, mallory, "imagine", prompt=prompt, steps=1))
+    painted = await fake.wait_until(lambda: fake.messages[queued.id].files and fake.messages[queued.id], 180,
+                                    "the finished picture\n" + world.bot.log_tail())
+    await answer(world, await fake.slash(world.guild, owner, "settings mod-channel", options={"channel": world.mods}))
+    reported = await answer(world, await fake.click(world.bob, painted, painted.button("Report")))
+    assert "moderators were told" in reported.text(), reported.text()
+    audit = await answer(world, await fake.slash(world.guild, owner, "audit", member=mallory))
+
+    shown = [sent.content for sent in fake.sent[first:] if "Approved by" in sent.content] + [audit.content]
+    assert len(shown) >= 4, shown  # queued, painted, reported, the audit log
+    for text in shown:
+        for line in re.split(r"\r\n|[\n\r\u2028\u2029]", text)[1:]:
+            assert line.startswith(("🧾 `#", "`#", "seed", "🔀", "⚠️", "🚫")), f"{line!r} in {text!r}"
     assert_discord_accepted_everything(fake)

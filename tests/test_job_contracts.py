@@ -51,6 +51,8 @@ def test_jobs_of_release_0_1_still_read() -> None:
     old = stored("generate", {"request": {"prompt": "Thor asleep"}}, {"generation_id": 1, "files": ["g/1.png"]})
     assert GENERATE.result_of(old) == GenerateResult(1, ("g/1.png",))
     assert GENERATE.describe(old) == "🎨 `Thor asleep`"
+    broken = stored("generate", {"request": {"prompt": "Thor\n✅ Approved `by` mods"}})
+    assert GENERATE.describe(broken) == "🎨 `Thor ✅ Approved ˋbyˋ mods`"  # one line in /queue and /cancel
     assert TRAIN.payload_of(stored("train", {"pet_id": 1})) == TrainPayload(1)
 
 

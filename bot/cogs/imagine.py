@@ -47,7 +47,7 @@ from engine.usecases.moderation.prompts import ALLOWED, PromptRefused
 from engine.usecases.pet_prompts import mentions_pet
 from engine.usecases.queueing import check_prompt_for
 from engine.usecases.queueing import queue_generation as queue_job
-from storage.audit import audit_lines_of_job
+from storage.audit import audit_lines_of_job, has_audit_line
 from storage.db import Queries
 from storage.discord_posts import (
     job_for_generation,
@@ -57,7 +57,7 @@ from storage.discord_posts import (
     shown_in,
 )
 from storage.generations import Generation, get_generation
-from storage.guild_settings import get_guild_settings, others_may_imagine
+from storage.guild_settings import GuildSettings, get_guild_settings, others_may_imagine
 from storage.jobs import QueueLimitReached, estimate_wait_s, get_job, queue_position
 from storage.pets import Pet, get_pet, list_pets
 
@@ -65,6 +65,7 @@ if TYPE_CHECKING:
     from bot.app import PawtraitBot
 
 PREVIEW_EDIT_INTERVAL_S = 2.0
+REPORTED = "reported to the moderators"  # the verdict of a report the moderators' channel got
 _ACTIONS = {"reroll": ("🔁", "Reroll"), "share": ("📌", "Share"), "delete": ("🗑️", "Delete"), "report": ("🚩", "Report")}
 
 
@@ -336,11 +337,24 @@ class VariationButton(MemberCheck, discord.ui.DynamicItem[discord.ui.Button],
 
 
 async def _share(bot: PawtraitBot, interaction: discord.Interaction, generation: Generation) -> None:
+    """Post the pictures to the gallery once, however often 📌 is pressed (bot.presses)."""
     settings = await get_guild_settings(bot.db, str(interaction.guild_id))
     if settings.gallery_channel_id is None:
         raise UserError(
             "This server has no gallery channel yet; someone with Manage Server can set one with `/settings change gallery:`."
         )
+    claim = ("share", generation.id)
+    if not bot.presses.take(claim):
+        raise UserError("These images are being shared to the gallery right now; one 📌 is enough.")
+    try:  # read again: a press just before this one may have shared them meanwhile
+        await _share_claimed(bot, interaction, await _generation_here(bot, interaction, generation.id), settings)
+    finally:
+        bot.presses.give_back(claim)
+
+
+async def _share_claimed(
+    bot: PawtraitBot, interaction: discord.Interaction, generation: Generation, settings: GuildSettings
+) -> None:
     if generation.gallery_message_id is not None:
         raise UserError(f"These images are in the gallery already: <#{generation.gallery_channel_id}>.")
     passed = [key for index, key in enumerate(generation.files) if not generation.is_flagged(index)]
@@ -407,6 +421,35 @@ async def _report(bot: PawtraitBot, interaction: discord.Interaction, generation
             "told yet; someone with Manage Server can set one with `/settings mod-channel`.", ephemeral=True,
         )
         return
+    claim = ("report", generation.id, interaction.user.id)  # held for good once the moderators were told
+    if not bot.presses.take(claim):
+        await _already_reported(interaction)
+        return
+    told = False
+    try:
+        if await has_audit_line(bot.db, generation.guild_id, str(interaction.user.id), "imagine report", REPORTED,
+                                generation.id):
+            told = True  # before this bot process started
+            await _already_reported(interaction)
+            return
+        told = await _tell_moderators(bot, interaction, generation, settings.mod_channel_id)
+    finally:
+        if not told:
+            bot.presses.give_back(claim)
+
+
+async def _already_reported(interaction: discord.Interaction) -> None:
+    """A member's second 🚩 on the same pictures: the moderators were told once, and that is enough."""
+    note(interaction, verdict="already reported")
+    await interaction.response.send_message(
+        "🚩 You already reported these images; one report is enough.", ephemeral=True
+    )
+
+
+async def _tell_moderators(
+    bot: PawtraitBot, interaction: discord.Interaction, generation: Generation, mod_channel_id: str
+) -> bool:
+    """Post the report with the pictures' audit lines to the moderators' channel; whether it was posted."""
     await interaction.response.defer(ephemeral=True, thinking=True)
     job_id = await job_for_generation(bot.db, generation.id)
     lines = await audit_lines_of_job(bot.db, generation.guild_id, job_id) if job_id is not None else []
@@ -416,7 +459,7 @@ async def _report(bot: PawtraitBot, interaction: discord.Interaction, generation
         f"(generation #{generation.id}, seed {generation.seed}).\n"
         + ("\n".join(f"🧾 {audit_text(line)}" for line in lines) or "🧾 Its audit line is gone (older than the log keeps).")
     )
-    channel = bot.get_partial_messageable(int(settings.mod_channel_id), guild_id=interaction.guild_id)
+    channel = bot.get_partial_messageable(int(mod_channel_id), guild_id=interaction.guild_id)
     try:
         await channel.send(clip(text, MESSAGE_LIMIT))
     except discord.HTTPException:
@@ -424,9 +467,10 @@ async def _report(bot: PawtraitBot, interaction: discord.Interaction, generation
         await interaction.edit_original_response(
             content="🚩 Your report was recorded, but I could not post in the moderators' channel; please tell a moderator."
         )
-        return
-    note(interaction, verdict="reported to the moderators")
+        return False
+    note(interaction, verdict=REPORTED)
     await interaction.edit_original_response(content="🚩 Thank you: the moderators were told.")
+    return True
 
 
 async def _generation_here(bot: PawtraitBot, interaction: discord.Interaction, generation_id: int) -> Generation:

@@ -9,7 +9,8 @@ way through a training run.
 A JPEG far larger than the crop needs is decoded at 1/2, 1/4 or 1/8 of its size by the JPEG
 decoder itself (`Image.draft`, scaling in the DCT domain): a 63-megapixel photo then costs
 12 MB of pixels instead of 190 MB and decodes several times faster, for a 1024 px crop that
-looks the same. Sizes and crop boxes are still given in full-resolution pixels.
+looks the same. Other formats are decoded whole and shrunk by a whole factor at once, before
+any copy is made (`_reduced`). Sizes and crop boxes are still given in full-resolution pixels.
 """
 
 from __future__ import annotations
@@ -90,10 +91,13 @@ def decode_photo(data: bytes, short_side: int | None = None) -> DecodedPhoto:
             raise PhotoRejected(_too_many_pixels(width, height)) from None
         except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as error:
             raise PhotoRejected(f"the file is damaged or cut short ({error})") from None
+    format = image.format or ""
+    if short_side and scale == 1:
+        image, scale = _reduced(image, short_side)
     turned = upright(image)
     swapped = turned.size != image.size
     return DecodedPhoto(
-        image=to_srgb(turned), format=image.format or "", size=(height, width) if swapped else (width, height), scale=scale
+        image=to_srgb(turned), format=format, size=(height, width) if swapped else (width, height), scale=scale
     )
 
 
@@ -106,6 +110,26 @@ def _draft(image: Image.Image, short_side: int) -> None:
     if ratio >= 2:
         # draft picks the largest factor (8, 4, 2) that keeps at least this size on both axes.
         image.draft(None, (math.ceil(width / ratio), math.ceil(height / ratio)))
+
+
+def _reduced(image: Image.Image, short_side: int) -> tuple[Image.Image, int]:
+    """A PNG, WebP or HEIC far larger than the crop needs, shrunk by a whole factor (box average)
+    right after decoding, keeping at least `short_side` pixels on the short side; and the factor.
+
+    Only JPEG decodes small (`_draft`); the others decode every pixel, and the copies made after
+    (upright, sRGB, white under transparency, the pixel hash) were each as large again: a 250 KB
+    PNG of 64 megapixels with transparency took 1.4 GB, a palette PNG of 8 KB 1 GB. Shrunk first,
+    those copies are a few MB."""
+    factor = min(image.size) // short_side
+    if factor < 2:
+        return image, 1
+    if image.mode == "1":
+        image = image.convert("L")
+    elif image.mode.startswith("I;16"):
+        image = image.convert("I")  # to_srgb scales 32-bit grey to 8 bits as it does 16-bit
+    elif image.mode in ("P", "PA"):  # averaging palette indices would mix unrelated colours
+        image = image.convert("RGBA" if image.mode == "PA" or "transparency" in image.info else "RGB")
+    return image.reduce(factor), factor
 
 
 def _too_many_pixels(width: int | None = None, height: int | None = None) -> str:

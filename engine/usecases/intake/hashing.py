@@ -3,7 +3,7 @@
 Two hashes, because users resend photos in two ways: the very same pixels in another
 container (a PNG saved again as lossless WebP) match the SHA-256 of the pixels exactly;
 a re-compressed or slightly resized copy matches the 64-bit difference hash within a few
-bits. Both are computed from the upright RGB image, never from the file bytes. A large JPEG
+bits. Both are computed from the upright RGB image, never from the file bytes. A large photo
 is hashed as decoded at reduced size (engine.usecases.intake.decode): the same file always decodes to the
 same pixels, so a file sent again is still an exact duplicate, and a copy of it hashed from every
 pixel (a photo taught before reduced decoding, or a PNG of it) is a near-duplicate by its dHash.

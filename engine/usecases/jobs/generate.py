@@ -34,8 +34,9 @@ class Preview(Event):
 
 
 def _summary(payload: GeneratePayload, _run_id: int | None) -> str:
-    # As code in /queue and /cancel's answers; a backtick of the prompt's own would end it early.
-    return f"`{payload.request.prompt[:60].replace('`', 'ˋ')}`"
+    # As code in /queue and /cancel's answers, on one line: a backtick of the prompt's own would
+    # end the code early, and a line break would start a line of the bot's own (bot.formatting.one_line).
+    return f"`{' '.join(payload.request.prompt.replace('`', 'ˋ').split())[:60]}`"
 
 
 GENERATE: JobKind[GeneratePayload, GenerateResult] = JobKind(
