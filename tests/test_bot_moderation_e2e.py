@@ -334,3 +334,23 @@ async def test_a_member_denied_while_the_teach_form_is_open_cannot_send_it(world
     [line] = await lines_since(world, since, 1)
     assert (line["command"], line["verdict"]) == ("teach form", "denied")
     await answer(world, await fake.slash(world.cats, world.mod, "settings allow", member=world.bob))
+
+
+async def test_a_prompt_is_named_only_in_the_channel_it_was_asked_in(world: World) -> None:
+    """/queue and /cancel name a job by its prompt. Before, bob asked for "a N.U.D.E cat" in
+    #after-dark, where screening allows it, then cancelled it from #general, and the bot posted
+    "⏹️ Job 7 (`a N.U.D.E cat`) cancelled." there for everyone to read; /queue in #general listed
+    it too, as it listed the prompts of channels the reader cannot even see."""
+    fake = world.fake
+    record = await fake.slash(world.cats, world.bob, "imagine", channel=world.after_dark, prompt="a N.U.D.E cat",
+                              count=4, steps=100)  # seconds of painting: it is still running below
+    asked = await answer(world, record)
+    job = int(re.search(r"job #(\d+)", asked.history[0]["content"])[1])
+    here = await answer(world, await fake.slash(world.cats, world.alice, "queue"))
+    assert f"`job {job}` 🎨 generation asked in another channel" in here.text() and "N.U.D.E" not in here.text(), \
+        here.text()
+    there = await answer(world, await fake.slash(world.cats, world.bob, "queue", channel=world.after_dark))
+    assert f"`job {job}` 🎨 `a N.U.D.E cat`" in there.text(), there.text()  # where it was asked: named as before
+    cancelled = await answer(world, await fake.slash(world.cats, world.bob, "cancel", job=job))
+    assert not cancelled.ephemeral and f"Job {job} (🎨 generation asked in another channel)" in cancelled.text(), \
+        cancelled.text()

@@ -1,4 +1,10 @@
-"""`/queue` (what the GPU is doing and what waits) and `/cancel`."""
+"""`/queue` (what the GPU is doing and what waits) and `/cancel`.
+
+A picture's line names its prompt only in the channel it was asked in: screening allowed the
+prompt for that channel (explicit words pass in an age-restricted one), and there its pictures
+are shown anyway. Elsewhere, maybe a channel where the reader cannot see the pictures, the job
+is named by its kind alone.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +16,26 @@ from discord.ext import commands
 
 from bot.checks import UserError, guild_key, is_manager
 from bot.formatting import duration, listing
-from engine.usecases.jobs.registry import describe
-from storage.jobs import estimate_wait_s, get_job, list_jobs, queue_position, request_cancel
+from engine.usecases.jobs.registry import describe, job_kind
+from storage.db import Queries
+from storage.discord_posts import get_discord_job
+from storage.jobs import Job, estimate_wait_s, get_job, list_jobs, queue_position, request_cancel
 
 if TYPE_CHECKING:
     from bot.app import PawtraitBot
 
 MAX_LISTED = 20  # jobs /queue shows; the rest are counted
+
+
+async def described_for(db: Queries, job: Job, channel_id: str) -> str:
+    """`describe(job)` in the channel the job was asked for from (or its training's thread);
+    elsewhere its kind alone (its prompt was screened for its own channel, which the reader
+    may not be able to see)."""
+    asked = await get_discord_job(db, job.id)
+    if asked is not None and channel_id in (asked.channel_id, asked.thread_id):
+        return describe(job)
+    kind = job_kind(job.kind)
+    return f"{kind.emoji} {kind.noun} asked in another channel"
 
 
 class Queue(commands.Cog):
@@ -36,7 +55,8 @@ class Queue(commands.Cog):
             else:
                 where = f"#{position} · starts in about {duration(await estimate_wait_s(db, job.id))}"
             mine = " ← yours" if job.user_id == str(interaction.user.id) else ""
-            lines.append(f"`job {job.id}` {describe(job)} by <@{job.user_id}> · {where}{mine}")
+            what = await described_for(db, job, str(interaction.channel_id))
+            lines.append(f"`job {job.id}` {what} by <@{job.user_id}> · {where}{mine}")
         text = listing([], lines, left_out=len(jobs) - len(lines)) if lines else "Nothing queued or running: the GPU is free."
         await interaction.response.send_message(text, ephemeral=True)
 
@@ -62,7 +82,8 @@ class Queue(commands.Cog):
             raise UserError(f"Job {target.id} already ended ({target.status}).")
         updated = await request_cancel(db, target.id)
         state = "cancelled" if updated.ended else "will stop at the next step; its checkpoints are kept"
-        await interaction.response.send_message(f"⏹️ Job {target.id} ({describe(target)}) {state}.")
+        what = await described_for(db, target, str(interaction.channel_id))
+        await interaction.response.send_message(f"⏹️ Job {target.id} ({what}) {state}.")
 
 
 async def setup(bot: PawtraitBot) -> None:
