@@ -1,12 +1,14 @@
 """A flood of big photos through the real bot: peak memory of the bot and how fast it still answers.
 
-    python benchmarks/teach_flood.py [--teaches 8] [--photos 10] [--out flood.json]
+    python benchmarks/teach_flood.py [--teaches 8] [--photos 10] [--png] [--out flood.json]
 
 Runs `pawtrait bot` (embedded: SQLite and a data folder, no worker) against the tests' fake
 Discord (tests/fake_discord), which serves attachments from loopback. `--teaches` members each
 send `/teach` with `--photos` JPEGs of 9,728 x 6,480 (63 megapixels, noise over shapes, quality
-95: about 24 MB each, just under Discord's 25 MB), all at once. Meanwhile another member sends
-`/queue` and `/pets` in turn, each as soon as the last was answered.
+95: about 24 MB each, just under Discord's 25 MB), all at once. With `--png` the photos are
+PNGs of 8,000 x 8,000 with transparency that weigh a few hundred KB (tests/photo_samples.py):
+what costs a bot memory rather than bandwidth. Meanwhile another member sends `/queue` and
+`/pets` in turn, each as soon as the last was answered.
 
 Reported: the bot process's peak resident memory (VmHWM of /proc/PID/status), the slowest and
 median answer to the other commands while the flood ran, and the time until every /teach was
@@ -43,6 +45,7 @@ from config.settings import Settings  # noqa: E402
 from bot_harness import BotProcess  # noqa: E402
 from conftest import settings_env  # noqa: E402
 from fake_discord import FakeDiscord  # noqa: E402
+from photo_samples import many_pixels_png  # noqa: E402
 
 SIZE = (9728, 6480)
 CACHE = Path(tempfile.gettempdir()) / "pawtrait-teach-flood"
@@ -137,8 +140,15 @@ async def phase_flood(flood: Flood, photos: list[tuple[str, bytes]]) -> list[tup
     return await teaches
 
 
+def flood_photos(args: argparse.Namespace) -> list[tuple[str, bytes]]:
+    """What each member sends: the big JPEGs, or with --png the small files of many pixels."""
+    if args.png:
+        return [(f"cutout_{seed:04d}.png", many_pixels_png(seed, "RGBA")) for seed in range(args.photos)]
+    return [(f"IMG_{seed:04d}.jpg", big_jpeg(seed).read_bytes()) for seed in range(args.photos)]
+
+
 async def run(args: argparse.Namespace) -> dict:
-    photos = [(f"IMG_{seed:04d}.jpg", big_jpeg(seed).read_bytes()) for seed in range(args.photos)]
+    photos = flood_photos(args)
     sizes = [len(data) for _, data in photos]
     folder = Path(tempfile.mkdtemp(prefix="teach-flood-"))
     flood = await phase_start(args, folder)
@@ -157,8 +167,8 @@ async def run(args: argparse.Namespace) -> dict:
         "cpus": os.cpu_count(),
         "teaches": args.teaches,
         "photos_per_teach": args.photos,
-        "photo_mb": round(statistics.mean(sizes) / 1e6, 1),
-        "photo_pixels": f"{SIZE[0]}x{SIZE[1]}",
+        "photo_mb": round(statistics.mean(sizes) / 1e6, 2),
+        "photo_pixels": "8000x8000 RGBA PNG" if args.png else f"{SIZE[0]}x{SIZE[1]}",
         "bot_idle_rss_mib": round(idle_kib / 1024),
         "bot_peak_rss_mib": round(flood.peak_kib / 1024),
         "other_commands": len(answers),
@@ -176,6 +186,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for any one answer")
     parser.add_argument("--max-rss-gib", type=float, default=6.0)
+    parser.add_argument("--png", action="store_true", help="small PNGs of 64 megapixels instead of 24 MB JPEGs")
     args = parser.parse_args()
     results = harness.Results(args.out, **asyncio.run(run(args)))
     print(json.dumps(results, indent=2))
